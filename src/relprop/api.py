@@ -1,0 +1,67 @@
+"""The public entry points: :func:`explain` and :class:`Explainer` (Captum's calling convention)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from .attribution.lrp import propagate_lrp
+from .composite import Composite
+from .registry import get_method
+from .targets import Target, check_input
+
+Tensor = torch.Tensor
+
+
+class Explainer:
+    """An explanation method bound to a model and its options.
+
+    ``method`` is a registered name (see :func:`relprop.methods`) or a :class:`Composite` for
+    custom LRP rule maps. The model is explained in eval mode and handed back in the mode it had.
+    """
+
+    def __init__(self, model: nn.Module, method: str | Composite = "lrp-cmp", **options: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.composite = method if isinstance(method, Composite) else None
+        if self.composite is None:
+            self.method = get_method(method)
+            known = self.method.options()
+            unknown = sorted(set(options) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"method {method!r} has no option {', '.join(map(repr, unknown))}; "
+                    f"its options are: {', '.join(known) or 'none'}"
+                )
+        elif options:
+            raise ValueError("options are given by the Composite itself when method is a Composite")
+        self.options = options
+
+    def explain(self, x: Tensor, target: Target = None,
+                record: Sequence[str] | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Relevance shaped like ``x``; with ``record``, also ``{node name: relevance at its output}``."""
+        check_input(x)
+        if self.composite is not None:
+            relevance, recorded = propagate_lrp(self.model, x, target, self.composite, record or ())
+        else:
+            options = dict(self.options)
+            if record is not None:
+                if "record" not in self.method.options():
+                    raise ValueError(f"method {self.method.name!r} cannot record intermediate relevance")
+                options["record"] = record
+            result = self.method.fn(self.model, x, target, **options)
+            relevance, recorded = result if isinstance(result, tuple) else (result, {})
+        relevance = relevance.to(dtype=x.dtype, device=x.device)
+        return (relevance, recorded) if record is not None else relevance
+
+
+def explain(model: nn.Module, x: Tensor, target: Target = None, method: str | Composite = "lrp-cmp",
+            **options: Any) -> Tensor:
+    """Explain ``model``'s decision for the batch ``x``: relevance shaped like ``x``.
+
+    ``target``: None (the predicted class), an int, or one class index per sample.
+    """
+    return Explainer(model, method, **options).explain(x, target)  # type: ignore[return-value]

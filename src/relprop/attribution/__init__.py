@@ -1,0 +1,3 @@
+"""Built-in explanation methods; importing this package registers them."""
+
+from . import lrp  # noqa: F401

@@ -1,0 +1,112 @@
+"""LRP methods: initial relevance at the target logit plus a rule map (papers 003 and 001).
+
+Each method is a configuration of the engine in :mod:`relprop.propagate`. Dense-layer epsilon
+defaults: 0.25 for network-wide ``lrp-epsilon``; 0.1 on the dense layers of the composites and
+presets (the value of iNNvestigate's presets A and B, which paper 001 compares against).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..composite import Composite, by_type, first
+from ..propagate import propagator_for
+from ..registry import register_method
+from ..rules import AlphaBeta, Epsilon, Flat, ZBox, ZRule
+from ..rules.lrp import Bound
+from ..targets import Target, check_rank, one_hot_logit, resolve_target
+
+Tensor = torch.Tensor
+_ALL = by_type("conv", "linear")
+
+
+def propagate_lrp(model: nn.Module, x: Tensor, target: Target, composite: Composite,
+                  record: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    """Relevance of ``x`` for ``target`` under ``composite``, starting from one-hot times logit."""
+    propagator = propagator_for(model)
+    first_layer = propagator.affine[0] if propagator.affine else None
+    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
+    check_rank(x, expected, type(model).__name__)
+    cache = propagator.forward(x)
+    logits = cache.outputs[-1]
+    indices = resolve_target(target, logits)
+    return propagator.backward(cache, one_hot_logit(logits, indices), composite, record)
+
+
+def _composite(name: str, rules: list, maxpool: str, add: str, batchnorm: str,
+               norm_epsilon: float = 1e-6) -> Composite:
+    return Composite(rules, maxpool=maxpool, add=add, batchnorm=batchnorm, name=name, norm_epsilon=norm_epsilon)
+
+
+@register_method("lrp-z", "LRP-0 on every layer (paper 003, Eq. 1); equals gradient x input on ReLU nets")
+def lrp_z(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity", record=()):
+    composite = _composite("lrp-z", [(_ALL, ZRule())], maxpool, add, batchnorm, norm_epsilon=0.0)
+    return propagate_lrp(model, x, target, composite, record)
+
+
+@register_method("lrp-epsilon", "LRP-epsilon on every layer (paper 003, Eq. 2), epsilon=0.25")
+def lrp_epsilon(model, x, target, *, epsilon=0.25, maxpool="winner", add="proportional",
+                batchnorm="identity", record=()):
+    composite = _composite("lrp-epsilon", [(_ALL, Epsilon(epsilon))], maxpool, add, batchnorm)
+    return propagate_lrp(model, x, target, composite, record)
+
+
+@register_method("lrp-alpha1beta0", "LRP-alpha1beta0 (z+) on every layer (paper 003, Eq. 3)")
+def lrp_alpha1beta0(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity",
+                    record=()):
+    composite = _composite("lrp-alpha1beta0", [(_ALL, AlphaBeta(1.0, 0.0))], maxpool, add, batchnorm)
+    return propagate_lrp(model, x, target, composite, record)
+
+
+@register_method("lrp-alpha2beta1", "LRP-alpha2beta1 on every layer (paper 003, Eq. 3; its alpha=2, beta=-1)")
+def lrp_alpha2beta1(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity",
+                    record=()):
+    composite = _composite("lrp-alpha2beta1", [(_ALL, AlphaBeta(2.0, 1.0))], maxpool, add, batchnorm)
+    return propagate_lrp(model, x, target, composite, record)
+
+
+def cmp_composite(alpha: float = 1.0, epsilon: float = 0.1, first_rule: str = "flat", n_first: int = 1,
+                  low: Bound = None, high: Bound = None, maxpool: str = "winner", add: str = "proportional",
+                  batchnorm: str = "identity") -> Composite:
+    """LRP_CMP (paper 003, Sec. II): epsilon on dense layers, alpha-beta on convolutions, and
+    flat on the first ``n_first`` affine layers (``first_rule="flat"``), z^B on the input layer
+    (``"zb"``, bounds ``low``/``high``, per image when None) or nothing special (``"none"``)."""
+    if alpha not in (1, 2) and alpha < 1:
+        raise ValueError(f"alpha must be >= 1 (alpha - beta = 1, beta >= 0), got {alpha}")
+    rules: list = []
+    if first_rule == "flat":
+        if n_first < 1:
+            raise ValueError(f"n_first must be >= 1 with first_rule='flat', got {n_first}")
+        rules.append((first(n_first), Flat()))
+    elif first_rule == "zb":
+        if n_first != 1:
+            raise ValueError("the z^B rule applies to the input layer only: use n_first=1")
+        rules.append((first(1), ZBox(low, high)))
+    elif first_rule != "none":
+        raise ValueError(f"first_rule must be 'flat', 'zb' or 'none', got {first_rule!r}")
+    rules += [(by_type("linear"), Epsilon(epsilon)), (by_type("conv"), AlphaBeta(alpha, alpha - 1.0))]
+    return _composite("lrp-cmp", rules, maxpool, add, batchnorm)
+
+
+@register_method("lrp-cmp", "LRP_CMP composite (paper 003): epsilon dense, alpha-beta conv, flat first layer")
+def lrp_cmp(model, x, target, *, alpha=1.0, epsilon=0.1, first_rule="flat", n_first=1, low=None, high=None,
+            maxpool="winner", add="proportional", batchnorm="identity", record=()):
+    composite = cmp_composite(alpha, epsilon, first_rule, n_first, low, high, maxpool, add, batchnorm)
+    return propagate_lrp(model, x, target, composite, record)
+
+
+@register_method("lrp-preset-a", "LRP preset A (paper 001, Sec. V): epsilon dense, alpha1beta0 conv")
+def lrp_preset_a(model, x, target, *, epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
+                 record=()):
+    rules = [(by_type("linear"), Epsilon(epsilon)), (by_type("conv"), AlphaBeta(1.0, 0.0))]
+    return propagate_lrp(model, x, target, _composite("lrp-preset-a", rules, maxpool, add, batchnorm), record)
+
+
+@register_method("lrp-preset-b", "LRP preset B (paper 001, Sec. V): epsilon dense, alpha2beta1 conv")
+def lrp_preset_b(model, x, target, *, epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
+                 record=()):
+    rules = [(by_type("linear"), Epsilon(epsilon)), (by_type("conv"), AlphaBeta(2.0, 1.0))]
+    return propagate_lrp(model, x, target, _composite("lrp-preset-b", rules, maxpool, add, batchnorm), record)

@@ -1,0 +1,31 @@
+"""Reversible rewrites that keep the model's function: batch norm folding.
+
+Folding happens in relprop's own graph, never in the user's model: an affine node followed only by
+a batch norm computes ``BN(Wx + b)`` with the folded weight ``W * a`` and bias ``(b - mu) * a + beta``
+(``a = gamma / sqrt(var + eps)``), and the batch norm node becomes the identity. The model's
+parameters are read, never written, so the model is unchanged whatever happens.
+"""
+
+from __future__ import annotations
+
+from .graph import Graph
+from .ops import Affine, BatchNorm
+
+
+def fold_batch_norms(graph: Graph) -> int:
+    """Fold every batch norm whose only input is an affine node used by nothing else; returns the count."""
+    folded = 0
+    for node in graph.nodes:
+        if not isinstance(node.op, BatchNorm) or len(node.inputs) != 1:
+            continue
+        producer = graph.nodes[node.inputs[0]]
+        if not isinstance(producer.op, Affine) or producer.op.bn is not None or len(producer.users) != 1:
+            continue
+        bn = node.op.module
+        if bn.running_mean is None or bn.running_var is None:
+            continue  # batch statistics at eval time: not a fixed affine map, keep it unfolded
+        producer.op.bn = bn
+        producer.op._cache_key = ()
+        node.op.folded = True
+        folded += 1
+    return folded

@@ -1,0 +1,1 @@
+"""Sample inputs shipped with installed packages (no downloads); see :mod:`relprop.data.photos`."""

@@ -1,0 +1,293 @@
+"""Trace a model into an ordered graph of typed operations.
+
+The model is traced with ``torch.fx``; every node that carries a tensor is mapped onto one of
+relprop's canonical operation kinds (see :mod:`relprop.ops`). Anything that cannot be mapped raises
+:class:`UnsupportedOperationError` naming the operation and where it sits in the model.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+
+
+class UnsupportedOperationError(ValueError):
+    """An operation in the model has no relevance rule."""
+
+
+@dataclass
+class Node:
+    """One tensor operation of the traced model, in execution order.
+
+    ``inputs`` are positions of producer nodes in the graph (``-1`` for the model input) for each
+    tensor argument of the operation; ``op`` computes the forward value and owns the
+    non-parametric relevance rule; ``name`` is the module path (or fx name for functional calls).
+    """
+
+    name: str
+    op: ops.Op
+    inputs: list[int]
+    nonnegative: bool = False
+    users: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Graph:
+    """Nodes in execution order; node 0 is the model input, the last node is the model output."""
+
+    nodes: list[Node]
+    fx_graph: fx.Graph
+    position: dict[fx.Node, int]
+
+    def affine_positions(self) -> list[int]:
+        """Positions of affine (linear and convolution) nodes in execution order."""
+        return [i for i, n in enumerate(self.nodes) if isinstance(n.op, ops.Affine)]
+
+    def find(self, name: str) -> int:
+        """Position of the node named ``name`` (module path or fx name)."""
+        for i, node in enumerate(self.nodes):
+            if node.name == name:
+                return i
+        known = ", ".join(n.name for n in self.nodes[1:])
+        raise ValueError(f"no node named {name!r} in the traced model; known nodes: {known}")
+
+
+_LEAF_TYPES: tuple[type, ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
+    nn.Hardsigmoid, nn.Softplus, nn.Mish,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.StochasticDepth if hasattr(nn, "StochasticDepth") else nn.Identity,
+)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps torch.nn built-ins and torchvision's StochasticDepth as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if type(m).__name__ == "StochasticDepth":
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+_ACTIVATION_FUNCS: dict[Any, bool] = {
+    # function -> output is non-negative
+    F.relu: True, torch.relu: True, F.relu6: True, F.hardtanh: False, F.silu: False,
+    F.hardswish: False, F.gelu: False, F.leaky_relu: False, F.elu: False, torch.tanh: False,
+    torch.sigmoid: True, F.sigmoid: True, F.hardsigmoid: True, F.softplus: True, F.mish: False,
+    torch.relu_: True, F.relu_: True,
+}
+_ACTIVATION_METHODS = {"relu": True, "relu_": True, "sigmoid": True, "tanh": False}
+_NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+_IDENTITY_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+_IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "to", "type_as"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose"}
+
+
+def _module_op(module: nn.Module, path: str) -> tuple[ops.Op, bool | None]:
+    """Map a leaf module onto an op; the flag is True/False for activations (non-negative output)."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return ops.Affine.from_module(module, path), None
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return ops.BatchNorm(module), None
+    if isinstance(module, _NONNEG_MODULES):
+        return ops.Activation(module), True
+    if isinstance(module, (nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Mish)):
+        return ops.Activation(module), False
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                           nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
+        return ops.MaxPool(module), None
+    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                           nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+        return ops.AvgPool(module), None
+    if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                           nn.Identity)) or type(module).__name__ == "StochasticDepth":
+        return ops.Identity(), None
+    if isinstance(module, nn.Flatten):
+        return ops.Reshape(module), None
+    if isinstance(module, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d,
+                           nn.ConstantPad2d, nn.ConstantPad3d)):
+        return ops.Pad(module, tuple(module.padding), float(module.value)), None
+    raise UnsupportedOperationError(
+        f"unsupported layer {type(module).__name__} at {path!r}: relprop has no relevance rule for it"
+    )
+
+
+def _where(node: fx.Node) -> str:
+    """Human-readable location of an fx node: its enclosing module path when known."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        return f"node {node.name!r} in module {path!r}"
+    return f"node {node.name!r}"
+
+
+def trace(model: nn.Module) -> Graph:
+    """Trace ``model`` (in eval mode) into a :class:`Graph` of typed operations."""
+    tracer = _Tracer()
+    try:
+        fx_graph = tracer.trace(model)
+    except Exception as error:  # fx raises many types; make the failure explicit
+        raise UnsupportedOperationError(
+            f"could not trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}); "
+            "relprop needs a model without data-dependent control flow"
+        ) from error
+    modules = dict(model.named_modules())
+    nodes: list[Node] = []
+    position: dict[fx.Node, int] = {}
+    output_seen = False
+
+    for node in fx_graph.nodes:
+        if node.op == "placeholder":
+            if nodes:
+                raise UnsupportedOperationError(
+                    f"models with several inputs are not supported (extra input {node.name!r})"
+                )
+            nodes.append(Node(name="input", op=ops.Input(), inputs=[]))
+            position[node] = 0
+            continue
+        if node.op == "output":
+            result = node.args[0]
+            if not isinstance(result, fx.Node) or result not in position:
+                raise UnsupportedOperationError(
+                    "the model must return a single tensor of class scores (logits), "
+                    f"got {result!r}"
+                )
+            nodes.append(Node(name="output", op=ops.Identity(), inputs=[position[result]]))
+            position[node] = len(nodes) - 1
+            output_seen = True
+            continue
+        if node.op == "get_attr":
+            raise UnsupportedOperationError(
+                f"{_where(node)} reads the parameter or buffer {node.target!r} directly; "
+                "relprop needs parameters to live in supported layers"
+            )
+        op, nonneg_flag = _classify(node, modules, position)
+        if op is None:  # a non-tensor helper (shape arithmetic) that needs no relevance
+            continue
+        tensor_args = _tensor_args(node, position)
+        if not tensor_args:
+            raise UnsupportedOperationError(f"{_where(node)} creates a tensor from no input: {node.target}")
+        idx = len(nodes)
+        name = node.target if node.op == "call_module" else node.name
+        nodes.append(Node(name=str(name), op=op, inputs=[position[a] for a in tensor_args]))
+        op.bind(node, tensor_args)
+        if node.op == "call_module" and op.module is None:
+            op.set_module(modules[node.target])
+        position[node] = idx
+        if nonneg_flag is not None:
+            nodes[idx].nonnegative = nonneg_flag
+        else:
+            nodes[idx].nonnegative = op.keeps_sign and all(nodes[i].nonnegative for i in nodes[idx].inputs)
+    if not output_seen:
+        raise UnsupportedOperationError("traced graph has no output")
+    for i, n in enumerate(nodes):
+        for j in n.inputs:
+            nodes[j].users.append(i)
+    return Graph(nodes, fx_graph, position)
+
+
+def _flatten(args: Any) -> list[Any]:
+    out: list[Any] = []
+    if isinstance(args, (list, tuple)):
+        for a in args:
+            out.extend(_flatten(a))
+    elif isinstance(args, dict):
+        for a in args.values():
+            out.extend(_flatten(a))
+    else:
+        out.append(args)
+    return out
+
+
+def _tensor_args(node: fx.Node, position: dict[fx.Node, int]) -> list[fx.Node]:
+    return [a for a in _flatten((node.args, node.kwargs)) if isinstance(a, fx.Node) and a in position]
+
+
+def _classify(node: fx.Node, modules: dict[str, nn.Module],
+              position: dict[fx.Node, int]) -> tuple[ops.Op | None, bool | None]:
+    """Map one fx node onto an op. Returns (None, None) for nodes that carry no tensor."""
+    if node.op == "call_module":
+        return _module_op(modules[node.target], node.target)
+    if not _tensor_args(node, position):
+        return None, None  # e.g. arithmetic on sizes
+    target = node.target
+    if node.op == "call_function":
+        if target in _ACTIVATION_FUNCS:
+            return ops.FunctionalActivation(target), _ACTIVATION_FUNCS[target]
+        if target in _IDENTITY_FUNCS:
+            return ops.Identity(), None
+        if target in (operator.add, operator.iadd, torch.add):
+            return ops.Add(), None
+        if target in (operator.mul, operator.imul, torch.mul):
+            return ops.Multiply(), None
+        if target in (operator.truediv, torch.div) and _is_constant(node.args[1], position):
+            return ops.ScaleByConstant(), None
+        if target in (operator.sub, torch.sub) and _is_constant(node.args[1], position):
+            return ops.Add(), None
+        if target in (torch.cat, torch.concat):
+            return ops.Concat(), None
+        if target in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
+                      torch.transpose):
+            return ops.Reshape(None), None
+        if target is operator.getitem:
+            return ops.GetItem(), None
+        if target in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+                      F.adaptive_max_pool2d, F.adaptive_max_pool3d):
+            return ops.MaxPool(None), None
+        if target in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                      F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.mean):
+            return ops.AvgPool(None), None
+        if target is F.pad:
+            return ops.Pad(None, None, None), None
+        if target is getattr:
+            return None, None
+    if node.op == "call_method":
+        if target in _ACTIVATION_METHODS:
+            return ops.FunctionalActivation(target), _ACTIVATION_METHODS[target]
+        if target in _IDENTITY_METHODS:
+            return ops.Identity(), None
+        if target in _RESHAPE_METHODS:
+            return ops.Reshape(None), None
+        if target in ("add", "add_"):
+            return ops.Add(), None
+        if target in ("mul", "mul_"):
+            return ops.Multiply(), None
+        if target == "mean":
+            return ops.AvgPool(None), None
+        if target in ("size", "dim"):
+            return None, None
+    name = getattr(target, "__name__", str(target))
+    raise UnsupportedOperationError(
+        f"unsupported operation {name!r} at {_where(node)}: relprop has no relevance rule for it"
+    )
+
+
+def _is_constant(arg: Any, position: dict[fx.Node, int]) -> bool:
+    return not (isinstance(arg, fx.Node) and arg in position)
+
+
+def describe(graph: Graph) -> str:
+    """One line per node: position, name, op kind and producers (for debugging rule maps)."""
+    lines = []
+    for i, n in enumerate(graph.nodes):
+        lines.append(f"{i:4d} {n.name:40s} {type(n.op).__name__:20s} <- {n.inputs}")
+    return "\n".join(lines)
+
+
+__all__ = ["Graph", "Node", "UnsupportedOperationError", "trace", "describe"]

@@ -1,0 +1,233 @@
+"""The LRP rule family for affine layers (linear and convolution, with folded batch norm).
+
+Each rule maps the relevance ``r`` at a layer's output ``z`` onto its input ``x`` (paper 003,
+Sec. II). All rules are written as direct calls of the layer's map (``layer.apply``) and its
+transpose (``layer.transpose``), never as repeated forwards through autograd; branches that are
+known to be zero (the negative part of a non-negative input) are skipped.
+
+Bias: relevance absorbed by a bias is not propagated (it is the "leak" of LRP). The parameter
+conventions follow zennit so that its composites can be matched number for number: the positive
+(resp. negative) part of the bias joins the positive (resp. negative) contributions of ``x+``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+import torch
+
+from ..ops import Affine, normalize, stabilize
+
+Tensor = torch.Tensor
+Bound = Union[float, Tensor, None]
+
+
+class AffineRule(Protocol):
+    """A relevance rule for an affine layer."""
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor: ...
+
+
+def _parts(layer: Affine) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Positive and negative parts of the effective weight and bias (cached per layer)."""
+    wp = layer.cached("w+", lambda: layer.weight.clamp(min=0))
+    wn = layer.cached("w-", lambda: layer.weight.clamp(max=0))
+    if layer.bias is None:
+        return wp, wn, None, None
+    bp = layer.cached("b+", lambda: layer.bias.clamp(min=0))
+    bn = layer.cached("b-", lambda: layer.bias.clamp(max=0))
+    return wp, wn, bp, bn
+
+
+def _split(x: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor | None]:
+    """``(x+, x-)``; ``x-`` is None when ``x`` is known to be non-negative."""
+    if nonnegative:
+        return x, None
+    return x.clamp(min=0), x.clamp(max=0)
+
+
+@dataclass(frozen=True)
+class Epsilon:
+    """LRP-epsilon: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j`` (paper 003, Eq. 2).
+
+    ``epsilon=0`` is LRP-0 (the z rule, paper 003 Eq. 1) with ``0/0 := 0``.
+    """
+
+    epsilon: float = 1e-6
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        return layer.transpose(normalize(r, z, self.epsilon), layer.weight, x).mul_(x)
+
+
+def ZRule() -> Epsilon:
+    """LRP-0 (paper 003, Eq. 1)."""
+    return Epsilon(0.0)
+
+
+@dataclass(frozen=True)
+class AlphaBeta:
+    """LRP-alpha-beta, ``alpha - beta = 1`` with ``beta >= 0`` (paper 003, Eq. 3).
+
+    Paper 003 writes ``R_i = sum_j (alpha z+_ij / z+_j + beta z-_ij / z-_j) R_j`` with
+    ``alpha + beta = 1``, i.e. its beta is the negative of ours: the paper's (alpha=2, beta=-1)
+    is ``AlphaBeta(2, 1)`` here. Correct for signed inputs: positive contributions are
+    ``x+ w+`` and ``x- w-`` (plus the positive bias), negative ones ``x+ w-`` and ``x- w+``.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError(f"alpha and beta must be non-negative, got alpha={self.alpha}, beta={self.beta}")
+        if abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise ValueError(f"alpha - beta must equal 1, got alpha={self.alpha}, beta={self.beta}")
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        wp, wn, bp, bn = _parts(layer)
+        xp, xn = _split(x, nonnegative)
+        result = _one_sided(layer, xp, xn, wp, wn, bp, r, self.stabilizer, sign=1)
+        if self.alpha != 1:
+            result.mul_(self.alpha)
+        if self.beta:
+            result.sub_(_one_sided(layer, xp, xn, wn, wp, bn, r, self.stabilizer, sign=-1), alpha=self.beta)
+        return result
+
+
+def _one_sided(layer: Affine, xp: Tensor, xn: Tensor | None, w_same: Tensor, w_other: Tensor,
+               bias: Tensor | None, r: Tensor, stabilizer: float, mask: Tensor | None = None,
+               sign: int = 0) -> Tensor:
+    """Relevance of the contributions ``x+ w_same (+bias) + x- w_other``, normalised by their sum.
+
+    ``sign=+1``/``-1`` says the sum is known to be >= 0 / <= 0 (alpha-beta with matching weight
+    signs), so the stabiliser is a single in-place shift; a zero sum then has zero contributions,
+    so the choice of sign for exact zeros does not change the result.
+    """
+    z = layer.apply(xp, w_same, bias)
+    if xn is not None:
+        z.add_(layer.apply(xn, w_other))
+    if sign > 0:
+        s = torch.div(r, z.add_(stabilizer), out=z)
+    elif sign < 0:
+        s = torch.div(r, z.sub_(stabilizer), out=z)
+    else:
+        s = r / stabilize(z, stabilizer)
+    if mask is not None:
+        s.mul_(mask)
+    out = layer.transpose(s, w_same, xp).mul_(xp)
+    if xn is not None:
+        out.add_(layer.transpose(s, w_other, xn).mul_(xn))
+    return out
+
+
+def ZPlus(stabilizer: float = 1e-6) -> AlphaBeta:
+    """LRP-z+ = alpha1beta0 (also right for signed inputs, as zennit's ZPlus)."""
+    return AlphaBeta(1.0, 0.0, stabilizer)
+
+
+@dataclass(frozen=True)
+class Gamma:
+    """Generalised LRP-gamma (Montavon et al. 2019; Andeol et al. 2021; zennit's ``Gamma``).
+
+    Where ``z_j > 0`` the relevance follows ``x+ (w + gamma w+) + x- (w + gamma w-)``, where
+    ``z_j < 0`` it follows ``x+ (w + gamma w-) + x- (w + gamma w+)``. Biases are raised alike.
+    """
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        g = self.gamma
+        wp, wn, bp, bn = _parts(layer)
+        w_up = layer.cached(f"gamma+{g}", lambda: layer.weight + g * wp)
+        w_down = layer.cached(f"gamma-{g}", lambda: layer.weight + g * wn)
+        b_up = None if bp is None else layer.cached(f"gamma_b+{g}", lambda: layer.bias + g * bp)
+        b_down = None if bn is None else layer.cached(f"gamma_b-{g}", lambda: layer.bias + g * bn)
+        xp, xn = _split(x, nonnegative)
+        pos_mask = (z > 0).to(r.dtype)
+        neg_mask = (z < 0).to(r.dtype)
+        out = _one_sided(layer, xp, xn, w_up, w_down, b_up, r, self.stabilizer, pos_mask)
+        return out + _one_sided(layer, xp, xn, w_down, w_up, b_down, r, self.stabilizer, neg_mask)
+
+
+@dataclass(frozen=True)
+class Flat:
+    """LRP-flat (LRP_b, paper 003): relevance spread uniformly over each output's receptive field.
+
+    All weights are set to 1 and the bias to 0, and the inputs to 1: ``R_i = sum_j R_j / n_j``
+    with ``n_j`` the number of inputs connected to ``j`` (fewer at padded borders).
+    """
+
+    stabilizer: float = 1e-6
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        ones_w = layer.cached("ones", lambda: torch.ones_like(layer.weight))
+        ones_x = torch.ones_like(x[:1])
+        count = layer.apply(ones_x, ones_w)
+        s = r / stabilize(count, self.stabilizer)
+        return layer.transpose(s, ones_w, x)
+
+
+@dataclass(frozen=True)
+class WSquare:
+    """LRP-w^2 (Montavon et al. 2017): ``R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j``.
+
+    As zennit's ``WSquare``, the squared bias joins the denominator unless ``zero_bias``.
+    """
+
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        w2 = layer.cached("w^2", lambda: layer.weight ** 2)
+        b2 = None if (self.zero_bias or layer.bias is None) else layer.cached("b^2", lambda: layer.bias ** 2)
+        denom = layer.apply(torch.ones_like(x[:1]), w2, b2)
+        s = r / stabilize(denom, self.stabilizer)
+        return layer.transpose(s, w2, x)
+
+
+@dataclass(frozen=True)
+class ZBox:
+    """DTD z^B rule for inputs bounded by ``low <= x <= high`` (Montavon et al. 2017).
+
+    ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z^B_j R_j``. ``low``/``high``: numbers,
+    tensors broadcastable to the input (e.g. per channel ``(1, C, 1, 1)``), or None for per-image
+    bounds: the minimum and maximum of each sample (as the official RAP code does).
+    """
+
+    low: Bound = None
+    high: Bound = None
+    stabilizer: float = 1e-6
+
+    def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Lower and upper bound tensors broadcast to the shape of ``x``."""
+        reduce_dims = tuple(range(1, x.dim()))
+        view = (-1,) + (1,) * (x.dim() - 1)
+        low = x.amin(dim=reduce_dims).view(view) if self.low is None else torch.as_tensor(
+            self.low, dtype=x.dtype, device=x.device)
+        high = x.amax(dim=reduce_dims).view(view) if self.high is None else torch.as_tensor(
+            self.high, dtype=x.dtype, device=x.device)
+        return low.expand_as(x), high.expand_as(x)
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        wp, wn, bp, bn = _parts(layer)
+        low, high = self.bounds(x)
+        zb = z - layer.apply(low, wp, bp) - layer.apply(high, wn, bn)
+        s = r / stabilize(zb, self.stabilizer)
+        return (x * layer.transpose(s, layer.weight, x) - low * layer.transpose(s, wp, x)
+                - high * layer.transpose(s, wn, x))
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Relevance passes unchanged (only for layers whose input and output shapes agree)."""
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        if r.shape != x.shape:
+            raise ValueError(f"the Pass rule needs equal input and output shapes at {layer.path!r}")
+        return r
+
+
+__all__ = ["AffineRule", "AlphaBeta", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule"]

@@ -1,0 +1,300 @@
+"""Tests for the ``relprop`` command line.
+
+The first group runs the commands against a tiny stand-in model and method
+registry, so that argument handling and error reporting are checked quickly.
+The second group runs ``explain`` and ``demo`` end to end on the real
+``efficientnet_lite0`` with one or two fast methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import relprop
+from relprop.cli import main
+
+# ---------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture()
+def image_file(tmp_path: Path) -> Path:
+    """A small RGB PNG."""
+    path = tmp_path / "kitten.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _tiny_model(num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, num_classes),
+    )
+
+
+def _preprocess(image: Image.Image) -> torch.Tensor:
+    arr = np.asarray(image.convert("RGB").resize((16, 16)), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def _gradient(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_(True)
+    model(x)[:, target].sum().backward()
+    return (x.grad * x).detach()
+
+
+_FAKE_METHODS = {"fake-gradient": "gradient times input", "fake-broken": "always fails"}
+
+
+@pytest.fixture()
+def fake_api(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Replace the library entry points used by the CLI with small stand-ins."""
+    calls: dict = {"explain": [], "load_model": []}
+
+    def load_model(name: str, weights: str | None = None):
+        calls["load_model"].append((name, weights))
+        if name not in ("tiny", "efficientnet_lite0"):
+            raise ValueError(f"unknown model {name!r}")
+        return _tiny_model(), _preprocess
+
+    def explain(model, x, target=None, method="fake-gradient"):
+        calls["explain"].append((method, target))
+        if method == "fake-broken":
+            raise RuntimeError("this method is broken")
+        return _gradient(model, x, target)
+
+    photos = [
+        types.SimpleNamespace(name=n, description=f"a {n}", image=lambda n=n: Image.new("RGB", (30, 20), n))
+        for n in ("red", "green")
+    ]
+    photos_module = types.ModuleType("relprop.data.photos")
+    photos_module.demo_photos = lambda: photos
+
+    monkeypatch.setattr(relprop, "methods", lambda: sorted(_FAKE_METHODS), raising=False)
+    monkeypatch.setattr(relprop, "method_summary", _FAKE_METHODS.__getitem__, raising=False)
+    monkeypatch.setattr(relprop, "load_model", load_model, raising=False)
+    monkeypatch.setattr(relprop, "explain", explain, raising=False)
+    monkeypatch.setitem(sys.modules, "relprop.data.photos", photos_module)
+    return calls
+
+
+# ---------------------------------------------------------------------------
+# argument handling and errors (stand-in library)
+
+
+def test_help_lists_subcommands(capsys) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("methods", "explain", "demo"):
+        assert command in out
+
+
+def test_no_command_is_a_usage_error(capsys) -> None:
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_methods_prints_names_and_summaries(fake_api, capsys) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name, summary in _FAKE_METHODS.items():
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert summary in line
+
+
+def test_explain_missing_file_exits_2(tmp_path, capsys) -> None:
+    missing = tmp_path / "no_such_image.png"
+    code = main(["explain", str(missing), "--model", "tiny", "--method", "fake-gradient"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("relprop: error:")
+    assert str(missing) in err
+    assert "Traceback" not in err
+
+
+def test_explain_corrupt_file_exits_2(tmp_path, capsys) -> None:
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG this is not really an image" * 10)
+    code = main(["explain", str(corrupt), "--model", "tiny", "--method", "fake-gradient"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(corrupt) in err
+    assert "Traceback" not in err
+
+
+def test_explain_unknown_method_exits_2(fake_api, image_file, capsys) -> None:
+    code = main(["explain", str(image_file), "--model", "tiny", "--method", "no-such-method"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "relprop: error:" in err and "no-such-method" in err
+    assert not fake_api["explain"]
+
+
+def test_explain_unknown_model_exits_2(fake_api, image_file, capsys) -> None:
+    code = main(["explain", str(image_file), "--model", "nope", "--method", "fake-gradient"])
+    assert code == 2
+    assert "relprop: error: unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_explain_target_out_of_range_exits_2(fake_api, image_file, capsys) -> None:
+    args = ["explain", str(image_file), "--model", "tiny", "--method", "fake-gradient", "--target", "10"]
+    assert main(args) == 2
+    assert "target 10" in capsys.readouterr().err
+
+
+def test_explain_writes_default_output(fake_api, image_file, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(image_file), "--model", "tiny", "--method", "fake-gradient"]) == 0
+    out = capsys.readouterr().out
+    expected = tmp_path / "kitten_fake-gradient.png"
+    assert expected.exists()
+    with Image.open(expected) as img:
+        assert img.size == (16, 16)
+    assert "predicted: " in out and "explained: " in out and "p=" in out
+    assert fake_api["load_model"] == [("tiny", None)]
+
+
+def test_explain_target_weights_and_overlay(fake_api, image_file, tmp_path, capsys) -> None:
+    out_file = tmp_path / "out" / "map.png"
+    args = [
+        "explain", str(image_file), "--model", "tiny", "--method", "fake-gradient",
+        "--target", "3", "--weights", "w.pt", "--out", str(out_file), "--overlay",
+    ]
+    assert main(args) == 0
+    assert out_file.exists()
+    assert fake_api["explain"] == [("fake-gradient", 3)]
+    assert fake_api["load_model"] == [("tiny", "w.pt")]
+    assert "explained: class 3" in capsys.readouterr().out
+
+
+def test_demo_reports_failing_method_and_continues(fake_api, tmp_path, capsys) -> None:
+    code = main(["demo", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert (tmp_path / "demo_grid.png").exists()
+    assert "fake-broken" in captured.err and "this method is broken" in captured.err
+    assert "mean time per image" in captured.out
+    assert str(tmp_path / "demo_grid.png") in captured.out
+    for photo in ("red", "green"):
+        assert f"{photo}: a {photo}" in captured.out
+    methods_called = [method for method, _ in fake_api["explain"]]
+    assert methods_called.count("fake-gradient") == 2  # both photos
+    assert methods_called.count("fake-broken") == 1  # not retried after failing
+
+
+def test_demo_selected_methods_and_photos(fake_api, tmp_path, capsys) -> None:
+    args = ["demo", "--out", str(tmp_path), "--methods", "fake-gradient", "--photos", "green"]
+    assert main(args) == 0
+    assert fake_api["explain"] == [("fake-gradient", fake_api["explain"][0][1])]
+    assert fake_api["load_model"] == [("efficientnet_lite0", None)]
+    out = capsys.readouterr().out
+    assert "green: a green" in out and "red: a red" not in out
+
+
+@pytest.mark.parametrize("option", [["--methods", "nope"], ["--photos", "nope"]])
+def test_demo_unknown_selection_exits_2(fake_api, tmp_path, capsys, option) -> None:
+    assert main(["demo", "--out", str(tmp_path), *option]) == 2
+    assert "relprop: error:" in capsys.readouterr().err
+    assert not fake_api["explain"]
+
+
+def test_display_image_undoes_normalisation() -> None:
+    from relprop.cli import _display_image
+
+    preprocess = types.SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    x = torch.zeros(1, 3, 4, 6)
+    x[0, 0] = 2.0  # red channel saturates at 1.0
+    shown = np.asarray(_display_image(preprocess, x, image=None))
+    assert shown.shape == (4, 6, 3)
+    assert (shown[..., 0] == 255).all() and (shown[..., 1:] == 128).all()
+    assert _display_image(_preprocess, x, image="original") == "original"
+
+
+# ---------------------------------------------------------------------------
+# end to end on the real library
+
+
+def _real_api_missing() -> str | None:
+    """Why the real library cannot be used, or None when it can."""
+    for name in ("methods", "method_summary", "explain", "load_model"):
+        if not callable(getattr(relprop, name, None)):
+            return f"relprop.{name} is not available"
+    for module, attr in (("relprop.models", "imagenet_categories"), ("relprop.data.photos", "demo_photos")):
+        try:
+            if not hasattr(importlib.import_module(module), attr):
+                return f"{module}.{attr} is not available"
+        except ImportError as err:
+            return f"{module} cannot be imported: {err}"
+    return None
+
+
+real_api = pytest.mark.skipif(_real_api_missing() is not None, reason=str(_real_api_missing()))
+
+
+def _fast_methods(count: int) -> list[str]:
+    names = list(relprop.methods())
+    preferred = [m for m in ("gradient", "lrp-epsilon", "lrp-0", "input-x-gradient") if m in names]
+    return (preferred + [m for m in names if m not in preferred])[:count]
+
+
+@real_api
+def test_real_methods_lists_every_method(capsys) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in relprop.methods():
+        assert any(line.startswith(name) for line in out.splitlines())
+
+
+@real_api
+def test_real_explain_unknown_method_exits_2(image_file, capsys) -> None:
+    code = main(["explain", str(image_file), "--model", "efficientnet_lite0", "--method", "no-such-method"])
+    assert code == 2
+    assert "no-such-method" in capsys.readouterr().err
+
+
+@real_api
+def test_real_explain_efficientnet(tmp_path, capsys) -> None:
+    from relprop.data.photos import demo_photos
+
+    photo = demo_photos()[0]
+    image_path = tmp_path / f"{photo.name}.png"
+    photo.image().save(image_path)
+    method = _fast_methods(1)[0]
+    out_file = tmp_path / "map.png"
+    args = ["explain", str(image_path), "--model", "efficientnet_lite0", "--method", method, "--out", str(out_file)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "predicted: " in out and "class " not in out.splitlines()[0]  # ImageNet names
+    with Image.open(out_file) as img:
+        assert img.format == "PNG"
+
+
+@real_api
+def test_real_demo_one_photo(tmp_path, capsys) -> None:
+    from relprop.data.photos import demo_photos
+
+    photo = demo_photos()[0]
+    methods = _fast_methods(2)
+    args = ["demo", "--out", str(tmp_path), "--methods", ",".join(methods), "--photos", photo.name]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    grid = tmp_path / "demo_grid.png"
+    with Image.open(grid) as img:
+        img.load()
+    assert str(grid) in out
+    for method in methods:
+        assert method in out
