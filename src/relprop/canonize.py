@@ -9,7 +9,7 @@ parameters are read, never written, so the model is unchanged whatever happens.
 from __future__ import annotations
 
 from .graph import Graph
-from .ops import Affine, BatchNorm
+from .ops import Affine, BatchNorm, Pad
 
 
 def fold_batch_norms(graph: Graph) -> int:
@@ -26,6 +26,29 @@ def fold_batch_norms(graph: Graph) -> int:
             continue  # batch statistics at eval time: not a fixed affine map, keep it unfolded
         producer.op.bn = bn
         producer.op._cache_key = ()
+        node.op.folded = True
+        folded += 1
+    return folded
+
+
+def fold_zero_padding(graph: Graph) -> int:
+    """Move a constant-zero padding that only feeds a convolution into that convolution.
+
+    The convolution then pads internally, like its built-in padding, so rules that look at the
+    layer's input (the z^B bounds, the flat rule's counts) see the real input only and padded
+    positions never hold relevance. Returns the number of paddings folded.
+    """
+    folded = 0
+    for node in graph.nodes:
+        if not isinstance(node.op, Pad) or len(node.inputs) != 1 or len(node.users) != 1:
+            continue
+        consumer = graph.nodes[node.users[0]]
+        pad = node.op.zero_padding()
+        if pad is None or not isinstance(consumer.op, Affine) or consumer.op.kind != "conv":
+            continue
+        if consumer.op.pre_pad is not None or len(pad) != 2 * consumer.op.nd:
+            continue
+        consumer.op.pre_pad = pad
         node.op.folded = True
         folded += 1
     return folded

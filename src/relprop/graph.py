@@ -37,6 +37,7 @@ class Node:
     inputs: list[int]
     nonnegative: bool = False
     users: list[int] = field(default_factory=list)
+    scopes: tuple[str, ...] = ()  # paths of the modules the node runs inside, outermost first
 
 
 @dataclass
@@ -52,12 +53,20 @@ class Graph:
         return [i for i, n in enumerate(self.nodes) if isinstance(n.op, ops.Affine)]
 
     def find(self, name: str) -> int:
-        """Position of the node named ``name`` (module path or fx name)."""
+        """Position of the node called ``name``.
+
+        ``name`` is a node name (module path of a layer, ``path:k`` for the k-th reuse of a module,
+        or the fx name of a functional call such as ``add_3``), or the path of a container module
+        (``"layer4"``, ``"features"``), which stands for the last node that runs inside it: its output.
+        """
         for i, node in enumerate(self.nodes):
             if node.name == name:
                 return i
+        inside = [i for i, node in enumerate(self.nodes) if name in node.scopes]
+        if inside:
+            return inside[-1]
         known = ", ".join(n.name for n in self.nodes[1:])
-        raise ValueError(f"no node named {name!r} in the traced model; known nodes: {known}")
+        raise ValueError(f"no node or module named {name!r} in the traced model; known nodes: {known}")
 
 
 _LEAF_TYPES: tuple[type, ...] = (
@@ -151,6 +160,7 @@ def trace(model: nn.Module) -> Graph:
     nodes: list[Node] = []
     position: dict[fx.Node, int] = {}
     output_seen = False
+    names_seen: dict[str, int] = {}
 
     for node in fx_graph.nodes:
         if node.op == "placeholder":
@@ -184,8 +194,14 @@ def trace(model: nn.Module) -> Graph:
         if not tensor_args:
             raise UnsupportedOperationError(f"{_where(node)} creates a tensor from no input: {node.target}")
         idx = len(nodes)
-        name = node.target if node.op == "call_module" else node.name
-        nodes.append(Node(name=str(name), op=op, inputs=[position[a] for a in tensor_args]))
+        name = str(node.target if node.op == "call_module" else node.name)
+        uses = names_seen.get(name, 0)
+        names_seen[name] = uses + 1
+        if uses:
+            name = f"{name}:{uses}"
+        stack = node.meta.get("nn_module_stack") or {}
+        scopes = tuple(v[0] if isinstance(v, tuple) else str(k) for k, v in stack.items())
+        nodes.append(Node(name=name, op=op, inputs=[position[a] for a in tensor_args], scopes=scopes))
         op.bind(node, tensor_args)
         if node.op == "call_module" and op.module is None:
             op.set_module(modules[node.target])

@@ -28,12 +28,22 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (paper 003, Eq. 2)."""
     if epsilon == 0:
         return z
-    return z + torch.where(z >= 0, epsilon, -epsilon)
+    return _signed_epsilon(z, epsilon).add_(z)
+
+
+def _signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
+    plus = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    return torch.where(z >= 0, plus, -plus)
 
 
 def normalize(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
     """``r / stabilize(z, epsilon)``; with ``epsilon = 0``, ``r / z`` with ``0/0 := 0``."""
-    return safe_divide(r, z) if epsilon == 0 else r / stabilize(z, epsilon)
+    if epsilon == 0:
+        return safe_divide(r, z)
+    denominator = stabilize(z, epsilon)
+    if denominator.shape != r.shape or denominator.dtype != r.dtype:
+        return r / denominator
+    return torch.div(r, denominator, out=denominator)
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -206,9 +216,33 @@ class Pad(Op):
 
     def __init__(self, module: nn.Module | None, padding: tuple | None, value: float | None) -> None:
         self.module = module
+        self.padding = padding
+        self.value = value
         self.keeps_sign = value is None or value >= 0
+        self.folded = False
+
+    def zero_padding(self) -> tuple[int, ...] | None:
+        """The padding amounts if this is a constant zero padding known at trace time."""
+        if self.module is not None:
+            return tuple(self.padding) if self.value == 0 else None
+        node = self.fx_node
+        pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+        if mode != "constant" or value not in (None, 0, 0.0) or not isinstance(pad, (tuple, list)):
+            return None
+        if not all(isinstance(p, int) for p in pad):
+            return None
+        return tuple(pad)
+
+    def forward(self, args: tuple, kwargs: dict) -> Tensor:
+        if self.folded:
+            return args[0]
+        return super().forward(args, kwargs)
 
     def relevance(self, inputs, args, kwargs, output, r, ctx):
+        if self.folded:
+            return [r]
         return [self._linear_vjp(inputs, args, kwargs, 0, r)]
 
 
@@ -325,7 +359,9 @@ class Add(Op):
             share = r / len(inputs)
             return [reduce_to_shape(share, x.shape) for x in inputs]
         s = normalize(r, output, ctx.norm_epsilon)
-        return [reduce_to_shape(sign * x * s, x.shape) for sign, x in zip(signs, inputs)]
+        shares = [reduce_to_shape(x * s if sign > 0 else -(x * s), x.shape) for sign, x in zip(signs[:-1], inputs)]
+        last = s.mul_(inputs[-1]) if signs[-1] > 0 else s.mul_(inputs[-1]).neg_()
+        return shares + [reduce_to_shape(last, inputs[-1].shape)]
 
 
 class Multiply(Op):
@@ -412,6 +448,7 @@ class Affine(Op):
         self.kind = kind  # "linear" or "conv"
         self.nd = nd
         self.bn: nn.Module | None = None
+        self.pre_pad: tuple[int, ...] | None = None  # a folded zero padding (F.pad order)
         self._cache: dict[str, Tensor] = {}
         self._cache_key: tuple = ()
         if kind == "conv":
@@ -480,11 +517,20 @@ class Affine(Op):
         shift = self.bn.bias if self.bn.bias is not None else 0.0
         return (b - self.bn.running_mean) * self._bn_factor() + shift
 
+    def broadcast_bias(self, z: Tensor) -> Tensor:
+        """The effective bias shaped to broadcast against the output ``z``."""
+        b = self.bias
+        if b is None:
+            return torch.zeros((), dtype=z.dtype, device=z.device)
+        return b if self.kind == "linear" else b.view(1, -1, *([1] * self.nd))
+
     # -- linear maps ---------------------------------------------------------------------------
     def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The layer's linear map with the given parameters."""
         if self.kind == "linear":
             return F.linear(x, weight, bias)
+        if self.pre_pad is not None:
+            x = F.pad(x, self.pre_pad)
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
         return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
@@ -492,6 +538,13 @@ class Affine(Op):
         """Transposed map: ``W^T s`` shaped like the input ``x`` (vector-Jacobian product)."""
         if self.kind == "linear":
             return s.matmul(weight)
+        if self.pre_pad is not None:
+            padded = x.new_empty(F.pad(x[:1, :1], self.pre_pad).shape[2:])
+            shape = (*x.shape[:2], *padded.shape)
+            out = torch.ops.aten.convolution_backward(
+                s, x.new_empty(shape), weight, None, list(self.stride), list(self.padding),
+                list(self.dilation), False, [0] * self.nd, self.groups, [True, False, False])[0]
+            return _crop(out, self.pre_pad)
         return torch.ops.aten.convolution_backward(
             s, x, weight, None, list(self.stride), list(self.padding), list(self.dilation), False,
             [0] * self.nd, self.groups, [True, False, False])[0]
@@ -502,6 +555,16 @@ class Affine(Op):
     def relevance(self, inputs, args, kwargs, output, r, ctx):
         rule = ctx.rule(self)
         return [rule(self, inputs[0], output, r, ctx.nonnegative_input(self))]
+
+
+def _crop(t: Tensor, pad: tuple[int, ...]) -> Tensor:
+    """Undo ``F.pad(t, pad)`` (pad lists (left, right) pairs from the last dimension backwards)."""
+    index = [slice(None)] * t.dim()
+    for k in range(len(pad) // 2):
+        dim = t.dim() - 1 - k
+        before, after = pad[2 * k], pad[2 * k + 1]
+        index[dim] = slice(before, t.shape[dim] - after)
+    return t[tuple(index)]
 
 
 def _numeric_padding(module: nn.Module, path: str) -> tuple[int, ...]:

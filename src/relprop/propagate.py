@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from . import ops
-from .canonize import fold_batch_norms
+from .canonize import fold_batch_norms, fold_zero_padding
 from .composite import Composite
 from .graph import Graph, trace
 from .rules import AffineRule
@@ -78,11 +78,12 @@ class _Context:
 class Propagator:
     """A traced, canonized model that runs relevance propagation for any :class:`Composite`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fold_batchnorm: bool = True) -> None:
         self.model_ref = weakref.ref(model)
         with eval_mode(model):
             self.graph: Graph = trace(model)
-        self.folded = fold_batch_norms(self.graph)
+        self.folded = fold_batch_norms(self.graph) if fold_batchnorm else 0
+        fold_zero_padding(self.graph)
         self.affine = [n.op for n in self.graph.nodes if isinstance(n.op, ops.Affine)]
         self.gates = self._find_gates()
 
@@ -139,29 +140,123 @@ class Propagator:
                 cache.args[pos], cache.kwargs[pos], cache.outputs[pos] = args, kwargs, out
         return cache
 
+    def forward_differentiable(self, x: Tensor, activation: Callable[[ops.Op, Tensor, Tensor], Tensor] | None = None,
+                               keep: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+        """Differentiable forward through relprop's graph (batch norms folded).
+
+        ``activation(op, input, output) -> output`` may replace the value of every activation node
+        (e.g. to change its gradient, as guided backprop does, also for functional ``F.relu``).
+        ``keep`` names nodes whose outputs are returned too (e.g. for Grad-CAM).
+        Returns the model output and ``{name: output}`` of the kept nodes.
+        """
+        model = self.model_ref()
+        if model is None:
+            raise RuntimeError("the model of this propagator no longer exists")
+        graph = self.graph
+        wanted = {graph.find(name): name for name in keep}
+        kept: dict[str, Tensor] = {}
+        env: dict[fx.Node, object] = {}
+        result: Tensor | None = None
+        with eval_mode(model):
+            for fx_node in graph.fx_graph.nodes:
+                if fx_node.op == "placeholder":
+                    env[fx_node] = x
+                    continue
+                args = fx.node.map_arg(fx_node.args, lambda a: env[a])
+                kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
+                pos = graph.position.get(fx_node)
+                if fx_node.op == "output":
+                    result = args[0]
+                    continue
+                if pos is None:
+                    env[fx_node] = _evaluate(fx_node, args, kwargs, model)
+                    continue
+                op = graph.nodes[pos].op
+                out = op.forward(args, kwargs)
+                if activation is not None and isinstance(op, (ops.Activation, ops.FunctionalActivation)):
+                    out = activation(op, args[0], out)
+                env[fx_node] = out
+                if pos in wanted:
+                    kept[wanted[pos]] = out
+        if 0 in wanted:
+            kept[wanted[0]] = x
+        assert result is not None
+        return result, kept
+
+    def gradient_at(self, cache: ForwardCache, name: str, output_gradient: Tensor) -> tuple[Tensor, Tensor]:
+        """Value of node ``name`` and the gradient of ``<output, output_gradient>`` with respect to it.
+
+        Only the part of the graph after the node is recomputed (with autograd), from the cached
+        forward pass, which must not have been released yet.
+        """
+        model = self.model_ref()
+        graph = self.graph
+        start = graph.find(name)
+        if cache.outputs[start] is None:
+            raise RuntimeError("gradient_at needs the forward cache before any backward pass released it")
+        leaf = cache.outputs[start].detach().requires_grad_(True)
+        env: dict[fx.Node, object] = {}
+        result: Tensor | None = None
+        with torch.enable_grad(), eval_mode(model):
+            for fx_node in graph.fx_graph.nodes:
+                pos = graph.position.get(fx_node)
+                if fx_node.op == "placeholder":
+                    env[fx_node] = cache.outputs[0]
+                    continue
+                args = fx.node.map_arg(fx_node.args, lambda a: env[a])
+                if fx_node.op == "output":
+                    result = args[0]
+                    continue
+                if pos is not None and pos < start:
+                    env[fx_node] = cache.outputs[pos]
+                    continue
+                if pos == start:
+                    env[fx_node] = leaf
+                    continue
+                kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
+                if pos is None:
+                    env[fx_node] = _evaluate(fx_node, args, kwargs, model)
+                else:
+                    env[fx_node] = graph.nodes[pos].op.forward(args, kwargs)
+        assert result is not None
+        gradient, = torch.autograd.grad(result, leaf, output_gradient)
+        return leaf.detach(), gradient
+
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache: ForwardCache, relevance: Tensor, composite: Composite,
-                 record: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
-        """Propagate ``relevance`` (shaped like the model output) back to the input.
+                 record: Sequence[str] = (), start: str | None = None,
+                 release: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Propagate ``relevance`` back to the input.
 
-        ``record`` names nodes (module paths or fx names) whose output relevance is returned too.
-        The cache is consumed: entries are released as soon as they are no longer needed.
+        ``relevance`` is shaped like the model output, or like the output of node ``start`` when
+        given (methods whose initial relevance lives at an inner layer). ``record`` names nodes
+        (see :meth:`Graph.find`) whose output relevance is returned too. With ``release`` the cache
+        is consumed (entries are freed as soon as they are no longer needed); without it, the same
+        forward pass can serve several backward passes.
         """
         graph = self.graph
         ctx = _Context(self, composite)
         wanted = {graph.find(name): name for name in record}
         recorded: dict[str, Tensor] = {}
         rel: list[Tensor | None] = [None] * len(graph.nodes)
-        rel[-1] = relevance
+        first = len(graph.nodes) - 1 if start is None else graph.find(start)
+        expected = cache.outputs[first]
+        if expected is not None and relevance.shape != expected.shape:
+            raise ValueError(
+                f"initial relevance has shape {tuple(relevance.shape)}, but node "
+                f"{graph.nodes[first].name!r} outputs {tuple(expected.shape)}"
+            )
+        rel[first] = relevance
         with torch.no_grad():
-            for pos in range(len(graph.nodes) - 1, 0, -1):
+            for pos in range(first, 0, -1):
                 r = rel[pos]
                 rel[pos] = None
                 if pos in wanted:
                     recorded[wanted[pos]] = r if r is not None else torch.zeros_like(cache.outputs[pos])
                 node = graph.nodes[pos]
                 if r is None:
-                    cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = None
+                    if release:
+                        cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = cache.state[pos] = None
                     continue
                 inputs = [cache.outputs[i] for i in node.inputs]
                 if pos == len(graph.nodes) - 1:
@@ -170,7 +265,8 @@ class Propagator:
                     ctx.state = cache.state[pos]
                     results = node.op.relevance(inputs, cache.args[pos], cache.kwargs[pos],
                                                 cache.outputs[pos], r, ctx)
-                cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = cache.state[pos] = None
+                if release:
+                    cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = cache.state[pos] = None
                 for i, ri in zip(node.inputs, results):
                     if ri is None:
                         continue
@@ -190,13 +286,14 @@ def _evaluate(node: fx.Node, args: tuple, kwargs: dict, model: nn.Module) -> obj
     raise RuntimeError(f"cannot evaluate node {node.name!r} ({node.op})")
 
 
-_PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, Propagator]" = weakref.WeakKeyDictionary()
+_PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, dict[bool, Propagator]]" = weakref.WeakKeyDictionary()
 
 
-def propagator_for(model: nn.Module) -> Propagator:
-    """The (cached) propagator of ``model``; tracing happens once per model."""
-    found = _PROPAGATORS.get(model)
+def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:
+    """The (cached) propagator of ``model``; tracing happens once per model and folding choice."""
+    per_model = _PROPAGATORS.setdefault(model, {})
+    found = per_model.get(fold_batchnorm)
     if found is None:
-        found = Propagator(model)
-        _PROPAGATORS[model] = found
+        found = Propagator(model, fold_batchnorm)
+        per_model[fold_batchnorm] = found
     return found

@@ -1,5 +1,7 @@
 """Per-layer relevance rules, one module per family."""
 
-from .lrp import AffineRule, AlphaBeta, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus, ZRule
+from .lrp import AffineRule, AlphaBeta, Contrastive, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus, ZRule
 
-__all__ = ["AffineRule", "AlphaBeta", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule"]
+__all__ = [
+    "AffineRule", "AlphaBeta", "Contrastive", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule",
+]

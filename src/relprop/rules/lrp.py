@@ -78,6 +78,7 @@ class AlphaBeta:
     alpha: float = 1.0
     beta: float = 0.0
     stabilizer: float = 1e-6
+    bias: bool = True  #: False: ignore the bias (e.g. excitation backprop, the official CLRP code)
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0:
@@ -87,6 +88,8 @@ class AlphaBeta:
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         wp, wn, bp, bn = _parts(layer)
+        if not self.bias:
+            bp = bn = None
         xp, xn = _split(x, nonnegative)
         result = _one_sided(layer, xp, xn, wp, wn, bp, r, self.stabilizer, sign=1)
         if self.alpha != 1:
@@ -113,7 +116,7 @@ def _one_sided(layer: Affine, xp: Tensor, xn: Tensor | None, w_same: Tensor, w_o
     elif sign < 0:
         s = torch.div(r, z.sub_(stabilizer), out=z)
     else:
-        s = r / stabilize(z, stabilizer)
+        s = normalize(r, z, stabilizer)
     if mask is not None:
         s.mul_(mask)
     out = layer.transpose(s, w_same, xp).mul_(xp)
@@ -166,7 +169,7 @@ class Flat:
         ones_w = layer.cached("ones", lambda: torch.ones_like(layer.weight))
         ones_x = torch.ones_like(x[:1])
         count = layer.apply(ones_x, ones_w)
-        s = r / stabilize(count, self.stabilizer)
+        s = normalize(r, count, self.stabilizer)
         return layer.transpose(s, ones_w, x)
 
 
@@ -184,7 +187,7 @@ class WSquare:
         w2 = layer.cached("w^2", lambda: layer.weight ** 2)
         b2 = None if (self.zero_bias or layer.bias is None) else layer.cached("b^2", lambda: layer.bias ** 2)
         denom = layer.apply(torch.ones_like(x[:1]), w2, b2)
-        s = r / stabilize(denom, self.stabilizer)
+        s = normalize(r, denom, self.stabilizer)
         return layer.transpose(s, w2, x)
 
 
@@ -200,6 +203,7 @@ class ZBox:
     low: Bound = None
     high: Bound = None
     stabilizer: float = 1e-6
+    bias: bool = True  #: False: no bias anywhere (the official RAP/CLRP/SGLRP input rule)
 
     def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper bound tensors broadcast to the shape of ``x``."""
@@ -214,10 +218,52 @@ class ZBox:
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         wp, wn, bp, bn = _parts(layer)
         low, high = self.bounds(x)
+        if not self.bias and layer.bias is not None:
+            z = z - layer.broadcast_bias(z)
+            bp = bn = None
         zb = z - layer.apply(low, wp, bp) - layer.apply(high, wn, bn)
-        s = r / stabilize(zb, self.stabilizer)
+        s = normalize(r, zb, self.stabilizer)
         return (x * layer.transpose(s, layer.weight, x) - low * layer.transpose(s, wp, x)
                 - high * layer.transpose(s, wn, x))
+
+
+class NegatedLayer:
+    """A view of an affine layer with negated weight and bias (for contrastive top layers)."""
+
+    def __init__(self, layer: Affine) -> None:
+        self._layer = layer
+
+    def __getattr__(self, name: str):
+        return getattr(self._layer, name)
+
+    @property
+    def weight(self) -> Tensor:
+        return self._layer.cached("negated:weight", lambda: -self._layer.weight)
+
+    @property
+    def bias(self) -> Tensor | None:
+        if self._layer.bias is None:
+            return None
+        return self._layer.cached("negated:bias", lambda: -self._layer.bias)
+
+    def cached(self, key: str, make):
+        return self._layer.cached("negated:" + key, make)
+
+
+@dataclass(frozen=True)
+class Contrastive:
+    """``rule(W) - rule(-W)``: the target's relevance minus that of its negated "dual" unit.
+
+    For the output layer of contrastive excitation backprop (Zhang et al. 2016) and CLRP's second
+    type (Gu et al. 2018), where the dual class uses the negated weights of the target.
+    """
+
+    rule: "AffineRule"
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        target = self.rule(layer, x, z, r, nonnegative)
+        negated = NegatedLayer(layer)
+        return target - self.rule(negated, x, -z, r, nonnegative)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -230,4 +276,4 @@ class Pass:
         return r
 
 
-__all__ = ["AffineRule", "AlphaBeta", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule"]
+__all__ = ["AffineRule", "AlphaBeta", "Contrastive", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule"]

@@ -1,0 +1,170 @@
+"""Class-contrastive relevance: SGLRP, CLRP, excitation backprop and contrastive excitation backprop.
+
+The rules underneath are deep-Taylor style: z+ without bias on every hidden and output layer
+(paper 004, Eq. 1) and z^B on the input layer (paper 004, Eq. 2), with per-image bounds unless
+``low``/``high`` are given. Because these rules are linear in the relevance for a fixed forward
+pass, a signed initial relevance in one pass equals the difference of separate target and dual passes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..composite import Composite, by_type, first, last
+from ..propagate import propagator_for
+from ..registry import register_method
+from ..rules import AlphaBeta, Contrastive, ZBox
+from ..rules.lrp import Bound
+from ..targets import Target, check_rank, resolve_target
+
+Tensor = torch.Tensor
+_ALL = by_type("conv", "linear")
+#: stabiliser of the z+ rules of these methods (the official CLRP code adds 1e-9)
+STABILIZER = 1e-9
+
+
+def _deep_taylor(name: str, low: Bound, high: Bound, bias: bool = False, top=None) -> Composite:
+    """z^B on the input layer, z+ everywhere else; ``top`` replaces the output layer's rule."""
+    zplus = AlphaBeta(1.0, 0.0, STABILIZER, bias=bias)
+    rules: list = [(first(1), ZBox(low, high, STABILIZER, bias=False))]
+    if top is not None:
+        rules.append((last(1), top))
+    rules.append((_ALL, zplus))
+    return Composite(rules, name=name)
+
+
+def _forward(model: nn.Module, x: Tensor):
+    propagator = propagator_for(model)
+    first_layer = propagator.affine[0] if propagator.affine else None
+    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
+    check_rank(x, expected, type(model).__name__)
+    cache = propagator.forward(x)
+    return propagator, cache, cache.outputs[-1]
+
+
+def _per_sample_sum(r: Tensor) -> Tensor:
+    return r.flatten(1).sum(1).view(-1, *([1] * (r.dim() - 1)))
+
+
+def _safe_ratio(a: Tensor, b: Tensor) -> Tensor:
+    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
+
+
+def softmax_gradient(logits: Tensor, target: Tensor) -> Tensor:
+    """d p_t / d z_n: ``p_t (1 - p_t)`` at the target, ``-p_t p_n`` elsewhere (paper 004, Eq. 10)."""
+    p = logits.softmax(dim=1)
+    p_t = p.gather(1, target.view(-1, 1))
+    grad = -p_t * p
+    return grad.scatter_(1, target.view(-1, 1), (p_t * (1 - p_t)))
+
+
+@register_method("sglrp", "Softmax-gradient LRP (paper 004, Eq. 9-10): softmax-gradient initial relevance, z+ / z^B")
+def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, record=()):
+    """SGLRP. ``variant="paper"``: one pass from the signed softmax gradient (Eq. 10), then
+    ``max(., 0)`` (Eq. 9; ``relu=False`` keeps the signed map). ``variant="official"``: the
+    authors' code: softmax over ReLU'd logits, a target pass from ``p_t (1 - p_t) + 1e-8`` and a
+    dual pass from ``p_j p_t`` (classes with positive logits only), alpha1beta0 with bias on
+    hidden and output layers, output ``A_t - A_o * sum(A_t) / sum(A_o)`` per image, no ReLU."""
+    if variant not in ("paper", "official"):
+        raise ValueError(f"variant must be 'paper' or 'official', got {variant!r}")
+    propagator, cache, logits = _forward(model, x)
+    indices = resolve_target(target, logits)
+    if variant == "paper":
+        composite = _deep_taylor("sglrp", low, high)
+        relevance, recorded = propagator.backward(cache, softmax_gradient(logits, indices), composite, record)
+        return _relu(relevance, True if relu is None else relu), recorded
+    composite = _deep_taylor("sglrp-official", low, high, bias=True)
+    positive = logits.clamp(min=0)
+    p = positive.softmax(dim=1)
+    p_t = p.gather(1, indices.view(-1, 1))
+    active = (logits > 0).to(logits.dtype)
+    target_r = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), p_t * (1 - p_t) + 1e-8) * active
+    dual_r = (p * p_t).scatter(1, indices.view(-1, 1), 0.0) * active
+    a_t, recorded = propagator.backward(cache, target_r, composite, record, release=False)
+    a_o, recorded_dual = propagator.backward(cache, dual_r, composite, record)
+    scale = _safe_ratio(_per_sample_sum(a_t), _per_sample_sum(a_o))
+    recorded = {k: v - recorded_dual[k] * scale.view(-1, *([1] * (v.dim() - 1))) for k, v in recorded.items()}
+    return _relu(a_t - a_o * scale, False if relu is None else relu), recorded
+
+
+@register_method("clrp", "Contrastive LRP (paper 004, Eq. 6-7): target minus uniform dual classes, z+ / z^B")
+def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, record=()):
+    """CLRP. ``variant="paper"``: one pass from ``z_t`` at the target and ``-z_t / (N - 1)`` at every
+    other class (Eq. 7), then ``max(., 0)`` (Eq. 6). ``"official-type1"``: separate passes from
+    ``|z_t|`` and from the dual ``|z_j|`` (j != t), output ``A_t / sum A_t - A_d / sum A_d``.
+    ``"official-type2"``: the dual pass starts from ``|z_t|`` through the negated output weights."""
+    variants = ("paper", "official-type1", "official-type2")
+    if variant not in variants:
+        raise ValueError(f"variant must be one of {variants}, got {variant!r}")
+    propagator, cache, logits = _forward(model, x)
+    indices = resolve_target(target, logits)
+    index = indices.view(-1, 1)
+    z_t = logits.gather(1, index)
+    if variant == "paper":
+        classes = logits.shape[1]
+        if classes < 2:
+            raise ValueError("CLRP needs a model with at least two classes")
+        initial = torch.full_like(logits, 0.0) - z_t / (classes - 1)
+        initial.scatter_(1, index, z_t)
+        relevance, recorded = propagator.backward(cache, initial, _deep_taylor("clrp", low, high), record)
+        return _relu(relevance, relu), recorded
+    composite = _deep_taylor("clrp", low, high)
+    target_r = torch.zeros_like(logits).scatter_(1, index, z_t.abs())
+    if variant == "official-type1":
+        dual_r, dual_composite = logits.abs().scatter(1, index, 0.0), composite
+    else:
+        top = AlphaBeta(1.0, 0.0, STABILIZER, bias=False)
+        dual_r = target_r
+        dual_composite = _deep_taylor("clrp-type2", low, high, top=_NegatedTop(top))
+    a_t, recorded = propagator.backward(cache, target_r, composite, record, release=False)
+    a_d, recorded_dual = propagator.backward(cache, dual_r, dual_composite, record)
+    relevance = _safe_ratio(a_t, _per_sample_sum(a_t)) - _safe_ratio(a_d, _per_sample_sum(a_d))
+    recorded = {k: v - recorded_dual[k] for k, v in recorded.items()}
+    return _relu(relevance, relu), recorded
+
+
+class _NegatedTop:
+    """Apply a rule to the output layer with negated weights (CLRP type 2's dual)."""
+
+    def __init__(self, rule) -> None:
+        self.rule = rule
+
+    def __call__(self, layer, x, z, r, nonnegative):
+        from ..rules.lrp import NegatedLayer
+        return self.rule(NegatedLayer(layer), x, -z, r, nonnegative)
+
+
+@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias")
+def excitation_backprop(model, x, target, *, relu=False, record=()):
+    """Marginal winning probabilities from ``P = 1`` at the target: ``P_i = sum_j x_i w+_ij /
+    sum_i' x_i' w+_i'j P_j`` on every layer, no bias; signed pixels at the input are handled as
+    alpha1beta0 does (``x+ w+`` and ``x- w-`` are the excitatory contributions)."""
+    propagator, cache, logits = _forward(model, x)
+    indices = resolve_target(target, logits)
+    composite = Composite([(_ALL, AlphaBeta(1.0, 0.0, STABILIZER, bias=False))], name="excitation-backprop")
+    initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    relevance, recorded = propagator.backward(cache, initial, composite, record)
+    return _relu(relevance, relu), recorded
+
+
+@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual")
+def contrastive_eb(model, x, target, *, relu=False, record=()):
+    """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the
+    dual unit), and the difference travels on with excitation backprop. Signed unless ``relu``."""
+    propagator, cache, logits = _forward(model, x)
+    indices = resolve_target(target, logits)
+    zplus = AlphaBeta(1.0, 0.0, STABILIZER, bias=False)
+    composite = Composite([(last(1), Contrastive(zplus)), (_ALL, zplus)], name="contrastive-eb")
+    initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    relevance, recorded = propagator.backward(cache, initial, composite, record)
+    return _relu(relevance, relu), recorded
+
+
+def _relu(relevance: Tensor, relu: bool) -> Tensor:
+    return relevance.clamp(min=0) if relu else relevance
+
+
+__all__: Sequence[str] = ["softmax_gradient"]

@@ -1,0 +1,53 @@
+"""Relative Attributing Propagation, conference version (paper 000; official code behaviour).
+
+Rules (``relprop.rules.rap``): the first propagation at the output layer, the hidden linear and
+convolution rules with the uniform shift, z^B at the input with per-image bounds and no bias, batch
+norm as the identity (the official code's net effect; relprop therefore keeps batch norms unfolded),
+winner-take-all max pooling, and proportional average pooling and residual sums without epsilon.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..composite import Composite, by_type, first, last
+from ..propagate import propagator_for
+from ..registry import register_method
+from ..rules import ZBox
+from ..rules.rap import RAPHidden, RAPOutput
+from ..targets import check_rank, one_hot_logit, resolve_target
+
+
+def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
+    """The RAP rule map; ``start="logit"`` uses the hidden rule at the output layer too (AGF copy)."""
+    if start not in ("one-hot", "logit"):
+        raise ValueError(f"start must be 'one-hot' or 'logit', got {start!r}")
+    if one_by_one not in ("rap", "abs"):
+        raise ValueError(f"one_by_one must be 'rap' or 'abs', got {one_by_one!r}")
+    hidden = RAPHidden(one_by_one)
+    rules: list = [(first(1), ZBox(None, None, stabilizer=0.0, bias=False))]
+    rules.append((last(1), RAPOutput() if start == "one-hot" else hidden))
+    rules.append((by_type("conv", "linear"), hidden))
+    return Composite(rules, maxpool="winner", add="proportional", batchnorm="identity", norm_epsilon=0.0,
+                     name="rap")
+
+
+@register_method("rap", "Relative Attributing Propagation (paper 000, Eq. 5-10), as the official code computes it")
+def rap(model, x, target, *, start="one-hot", one_by_one="rap", record=()):
+    """RAP. ``start="one-hot"`` (default, official): relevance 1 at the target and the absolute-
+    influence normalisation at the output layer (Eq. 5-6); ``"logit"``: one-hot times logit with the
+    hidden rule at the output (the AGF copy). ``one_by_one="abs"``: the AGF copy's 1x1 rule.
+    The input relevance sums to the target logit."""
+    composite = rap_composite(start, one_by_one)
+    propagator = propagator_for(model, fold_batchnorm=False)
+    first_layer = propagator.affine[0] if propagator.affine else None
+    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
+    check_rank(x, expected, type(model).__name__)
+    cache = propagator.forward(x)
+    logits = cache.outputs[-1]
+    indices = resolve_target(target, logits)
+    if start == "one-hot":
+        initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    else:
+        initial = one_hot_logit(logits, indices)
+    return propagator.backward(cache, initial, composite, record)

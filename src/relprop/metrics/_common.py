@@ -1,0 +1,252 @@
+"""Shared validation, sign handling, ranking and the metric registry for :mod:`relprop.metrics`.
+
+Conventions used by every metric (see ``docs/metrics.md``):
+
+* attribution maps are float tensors shaped ``(B, H, W)`` (channels already reduced, see
+  :func:`reduce_channels`); masks are ``(B, H, W)`` and binary (bool, or numbers that are all 0 or 1);
+* maps containing NaN or infinity, masks that are not binary, wrong ranks and maps and masks of
+  different sizes raise :class:`ValueError`; a size mismatch can instead be resolved explicitly with
+  ``resize="map"`` (the map is resized bilinearly to the mask, TorchRay's protocol) or
+  ``resize="mask"`` (the mask is resized with nearest-neighbour sampling to the map);
+* per-sample results are returned as ``(B,)`` (or ``(B, K)``) float tensors with NaN where the value
+  is undefined (empty mask, zero denominator, constant map, ...), never a silent 0 or a hit;
+* rankings use a stable sort: among equal values the pixel with the smaller row-major index
+  (``i * W + j``) comes first, for descending (MoRF) and ascending (LeRF) orders alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SIGNS = ("positive", "absolute", "signed", "negative")
+RESIZES = (None, "map", "mask")
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """Metadata of a registered metric.
+
+    ``higher_is_better`` is True or False, or None for descriptive statistics that have no preferred
+    direction (e.g. the positive ratio). ``source`` names the paper file and equation/figure in
+    ``../shared/papers`` (or the anchor implementation) that the metric follows.
+    """
+
+    name: str
+    fn: Callable
+    higher_is_better: Optional[bool]
+    source: str
+    category: str
+
+    @property
+    def direction(self) -> str:
+        return {True: "higher", False: "lower", None: "none"}[self.higher_is_better]
+
+
+METRICS: dict[str, MetricInfo] = {}
+
+
+def register(name: str, *, higher_is_better: Optional[bool], source: str, category: str,
+             fn: Optional[Callable] = None):
+    """Register ``fn`` (or decorate a function) under ``name`` in :data:`METRICS`."""
+
+    def deco(f: Callable) -> Callable:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} registered twice")
+        METRICS[name] = MetricInfo(name, f, higher_is_better, source, category)
+        if not hasattr(f, "higher_is_better"):
+            try:
+                f.higher_is_better = higher_is_better  # type: ignore[attr-defined]
+                f.source = source  # type: ignore[attr-defined]
+            except AttributeError:  # pragma: no cover - builtins / partials without __dict__
+                pass
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def as_tensor(x, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return torch.as_tensor(x)
+    except Exception as exc:  # pragma: no cover - depends on the foreign object
+        raise ValueError(f"{name} must be a tensor or array, got {type(x).__name__}") from exc
+
+
+def check_maps(maps, name: str = "maps") -> Tensor:
+    """Validate attribution maps: rank 3 ``(B, H, W)``, finite; returns a float tensor.
+
+    Half precision is promoted to float32; integer maps to float32; float64 stays float64.
+    """
+    maps = as_tensor(maps, name)
+    if maps.dim() != 3:
+        raise ValueError(
+            f"{name} must have shape (B, H, W) (rank 3), got shape {_shape(maps)} (rank {maps.dim()}); "
+            "reduce channels first with relprop.metrics.reduce_channels")
+    if maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise ValueError(f"{name} have an empty spatial size {_shape(maps)}")
+    if maps.dtype == torch.bool or not maps.is_floating_point():
+        maps = maps.to(torch.float32)
+    elif maps.dtype in (torch.float16, torch.bfloat16):
+        maps = maps.to(torch.float32)
+    bad = ~torch.isfinite(maps).flatten(1).all(1)
+    if bad.any():
+        idx = torch.nonzero(bad).flatten().tolist()
+        kind = "NaN" if torch.isnan(maps[bad]).any() else "infinite values"
+        raise ValueError(f"{name} contain {kind} (samples {idx[:10]}{'...' if len(idx) > 10 else ''})")
+    return maps
+
+
+def check_masks(masks, name: str = "masks") -> Tensor:
+    """Validate masks: rank 3 ``(B, H, W)``, binary; returns a bool tensor."""
+    masks = as_tensor(masks, name)
+    if masks.dim() != 3:
+        raise ValueError(f"{name} must have shape (B, H, W) (rank 3), got shape {_shape(masks)} "
+                         f"(rank {masks.dim()})")
+    if masks.dtype == torch.bool:
+        return masks
+    if masks.is_floating_point() and torch.isnan(masks).any():
+        raise ValueError(f"{name} contain NaN")
+    nonbinary = (masks != 0) & (masks != 1)
+    if nonbinary.any():
+        vals = torch.unique(masks[nonbinary])[:5].tolist()
+        raise ValueError(f"{name} must be binary (0/1 or bool); found values such as {vals}")
+    return masks != 0
+
+
+def resize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``(B, H, W)`` maps (``align_corners=False``, as TorchRay)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of ``(B, H, W)`` bool masks (torch ``"nearest"`` sampling)."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+
+
+def check_pair(maps, masks, resize: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    """Validate a map/mask pair and bring them to a common resolution.
+
+    ``resize=None`` requires equal shapes; ``"map"`` resizes the maps to the masks' size
+    (bilinear), ``"mask"`` resizes the masks to the maps' size (nearest).
+    """
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+    maps = check_maps(maps)
+    masks = check_masks(masks)
+    if maps.shape[0] != masks.shape[0]:
+        raise ValueError(f"maps {_shape(maps)} and masks {_shape(masks)} have different batch sizes")
+    if maps.shape[1:] != masks.shape[1:]:
+        if resize is None:
+            raise ValueError(
+                f"maps {_shape(maps)} and masks {_shape(masks)} differ in size; pass resize='map' "
+                "(resize the maps to the masks) or resize='mask' (resize the masks to the maps)")
+        if resize == "map":
+            maps = resize_maps(maps, tuple(masks.shape[1:]))
+        else:
+            masks = resize_masks(masks, tuple(maps.shape[1:]))
+    masks = masks.to(maps.device)
+    return maps, masks
+
+
+def check_sign(sign: str) -> str:
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    return sign
+
+
+def apply_sign(maps: Tensor, sign: str) -> Tensor:
+    """Apply a sign option to maps.
+
+    ``positive``: ``max(R, 0)``; ``absolute``: ``|R|``; ``signed``: ``R`` unchanged;
+    ``negative``: ``max(-R, 0)`` (the magnitude of the negative part, so larger = more negative).
+    """
+    check_sign(sign)
+    if sign == "positive":
+        return maps.clamp(min=0)
+    if sign == "absolute":
+        return maps.abs()
+    if sign == "negative":
+        return (-maps).clamp(min=0)
+    return maps
+
+
+def reduce_channels(attributions, how: str = "sum") -> Tensor:
+    """Reduce ``(B, C, H, W)`` attributions to ``(B, H, W)`` maps (``how`` in sum / mean / abs-sum)."""
+    a = as_tensor(attributions, "attributions")
+    if a.dim() != 4:
+        raise ValueError(f"attributions must have shape (B, C, H, W), got {_shape(a)}")
+    if how == "sum":
+        return a.sum(1)
+    if how == "mean":
+        return a.mean(1)
+    if how == "abs-sum":
+        return a.abs().sum(1)
+    raise ValueError(f"how must be 'sum', 'mean' or 'abs-sum', got {how!r}")
+
+
+def nan_like(shape, ref: Tensor) -> Tensor:
+    return torch.full(shape, float("nan"), dtype=ref.dtype, device=ref.device)
+
+
+def is_constant(maps: Tensor) -> Tensor:
+    """(B,) bool: the map has a single value everywhere."""
+    flat = maps.flatten(1)
+    return flat.amax(1) == flat.amin(1)
+
+
+def first_argmax(maps: Tensor) -> Tensor:
+    """(B, 2) long (row, col) of the first maximum in row-major order (ties go to the top-left)."""
+    flat = maps.flatten(1)
+    idx = torch.argmax(flat, dim=1)  # documented to return the first maximal index
+    w = maps.shape[-1]
+    return torch.stack([idx // w, idx % w], dim=1)
+
+
+def stable_order(values: Tensor, descending: bool) -> Tensor:
+    """Indices sorting ``values`` (B, N) along dim 1; ties keep the smaller (row-major) index first."""
+    return torch.sort(values, dim=1, descending=descending, stable=True).indices
+
+
+def as_seeds(seed: Union[int, Sequence[int], Tensor], batch: int) -> list[int]:
+    """Per-sample seeds: an int gives every sample the same seed; a sequence gives one per sample."""
+    if isinstance(seed, Tensor):
+        seed = seed.flatten().tolist()
+    if isinstance(seed, (int,)) and not isinstance(seed, bool):
+        return [int(seed)] * batch
+    seeds = [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise ValueError(f"seed must be an int or one seed per sample ({batch}), got {len(seeds)}")
+    return seeds
+
+
+def check_include(include, batch: int, device) -> Optional[Tensor]:
+    if include is None:
+        return None
+    inc = as_tensor(include, "include")
+    if inc.dim() != 1 or inc.shape[0] != batch:
+        raise ValueError(f"include must have shape ({batch},), got {_shape(inc)}")
+    return check_masks(inc[None, None], "include")[0, 0].to(device)

@@ -1,0 +1,66 @@
+"""Object-versus-context occlusion check (paper 003, Sec. IV-A, Fig. 2).
+
+Verifies the assumption behind mu / mu_w that the model relies on the object more than on its
+context: the object area (inside the class's boxes) or the context (outside) is replaced by the
+data-set mean colour per pixel, and ``Delta f = f(x') - f(x)`` of the true class's logit is recorded
+(lower means a stronger reaction). Fig. 2 plots both as a function of the relative box size: bin
+with :func:`relprop.metrics.aggregate.binned_mean` against
+:func:`relprop.metrics.localisation.box_fraction`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import Tensor
+
+from ._common import check_masks, register
+from .perturbation import _check_targets, forward_in_chunks, model_scores
+
+__all__ = ["object_context_occlusion"]
+
+
+@register("object_context_occlusion", higher_is_better=None,
+          source="003_3ffc2cf8b3d12167.txt Sec. IV-A, Fig. 2", category="sanity")
+def object_context_occlusion(model: Callable, images, masks, targets, *,
+                             fill: Union[float, Tensor] = 0.0, score: str = "logit",
+                             internal_batch_size: int = 64) -> Tensor:
+    """(B, 2) ``[Delta f with the object occluded, Delta f with the context occluded]``.
+
+    ``fill``: the data-set mean per pixel in the model's input space - a number, a (C,) tensor or a
+    (C, H, W) tensor (paper 003: "mean color values per corresponding pixel and dataset"). ``score``:
+    ``"logit"`` (the paper) or ``"softmax"``. NaN: object column for an empty mask, context column
+    for a mask covering the whole image. A model using the object should give object < context.
+    """
+    x = torch.as_tensor(images)
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"images must be a float (B, C, H, W) tensor, got {tuple(x.shape)}")
+    m = check_masks(masks).to(x.device)
+    b, c, h, w = x.shape
+    if m.shape != (b, h, w):
+        raise ValueError(f"masks {tuple(m.shape)} must be (B, H, W) matching images {tuple(x.shape)}")
+    t = _check_targets(targets, b, x.device)
+    if t is None:
+        raise ValueError("targets are required")
+    fv = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    if fv.dim() == 0:
+        fv = fv.expand(c)
+    if fv.shape == (c,):
+        fv = fv[:, None, None].expand(c, h, w)
+    if fv.shape != (c, h, w):
+        raise ValueError(f"fill must be a number, a ({c},) or a ({c}, {h}, {w}) tensor, got {tuple(fv.shape)}")
+
+    def build(i: Tensor) -> Tensor:
+        bi, kind = i // 3, i % 3
+        region = torch.where((kind == 1)[:, None, None], m[bi], ~m[bi])  # 1: object, 2: context
+        region = region & (kind != 0)[:, None, None]
+        return torch.where(region[:, None], fv[None], x[bi])
+
+    logits = forward_in_chunks(model, 3 * b, build, internal_batch_size, x.device)
+    s = model_scores(logits, t.repeat_interleave(3), score).view(b, 3)
+    out = s[:, 1:] - s[:, :1]
+    nin = m.flatten(1).sum(1)
+    out[nin == 0, 0] = float("nan")
+    out[nin == h * w, 1] = float("nan")
+    return out

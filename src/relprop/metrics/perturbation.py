@@ -1,0 +1,580 @@
+"""Perturbation metrics: how the model's score changes when pixels are removed or inserted by rank.
+
+* :func:`region_perturbation` - MoRF / LeRF / random region perturbation (Samek et al. 2017) with
+  removal by the image minimum (paper 001 Table I), zero (paper 000 Fig. 7), mean, blur, uniform
+  noise, any fixed value or substrate, or random shuffling of the selected pixels (paper 001
+  Table I, in parentheses); per-step scores, accuracy and AOPC.
+* :func:`blurred_insertion` - MoRF insertion of original pixels into a Gaussian-blurred image in 1%
+  steps up to 20% (paper 002, Fig. 9).
+* :func:`rise_deletion` / :func:`rise_insertion` - RISE's causal deletion and insertion curves and
+  their AUC (Petsiuk et al. 2018, official ``evaluation.py``).
+
+Every perturbed copy is built from the *original* image (removal values never drift), and copies of
+all samples and steps are pushed through the model together in chunks of ``internal_batch_size``:
+``B * S`` forward passes for ``S`` steps (plus ``B`` for the clean prediction of insertion curves
+when no targets are given). Run the model in ``eval()`` mode; it is called under ``torch.no_grad()``.
+
+Ranking and ties: regions are ranked with a stable sort, so among regions of equal score the one
+with the smaller row-major index comes first, in MoRF (descending) and LeRF (ascending) order alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import as_seeds, as_tensor, check_maps, register, stable_order
+from .aggregate import CurveAggregate, aggregate_curves
+
+__all__ = ["PerturbationCurves", "region_perturbation", "blurred_insertion", "rise_deletion",
+           "rise_insertion", "aopc", "trapezoid_auc", "gaussian_blur", "gaussian_kernel",
+           "region_ids", "model_scores", "PAPER_000_LERF_COUNTS", "PAPER_001_POSITIVE_COUNTS",
+           "PAPER_001_NEGATIVE_COUNTS", "PAPER_002_INSERTION_FRACTIONS"]
+
+#: paper 001, Table I, positive removal: pixels removed in MoRF order (add H*W for "All")
+PAPER_001_POSITIVE_COUNTS = (0, 250, 500, 1000, 2000, 4000)
+#: paper 001, Table I, negative removal: pixels removed in LeRF order (add H*W for "All")
+PAPER_001_NEGATIVE_COUNTS = (0, 2000, 4000, 6000, 8000, 10000)
+#: paper 000, Fig. 7: 100 pixels per step in LeRF order, 4,000 in all, set to zero
+PAPER_000_LERF_COUNTS = tuple(range(0, 4001, 100))
+#: paper 002, Fig. 9: 1% .. 20% of the pixels in 1% steps
+PAPER_002_INSERTION_FRACTIONS = tuple(round(0.01 * i, 2) for i in range(1, 21))
+
+SCORES = ("logit", "softmax", "log_softmax")
+ORDERS = ("morf", "lerf", "random")
+REMOVALS = ("min", "zero", "mean", "blur", "noise", "shuffle")
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerturbationCurves:
+    """Per-sample curves of a perturbation experiment.
+
+    ``counts`` (S,): regions (pixels when ``patch_size=1``) requested at each step, starting at 0;
+    ``n_perturbed`` (B, S): pixels actually changed (removed or inserted), which is smaller than
+    requested when fewer regions are eligible (``restrict``) or the image is exhausted;
+    ``scores`` (B, S): the target's score (``score_kind``) on the perturbed input; ``correct`` (B, S):
+    whether the model's top-1 equals the target; ``targets`` (B,); ``predicted`` (B,): the top-1
+    class on the clean image (None when it was not computed); ``mode``: ``"deletion"`` (step 0 is
+    the clean image) or ``"insertion"`` (step 0 is the substrate).
+    """
+
+    counts: Tensor
+    n_perturbed: Tensor
+    scores: Tensor
+    correct: Tensor
+    targets: Tensor
+    predicted: Optional[Tensor]
+    score_kind: str
+    mode: str
+
+    def drop(self) -> Tensor:
+        """(B, S) ``f(x^(0)) - f(x^(k))``: the score drop relative to step 0."""
+        return self.scores[:, :1] - self.scores
+
+    def aopc(self) -> Tensor:
+        """(B,) AOPC terms (Samek et al.): mean over k = 0..L of ``f(x^(0)) - f(x^(k))``.
+
+        Average over samples (e.g. with :func:`relprop.metrics.aggregate.aggregate`) for the data-set
+        AOPC. Higher is better for MoRF, lower for LeRF.
+        """
+        return aopc(self.scores)
+
+    def auc(self) -> Tensor:
+        """(B,) trapezoidal area under the score curve with the steps spread evenly over [0, 1]
+        (RISE's AUC)."""
+        return trapezoid_auc(self.scores)
+
+    def accuracy(self) -> Tensor:
+        """(S,) fraction of samples whose top-1 equals the target, per step."""
+        return self.correct.to(torch.float64).mean(0)
+
+    def mean_curve(self) -> CurveAggregate:
+        """NaN-aware mean/std of the score curves over samples."""
+        return aggregate_curves(self.scores)
+
+
+def aopc(scores) -> Tensor:
+    """(B,) ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))`` from (B, L+1) score curves (step 0 =
+    unperturbed), as in Samek et al. 2017 (Eq. 12 there)."""
+    s = as_tensor(scores, "scores")
+    if s.dim() != 2 or s.shape[1] < 1:
+        raise ValueError(f"scores must be (B, L+1), got {tuple(s.shape)}")
+    return (s[:, :1] - s).mean(1)
+
+
+def trapezoid_auc(scores) -> Tensor:
+    """(B,) trapezoid area of (B, S) curves on x evenly spaced over [0, 1]: RISE's
+    ``(sum(s) - (s_0 + s_n) / 2) / n`` with ``n = S - 1``."""
+    s = as_tensor(scores, "scores")
+    if s.dim() != 2 or s.shape[1] < 2:
+        raise ValueError(f"scores must be (B, S) with S >= 2, got {tuple(s.shape)}")
+    return ((s[:, 1:] + s[:, :-1]) / 2).sum(1) / (s.shape[1] - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_kernel(kernel_size: int = 11, sigma: float = 5.0, kind: str = "gaussian",
+                    dtype=torch.float64) -> Tensor:
+    """1-D Gaussian kernel of odd length ``kernel_size``, normalised to sum 1.
+
+    ``kind="gaussian"``: samples of ``exp(-x^2 / (2 sigma^2))``. ``kind="rise"``: RISE's ``gkern``,
+    i.e. ``scipy.ndimage.gaussian_filter`` (truncate 4, mode ``"reflect"``) applied to a centred delta
+    in a ``kernel_size`` array, whose tails fold back into the window.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if kind == "gaussian":
+        x = torch.arange(kernel_size, dtype=torch.float64) - kernel_size // 2
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        return (k / k.sum()).to(dtype)
+    if kind == "rise":
+        radius = int(4.0 * sigma + 0.5)
+        x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        w = torch.exp(-0.5 * (x / sigma) ** 2)
+        w = w / w.sum()
+        n, c = kernel_size, kernel_size // 2
+        k = torch.zeros(n, dtype=torch.float64)
+        for i in range(n):
+            for o, wo in zip(range(-radius, radius + 1), w.tolist()):
+                j = (i + o) % (2 * n)  # scipy "reflect": d c b a | a b c d | d c b a
+                j = 2 * n - 1 - j if j >= n else j
+                if j == c:
+                    k[i] += wo
+        return k.to(dtype)
+    raise ValueError(f"kind must be 'gaussian' or 'rise', got {kind!r}")
+
+
+def gaussian_blur(images: Tensor, kernel_size: int = 11, sigma: float = 5.0,
+                  padding: str = "reflect", kind: str = "gaussian") -> Tensor:
+    """Separable per-channel Gaussian blur of (B, C, H, W) images.
+
+    ``padding``: ``"reflect"`` (default; no dark border), ``"replicate"`` or ``"zeros"`` (RISE's
+    ``conv2d(padding=klen // 2)``, which darkens borders toward 0).
+    """
+    if padding not in ("reflect", "replicate", "zeros"):
+        raise ValueError(f"padding must be 'reflect', 'replicate' or 'zeros', got {padding!r}")
+    x = images
+    b, c, h, w = x.shape
+    k = gaussian_kernel(kernel_size, sigma, kind, dtype=x.dtype).to(x.device)
+    p = kernel_size // 2
+    if padding == "reflect" and (p >= h or p >= w):
+        raise ValueError(f"reflect padding of {p} needs images larger than {p} pixels, got {h}x{w}")
+    y = x.reshape(b * c, 1, h, w)
+    mode = "constant" if padding == "zeros" else padding
+    y = F.pad(y, (p, p, p, p), mode=mode)
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    y = F.conv2d(y, k.view(1, 1, -1, 1))
+    return y.reshape(b, c, h, w)
+
+
+def region_ids(height: int, width: int, patch_size: int) -> tuple[Tensor, int, int]:
+    """Non-overlapping ``patch_size`` grid: (H*W,) region id of every pixel, number of regions, grid
+    width. Like Quantus, an image whose size is not a multiple of the patch size is padded
+    symmetrically (``floor`` of the padding before, ``ceil`` after), so border regions are partial;
+    region ids are row-major over the grid."""
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+
+    def pad_before(n: int) -> int:
+        r = n % patch_size
+        return 0 if r == 0 else (patch_size - r) // 2
+
+    ph, pw = pad_before(height), pad_before(width)
+    gh = -(-(height + ph) // patch_size)
+    gw = -(-(width + pw) // patch_size)
+    rows = (torch.arange(height) + ph) // patch_size
+    cols = (torch.arange(width) + pw) // patch_size
+    ids = (rows[:, None] * gw + cols[None, :]).flatten()
+    return ids, gh * gw, gw
+
+
+def model_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
+    """Pick the target's score from (N, K) logits: ``logit``, ``softmax`` or ``log_softmax``."""
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return (N, classes) logits, got shape {tuple(logits.shape)}")
+    if score == "softmax":
+        logits = logits.softmax(-1)
+    elif score == "log_softmax":
+        logits = logits.log_softmax(-1)
+    elif score != "logit":
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return logits.gather(1, targets[:, None])[:, 0]
+
+
+def _check_images(images, maps) -> tuple[Tensor, Tensor]:
+    x = as_tensor(images, "images")
+    if x.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError("images must be a floating-point tensor")
+    m = check_maps(maps).to(x.device)
+    if m.shape[0] != x.shape[0] or m.shape[1:] != x.shape[2:]:
+        raise ValueError(f"maps {tuple(m.shape)} must be (B, H, W) matching images {tuple(x.shape)}")
+    return x, m
+
+
+def _check_targets(targets, b: int, device) -> Optional[Tensor]:
+    if targets is None:
+        return None
+    t = as_tensor(targets, "targets")
+    if t.dim() == 0:
+        t = t.expand(b)
+    if t.shape != (b,) or t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"targets must be ({b},) integer class indices, got {tuple(t.shape)} {t.dtype}")
+    return t.to(device=device, dtype=torch.long)
+
+
+def _substrate(x: Tensor, removal, seeds: list[int], blur: dict, noise_range) -> Tensor:
+    """The values that replace removed pixels, (B, C, H, W), computed from the original images."""
+    b, c, h, w = x.shape
+    if isinstance(removal, Tensor):
+        v = removal.to(device=x.device, dtype=x.dtype)
+        shapes = {(c,): (1, c, 1, 1), (b, c): (b, c, 1, 1), (c, h, w): (1, c, h, w),
+                  (b, c, h, w): (b, c, h, w), (): (1, 1, 1, 1)}
+        if tuple(v.shape) not in shapes:
+            raise ValueError(f"a removal tensor must have shape (), (C,), (B, C), (C, H, W) or "
+                             f"(B, C, H, W) for images {tuple(x.shape)}, got {tuple(v.shape)}")
+        return v.reshape(shapes[tuple(v.shape)]).expand(b, c, h, w)
+    if isinstance(removal, (int, float)) and not isinstance(removal, bool):
+        return torch.full((1, 1, 1, 1), float(removal), dtype=x.dtype, device=x.device).expand_as(x)
+    if removal == "zero":
+        return torch.zeros((1, 1, 1, 1), dtype=x.dtype, device=x.device).expand_as(x)
+    if removal == "min":
+        return x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    if removal == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    if removal == "blur":
+        return gaussian_blur(x, **blur)
+    if removal == "noise":
+        out = torch.empty_like(x)
+        for i, s in enumerate(seeds):
+            g = torch.Generator().manual_seed(s)
+            u = torch.rand((c, h, w), generator=g, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+            if noise_range is None:
+                lo, hi = x[i].min(), x[i].max()
+            else:
+                lo, hi = float(noise_range[0]), float(noise_range[1])
+            out[i] = lo + (hi - lo) * u
+        return out
+    raise ValueError(f"removal must be one of {REMOVALS}, a number or a tensor, got {removal!r}")
+
+
+def _pixel_ranks(maps: Tensor, patch_size: int, order: str, restrict: Optional[str],
+                 region_score: str, seeds: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pixel region rank (B, H*W), eligible regions per sample (B,), cumulative pixel counts of
+    the ranked regions (B, R + 1)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if restrict not in (None, "positive", "negative"):
+        raise ValueError(f"restrict must be None, 'positive' or 'negative', got {restrict!r}")
+    if region_score not in ("sum", "mean"):
+        raise ValueError(f"region_score must be 'sum' or 'mean', got {region_score!r}")
+    b, h, w = maps.shape
+    dev = maps.device
+    ids, nreg, _ = region_ids(h, w, patch_size)
+    ids = ids.to(dev)
+    flat = maps.flatten(1)
+    sizes = torch.zeros(nreg, dtype=torch.long, device=dev).index_add_(0, ids, torch.ones_like(ids))
+    if patch_size == 1:
+        scores = flat
+    else:
+        scores = torch.zeros(b, nreg, dtype=flat.dtype, device=dev).index_add_(1, ids, flat)
+        if region_score == "mean":
+            scores = scores / sizes.to(flat.dtype)
+    if order == "random":
+        ordr = torch.stack([torch.randperm(nreg, generator=torch.Generator().manual_seed(s))
+                            for s in seeds]).to(dev) if b else torch.zeros(0, nreg, dtype=torch.long)
+    else:
+        ordr = stable_order(scores, descending=(order == "morf"))
+    if restrict is None:
+        eligible = torch.ones_like(scores, dtype=torch.bool)
+    else:
+        eligible = scores > 0 if restrict == "positive" else scores < 0
+        # move eligible regions to the front, keeping their relative order
+        first = stable_order((~eligible.gather(1, ordr)).to(torch.int8), descending=False)
+        ordr = ordr.gather(1, first)
+    n_eligible = eligible.sum(1)
+    rank = torch.empty_like(ordr)
+    rank.scatter_(1, ordr, torch.arange(nreg, device=dev).expand_as(ordr).contiguous())
+    pixel_rank = rank.gather(1, ids.expand(b, -1))
+    csum = torch.zeros(b, nreg + 1, dtype=torch.long, device=dev)
+    csum[:, 1:] = sizes[ordr].cumsum(1)
+    return pixel_rank, n_eligible, csum
+
+
+@torch.no_grad()
+def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tensor, k: Tensor,
+         targets: Optional[Tensor], score: str, internal_batch_size: int,
+         shuffle_seeds: Optional[list[int]], clean: Optional[Tensor], step0_is_clean: bool):
+    """Evaluate every (sample, step) copy; returns scores (B, S), correct (B, S), targets,
+    predicted-on-clean (or None).
+
+    Copy (b, s) is ``base[b]`` with pixels of rank < k[b, s] replaced by ``fill[b]`` (or, when
+    ``shuffle_seeds`` is given, with those pixels' values permuted among themselves).
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if internal_batch_size < 1:
+        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    b, c, h, w = base.shape
+    s_steps = k.shape[1]
+    dev = base.device
+    scores = torch.empty(b, s_steps, dtype=torch.float64, device=dev)
+    correct = torch.empty(b, s_steps, dtype=torch.bool, device=dev)
+    done = torch.zeros(b, s_steps, dtype=torch.bool)
+    predicted = None
+
+    def forward(x: Tensor) -> Tensor:
+        out = model(x)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            raise ValueError("the model must return a (N, classes) tensor of logits")
+        return out
+
+    def build(bs: Tensor, ss: Tensor) -> Tensor:
+        kk = k[bs, ss]
+        sel = pixel_rank[bs] < kk[:, None]
+        if shuffle_seeds is None:
+            return torch.where(sel.view(-1, 1, h, w), fill[bs], base[bs])
+        x = base[bs].clone()
+        for i in range(bs.shape[0]):
+            idx = torch.nonzero(sel[i]).flatten()
+            if idx.numel() < 2:
+                continue
+            g = torch.Generator().manual_seed((shuffle_seeds[int(bs[i])] * 1_000_003 + int(ss[i])) % (2 ** 63))
+            perm = torch.randperm(idx.numel(), generator=g).to(dev)
+            xi = x[i].view(c, h * w)
+            xi[:, idx] = base[bs[i]].view(c, h * w)[:, idx[perm]]
+        return x
+
+    def record(bs: Tensor, ss: Tensor, logits: Tensor) -> None:
+        t = targets[bs]
+        scores[bs, ss] = model_scores(logits, t, score).to(torch.float64)
+        correct[bs, ss] = logits.argmax(1) == t
+        done[bs.cpu(), ss.cpu()] = True
+
+    chunk = internal_batch_size
+    # 1. clean predictions: step 0 of a deletion curve is the clean image (no extra pass); an
+    #    insertion curve needs them only when targets are None (then ``clean`` is given).
+    if step0_is_clean or clean is not None:
+        logits0 = []
+        for start in range(0, b, chunk):
+            bs = torch.arange(start, min(start + chunk, b), device=dev)
+            x = build(bs, torch.zeros_like(bs)) if step0_is_clean else clean[bs]
+            logits0.append(forward(x))
+        logits0 = torch.cat(logits0) if logits0 else torch.zeros(0, 1, device=dev)
+        predicted = logits0.argmax(1)
+        if targets is None:
+            targets = predicted
+        if step0_is_clean:
+            bs = torch.arange(b, device=dev)
+            record(bs, torch.zeros_like(bs), logits0)
+    if targets is None:
+        raise ValueError("targets are required")  # pragma: no cover - guarded by the callers
+    # 2. all remaining copies, in chunks.
+    todo = torch.nonzero(~done).to(dev)
+    for start in range(0, todo.shape[0], chunk):
+        bs, ss = todo[start:start + chunk, 0], todo[start:start + chunk, 1]
+        record(bs, ss, forward(build(bs, ss)))
+    return scores, correct, targets, predicted
+
+
+def _curves(model, x, m, targets, *, counts, order, restrict, patch_size, region_score, seeds,
+            base, fill, shuffle, score, internal_batch_size, mode, clean=None) -> PerturbationCurves:
+    counts_t = torch.as_tensor([int(c) for c in counts], dtype=torch.long)
+    if counts_t.numel() == 0 or (counts_t < 0).any():
+        raise ValueError(f"counts must be non-negative ints, got {list(counts)}")
+    if counts_t[0] != 0:
+        counts_t = torch.cat([torch.zeros(1, dtype=torch.long), counts_t])
+    pixel_rank, n_eligible, csum = _pixel_ranks(m, patch_size, order, restrict, region_score, seeds)
+    k = torch.minimum(counts_t.to(x.device)[None, :], n_eligible[:, None])  # (B, S) regions
+    n_perturbed = csum.gather(1, k)
+    scores, correct, targets, predicted = _run(
+        model, base, fill, pixel_rank, k, targets, score, internal_batch_size,
+        seeds if shuffle else None, clean, mode == "deletion")
+    return PerturbationCurves(counts_t, n_perturbed, scores, correct, targets, predicted, score, mode)
+
+
+# --------------------------------------------------------------------------------------------
+# public metrics
+# --------------------------------------------------------------------------------------------
+
+
+def region_perturbation(model: Callable, images, maps, targets=None, *, counts: Sequence[int],
+                        order: str = "morf", removal: Union[str, float, Tensor] = "min",
+                        patch_size: int = 1, restrict: Optional[str] = None,
+                        region_score: str = "sum", score: str = "logit",
+                        seed: Union[int, Sequence[int]] = 0, blur_kernel_size: int = 11,
+                        blur_sigma: float = 5.0, blur_padding: str = "reflect",
+                        noise_range: Optional[tuple[float, float]] = None,
+                        internal_batch_size: int = 64) -> PerturbationCurves:
+    """Region perturbation curves (Samek et al. 2017; paper 001 Table I; paper 000 Fig. 7).
+
+    ``images`` (B, C, H, W), ``maps`` (B, H, W), ``targets`` (B,) class indices (None: the class
+    predicted on the clean image). The map is cut into a non-overlapping ``patch_size`` grid (1 =
+    single pixels, as in papers 000 and 001), regions are scored by the ``region_score`` (sum or mean)
+    of the map and ranked: ``order="morf"`` descending, ``"lerf"`` ascending (ties: smaller row-major
+    region index first), ``"random"`` a seeded permutation. ``restrict="positive"`` only perturbs
+    regions with positive score (paper 001 "positive removal", with MoRF), ``"negative"`` only
+    negative ones (paper 001 "negative removal", with LeRF: most negative first); the number perturbed
+    is capped by the eligible count (``n_perturbed``), so ``counts=[..., H*W]`` gives Table I's "All".
+
+    ``counts``: regions perturbed at each evaluated step (0 is prepended if missing); the perturbation
+    is cumulative (step k contains the first ``counts[k]`` regions). Removal values, all computed from
+    the original image: ``"min"`` (the image minimum over all channels: paper 001 and Quantus
+    "black"), ``"zero"`` (paper 000), ``"mean"`` (per-channel image mean), ``"blur"`` (Gaussian blur,
+    ``blur_*``), ``"noise"`` (uniform noise in ``noise_range``, default the image's [min, max], drawn
+    once per image from its seed), a number, or a tensor of shape (C,), (B, C), (C, H, W) or
+    (B, C, H, W) (e.g. a data-set mean); ``"shuffle"`` permutes the positions of the selected pixels
+    among themselves, all channels of a pixel moving together (paper 001, in parentheses), with a
+    fresh permutation per step drawn from ``(seed, step)``.
+
+    ``seed``: an int (every sample uses it) or one int per sample; results do not depend on
+    ``internal_batch_size`` or on how samples are batched. ``score``: ``"logit"`` (paper 001's
+    prediction score), ``"softmax"`` or ``"log_softmax"``. Accuracy is top-1 == target.
+    """
+    x, m = _check_images(images, maps)
+    seeds = as_seeds(seed, x.shape[0])
+    targets = _check_targets(targets, x.shape[0], x.device)
+    shuffle = removal == "shuffle" if isinstance(removal, str) else False
+    blur = dict(kernel_size=blur_kernel_size, sigma=blur_sigma, padding=blur_padding)
+    fill = None if shuffle else _substrate(x, removal, seeds, blur, noise_range)
+    return _curves(model, x, m, targets, counts=counts, order=order, restrict=restrict,
+                   patch_size=patch_size, region_score=region_score, seeds=seeds, base=x, fill=fill,
+                   shuffle=shuffle, score=score, internal_batch_size=internal_batch_size,
+                   mode="deletion")
+
+
+@register("aopc_morf", higher_is_better=True,
+          source="Samek et al. 2017 AOPC; MoRF removal of 001_1cdcfe426f0a1465.txt Table I",
+          category="perturbation")
+def aopc_morf(model, images, maps, targets=None, **kwargs) -> Tensor:
+    """(B,) AOPC of a MoRF :func:`region_perturbation` curve (keyword arguments passed on; Samek's
+    setup: ``patch_size=9, counts=range(101), removal="noise"``). Higher is better."""
+    kwargs.setdefault("counts", range(0, 101))
+    return region_perturbation(model, images, maps, targets, order="morf", **kwargs).aopc()
+
+
+@register("aopc_lerf", higher_is_better=False,
+          source="Samek et al. 2017 AOPC; LeRF removal of 000_e02107f5a303aa1b.txt Fig. 7",
+          category="perturbation")
+def aopc_lerf(model, images, maps, targets=None, **kwargs) -> Tensor:
+    """(B,) AOPC of a LeRF :func:`region_perturbation` curve. Lower is better."""
+    kwargs.setdefault("counts", range(0, 101))
+    return region_perturbation(model, images, maps, targets, order="lerf", **kwargs).aopc()
+
+
+@register("blurred_insertion", higher_is_better=True,
+          source="002_05952c533db6d0f8.txt Fig. 9 (MoRF insertion into a blurred image)",
+          category="perturbation")
+def blurred_insertion(model: Callable, images, maps, targets=None, *,
+                      fractions: Sequence[float] = PAPER_002_INSERTION_FRACTIONS,
+                      patch_size: int = 1, kernel_size: int = 11, sigma: float = 5.0,
+                      padding: str = "reflect", score: str = "logit",
+                      internal_batch_size: int = 64) -> PerturbationCurves:
+    """MoRF insertion into a Gaussian-blurred image (paper 002, Fig. 9).
+
+    Step 0 is the blurred image; step i pastes back the original values of the top
+    ``round(fractions[i] * H * W)`` pixels (MoRF order of the signed map; with ``patch_size > 1``
+    the fraction is of regions). Paper 002 reports accuracy (``.accuracy()``), 1%..20% in 1% steps;
+    it gives no blur parameters, so the default is RISE's size (11, sigma 5) with reflect padding.
+    Higher is better. ``targets=None`` uses the class predicted on the clean image (B extra passes).
+    """
+    x, m = _check_images(images, maps)
+    targets = _check_targets(targets, x.shape[0], x.device)
+    f = torch.as_tensor(list(fractions), dtype=torch.float64)
+    if f.dim() != 1 or not ((f >= 0) & (f <= 1)).all():
+        raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
+    _, nreg, _ = region_ids(x.shape[2], x.shape[3], patch_size)
+    counts = torch.floor(f * nreg + 0.5).long().tolist()
+    blurred = gaussian_blur(x, kernel_size, sigma, padding)
+    return _curves(model, x, m, targets, counts=counts, order="morf", restrict=None,
+                   patch_size=patch_size, region_score="sum", seeds=[0] * x.shape[0], base=blurred,
+                   fill=x, shuffle=False, score=score, internal_batch_size=internal_batch_size,
+                   mode="insertion", clean=x if targets is None else None)
+
+
+def _rise_counts(n_pixels: int, step: int) -> list[int]:
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    n = -(-n_pixels // step)
+    return [min(i * step, n_pixels) for i in range(n + 1)]
+
+
+def rise_deletion(model: Callable, images, maps, targets=None, *, step: int = 224,
+                  substrate: Union[str, float, Tensor] = "zero", score: str = "softmax",
+                  internal_batch_size: int = 64) -> PerturbationCurves:
+    """RISE deletion curve (Petsiuk et al. 2018, ``CausalMetric('del')``): pixels in descending map
+    order are set to the substrate (default 0, i.e. the mean colour in normalised space), ``step`` per
+    step, ``n = ceil(H*W / step)`` steps, ``n + 1`` scores including the clean image and the end
+    state. Score: softmax of the class predicted on the clean image (``targets=None``). AUC via
+    ``.auc()``; lower is better. Ties: row-major (RISE's flipped argsort puts later pixels first)."""
+    x, m = _check_images(images, maps)
+    targets = _check_targets(targets, x.shape[0], x.device)
+    counts = _rise_counts(x.shape[2] * x.shape[3], step)
+    fill = _substrate(x, substrate, [0] * x.shape[0], {}, None)
+    return _curves(model, x, m, targets, counts=counts, order="morf", restrict=None, patch_size=1,
+                   region_score="sum", seeds=[0] * x.shape[0], base=x, fill=fill, shuffle=False,
+                   score=score, internal_batch_size=internal_batch_size, mode="deletion")
+
+
+def rise_insertion(model: Callable, images, maps, targets=None, *, step: int = 224,
+                   substrate: Optional[Tensor] = None, score: str = "softmax",
+                   internal_batch_size: int = 64) -> PerturbationCurves:
+    """RISE insertion curve (``CausalMetric('ins')``): starts from the substrate (default: RISE's
+    blur, ``gkern(11, 5)`` with zero padding) and inserts original pixels in descending map order,
+    ``step`` per step. Score: softmax of the class predicted on the clean image. AUC via
+    ``.auc()``; higher is better."""
+    x, m = _check_images(images, maps)
+    targets = _check_targets(targets, x.shape[0], x.device)
+    counts = _rise_counts(x.shape[2] * x.shape[3], step)
+    if substrate is None:
+        base = gaussian_blur(x, 11, 5.0, padding="zeros", kind="rise")
+    else:
+        base = _substrate(x, substrate, [0] * x.shape[0], {}, None)
+    return _curves(model, x, m, targets, counts=counts, order="morf", restrict=None, patch_size=1,
+                   region_score="sum", seeds=[0] * x.shape[0], base=base, fill=x, shuffle=False,
+                   score=score, internal_batch_size=internal_batch_size, mode="insertion",
+                   clean=x if targets is None else None)
+
+
+register("rise_deletion_auc", higher_is_better=False,
+         source="RISE (Petsiuk et al. 2018) evaluation.py, deletion AUC", category="perturbation",
+         fn=lambda model, images, maps, targets=None, **kw: rise_deletion(
+             model, images, maps, targets, **kw).auc())
+register("rise_insertion_auc", higher_is_better=True,
+         source="RISE (Petsiuk et al. 2018) evaluation.py, insertion AUC", category="perturbation",
+         fn=lambda model, images, maps, targets=None, **kw: rise_insertion(
+             model, images, maps, targets, **kw).auc())
+
+
+@torch.no_grad()
+def forward_in_chunks(model: Callable, n: int, build: Callable[[Tensor], Tensor],
+                      internal_batch_size: int, device) -> Tensor:
+    """Logits of ``n`` inputs built by ``build(indices)`` in chunks of ``internal_batch_size``."""
+    if internal_batch_size < 1:
+        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    outs = []
+    for start in range(0, n, internal_batch_size):
+        idx = torch.arange(start, min(start + internal_batch_size, n), device=device)
+        x = build(idx)
+        out = model(x)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            raise ValueError("the model must return a (N, classes) tensor of logits")
+        outs.append(out)
+    if not outs:
+        return torch.zeros(0, 0, device=device)
+    return torch.cat(outs)

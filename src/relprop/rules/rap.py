@@ -1,0 +1,115 @@
+"""Relative Attributing Propagation rules (paper 000, Eq. 5-10), as the official code computes them.
+
+Notation as in official_methods.md: ``x+ = max(x, 0)``, ``w+``, ``|w-|``; ``z+_j = sum_i x+_i w+_ij``,
+``z-_j = sum_i x+_i |w-_ij|``; ``sd`` divides and gives 0 where the denominator is 0 (no epsilon).
+Hidden-layer inputs are post-ReLU in the models RAP was made for; negative inputs receive no
+relevance from these rules (the uniform shift keeps the layer conservative regardless).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import Affine, safe_divide
+
+Tensor = torch.Tensor
+
+
+def uniform_shift(c: Tensor, total: Tensor) -> Tensor:
+    """Psi (paper 000, Eq. 8-9): subtract ``(sum c - total) / #nonzero`` from every nonzero entry,
+    per sample, so that each sample's relevance sums to ``total`` (shape (B,))."""
+    nonzero = c != 0
+    count = nonzero.flatten(1).sum(1).to(c.dtype)
+    excess = c.flatten(1).sum(1) - total
+    shift = safe_divide(excess, count).view(-1, *([1] * (c.dim() - 1)))
+    return c - nonzero.to(c.dtype) * shift
+
+
+def _sum(r: Tensor) -> Tensor:
+    return r.flatten(1).sum(1)
+
+
+def _abs_negative(layer: Affine) -> Tensor:
+    return layer.cached("|w-|", lambda: layer.weight.clamp(max=0).neg())
+
+
+def _positive(layer: Affine) -> Tensor:
+    return layer.cached("w+", lambda: layer.weight.clamp(min=0))
+
+
+def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor]:
+    """``z+`` (one extra convolution) and ``z-``; for ``x >= 0`` the latter is ``z+ - (z - b)``,
+    from the forward pass's own output (issue note: no second extra convolution), else computed."""
+    zp = layer.apply(xp, _positive(layer))
+    if nonnegative:
+        return zp, (zp - z).add_(layer.broadcast_bias(z)).clamp_(min=0)
+    return zp, layer.apply(xp, _abs_negative(layer))
+
+
+@dataclass(frozen=True)
+class RAPOutput:
+    """The first propagation at the output layer (paper 000, Eq. 5-6; official_methods.md 1.2).
+
+    The target unit's input contributions ``c_i = x_i w_ti`` receive the bias in proportion to the
+    positive and negative sums, and relevance is their absolute value normalised to the logit:
+    ``R_i = |c~_i| / sum_k |c~_k| * z_t``. Only the target unit (the nonzero entry of R) counts.
+    """
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        if layer.kind != "linear" or x.dim() != 2:
+            raise ValueError(f"RAP's first propagation needs a linear output layer, got {layer.path!r}")
+        target = r.abs().argmax(dim=1)
+        w = layer.weight[target]  # (B, in)
+        b = layer.bias[target] if layer.bias is not None else torch.zeros_like(target, dtype=x.dtype)
+        c = x * w
+        positive = c.clamp(min=0).sum(1)
+        negative = c.clamp(max=0).sum(1)
+        total = positive + negative
+        b_pos = safe_divide(b * positive, total)
+        b_neg = safe_divide(b * negative, total)
+        active = x > 0
+        up = torch.where(active & (w > 0), c, torch.zeros_like(c))
+        down = torch.where(active & (w < 0), c, torch.zeros_like(c))
+        shares = safe_divide(up, up.sum(1, keepdim=True)) * b_pos[:, None] \
+            + safe_divide(down, down.sum(1, keepdim=True)) * b_neg[:, None]
+        tilde = (c + shares).abs()
+        z_t = z.gather(1, target[:, None])
+        return safe_divide(tilde, tilde.sum(1, keepdim=True)) * z_t
+
+
+@dataclass(frozen=True)
+class RAPHidden:
+    """RAP for hidden linear and convolution layers (official_methods.md 1.3-1.4), then Psi.
+
+    Linear: ``C_i = x+_i [sum_j w+_ij R_j / z+_j + sum_j |w-_ij| R_j / (z+_j + z-_j)]``.
+    Convolution: ``C_i = x+_i [sum_j w+_ij R+_j / z+_j + sum_j |w-_ij| R-_j / z-_j
+    + sum_j |w-_ij| R_j / (z+_j + z-_j)]``. Biases are ignored. ``one_by_one="abs"`` applies the
+    AGF copy's rule to 1x1 convolutions: ``|x| |w|`` z-rule on the signed relevance, no Psi.
+    """
+
+    one_by_one: str = "rap"
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        if layer.kind == "conv" and self.one_by_one == "abs" and all(
+                k == 1 for k in layer.module.kernel_size):
+            w_abs = layer.cached("|w|", lambda: layer.weight.abs())
+            xa = x.abs()
+            return layer.transpose(safe_divide(r, layer.apply(xa, w_abs)), w_abs, x).mul_(xa)
+        xp = x if nonnegative else x.clamp(min=0)
+        zp, zn = _pre_activations(layer, xp, z, nonnegative)
+        relative = safe_divide(r, zp + zn)
+        if layer.kind == "linear":
+            to_positive = safe_divide(r, zp)
+            to_negative = relative
+        else:
+            to_positive = safe_divide(r.clamp(min=0), zp)
+            to_negative = safe_divide(r.clamp(max=0), zn).add_(relative)
+        c = layer.transpose(to_positive, _positive(layer), xp)
+        c.add_(layer.transpose(to_negative, _abs_negative(layer), xp))
+        c.mul_(xp)
+        return uniform_shift(c, _sum(r))
+
+
+__all__ = ["RAPHidden", "RAPOutput", "uniform_shift"]

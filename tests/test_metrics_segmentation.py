@@ -1,0 +1,162 @@
+"""Hand-computed toy cases and edge cases for relprop.metrics.segmentation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from relprop.metrics import segmentation as S
+
+nan = float("nan")
+
+
+def same(a, b, tol=1e-9):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.allclose(a, b, atol=tol, rtol=0, equal_nan=True), (a, b)
+
+
+MAP1 = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])  # mean 1.5 -> pred [[0, 0], [1, 1]]
+MASK1 = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.bool)
+MAP2 = torch.tensor([[[3.0, 0.0], [0.0, 0.0]]])  # mean 0.75 -> pred [[1, 0], [0, 0]]
+MASK2 = torch.tensor([[[0, 0], [0, 1]]], dtype=torch.bool)
+
+
+def test_thresholds() -> None:
+    pred, const = S.threshold_maps(MAP1)
+    assert pred.tolist() == [[[False, False], [True, True]]] and not const.any()
+    signed = torch.tensor([[[-1.0, 0.0], [0.5, 2.0]]])
+    assert S.threshold_maps(signed, "zero")[0].tolist() == [[[False, False], [True, True]]]
+    # mean threshold on the raw map == Chefer's mean threshold on the min-max normalised map
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(4, 9, 7, generator=g, dtype=torch.float64)
+    norm = S.minmax_normalise(maps)
+    chefer = norm > norm.flatten(1).mean(1)[:, None, None]
+    assert torch.equal(S.threshold_maps(maps)[0], chefer)
+    # numeric thresholds apply to the normalised map
+    assert torch.equal(S.threshold_maps(maps, 0.3)[0], norm > 0.3)
+    assert S.threshold_maps(MAP1, "median")[0].tolist() == [[[False, False], [True, True]]]
+    with pytest.raises(ValueError):
+        S.threshold_maps(MAP1, 1.5)
+    with pytest.raises(ValueError):
+        S.threshold_maps(MAP1, "otsu")
+
+
+def test_constant_map_predicts_background_and_is_flagged() -> None:
+    const = torch.full((1, 3, 3), 0.1)  # float mean of 0.1s may differ from 0.1 by an ulp
+    pred, flag = S.threshold_maps(const)
+    assert not pred.any() and flag.all()
+    pred, flag = S.threshold_maps(const, 0.0)
+    assert not pred.any() and flag.all()
+
+
+def test_pixel_accuracy_and_image_iou_hand_computed() -> None:
+    same(S.pixel_accuracy(MAP1, MASK1), [0.75])
+    same(S.pixel_accuracy(MAP2, MASK2), [0.5])
+    # image 1: fg 2/3, bg 1/2
+    same(S.image_iou(MAP1, MASK1), [(2 / 3 + 1 / 2) / 2])
+    # empty mask: bg IoU only; fg union = predicted pixels
+    same(S.image_iou(MAP2, torch.zeros(1, 2, 2)), [(3 / 4 + 0) / 2])
+
+
+def test_accumulator_accumulates_over_the_data_set() -> None:
+    acc = S.SegmentationAccumulator(with_ap=False)
+    acc.update(MAP1, MASK1)
+    acc.update(MAP2, MASK2)
+    r = acc.compute()
+    assert r.pixel_accuracy == pytest.approx(5 / 8)
+    # fg: (2 + 0) / (3 + 2); bg: (1 + 2) / (2 + 4)  -- not the mean of per-image IoUs
+    assert r.iou == (pytest.approx(0.5), pytest.approx(0.4))
+    assert r.miou == pytest.approx(0.45)
+    per_image = float(torch.cat([S.image_iou(MAP1, MASK1), S.image_iou(MAP2, MASK2)]).mean())
+    assert per_image != pytest.approx(0.45)
+    assert r.n_samples == 2
+    # batching does not matter
+    acc2 = S.SegmentationAccumulator(with_ap=False)
+    acc2.update(torch.cat([MAP1, MAP2]), torch.cat([MASK1, MASK2]))
+    assert acc2.compute() == r
+    acc2.reset()
+    assert acc2.compute().n_samples == 0 and math.isnan(acc2.compute().pixel_accuracy)
+
+
+def test_accumulator_constant_maps_and_empty_classes() -> None:
+    const = torch.full((1, 2, 2), 2.0)
+    acc = S.SegmentationAccumulator()
+    acc.update(torch.cat([MAP1, const]), torch.cat([MASK1, MASK1]))
+    r = acc.compute()
+    assert r.n_samples == 2 and r.n_constant == 1 and r.ap_count == 1  # constant map: AP NaN
+    assert r.pixel_accuracy == pytest.approx((3 + 1) / 8)
+    skip = S.SegmentationAccumulator(constant_map="skip")
+    skip.update(torch.cat([MAP1, const]), torch.cat([MASK1, MASK1]))
+    rs = skip.compute()
+    assert rs.n_samples == 1 and rs.n_skipped == 1 and rs.pixel_accuracy == pytest.approx(0.75)
+    # whole-image masks predicted perfectly: the background union is empty -> its IoU and mIoU NaN
+    full = S.SegmentationAccumulator(threshold="zero", with_ap=False)
+    full.update(torch.ones(1, 2, 2), torch.ones(1, 2, 2))
+    rf = full.compute()
+    assert math.isnan(rf.iou[0]) and rf.iou[1] == 1.0 and math.isnan(rf.miou)
+
+
+def test_average_precision_hand_computed_and_ties() -> None:
+    ap = S.average_precision(torch.tensor([[0.9, 0.8, 0.7], [0.5, 0.5, 0.1]]),
+                             torch.tensor([[1, 0, 1], [1, 0, 1]]))
+    same(ap, [0.5 * 1 + 0.5 * 2 / 3, 0.5 * 0.5 + 0.5 * 2 / 3])
+    # the order of tied entries does not matter
+    same(S.average_precision(torch.tensor([[0.5, 0.5, 0.1]]), torch.tensor([[0, 1, 1]])), ap[1:])
+    assert math.isnan(S.average_precision(torch.rand(1, 4), torch.zeros(1, 4)).item())
+
+
+def test_stacked_and_foreground_ap() -> None:
+    mask = torch.zeros(1, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    # a perfect map
+    same(S.stacked_average_precision(mask.double(), mask), [1.0])
+    same(S.foreground_average_precision(mask.double(), mask), [1.0])
+    # constant map: NaN by default; Chefer's NaN -> 0 gives (N-|S|)^2/N^2 + |S|/(2N)
+    const = torch.full((1, 2, 2), 3.0)
+    assert math.isnan(S.stacked_average_precision(const, mask).item())
+    same(S.stacked_average_precision(const, mask, constant_map="zero"), [9 / 16 + 1 / 8])
+    # constant map as plain foreground AP: the foreground rate
+    same(S.foreground_average_precision(const, mask), [0.25])
+    # empty mask: the stacked problem is defined (background channel), the foreground AP is not
+    empty = torch.zeros(1, 2, 2)
+    assert not math.isnan(S.stacked_average_precision(MAP1, empty).item())
+    assert math.isnan(S.foreground_average_precision(MAP1, empty).item())
+
+
+def test_segmentation_batch_equals_per_sample_and_validation() -> None:
+    g = torch.Generator().manual_seed(2)
+    maps = torch.randn(4, 6, 5, generator=g, dtype=torch.float64)
+    masks = torch.rand(4, 6, 5, generator=g) > 0.5
+    for fn in (S.pixel_accuracy, S.image_iou, S.stacked_average_precision, S.foreground_average_precision):
+        same(fn(maps, masks), torch.cat([fn(maps[i:i + 1], masks[i:i + 1]) for i in range(4)]))
+    with pytest.raises(ValueError, match=r"\(4, 6, 5\).*\(4, 5, 6\)"):
+        S.pixel_accuracy(maps, masks.transpose(1, 2))
+    with pytest.raises(ValueError, match="binary"):
+        S.pixel_accuracy(maps, masks.double() * 2)
+    # mask resized to the map (nearest), as Chefer et al. do
+    big = masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    same(S.pixel_accuracy(maps, big, resize="mask"), S.pixel_accuracy(maps, masks))
+
+
+def test_average_precision_matches_sklearn() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        scores = rng.integers(0, 6, size=(3, 40)) / 5.0  # many ties
+        targets = rng.random((3, 40)) > 0.6
+        ours = S.average_precision(torch.tensor(scores), torch.tensor(targets))
+        ref = [metrics.average_precision_score(targets[i], scores[i]) for i in range(3)]
+        same(ours, ref, tol=1e-12)
+    # Chefer et al.'s stacked two-channel AP
+    maps = rng.normal(size=(2, 7, 6))
+    masks = rng.random((2, 7, 6)) > 0.5
+    ours = S.stacked_average_precision(torch.tensor(maps), torch.tensor(masks))
+    for i in range(2):
+        r = (maps[i] - maps[i].min()) / (maps[i].max() - maps[i].min())
+        scores = np.stack([1 - r, r]).ravel()
+        target = np.stack([~masks[i], masks[i]]).ravel()
+        assert ours[i].item() == pytest.approx(metrics.average_precision_score(target, scores), abs=1e-12)
