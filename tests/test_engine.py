@@ -264,22 +264,29 @@ def resnet50_small_f64(resnet50_small):
 def test_batch_equals_samples_resnet50_small(resnet50_small_f64, method):
     # float64: in float32 the epsilon rules amplify rounding where a residual sum nearly cancels
     # (its 1e-6 stabiliser), so batch and single calls differ by up to ~1e-3 of the map's maximum
-    x = randn(3, 3, 48, 48, dtype=F64, seed=5)
+    x = randn(3, 3, 32, 32, dtype=F64, seed=5)
     _assert_batch_equals_samples(resnet50_small_f64, x, method, rtol=1e-9)
 
 
 @pytest.fixture(scope="module")
 def three_photos(lite0):
-    """Three real photos, preprocessed at 224 and then downsized to 112 to keep the test fast."""
+    """Three real photos, preprocessed at 224 and then downsized to 64 to keep the test fast."""
     _, preprocess = lite0
     x = torch.cat([preprocess(load_photo(n).image()) for n in ("chelsea", "coffee", "motorcycle")])
-    return F.interpolate(x, size=(112, 112), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).to(F64)
+
+
+@pytest.fixture(scope="module")
+def lite0_f64(lite0):
+    return copy.deepcopy(lite0[0]).to(F64).eval()
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_batch_equals_samples_efficientnet_lite0(lite0, three_photos, method):
-    model, _ = lite0
-    _assert_batch_equals_samples(model, three_photos, method, rtol=1e-4)
+def test_batch_equals_samples_efficientnet_lite0(lite0_f64, three_photos, method):
+    # float64: in float32 on these real weights, SGLRP (p_t (1 - p_t) of a confident prediction)
+    # and RAP move by 1e-4..1e-3 of the map's maximum with the summation order of the
+    # two-thread convolutions, which differs between a batch of three and a batch of one
+    _assert_batch_equals_samples(lite0_f64, three_photos, method, rtol=1e-9)
 
 
 # -- recording intermediate relevance --------------------------------------------------------------
@@ -355,11 +362,10 @@ def test_record_unknown_name_is_an_error():
 
 # -- the model is never modified -------------------------------------------------------------------
 def test_model_unchanged_by_every_method():
-    torch.manual_seed(0)
-    model = randomise_batch_norms(torchvision.models.resnet18())
+    model = randomise_batch_norms(_mixed_net())
     model.train()
-    model.layer2.eval()  # a mix of flags, each must come back as it was
-    x = randn(2, 3, 32, 32, seed=21)
+    model.se_reduce.eval()  # a mix of flags, each must come back as it was
+    x = randn(2, 3, 16, 16, seed=21)
     x_before = x.clone()
     before = snapshot(model)
     for method in METHODS:
@@ -372,7 +378,7 @@ def test_model_unchanged_by_every_method():
 def test_train_mode_model_is_explained_in_eval_mode():
     eval_model = randomise_batch_norms(_mixed_net()).eval()
     train_model = copy.deepcopy(eval_model).train()
-    x = randn(4, 3, 16, 16, seed=22)
+    x = randn(2, 3, 16, 16, seed=22)
     # the set-up is meaningful: in train mode the model computes something else (batch statistics, dropout)
     with torch.no_grad():
         assert not torch.allclose(copy.deepcopy(train_model)(x), eval_model(x))
@@ -547,9 +553,12 @@ ARCHITECTURES = {
     "conv1d": (_conv1d_net, (2, 2, 32)),
     "conv3d": (_conv3d_net, (2, 1, 8, 8, 8)),
     "grouped-depthwise": (lambda: _MobileNet().eval(), (2, 3, 16, 16)),
-    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small().eval(), (2, 3, 64, 64)),
-    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0().eval(), (2, 3, 32, 32)),
+    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small().eval(), (1, 3, 32, 32)),
+    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0().eval(), (1, 3, 32, 32)),
 }
+#: the every-method check leaves out efficientnet_b0 (its parts are in mobilenet_v3_small and the
+#: real efficientnet_lite0 checks) to keep the run short
+EVERY_METHOD_ARCHITECTURES = [a for a in ARCHITECTURES if a != "efficientnet_b0"]
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -566,7 +575,7 @@ def test_architecture_lrp_z_conserves(arch):
     assert_conserved(relevance, logits, target)
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", EVERY_METHOD_ARCHITECTURES)
 def test_architecture_every_method_is_finite(arch):
     make, shape = ARCHITECTURES[arch]
     torch.manual_seed(0)

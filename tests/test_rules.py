@@ -23,6 +23,8 @@ from torch import nn
 from relprop.ops import Affine
 from relprop.rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus, ZRule
 
+from dense_reference import dense  # noqa: E402
+
 DT = torch.float64
 BATCH = 2
 TOL = {"rtol": 1e-10, "atol": 1e-10}
@@ -75,21 +77,6 @@ def _randomize(module: nn.Module, seed: int) -> nn.Module:
         for p in module.parameters():
             p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=DT))
     return module
-
-
-def dense(f: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(M, b)`` of an affine map of one sample: ``f(x).flatten() == M @ x.flatten() + b``."""
-    n_in = 1
-    for s in in_shape:
-        n_in *= s
-
-    def flat(v: torch.Tensor) -> torch.Tensor:
-        return f(v.view(1, *in_shape)).flatten()
-
-    with torch.no_grad():
-        b = flat(torch.zeros(n_in, dtype=DT)).clone()
-    m = torch.autograd.functional.jacobian(flat, torch.zeros(n_in, dtype=DT), vectorize=True)
-    return m.detach(), b
 
 
 @functools.lru_cache(maxsize=None)

@@ -157,6 +157,7 @@ def trace(model: nn.Module) -> Graph:
             "relprop needs a model without data-dependent control flow"
         ) from error
     modules = dict(model.named_modules())
+    _redirect_uses_after_in_place_ops(fx_graph, modules)
     nodes: list[Node] = []
     position: dict[fx.Node, int] = {}
     output_seen = False
@@ -209,13 +210,45 @@ def trace(model: nn.Module) -> Graph:
         if nonneg_flag is not None:
             nodes[idx].nonnegative = nonneg_flag
         else:
-            nodes[idx].nonnegative = op.keeps_sign and all(nodes[i].nonnegative for i in nodes[idx].inputs)
+            nodes[idx].nonnegative = (op.keeps_sign and _constants_keep_sign(node, op, position)
+                                      and all(nodes[i].nonnegative for i in nodes[idx].inputs))
     if not output_seen:
         raise UnsupportedOperationError("traced graph has no output")
     for i, n in enumerate(nodes):
         for j in n.inputs:
             nodes[j].users.append(i)
     return Graph(nodes, fx_graph, position)
+
+
+def _mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` writes its result into its first argument (``x.mul_(g)``, inplace=True)."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("__")
+    if node.op == "call_module":
+        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op == "call_function":
+        return bool(node.kwargs.get("inplace", False)) or node.target in (
+            operator.iadd, operator.isub, operator.imul, operator.itruediv)
+    return False
+
+
+def _redirect_uses_after_in_place_ops(fx_graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Make every later reader of a tensor changed in place read the in-place op's result.
+
+    fx records ``out.mul_(gate)`` as a node whose result may go unused while later nodes read
+    ``out``; the model itself reads the changed values. relprop computes every op out of place, so
+    the later readers are pointed at the in-place node to explain what the model computes.
+    """
+    order = {n: i for i, n in enumerate(fx_graph.nodes)}
+    for node in list(fx_graph.nodes):
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        if not _mutates_first_argument(node, modules):
+            continue
+        changed = node.args[0]
+        for user in list(changed.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(changed, node)
 
 
 def _flatten(args: Any) -> list[Any]:
@@ -292,6 +325,25 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
     raise UnsupportedOperationError(
         f"unsupported operation {name!r} at {_where(node)}: relprop has no relevance rule for it"
     )
+
+
+def _constants_keep_sign(node: fx.Node, op: ops.Op, position: dict[fx.Node, int]) -> bool:
+    """Whether the constant operands of an arithmetic node keep non-negative inputs non-negative.
+
+    ``x + c`` and ``x * c`` do so only for a number ``c >= 0``, ``x - c`` only for ``c <= 0`` and
+    ``x / c`` only for ``c > 0``; a tensor constant (a buffer, a parameter) has no known sign.
+    """
+    if not isinstance(op, (ops.Add, ops.Multiply, ops.ScaleByConstant)):
+        return True
+    constants = [a for a in (*node.args, *node.kwargs.values()) if _is_constant(a, position)]
+    if any(not isinstance(c, (int, float)) or isinstance(c, bool) for c in constants):
+        return False
+    name = getattr(node.target, "__name__", node.target)
+    if name in ("sub", "sub_", "isub"):
+        return all(c <= 0 for c in constants)
+    if name in ("truediv", "div", "div_", "itruediv"):
+        return all(c > 0 for c in constants)
+    return all(c >= 0 for c in constants)
 
 
 def _is_constant(arg: Any, position: dict[fx.Node, int]) -> bool:

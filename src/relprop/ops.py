@@ -367,9 +367,9 @@ class Add(Op):
 class Multiply(Op):
     """Product: by a constant (relevance passes) or by a gate such as squeeze-excitation.
 
-    For a product of two tensors, the gate (the factor produced by a sigmoid-like activation, else
-    the one that is broadcast) is treated as a constant weight: all relevance flows to the other
-    factor. Two full-size factors with no gate share the relevance equally.
+    For a product of two tensors, a gate (a factor produced by a sigmoid or hard-sigmoid) is
+    treated as a constant weight: all relevance flows to the other factor. Two factors without a
+    gate share the relevance equally (each half summed back to its factor's shape).
     """
 
     keeps_sign = True
@@ -388,9 +388,9 @@ class Multiply(Op):
 
 
 class ScaleByConstant(Identity):
-    """Division by a constant: relevance passes unchanged."""
+    """Division by a constant: relevance passes unchanged (keeps the sign for a positive constant)."""
 
-    keeps_sign = False
+    keeps_sign = True
 
 
 class Concat(Op):

@@ -289,6 +289,18 @@ def _evaluate(node: fx.Node, args: tuple, kwargs: dict, model: nn.Module) -> obj
 _PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, dict[bool, Propagator]]" = weakref.WeakKeyDictionary()
 
 
+def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True) -> tuple[Propagator, ForwardCache]:
+    """The model's propagator and its cached forward pass for ``x``, after checking ``x``'s rank
+    against the first layer (e.g. 4-D for Conv2d models)."""
+    from .targets import check_rank
+
+    propagator = propagator_for(model, fold_batchnorm)
+    first_layer = propagator.affine[0] if propagator.affine else None
+    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
+    check_rank(x, expected, type(model).__name__)
+    return propagator, propagator.forward(x)
+
+
 def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:
     """The (cached) propagator of ``model``; tracing happens once per model and folding choice."""
     per_model = _PROPAGATORS.setdefault(model, {})

@@ -48,6 +48,8 @@ def resolve_target(target: Target, logits: Tensor) -> Tensor:
         indices = torch.full((batch,), target, dtype=torch.long, device=logits.device)
     else:
         indices = torch.as_tensor(target, device=logits.device)
+        if indices.numel() == 0:
+            raise ValueError(f"target is empty: give one class index per sample of the batch of {batch}")
         if indices.is_floating_point() or indices.dtype == torch.bool:
             raise ValueError(f"target must hold integer class indices, got dtype {indices.dtype}")
         indices = indices.long().reshape(-1)

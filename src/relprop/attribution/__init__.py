@@ -1,4 +1,4 @@
 """Built-in explanation methods; importing this package registers them."""
 
-from . import contrastive, hedge, lrp, rap  # noqa: F401
+from . import contrastive, hedge, lrp, rap, rsp  # noqa: F401
 from . import gradients  # noqa: F401

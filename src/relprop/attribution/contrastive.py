@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type, first, last
-from ..propagate import propagator_for
+from ..propagate import forward_for
 from ..registry import register_method
 from ..rules import AlphaBeta, Contrastive, ZBox
 from ..rules.lrp import Bound
-from ..targets import Target, check_rank, resolve_target
+from ..targets import resolve_target
 
 Tensor = torch.Tensor
 _ALL = by_type("conv", "linear")
@@ -26,7 +26,7 @@ _ALL = by_type("conv", "linear")
 STABILIZER = 1e-9
 
 
-def _deep_taylor(name: str, low: Bound, high: Bound, bias: bool = False, top=None) -> Composite:
+def _deep_taylor(name: str, low: Bound, high: Bound, bias: bool | str = False, top=None) -> Composite:
     """z^B on the input layer, z+ everywhere else; ``top`` replaces the output layer's rule."""
     zplus = AlphaBeta(1.0, 0.0, STABILIZER, bias=bias)
     rules: list = [(first(1), ZBox(low, high, STABILIZER, bias=False))]
@@ -37,11 +37,7 @@ def _deep_taylor(name: str, low: Bound, high: Bound, bias: bool = False, top=Non
 
 
 def _forward(model: nn.Module, x: Tensor):
-    propagator = propagator_for(model)
-    first_layer = propagator.affine[0] if propagator.affine else None
-    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
-    check_rank(x, expected, type(model).__name__)
-    cache = propagator.forward(x)
+    propagator, cache = forward_for(model, x)
     return propagator, cache, cache.outputs[-1]
 
 
@@ -67,7 +63,8 @@ def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, 
     ``max(., 0)`` (Eq. 9; ``relu=False`` keeps the signed map). ``variant="official"``: the
     authors' code: softmax over ReLU'd logits, a target pass from ``p_t (1 - p_t) + 1e-8`` and a
     dual pass from ``p_j p_t`` (classes with positive logits only), alpha1beta0 with bias on
-    hidden and output layers, output ``A_t - A_o * sum(A_t) / sum(A_o)`` per image, no ReLU."""
+    hidden and output layers (the full signed bias in the denominator, as iNNvestigate 1.0.8.3), output
+    ``A_t - A_o * sum(A_t) / sum(A_o)`` per image, no ReLU."""
     if variant not in ("paper", "official"):
         raise ValueError(f"variant must be 'paper' or 'official', got {variant!r}")
     propagator, cache, logits = _forward(model, x)
@@ -76,7 +73,7 @@ def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, 
         composite = _deep_taylor("sglrp", low, high)
         relevance, recorded = propagator.backward(cache, softmax_gradient(logits, indices), composite, record)
         return _relu(relevance, True if relu is None else relu), recorded
-    composite = _deep_taylor("sglrp-official", low, high, bias=True)
+    composite = _deep_taylor("sglrp-official", low, high, bias="full")
     positive = logits.clamp(min=0)
     p = positive.softmax(dim=1)
     p_t = p.gather(1, indices.view(-1, 1))

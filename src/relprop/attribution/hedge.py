@@ -9,21 +9,36 @@ import torch
 from .. import ops
 from ..composite import Composite, by_type, first
 from ..graph import Graph
-from ..propagate import propagator_for
+from ..propagate import ForwardCache, Propagator, forward_for
 from ..registry import register_method
 from ..rules import ZBox
 from ..rules.hedge import Hedge
 from ..rules.rap import _sum
-from ..targets import check_rank, resolve_target
+from ..targets import Target, resolve_target
 
 
 def default_layer(graph: Graph) -> str:
     """The input of the last pooling node (VGG: the last ReLU before the final max pool; ResNet,
     Inception, DenseNet, EfficientNet: the input of global average pooling)."""
-    pools = [n for n in graph.nodes if isinstance(n.op, (ops.MaxPool, ops.AvgPool))]
+    pooling = (ops.MaxPool, ops.AvgPool)
+    pools = [n for n in graph.nodes if isinstance(n.op, pooling)]
     if not pools:
         raise ValueError("hedge needs a pooling layer to find its default start layer; pass layer=")
-    return graph.nodes[pools[-1].inputs[0]].name
+    node = graph.nodes[pools[-1].inputs[0]]
+    while isinstance(node.op, pooling) and node.inputs:  # VGG: avgpool follows the last max pool
+        node = graph.nodes[node.inputs[0]]
+    return node.name
+
+
+def gradient_at_layer(propagator: Propagator, cache: ForwardCache, layer: str | None,
+                      target: Target) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """``(layer name, activation A, dz_t/dA)`` at ``layer`` (default: :func:`default_layer`)."""
+    start = layer if layer is not None else default_layer(propagator.graph)
+    logits = cache.outputs[-1]
+    indices = resolve_target(target, logits)
+    one_hot = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    activation, gradient = propagator.gradient_at(cache, start, one_hot)
+    return start, activation, gradient
 
 
 def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -45,16 +60,8 @@ def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, us
     (the official code drops the skip branch)."""
     if not 1.0 <= gamma <= 2.0:
         raise ValueError(f"gamma must lie in [1, 2], got {gamma}")
-    propagator = propagator_for(model, fold_batchnorm=False)
-    first_layer = propagator.affine[0] if propagator.affine else None
-    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
-    check_rank(x, expected, type(model).__name__)
-    start = layer if layer is not None else default_layer(propagator.graph)
-    cache = propagator.forward(x)
-    logits = cache.outputs[-1]
-    indices = resolve_target(target, logits)
-    one_hot = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
-    activation, gradient = propagator.gradient_at(cache, start, one_hot)
+    propagator, cache = forward_for(model, x, fold_batchnorm=False)
+    start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
     r0 = initial_contribution(activation, gradient)
     rule = Hedge(gamma, use_c, use_a, use_u, use_psi)
     composite = Composite([(first(1), ZBox(None, None, stabilizer=0.0, bias=False)),

@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type, first
-from ..propagate import propagator_for
+from ..propagate import forward_for
 from ..registry import register_method
 from ..rules import AlphaBeta, Epsilon, Flat, ZBox, ZRule
 from ..rules.lrp import Bound
-from ..targets import Target, check_rank, one_hot_logit, resolve_target
+from ..targets import Target, one_hot_logit, resolve_target
 
 Tensor = torch.Tensor
 _ALL = by_type("conv", "linear")
@@ -26,11 +26,7 @@ _ALL = by_type("conv", "linear")
 def propagate_lrp(model: nn.Module, x: Tensor, target: Target, composite: Composite,
                   record: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
     """Relevance of ``x`` for ``target`` under ``composite``, starting from one-hot times logit."""
-    propagator = propagator_for(model)
-    first_layer = propagator.affine[0] if propagator.affine else None
-    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
-    check_rank(x, expected, type(model).__name__)
-    cache = propagator.forward(x)
+    propagator, cache = forward_for(model, x)
     logits = cache.outputs[-1]
     indices = resolve_target(target, logits)
     return propagator.backward(cache, one_hot_logit(logits, indices), composite, record)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from ..composite import Composite, by_type, first, last
-from ..propagate import propagator_for
+from ..propagate import forward_for
 from ..registry import register_method
 from ..rules import ZBox
 from ..rules.rap import RAPHidden, RAPOutput
-from ..targets import check_rank, one_hot_logit, resolve_target
+from ..targets import one_hot_logit, resolve_target
 
 
 def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
@@ -39,11 +39,7 @@ def rap(model, x, target, *, start="one-hot", one_by_one="rap", record=()):
     hidden rule at the output (the AGF copy). ``one_by_one="abs"``: the AGF copy's 1x1 rule.
     The input relevance sums to the target logit."""
     composite = rap_composite(start, one_by_one)
-    propagator = propagator_for(model, fold_batchnorm=False)
-    first_layer = propagator.affine[0] if propagator.affine else None
-    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
-    check_rank(x, expected, type(model).__name__)
-    cache = propagator.forward(x)
+    propagator, cache = forward_for(model, x, fold_batchnorm=False)
     logits = cache.outputs[-1]
     indices = resolve_target(target, logits)
     if start == "one-hot":

@@ -17,7 +17,7 @@ from typing import Protocol, Union
 
 import torch
 
-from ..ops import Affine, normalize, stabilize
+from ..ops import Affine, normalize
 
 Tensor = torch.Tensor
 Bound = Union[float, Tensor, None]
@@ -78,9 +78,14 @@ class AlphaBeta:
     alpha: float = 1.0
     beta: float = 0.0
     stabilizer: float = 1e-6
-    bias: bool = True  #: False: ignore the bias (e.g. excitation backprop, the official CLRP code)
+    #: True: ``b+`` joins the positive and ``b-`` the negative sums (zennit); False: no bias (excitation
+    #: backprop, the official CLRP code); "full": the whole signed bias joins the positive sum
+    #: (iNNvestigate 1.0.8.3's Alpha1Beta0Rule, used by the official SGLRP code)
+    bias: bool | str = True
 
     def __post_init__(self) -> None:
+        if self.bias not in (True, False, "full"):
+            raise ValueError(f"bias must be True, False or 'full', got {self.bias!r}")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError(f"alpha and beta must be non-negative, got alpha={self.alpha}, beta={self.beta}")
         if abs(self.alpha - self.beta - 1.0) > 1e-12:
@@ -88,10 +93,13 @@ class AlphaBeta:
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         wp, wn, bp, bn = _parts(layer)
-        if not self.bias:
+        positive_sign = 1
+        if self.bias == "full":
+            bp, bn, positive_sign = layer.bias, None, 0
+        elif not self.bias:
             bp = bn = None
         xp, xn = _split(x, nonnegative)
-        result = _one_sided(layer, xp, xn, wp, wn, bp, r, self.stabilizer, sign=1)
+        result = _one_sided(layer, xp, xn, wp, wn, bp, r, self.stabilizer, sign=positive_sign)
         if self.alpha != 1:
             result.mul_(self.alpha)
         if self.beta:

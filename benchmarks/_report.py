@@ -1,0 +1,29 @@
+"""Each benchmark script owns one section of docs/benchmarks.md and rewrites only that section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+HEADER = (
+    "# Benchmarks\n\n"
+    "Every number below comes from a run of the script that owns its section (named in the section's "
+    "marker); re-run the script rather than edit this file. Ratios are the figures to compare: absolute "
+    "times depend on the machine.\n"
+)
+
+
+def write_section(path: Path, owner: str, markdown: str) -> None:
+    """Replace the section of ``owner`` (e.g. ``"speed.py"``) in ``path``, appending it if absent."""
+    begin, end = f"<!-- BEGIN {owner} -->", f"<!-- END {owner} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}\n"
+    text = path.read_text() if path.exists() else HEADER
+    if not text.startswith("# Benchmarks\n"):
+        text = HEADER  # an old single-script report: start afresh
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

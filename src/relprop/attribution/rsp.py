@@ -1,0 +1,36 @@
+"""Relative Sectional Propagation (official code wjNam/Relative_Sectional_Propagation).
+
+Initial map (official_methods.md 2.1): ``R0 = A * mean_hw(dz_t/dA)`` at an inner layer (default: the
+input of the last pooling node; VGG-16: ``features.29``), kept per channel and divided by
+``max R0 + 1e-9`` per sample; then the RSP rule on every convolution down to the input, z^B at the
+input (per-image bounds, no bias), batch norm as the identity, winner-take-all max pooling.
+Residual networks (an extension: the official ResNet path does not run): sums are split in
+proportion to each branch's value, and both branches are propagated.
+"""
+
+from __future__ import annotations
+
+
+from ..composite import Composite, by_type, first
+from ..propagate import forward_for
+from ..registry import register_method
+from ..rules import ZBox
+from ..rules.rsp import RSPRule
+from .hedge import gradient_at_layer
+
+
+@register_method("rsp", "Relative Sectional Propagation (official code): comparative-gradient propagation from a Grad-CAM map")
+def rsp(model, x, target, *, layer=None, record=()):
+    """RSP; ``layer``: where the initial Grad-CAM-weighted map lives (default: the input of the last
+    pooling node)."""
+    propagator, cache = forward_for(model, x, fold_batchnorm=False)
+    start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
+    spatial = tuple(range(2, activation.dim()))
+    r0 = activation * (gradient.mean(dim=spatial, keepdim=True) if spatial else gradient)
+    peak = r0.flatten(1).amax(1).view(-1, *([1] * (r0.dim() - 1)))
+    r0 = r0 / (peak + 1e-9)
+    composite = Composite([(first(1), ZBox(None, None, stabilizer=0.0, bias=False)),
+                           (by_type("conv", "linear"), RSPRule())],
+                          maxpool="winner", add="proportional", batchnorm="identity", norm_epsilon=0.0,
+                          name="rsp")
+    return propagator.backward(cache, r0, composite, record, start=start)
