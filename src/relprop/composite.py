@@ -54,13 +54,15 @@ class Composite:
 
     ``maxpool``: ``"winner"`` (winner-take-all, the gradient) or ``"proportional"``.
     ``add``: ``"proportional"`` (zennit's Norm) or ``"equal"``.
-    ``batchnorm`` (unfolded batch norms only): ``"identity"`` or ``"epsilon"``.
+    ``batchnorm`` (unfolded batch norms only): ``"identity"``, ``"epsilon"``, or a callable
+    ``rule(op, x, y, r) -> relevance at x`` given the batch norm's input ``x``, output ``y`` and the
+    relevance ``r`` at its output (methods with their own batch-norm rule, e.g. ``rap-journal``).
     """
 
     rules: Sequence[tuple[Selector, AffineRule]]
     maxpool: str = "winner"
     add: str = "proportional"
-    batchnorm: str = "identity"
+    batchnorm: str | Callable = "identity"
     norm_epsilon: float = 1e-6
     epsilon_batchnorm: float = 1e-6
     name: str = "composite"
@@ -69,6 +71,8 @@ class Composite:
     def __post_init__(self) -> None:
         for option, allowed in (("maxpool", ("winner", "proportional")), ("add", ("proportional", "equal")),
                                 ("batchnorm", ("identity", "epsilon"))):
+            if option == "batchnorm" and callable(self.batchnorm):
+                continue
             if getattr(self, option) not in allowed:
                 raise ValueError(f"{option} must be one of {allowed}, got {getattr(self, option)!r}")
 

@@ -423,6 +423,8 @@ class BatchNorm(Op):
     def relevance(self, inputs, args, kwargs, output, r, ctx):
         if self.folded or ctx.batchnorm == "identity":
             return [r]
+        if callable(ctx.batchnorm):  # a method's own batch-norm rule (see Composite.batchnorm)
+            return [ctx.batchnorm(self, inputs[0], output, r)]
         x = inputs[0]
         scale = _bn_scale(self.module).view(1, -1, *([1] * (x.dim() - 2)))
         return [x * scale * normalize(r, output, ctx.epsilon_batchnorm)]

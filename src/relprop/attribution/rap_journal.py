@@ -1,0 +1,91 @@
+"""Relative Attributing Propagation, journal version (paper 001, Sec. IV-B, Eq. 5-11).
+
+The target logit is propagated once through the output layer (Eq. 5-6); from there two flows run
+over the same forward pass: the normal flow along promoting contributions (Eq. 7) and the inversion
+flow along inhibiting ones with the sign switched (Eq. 8), each with its bias (Eq. 10) and batch-norm
+(Eq. 11) compensation. The explanation is their sum (Eq. 9). Batch norms stay unfolded, since Eq. 11
+needs their own input and output; max pooling is winner-take-all, average pooling, residual sums and
+concatenations are split in proportion to the inputs without epsilon (as relprop's ``rap``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..composite import Composite, by_type, last
+from ..propagate import forward_for
+from ..registry import register_method
+from ..rules.rap_journal import BatchNormFlow, FirstPropagation, Flow, check_flow
+from ..targets import one_hot_logit, resolve_target
+
+Tensor = torch.Tensor
+
+#: the maps the method can return: the sum of both flows (Eq. 9) or one flow
+FLOWS = ("final", "normal", "inversion")
+STARTS = ("logit", "one-hot")
+
+
+def rap_journal_composite(flow: str, bias: bool = True, batchnorm: bool = True, center: bool = True) -> Composite:
+    """The rule map of one flow ("normal" or "inversion"): Eq. 5-6 at the output layer, Eq. 7 or 8
+    with Eq. 10 at the other affine layers, Eq. 11 at batch norms."""
+    check_flow(flow)
+    rules: list = [(last(1), FirstPropagation(center)), (by_type("conv", "linear"), Flow(flow, bias, center))]
+    return Composite(rules, maxpool="winner", add="proportional",
+                     batchnorm=BatchNormFlow(flow) if batchnorm else "identity", norm_epsilon=0.0,
+                     name=f"rap-journal ({flow})")
+
+
+def _split_record_name(name: str, default: str) -> tuple[str, str]:
+    """``"node@flow"`` -> ``("node", flow)``; a plain ``"node"`` gets the ``default`` flow."""
+    base, sep, flow = name.rpartition("@")
+    if not sep:
+        return name, default
+    if flow not in FLOWS:
+        raise ValueError(f"record name {name!r}: the flow after '@' must be one of {FLOWS}, got {flow!r}")
+    return base, flow
+
+
+@register_method("rap-journal", "Relative Attributing Propagation, journal version: normal and inversion flows "
+                                "with bias and batch-norm handling (paper 001, Eq. 5-11)")
+def rap_journal(model, x, target, *, flow: str = "final", start: str = "logit", bias: bool = True,
+                batchnorm: bool = True, center: bool = True, record: Sequence[str] = ()):
+    """RAP (journal). ``flow``: the returned map, ``"final"`` (normal + inversion, Eq. 9), ``"normal"``
+    or ``"inversion"`` (paper 001, Fig. 4). ``start``: ``"logit"`` (R = f(x) at the target, paper 001
+    Sec. III-A) or ``"one-hot"`` (R = 1). ``bias`` / ``batchnorm``: apply Eq. 10 / Eq. 11.
+    ``center``: the zero-sum step of Eq. 6 after every affine layer. ``record`` names nodes; a name
+    ``"node@normal"``, ``"node@inversion"`` or ``"node@final"`` picks that flow's map, a plain name
+    the map of ``flow``."""
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    requests = [(name, *_split_record_name(name, flow)) for name in record]
+    wanted = {flow} | {f for _, _, f in requests}
+    passes = [f for f in ("normal", "inversion") if f in wanted or "final" in wanted]
+
+    propagator, cache = forward_for(model, x, fold_batchnorm=False)
+    # one name per node: two names of the same node (a module path and its last node) share a record
+    node_of = {base: propagator.graph.find(base) for _, base, _ in requests}
+    name_of: dict[int, str] = {}
+    for base, pos in node_of.items():
+        name_of.setdefault(pos, base)
+    bases = list(name_of.values())
+    logits = cache.outputs[-1]
+    indices = resolve_target(target, logits)
+    if start == "logit":
+        initial = one_hot_logit(logits, indices)
+    else:
+        initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+
+    maps: dict[str, Tensor] = {}
+    recorded: dict[str, dict[str, Tensor]] = {}
+    for k, name in enumerate(passes):
+        composite = rap_journal_composite(name, bias, batchnorm, center)
+        maps[name], recorded[name] = propagator.backward(cache, initial, composite, bases,
+                                                         release=k == len(passes) - 1)
+    if "final" in wanted:
+        maps["final"] = maps["normal"] + maps["inversion"]  # Eq. 9
+        recorded["final"] = {b: recorded["normal"][b] + recorded["inversion"][b] for b in bases}
+    return maps[flow], {name: recorded[f][name_of[node_of[base]]] for name, base, f in requests}

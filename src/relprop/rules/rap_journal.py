@@ -1,0 +1,146 @@
+"""Relative Attributing Propagation, journal version (paper 001, Sec. IV-B, Eq. 5-11).
+
+Notation (paper 001, Eq. 1): ``z_ij = m_i w_ij`` is the contribution of input ``i`` to unit ``j``.
+The *promoting* contributions are ``m+ w+`` and ``m- w-`` (positive values), the *inhibiting* ones
+``m+ w-`` and ``m- w+`` (negative values). ``kappa`` is +1 in the normal flow and -1 in the
+inversion flow (Eq. 10-11). Divisions give 0 where the denominator is 0.
+
+Every rule ends with the zero-sum step of Eq. 6 (``center=True``): relevance that found no path
+(a unit whose promoting or inhibiting sum is 0) is spread uniformly over the units holding relevance,
+so that the relevance entering each layer sums to 0 per sample and per flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..ops import Affine, safe_divide
+from .rap import uniform_shift
+
+Tensor = torch.Tensor
+
+#: kappa of Eq. 10-11 for each flow
+KAPPA: dict[str, float] = {"normal": 1.0, "inversion": -1.0}
+
+
+def check_flow(flow: str) -> float:
+    """``kappa`` of ``flow`` ("normal" or "inversion"); ValueError otherwise."""
+    if flow not in KAPPA:
+        raise ValueError(f"flow must be 'normal' or 'inversion', got {flow!r}")
+    return KAPPA[flow]
+
+
+def _weight_parts(layer: Affine) -> tuple[Tensor, Tensor]:
+    wp = layer.cached("w+", lambda: layer.weight.clamp(min=0))
+    wn = layer.cached("w-", lambda: layer.weight.clamp(max=0))
+    return wp, wn
+
+
+def _share(layer: Affine, x: Tensor, nonnegative: bool, r: Tensor, promoting: bool) -> Tensor:
+    """``sum_j z_ij / sum_i' z_i'j * r_j`` over the promoting (or inhibiting) contributions ``z_ij``.
+
+    Promoting: ``m+ w+`` and ``m- w-``; inhibiting: ``m+ w-`` and ``m- w+``. The two signs of ``m``
+    share one denominator (``sum_i z_ij`` of all contributions of the kind), so the shares of
+    ``r_j`` add up to ``r_j`` wherever the denominator is nonzero. For ``m >= 0`` the ``m-`` terms
+    are skipped.
+    """
+    wp, wn = _weight_parts(layer)
+    w_plus, w_minus = (wp, wn) if promoting else (wn, wp)
+    if nonnegative:
+        s = safe_divide(r, layer.apply(x, w_plus))
+        return layer.transpose(s, w_plus, x).mul_(x)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    s = safe_divide(r, layer.apply(xp, w_plus) + layer.apply(xn, w_minus))
+    out = layer.transpose(s, w_plus, xp).mul_(xp)
+    return out.add_(layer.transpose(s, w_minus, xn).mul_(xn))
+
+
+def _zero_sum(c: Tensor) -> Tensor:
+    """Eq. 6: ``sum_i (R+_i + R-_i) = 0`` per sample, by a uniform shift of the nonzero entries."""
+    return uniform_shift(c, torch.zeros(c.shape[0], dtype=c.dtype, device=c.device))
+
+
+def bias_effect(layer: Affine, r: Tensor) -> Tensor:
+    """``(b_c - mean(b)) / (w x h)`` of Eq. 10, shaped to broadcast against ``r`` (zeros if no bias)."""
+    b = layer.bias
+    if b is None:
+        return torch.zeros((), dtype=r.dtype, device=r.device)
+    area = 1
+    for size in r.shape[2:]:
+        area *= size
+    centred = (b - b.mean()) / area
+    return centred.view(1, -1, *([1] * (r.dim() - 2)))
+
+
+@dataclass(frozen=True)
+class FirstPropagation:
+    """The first propagation from the prediction node (paper 001, Eq. 5-6).
+
+    ``R_i = sum_j (z+_ij / sum_i z+_ij - z-_ij / sum_i z-_ij) R_j``: the promoting contributions
+    share ``R_j`` with its sign, the inhibiting ones with the opposite sign; the bias is not used.
+    The relevance sums to 0 (Eq. 6), exactly so with ``center``.
+    """
+
+    center: bool = True
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        c = _share(layer, x, nonnegative, r, promoting=True)
+        c.sub_(_share(layer, x, nonnegative, r, promoting=False))
+        return _zero_sum(c) if self.center else c
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A hidden affine layer in the normal (Eq. 7) or inversion (Eq. 8) flow, with Eq. 10 first.
+
+    Bias (Eq. 10): ``R'_j = R_j - kappa (b_c - mean(b)) / (w x h)`` at every unit ``j`` of feature
+    map ``c`` (active or not; ``w x h = 1`` for linear layers). Normal flow (Eq. 7):
+    ``R_i = sum_j z+_ij / sum_i z+_ij R'_j``; inversion flow (Eq. 8):
+    ``R_i = -sum_j z-_ij / sum_i z-_ij R'_j`` (an inhibiting input of a positively relevant unit is
+    negatively relevant and vice versa). Then the zero-sum step of Eq. 6 when ``center``.
+    """
+
+    flow: str = "normal"
+    bias: bool = True
+    center: bool = True
+
+    def __post_init__(self) -> None:
+        check_flow(self.flow)
+
+    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        kappa = KAPPA[self.flow]
+        if self.bias and layer.bias is not None:
+            r = r - kappa * bias_effect(layer, r)
+        normal = self.flow == "normal"
+        c = _share(layer, x, nonnegative, r, promoting=normal)
+        if not normal:
+            c.neg_()
+        return _zero_sum(c) if self.center else c
+
+
+@dataclass(frozen=True)
+class BatchNormFlow:
+    """Batch norm in either flow (paper 001, Eq. 11), for ``Composite(batchnorm=...)``.
+
+    ``S = BN(z) - z``; ``S'`` is ``S`` with 0 where ``R`` is 0; ``R' = R - kappa (S' - mean(S')) /
+    (w x h x c)``, the mean and the size taken over all units of the layer, per sample. ``R'`` sums to
+    what ``R`` sums to.
+    """
+
+    flow: str = "normal"
+
+    def __post_init__(self) -> None:
+        check_flow(self.flow)
+
+    def __call__(self, op: Any, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
+        kappa = KAPPA[self.flow]
+        shift = (y - x).mul_(r != 0)
+        size = shift[0].numel()
+        mean = shift.flatten(1).mean(1).view(-1, *([1] * (shift.dim() - 1)))
+        return r - kappa / size * (shift - mean)
+
+
+__all__ = ["BatchNormFlow", "FirstPropagation", "Flow", "KAPPA", "bias_effect", "check_flow"]
