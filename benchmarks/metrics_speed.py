@@ -1,27 +1,46 @@
 """Speed of relprop.metrics.region_perturbation against Quantus RegionPerturbation, side by side.
 
-Same settings for both: N images, L regions perturbed one at a time in MoRF order (patch grid,
-"black" = image-minimum removal, logits), random maps without ties. Reports wall time of each, the
-speed-up, the cost relative to the bare forward passes the experiment needs (N * (L + 1) images in
-chunks of ``--ibs``), and the largest difference between the two sets of curves.
+For every model, in one process and with the same settings for both libraries: N images, L regions
+perturbed cumulatively in MoRF order (8 x 8 patch grid, removal by the image minimum = Quantus
+"black", logits of fixed targets, random float64 maps without ties). Measured, in this order:
 
-    python benchmarks/metrics_speed.py --model small --size 96
-    python benchmarks/metrics_speed.py --model resnet50 --size 224 --device cuda
+1. the bare forward passes the experiment needs: N * (L + 1) images through the model in chunks of
+   ``--ibs`` (the inputs prepared beforehand, nothing else done);
+2. relprop ``region_perturbation(..., internal_batch_size=--ibs)``;
+3. Quantus ``RegionPerturbation`` (``batch_size=N``: one forward pass of the whole batch per step);
+4. the bare forward passes again (the machine may be shared: the two forward timings bracket the
+   library timings).
 
-Prints one markdown table row per model (Quantus is skipped when it is not installed).
+The curves of both libraries must agree (the script stops otherwise). Reported: wall and CPU time
+(``time.process_time``: all threads of this process, less disturbed by other processes) of each,
+relprop's cost relative to the forward passes (mean of the two forward timings) and the speed-up
+over Quantus. Writes its section of docs/benchmarks.md (``--no-write`` to only print).
+
+    python benchmarks/metrics_speed.py                      # small CNN and resnet50, 224 px, CPU
+    python benchmarks/metrics_speed.py --device cuda --models resnet50
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from relprop.metrics import region_perturbation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model(name: str) -> nn.Module:
@@ -36,7 +55,32 @@ def build_model(name: str) -> nn.Module:
         import torchvision
 
         return torchvision.models.resnet50(weights=None).eval()
-    raise ValueError(name)
+    raise ValueError(f"unknown model {name!r}")
+
+
+DESCRIPTION = {
+    "small": "small CNN (3 conv layers 16/32/64 channels, 2 max-pools, linear head; 10 classes)",
+    "resnet50": "torchvision resnet50 (random initialisation, eval mode; 1000 classes)",
+}
+
+
+class LinearProbe(nn.Module):
+    """A float64 linear model: its outputs hardly depend on how inputs are batched, so it checks that both
+    libraries build exactly the same perturbed images, step by step."""
+
+    def __init__(self, numel: int, classes: int = 10) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.register_buffer("w", torch.randn(numel, classes, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float64).flatten(1) @ self.w
+
+
+def maps_like(rng: np.random.Generator, a: argparse.Namespace) -> np.ndarray:
+    """Random maps in float64: in float32, two region sums closer than the rounding of a sum (about
+    1e-6 here) can be ordered differently by the two libraries' summation orders."""
+    return rng.normal(size=(a.images, 1, a.size, a.size))
 
 
 def sync(device: torch.device) -> None:
@@ -44,77 +88,223 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> "Timer":
+        sync(self.device)
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sync(self.device)
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = time.process_time() - self.c0
+
+
 @torch.no_grad()
-def forward_only(model, x: torch.Tensor, steps: int, ibs: int) -> float:
-    n = x.shape[0] * (steps + 1)
-    sync(x.device)
-    t0 = time.perf_counter()
+def forward_only(model: nn.Module, x: torch.Tensor, n: int, ibs: int) -> None:
+    """``n`` images through the model in chunks of ``ibs``; the chunks are prepared beforehand."""
+    reps = -(-ibs // x.shape[0])
+    chunk = x.repeat(reps, 1, 1, 1)[:ibs].contiguous()
     for start in range(0, n, ibs):
-        idx = torch.arange(start, min(start + ibs, n), device=x.device) % x.shape[0]
-        model(x[idx])
-    sync(x.device)
-    return time.perf_counter() - t0
+        model(chunk[:min(ibs, n - start)])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="small", choices=["small", "resnet50"])
-    p.add_argument("--images", type=int, default=16)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--patch", type=int, default=8)
-    p.add_argument("--size", type=int, default=96)
-    p.add_argument("--ibs", type=int, default=128, help="internal batch size of relprop")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-quantus", action="store_true")
-    a = p.parse_args()
-    if (a.size // a.patch) ** 2 < a.steps:
-        p.error("the image has fewer regions than --steps")
-
-    device = torch.device(a.device)
-    model = build_model(a.model).to(device)
+def run_model(name: str, a: argparse.Namespace, device: torch.device, quantus) -> dict:
+    model = build_model(name).to(device)
     rng = np.random.default_rng(0)
     x_np = rng.normal(size=(a.images, 3, a.size, a.size)).astype(np.float32)
-    a_np = rng.normal(size=(a.images, 1, a.size, a.size)).astype(np.float32)
+    a_np = maps_like(rng, a)
     x = torch.tensor(x_np, device=device)
     maps = torch.tensor(a_np[:, 0], device=device)
     with torch.no_grad():
         y = model(x).argmax(1)
+    n_fwd = a.images * (a.steps + 1)
+    kw = dict(counts=range(a.steps + 1), patch_size=a.patch, removal="min", score="logit",
+              internal_batch_size=a.ibs)
+    # warm-up (first calls, allocator, oneDNN primitives) on a short run of both libraries
+    forward_only(model, x, min(n_fwd, 2 * a.ibs), a.ibs)
+    region_perturbation(model, x[:2], maps[:2], y[:2], **{**kw, "counts": range(3)})
+    if quantus is not None:
+        q = quantus.RegionPerturbation(patch_size=a.patch, order="morf", regions_evaluation=2,
+                                       perturb_baseline="black", normalise=False, abs=False,
+                                       disable_warnings=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q(model=model, x_batch=x_np[:2], y_batch=y[:2].cpu().numpy(), a_batch=a_np[:2], softmax=False,
+              device=str(device), batch_size=2)
 
-    forward_only(model, x[:2], 1, a.ibs)  # warm-up
-    t_fwd = forward_only(model, x, a.steps, a.ibs)
-    sync(device)
-    t0 = time.perf_counter()
-    curves = region_perturbation(model, x, maps, y, counts=range(a.steps + 1), patch_size=a.patch,
-                                 removal="min", score="logit", internal_batch_size=a.ibs)
-    sync(device)
-    t_ours = time.perf_counter() - t0
+    res: dict = {"model": name, "n_forward": n_fwd}
+    with Timer(device) as t:
+        forward_only(model, x, n_fwd, a.ibs)
+    res["fwd1"] = t
+    with Timer(device) as t:
+        curves = region_perturbation(model, x, maps, y, **kw)
+    res["relprop"] = t
     ours = curves.drop()[:, 1:].cpu().numpy()
+    res["qtime"] = None
+    if quantus is not None:
+        metric = quantus.RegionPerturbation(patch_size=a.patch, order="morf", regions_evaluation=a.steps,
+                                            perturb_baseline="black", normalise=False, abs=False,
+                                            disable_warnings=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Timer(device) as t:
+                ref = np.asarray(metric(model=model, x_batch=x_np, y_batch=y.cpu().numpy(), a_batch=a_np,
+                                        softmax=False, device=str(device), batch_size=a.images))
+        res["qtime"] = t
+        if ref.shape != ours.shape:
+            raise SystemExit(f"{name}: curve shapes differ: Quantus {ref.shape}, relprop {ours.shape}")
+        diff = float(np.abs(ref - ours).max())
+        scale = float(curves.scores.abs().max())  # the logits' magnitude
+        res["diff"], res["scale"] = diff, scale
+        # float32 convolutions: oneDNN picks kernels by batch size, so the logits of one image differ
+        # slightly between the two libraries' batches (the perturbed images themselves are identical,
+        # see probe_check)
+        if not diff <= 1e-4 * scale:
+            raise SystemExit(f"{name}: the curves differ: max |difference| {diff:.3g} (logit scale {scale:.3g})")
+    with Timer(device) as t:
+        forward_only(model, x, n_fwd, a.ibs)
+    res["fwd2"] = t
+    return res
 
-    t_q, diff = float("nan"), float("nan")
+
+def probe_check(a: argparse.Namespace, device: torch.device, quantus) -> float:
+    """Both libraries on the float64 linear probe, same images and maps as the timed runs: the curves
+    must agree to 1e-9 relative, i.e. every perturbed image is the same. Returns the max difference."""
+    rng = np.random.default_rng(0)
+    x_np = rng.normal(size=(a.images, 3, a.size, a.size)).astype(np.float32)
+    a_np = maps_like(rng, a)
+    probe = LinearProbe(3 * a.size * a.size).to(device).eval()
+    x = torch.tensor(x_np, device=device)
+    with torch.no_grad():
+        y = probe(x).argmax(1)
+    curves = region_perturbation(probe, x, torch.tensor(a_np[:, 0], device=device), y,
+                                 counts=range(a.steps + 1), patch_size=a.patch, removal="min",
+                                 internal_batch_size=a.ibs)
+    metric = quantus.RegionPerturbation(patch_size=a.patch, order="morf", regions_evaluation=a.steps,
+                                        perturb_baseline="black", normalise=False, abs=False,
+                                        disable_warnings=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = np.asarray(metric(model=probe, x_batch=x_np, y_batch=y.cpu().numpy(), a_batch=a_np,
+                                softmax=False, device=str(device), batch_size=a.images))
+    diff = float(np.abs(ref - curves.drop()[:, 1:].cpu().numpy()).max())
+    if not diff <= 1e-9 * float(curves.scores.abs().max()):
+        raise SystemExit(f"linear probe: the perturbed images differ (max curve difference {diff:.3g})")
+    return diff
+
+
+def fmt_s(v: float) -> str:
+    return f"{v:,.1f}"
+
+
+def report(results: list[dict], a: argparse.Namespace, device: torch.device, load0, load1, started: str,
+           elapsed: float, quantus_version: str, probe_diff: float) -> str:
+    lines = [
+        "## Metrics: region perturbation, relprop vs Quantus",
+        "",
+        f"Generated by `python benchmarks/metrics_speed.py` on {started}.",
+        "",
+        f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"{torch.get_num_threads()} threads (its default), device `{device}`; load average (1/5/15 min) "
+        f"{' / '.join(f'{v:.2f}' for v in load0)} at the start and {' / '.join(f'{v:.2f}' for v in load1)} "
+        f"at the end ({elapsed / 60:.1f} min in all).",
+        f"- Software: Python {platform.python_version()}, torch {torch.__version__}, quantus {quantus_version}.",
+        f"- Work: {a.images} random images of {a.size}x{a.size}, random maps (no ties), {a.steps} steps of "
+        f"MoRF region perturbation (float64 maps, patch {a.patch}x{a.patch}, removal by the image minimum = Quantus "
+        f"\"black\", logits of fixed targets): {a.images} x ({a.steps} + 1) = {a.images * (a.steps + 1):,} "
+        f"images through the model. relprop: `region_perturbation(..., internal_batch_size={a.ibs})`; Quantus: "
+        f"`RegionPerturbation(patch_size={a.patch}, regions_evaluation={a.steps}, perturb_baseline=\"black\", "
+        f"normalise=False, abs=False)` called with `batch_size={a.images}` (one forward pass of the whole "
+        f"batch per step).",
+        f"- Forward passes: the same {a.images * (a.steps + 1):,} images through the bare model in chunks of "
+        f"{a.ibs}, inputs prepared beforehand; timed before relprop and again after Quantus (columns "
+        f"\"forward\": first / second); ratios use their mean. One timed run each after a warm-up; wall time "
+        f"(`perf_counter`) and CPU time of the process (`process_time`, all threads).",
+        "- Same curves: the script stops unless the two libraries' curves `f(x) - f(x^(k))`, k = 1..L, agree "
+        "within 1e-4 of the logits' magnitude (float32 convolutions: oneDNN picks kernels by batch size, and "
+        "the two libraries batch differently; max difference below), and unless, on a float64 linear probe "
+        "model with the same images, maps and settings, they agree to 1e-9 relative, i.e. both build the "
+        f"same perturbed images at every step (max difference on the probe: {probe_diff:.1e}).",
+        "",
+        "| model | forward s (1st / 2nd) | relprop s | Quantus s | speed-up vs Quantus (wall) | (CPU) "
+        "| relprop / forward (wall) | (CPU) | max curve difference |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        fw = (r["fwd1"].wall + r["fwd2"].wall) / 2
+        fc = (r["fwd1"].cpu + r["fwd2"].cpu) / 2
+        rp = r["relprop"]
+        q = r["qtime"]
+        qs = fmt_s(q.wall) if q else "n/a"
+        sw = f"{q.wall / rp.wall:.2f}x" if q else "n/a"
+        sc = f"{q.cpu / rp.cpu:.2f}x" if q else "n/a"
+        d = f"{r['diff']:.1e} (logits up to {r['scale']:.2g})" if q else "n/a"
+        lines.append(f"| {DESCRIPTION[r['model']]} | {fmt_s(r['fwd1'].wall)} / {fmt_s(r['fwd2'].wall)} | "
+                     f"{fmt_s(rp.wall)} | {qs} | {sw} | {sc} | {rp.wall / fw:.3f}x | {rp.cpu / fc:.3f}x | {d} |")
+    lines += [
+        "",
+        "Targets: speed-up >= 5x, relprop / forward <= 1.25x. Reading: both libraries push the same "
+        f"{a.images * (a.steps + 1):,} images through the model (Quantus 0.6 already batches the images of a "
+        "step), so where the forward passes dominate (CPU, these models at 224 px) the speed-up is bounded by "
+        "(Quantus's own overhead + forward) / (relprop's overhead + forward); relprop's overhead is the "
+        "\"relprop / forward\" column minus 1.",
+    ]
+    if any(r["qtime"] and r["qtime"].wall / r["relprop"].wall < 5 for r in results):
+        lines.append("")
+        lines.append("**The speed-up target is not met on this device** for the models marked below 5x.")
+    if max(load0[0], load1[0]) > (os.cpu_count() or 1):
+        lines.append("")
+        lines.append(f"**WARNING**: the machine was busy (1-minute load up to {max(load0[0], load1[0]):.1f} on "
+                     f"{os.cpu_count()} cores); the CPU-time ratios are the more reliable ones.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["small", "resnet50"], choices=["small", "resnet50"])
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--ibs", type=int, default=64, help="relprop's internal batch size (and the forward chunks)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-quantus", action="store_true")
+    p.add_argument("--no-write", action="store_true", help="print the section, do not write docs/benchmarks.md")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    a = p.parse_args()
+    if (-(-a.size // a.patch)) ** 2 < a.steps:
+        p.error("the image has fewer regions than --steps")
+    quantus, qv = None, "not installed"
     if not a.no_quantus:
         try:
-            import quantus
+            import quantus  # type: ignore[no-redef]
+
+            qv = quantus.__version__
         except ImportError:
             quantus = None
-        if quantus is not None:
-            metric = quantus.RegionPerturbation(patch_size=a.patch, order="morf", regions_evaluation=a.steps,
-                                                perturb_baseline="black", normalise=False, abs=False,
-                                                disable_warnings=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sync(device)
-                t0 = time.perf_counter()
-                ref = metric(model=model, x_batch=x_np, y_batch=y.cpu().numpy(), a_batch=a_np,
-                             softmax=False, device=str(device), batch_size=a.images)
-                sync(device)
-                t_q = time.perf_counter() - t0
-            diff = float(np.abs(np.asarray(ref) - ours).max())
-
-    print("| model | device | images x steps | size | forward only (s) | relprop (s) | relprop / forward "
-          "| Quantus (s) | speed-up | max curve diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {a.model} | {device.type} | {a.images} x {a.steps} | {a.size} | {t_fwd:.2f} | {t_ours:.2f} "
-          f"| {t_ours / t_fwd:.2f} | {t_q:.2f} | {t_q / t_ours:.1f}x | {diff:.2e} |")
+    device = torch.device(a.device)
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    probe_diff = probe_check(a, device, quantus) if quantus is not None else float("nan")
+    print(f"linear probe: same perturbed images (max curve difference {probe_diff:.1e})", flush=True)
+    results = []
+    for name in a.models:
+        r = run_model(name, a, device, quantus)
+        results.append(r)
+        q = r["qtime"]
+        print(f"{name}: forward {r['fwd1'].wall:.1f} / {r['fwd2'].wall:.1f} s, relprop {r['relprop'].wall:.1f} s, "
+              f"Quantus {q.wall if q else float('nan'):.1f} s", flush=True)
+    load1 = os.getloadavg()
+    md = report(results, a, device, load0, load1, started, time.perf_counter() - t0, qv, probe_diff)
+    print(md)
+    if not a.no_write:
+        write_section(a.out, "metrics_speed.py", md)
+        print(f"wrote the metrics_speed.py section of {a.out}")
 
 
 if __name__ == "__main__":

@@ -261,9 +261,11 @@ def test_rap_conserves_logit_on_zoo(name, size):
     both = explainer.explain(x, target=t)
     assert both.shape == x.shape and torch.isfinite(both).all()
     torch.testing.assert_close(per_sample(both), z_t, rtol=1e-5, atol=0.0)
-    # batch of two equals per sample (no batch-wide Psi or bounds)
+    # batch of two equals per sample (no batch-wide Psi or bounds); the residual z-rule split has no
+    # stabiliser (as in the official code), so float64 round-off of the batched convolutions is
+    # amplified where the two branches nearly cancel: compare relative to the map's scale
     single = explainer.explain(x[1:], target=t[1:])
-    torch.testing.assert_close(single[0], both[1], rtol=1e-9, atol=1e-12 * float(both[1].abs().max()))
+    torch.testing.assert_close(single[0], both[1], rtol=1e-6, atol=1e-9 * float(both[1].abs().max()))
     logit_start = relprop.explain(model, x[:1], target=t[:1], method="rap", start="logit")
     assert torch.isfinite(logit_start).all()
     torch.testing.assert_close(per_sample(logit_start), z_t[:1], rtol=1e-5, atol=0.0)

@@ -9,6 +9,7 @@ import torch
 
 from relprop.metrics import aggregate as A
 from relprop.metrics import localisation as L
+from relprop.metrics import pointing as P
 
 nan = float("nan")
 
@@ -173,6 +174,77 @@ def test_pointing_game_per_class_macro_mean_torchray_and_nan() -> None:
     sub = A.per_class_mean(hits, classes, num_classes=2 + 1, include=torch.tensor([1, 0, 1, 1, 1]))
     same(sub.per_class[:2], [1.0, 1.0])
     assert sub.excluded == 1
+
+
+def _objects():
+    """Image 0 (4 x 6): class 1 twice (2 + 2 px), class 3 once (12 px); image 1: class 2 (marked
+    difficult) and class 0 (1 px)."""
+    m0 = torch.zeros(3, 4, 6, dtype=torch.bool)
+    m0[0, 0, :2] = True
+    m0[1, 3, 4:] = True
+    m0[2, :, 3:] = True  # overlaps the second class-1 object: the union is still per class
+    m1 = torch.zeros(2, 4, 6, dtype=torch.bool)
+    m1[0, 1:3, 1:3] = True
+    m1[1, 0, 5] = True
+    return [[1, 1, 3], [2, 0]], [m0, m1], [[False, False, False], [True, False]]
+
+
+def test_pointing_pairs_masks_difficult_and_skips() -> None:
+    labels, masks, difficult = _objects()
+    pairs = P.pointing_pairs(labels, masks, difficult)
+    assert pairs.image.tolist() == [0, 0, 1] and pairs.classes.tolist() == [1, 3, 0]
+    assert torch.equal(pairs.masks[0], masks[0][0] | masks[0][1])  # union of the class's objects
+    assert torch.equal(pairs.masks[1], masks[0][2])
+    # class 1: 4/24 < 1/4 with another class present -> difficult; class 3: 12/24 -> not;
+    # class 0 of image 1: 1/24, and class 2 is present (although all its objects are difficult)
+    assert pairs.difficult.tolist() == [True, False, True]
+    assert pairs.skipped_difficult == 1 and pairs.skipped_unpredicted == 0
+    keep = P.pointing_pairs(labels, masks, difficult, skip_all_difficult=False)
+    assert keep.classes.tolist() == [1, 3, 0, 2] and keep.skipped_difficult == 0  # by image, then class
+    # a single-class image is never difficult, however small the object
+    one = P.pointing_pairs([[4]], [masks[1][1:]])
+    assert one.difficult.tolist() == [False]
+    # P: only ground-truth classes that were predicted; predicted classes without objects are no pairs
+    pred = P.pointing_pairs(labels, masks, difficult, mode="P", predicted=[[3, 7], [0]])
+    assert pred.classes.tolist() == [3, 0] and pred.skipped_unpredicted == 1
+    with pytest.raises(ValueError, match="predicted"):
+        P.pointing_pairs(labels, masks, mode="P")
+    with pytest.raises(ValueError, match="mode"):
+        P.pointing_pairs(labels, masks, mode="all")
+    with pytest.raises(ValueError, match="2 labels but 3 masks"):
+        P.pointing_pairs([[1, 2]], [masks[0]])
+    with pytest.raises(ValueError, match="one resolution"):
+        P.pointing_pairs([[1], [2]], [masks[0][:1], torch.zeros(1, 5, 6)])
+    with pytest.raises(ValueError, match="binary"):
+        P.pointing_pairs([[1]], [torch.full((1, 4, 6), 0.5)])
+
+
+def test_pointing_game_report_macro_means_all_and_difficult() -> None:
+    hits = torch.tensor([1.0, 0.0, 1.0, 1.0, nan])
+    classes = torch.tensor([0, 0, 1, 2, 2])
+    difficult = torch.tensor([True, False, True, False, True])
+    rep = P.pointing_game_report(hits, classes, 4, difficult=difficult)
+    # TorchRay: class means 0.5, 1, 1 (the NaN pair is not counted), 0 (no pairs) -> 2.5 / 4
+    assert rep.all.macro == pytest.approx(0.625) and rep.all.classes_counted == 4
+    # difficult: class 0 -> 1, class 1 -> 1, class 2 has only a NaN pair -> 0, class 3 -> 0
+    assert rep.difficult.macro == pytest.approx(0.5) and rep.difficult.excluded == 2
+    rep = P.pointing_game_report(hits, classes, 4, difficult=difficult, empty_class="nan")
+    assert rep.all.macro == pytest.approx(2.5 / 3) and rep.difficult.macro == pytest.approx(1.0)
+    assert P.pointing_game_report(hits, classes, 4).difficult is None
+
+
+def test_pointing_protocol_end_to_end() -> None:
+    labels, masks, difficult = _objects()
+    pairs = P.pointing_pairs(labels, masks, difficult)
+    maps = torch.zeros(3, 4, 6)
+    maps[0, 0, 0] = 1.0  # on the class-1 object
+    maps[1, 0, 0] = 1.0  # 3 px left of the class-3 box (column 3)
+    maps[2, 3, 0] = 1.0  # far from the class-0 pixel (0, 5): distance sqrt(9 + 25)
+    hits = L.pointing_game(maps, pairs.masks, tolerance=3)  # strict: distance 3 is a miss
+    assert hits.tolist() == [1.0, 0.0, 0.0]
+    rep = P.pointing_game_report(hits, pairs.classes, 4, difficult=pairs.difficult)
+    assert rep.all.per_class.tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert rep.all.macro == pytest.approx(0.25) and rep.difficult.macro == pytest.approx(0.25)
 
 
 # ---------------------------------------------------------------------------------- energy PG

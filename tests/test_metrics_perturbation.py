@@ -3,6 +3,7 @@ randomisation sanity check."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -421,3 +422,195 @@ def test_metrics_run_on_cuda() -> None:
         same(fn(maps, masks).cpu(), fn(maps.cpu(), masks.cpu()), tol=1e-5)
     M.blurred_insertion(model, x, maps, None, kernel_size=3, sigma=1.0)
     M.maximal_patch_masking(model, x, maps, torch.zeros(3, dtype=torch.long, device=dev))
+
+
+# ---------------------------------------------------------------------------------- added checks
+
+
+def test_paper_pixel_counts_and_chunking() -> None:
+    """Paper 001 Table I counts, with a model that records every input: step k holds exactly the first
+    counts[k] pixels in MoRF order set to the image minimum, and no call sees more than the chunk."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.rand(2, 3, 70, 80, generator=g, dtype=torch.float64)  # 5,600 pixels
+    maps = torch.randn(2, 70, 80, generator=g, dtype=torch.float64)
+    model = SumModel()
+    counts = P.PAPER_001_POSITIVE_COUNTS + (70 * 80,)
+    c = M.region_perturbation(model, x, maps, torch.tensor([0, 0]), counts=counts, restrict="positive",
+                              internal_batch_size=5)
+    assert max(s.shape[0] for s in model.seen) <= 5
+    npos = (maps > 0).flatten(1).sum(1)
+    expect_n = torch.minimum(torch.tensor(counts)[None], npos[:, None])  # "All" = every positive pixel
+    assert torch.equal(c.n_perturbed, expect_n)
+    for b in range(2):
+        order = torch.sort(maps[b].flatten(), descending=True, stable=True).indices
+        px = x[b].flatten(1)  # (3, HW)
+        lo = x[b].min()
+        for k, n in enumerate(expect_n[b].tolist()):
+            removed = (px[:, order[:n]] - lo).sum()
+            assert c.scores[b, k].item() == pytest.approx((px.sum() - removed).item(), abs=1e-9)
+    assert P.PAPER_001_NEGATIVE_COUNTS == (0, 2000, 4000, 6000, 8000, 10000)
+    assert P.PAPER_000_LERF_COUNTS[1] == 100 and P.PAPER_000_LERF_COUNTS[-1] == 4000
+    with pytest.raises(ValueError, match="internal_batch_size"):
+        M.region_perturbation(model, x, maps, None, counts=[1], internal_batch_size=0)
+
+
+def _rise_reference(model, img, sal, mode, step, substrate, n_classes):
+    """RISE's CausalMetric.single_run (official evaluation.py), for one image, written out as a loop."""
+    hw = img.shape[-1] * img.shape[-2]
+    n = (hw + step - 1) // step
+    pred = model(img).softmax(-1)
+    c = int(pred.argmax())
+    if mode == "del":
+        start, finish = img.clone(), substrate
+    else:
+        start, finish = substrate.clone(), img.clone()
+    scores = []
+    order = torch.tensor(np.argsort(sal.reshape(-1).numpy(), kind="stable")[::-1].copy())
+    for i in range(n + 1):
+        scores.append(float(model(start).softmax(-1)[0, c]))
+        if i < n:
+            coords = order[step * i:step * (i + 1)]
+            s = start.view(1, 3, hw)
+            s[0, :, coords] = finish.view(1, 3, hw)[0, :, coords]
+    arr = np.array(scores)
+    auc = (arr.sum() - arr[0] / 2 - arr[-1] / 2) / (arr.shape[0] - 1)
+    return arr, auc
+
+
+def test_rise_curves_and_auc_match_the_official_loop() -> None:
+    model = small_cnn(classes=6)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 3, 9, 11, generator=g)
+    maps = torch.randn(2, 9, 11, generator=g)  # no ties: RISE's reversed argsort and ours agree
+    step = 10
+    with torch.no_grad():
+        d = M.rise_deletion(model, x, maps, step=step)
+        ins = M.rise_insertion(model, x, maps, step=step)
+        blurred = P.gaussian_blur(x, 11, 5.0, padding="zeros", kind="rise")
+        for b in range(2):
+            ref, auc = _rise_reference(model, x[b:b + 1], maps[b], "del", step, torch.zeros_like(x[b:b + 1]), 6)
+            same(d.scores[b], ref, tol=1e-6)
+            assert d.auc()[b].item() == pytest.approx(auc, abs=1e-6)
+            ref, auc = _rise_reference(model, x[b:b + 1], maps[b], "ins", step, blurred[b:b + 1], 6)
+            same(ins.scores[b], ref, tol=1e-6)
+            assert ins.auc()[b].item() == pytest.approx(auc, abs=1e-6)
+    assert torch.equal(d.targets, model(x).argmax(1))
+
+
+def test_rise_blur_is_a_zero_padded_2d_convolution() -> None:
+    """RISE blurs with conv2d(x, kern, padding=klen // 2) where kern[i, i] = gkern: check the separable
+    version against that dense convolution."""
+    g = torch.Generator().manual_seed(14)
+    x = torch.rand(2, 3, 13, 12, generator=g, dtype=torch.float64)
+    k1 = P.gaussian_kernel(11, 5.0, kind="rise")
+    kern = torch.zeros(3, 3, 11, 11, dtype=torch.float64)
+    for i in range(3):
+        kern[i, i] = torch.outer(k1, k1)
+    ref = torch.nn.functional.conv2d(x, kern, padding=5)
+    same(P.gaussian_blur(x, 11, 5.0, padding="zeros", kind="rise"), ref, tol=1e-12)
+
+
+def test_patch_masking_flags_maps_without_positive_values() -> None:
+    x = torch.arange(1.0, 10.0).view(1, 1, 3, 3).expand(2, 1, 3, 3)
+    maps = -torch.arange(1.0, 10.0).view(1, 3, 3).repeat(2, 1, 1)
+    maps[1, 2, 2] = 0.5
+    r = M.maximal_patch_masking(SumModel(), x, maps, torch.tensor([0, 0]), patch_sizes=(1,), score="logit")
+    assert r.no_positive.tolist() == [True, False]
+    assert r.centers.tolist() == [[0, 0], [2, 2]]  # the maximum is still defined and used
+    same(r.change, [[-1.0], [-9.0]])
+
+
+class TwoBranch(nn.Module):
+    """Defines its layers in the reverse of their execution order; fc_a and fc_b share one shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc_b = nn.Linear(6, 6)
+        self.fc_a = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv(x).relu().mean((2, 3))
+        return self.head(self.fc_b(self.fc_a(h).relu()).relu())
+
+
+def _grad_x_input(m, inp, tgt):
+    inp = inp.clone().requires_grad_(True)
+    out = m(inp).gather(1, tgt[:, None]).sum()
+    (grad,) = torch.autograd.grad(out, inp)
+    return (grad * inp).sum(1)
+
+
+def test_randomisation_execution_order_and_per_layer_seeds() -> None:
+    model = TwoBranch().eval()
+    x = torch.randn(2, 3, 7, 7, generator=torch.Generator().manual_seed(15))
+    t = torch.tensor([0, 2])
+    assert [n for n, _ in model.named_children()] == ["fc_b", "fc_a", "head", "conv"]  # definition
+    assert M.randomisation.execution_order(model, x) == ["conv", "fc_a", "fc_b", "head"]
+    r = M.cascading_randomisation(model, x, t, _grad_x_input, seed=100, return_maps=True)
+    assert r.layers == ["head", "fc_b", "fc_a", "conv"]  # from the top, in execution order
+    # rebuild every cascade step by hand: layer i of the execution order is reset under seed 100 + i
+    work = TwoBranch().eval()
+    work.load_state_dict(model.state_dict())
+    seen = []
+    for step, (name, index) in enumerate((("head", 3), ("fc_b", 2), ("fc_a", 1), ("conv", 0))):
+        torch.manual_seed(100 + index)
+        getattr(work, name).reset_parameters()
+        seen.append(getattr(work, name).weight.detach().clone())
+        same(r.maps[step], _grad_x_input(work, x, t), tol=1e-6)
+        same(r.spearman[:, step], M.spearman(r.original, r.maps[step]))
+        same(r.spearman_abs[:, step], M.spearman(r.original.abs(), r.maps[step].abs()))
+        same(r.ssim[:, step], M.ssim(r.original, r.maps[step]))
+    assert not torch.equal(seen[1], seen[2])  # same-shaped fc_b and fc_a get different weights
+    # independent: one layer at a time from the original weights
+    ind = M.cascading_randomisation(model, x, t, _grad_x_input, seed=100, independent=True,
+                                    layers=["fc_a", "conv"], return_maps=True)
+    assert ind.layers == ["fc_a", "conv"]
+    solo = TwoBranch().eval()
+    solo.load_state_dict(model.state_dict())
+    torch.manual_seed(101)
+    solo.fc_a.reset_parameters()
+    same(ind.maps[0], _grad_x_input(solo, x, t), tol=1e-6)
+    # per-layer curves: mean over samples per step, NaN-aware with counts
+    curve = M.aggregate_curves(r.spearman)
+    assert curve.mean.shape == (4,) and curve.count.tolist() == [2, 2, 2, 2]
+
+
+def test_batchnorm_randomisation_is_explicit() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2)).eval()
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+        model[1].running_var.fill_(2.0)
+        model[1].weight.fill_(2.0)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(16))
+    t = torch.tensor([0, 1])
+    # init="default": reset_parameters() -> weight 1, bias 0, running mean 0, running variance 1
+    r = M.cascading_randomisation(model, x, t, _grad_x_input, layers=["1"], return_maps=True)
+    work = copy.deepcopy(model)
+    with torch.no_grad():
+        work[1].weight.fill_(1.0)
+        work[1].bias.zero_()
+        work[1].running_mean.zero_()
+        work[1].running_var.fill_(1.0)
+    same(r.maps[0], _grad_x_input(work, x, t), tol=1e-6)
+    # init="normal": N(0, std) for weight and bias from seed + execution index, statistics kept
+    nrm = M.cascading_randomisation(model, x, t, _grad_x_input, layers=["1"], init="normal", std=0.5,
+                                    seed=3, return_maps=True)
+    work = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(3 + 1)  # "1" is the second layer in execution order
+    with torch.no_grad():
+        for p in work[1].parameters(recurse=False):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    same(nrm.maps[0], _grad_x_input(work, x, t), tol=1e-6)
+    assert model[1].running_mean.eq(0.5).all()  # the user's model is untouched
+    # maps smaller than the SSIM window: choose a smaller window, or the SSIM cannot be computed
+    small = x[:, :, :5, :5]
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(75, 2)).eval()
+    with pytest.raises(ValueError, match="win_size"):
+        M.cascading_randomisation(lin, small, t, _grad_x_input)
+    r = M.cascading_randomisation(lin, small, t, _grad_x_input, ssim_win_size=3)
+    assert r.ssim.shape == (2, 1)

@@ -42,7 +42,7 @@ def test_thresholds() -> None:
     with pytest.raises(ValueError):
         S.threshold_maps(MAP1, 1.5)
     with pytest.raises(ValueError):
-        S.threshold_maps(MAP1, "otsu")
+        S.threshold_maps(MAP1, "triangle")
 
 
 def test_constant_map_predicts_background_and_is_flagged() -> None:
@@ -160,3 +160,57 @@ def test_average_precision_matches_sklearn() -> None:
         scores = np.stack([1 - r, r]).ravel()
         target = np.stack([~masks[i], masks[i]]).ravel()
         assert ours[i].item() == pytest.approx(metrics.average_precision_score(target, scores), abs=1e-12)
+
+
+def test_otsu_and_percentile_thresholds_hand_computed() -> None:
+    # groups {0, 0, 1} and {9, 10, 10}: the between-class variance 3 * 3 * (28/3)^2 is largest for any
+    # split between the bins of 1 and 9; the first such bin is bin 25 (1 / (10/256) = 25.6), and the
+    # threshold is its centre 25.5 * 10/256 = 0.99609375 (skimage's rule), so the 1 itself lies above it
+    r = torch.tensor([[[0.0, 0.0, 1.0], [9.0, 10.0, 10.0]]], dtype=torch.float64)
+    assert S.otsu_thresholds(r).item() == 0.99609375
+    pred, _ = S.threshold_maps(r, "otsu")
+    assert pred.tolist() == [[[False, False, True], [True, True, True]]]
+    # percentile: values 0..11, q = 75 -> position 8.25 -> 8.25; q = 50 -> 5.5 (numpy), median -> 5
+    ramp = torch.arange(12.0, dtype=torch.float64).view(1, 3, 4)
+    same(S.percentile_thresholds(ramp, 75), [8.25])
+    same(S.threshold_values(ramp, ("percentile", 50)), [5.5])
+    same(S.threshold_values(ramp, "median"), [5.0])
+    assert S.threshold_maps(ramp, ("percentile", 75))[0].sum() == 3  # 9, 10, 11
+    same(S.threshold_values(ramp, 0.5), [5.5])  # min + t * (max - min)
+    with pytest.raises(ValueError, match="percentile"):
+        S.threshold_maps(ramp, ("percentile", 101))
+    with pytest.raises(ValueError, match="threshold"):
+        S.threshold_maps(ramp, ("quantile", 0.5))
+    # constant maps stay background and flagged with every data-driven threshold
+    for t in ("otsu", ("percentile", 30), "median"):
+        pred, const = S.threshold_maps(torch.full((1, 2, 2), 3.0), t)
+        assert not pred.any() and const.all()
+
+
+def test_otsu_and_percentile_match_skimage_and_numpy() -> None:
+    filters = pytest.importorskip("skimage.filters")
+    rng = np.random.default_rng(3)
+    maps = np.concatenate([rng.normal(0, 1, (4, 9, 11)), rng.normal(4, 0.5, (4, 6, 11))], axis=1)
+    maps[3] = rng.integers(0, 5, size=(15, 11))  # many ties
+    ours = S.otsu_thresholds(torch.tensor(maps))
+    for i in range(4):
+        assert ours[i].item() == filters.threshold_otsu(maps[i])
+    pred, _ = S.threshold_maps(torch.tensor(maps), "otsu")
+    assert torch.equal(pred, torch.tensor(maps > np.array([filters.threshold_otsu(m) for m in maps])[:, None, None]))
+    for q in (0, 12.5, 50, 77, 100):
+        ref = np.percentile(maps.reshape(4, -1), q, axis=1)
+        assert S.percentile_thresholds(torch.tensor(maps), q).numpy().tolist() == ref.tolist()
+
+
+def test_paper_000_threshold_cases() -> None:
+    """Paper 000: positive relevance -> mean threshold; signed relevance -> zero threshold."""
+    r = torch.tensor([[[-2.0, 1.0], [3.0, 0.0]]])
+    mask = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.bool)
+    # positive part: R+ = [[0, 1], [3, 0]], mean 1 -> only 3 is foreground
+    assert S.threshold_maps(r, "mean", sign="positive")[0].tolist() == [[[False, False], [True, False]]]
+    same(S.pixel_accuracy(r, mask, threshold="mean", sign="positive"), [0.75])
+    # signed: R > 0 -> 1 and 3 are foreground: perfect
+    same(S.pixel_accuracy(r, mask, threshold="zero"), [1.0])
+    acc = S.SegmentationAccumulator(threshold="zero", with_ap=False)
+    acc.update(r, mask)
+    assert acc.compute().miou == 1.0

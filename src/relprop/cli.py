@@ -1,4 +1,4 @@
-"""Command line interface: ``relprop methods``, ``relprop explain`` and ``relprop demo``.
+"""Command line interface: ``relprop methods | explain | demo | evaluate | report``.
 
 The library is imported inside the commands so that ``relprop --help`` stays fast.
 """
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma separated methods (default: all)")
     p.add_argument("--photos", default=None, help="comma separated photo names (default: all)")
     p.set_defaults(func=cmd_demo)
+
+    from relprop.evaluate.cli import add_parsers as add_evaluation_parsers
+
+    add_evaluation_parsers(sub)  # evaluate, report
     return parser
 
 

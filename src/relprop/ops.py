@@ -49,8 +49,11 @@ def normalize(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / denominator`` with 0 where the denominator is exactly 0 (LRP-0 convention)."""
     zero = denominator == 0
-    return torch.where(zero, torch.zeros((), dtype=numerator.dtype, device=numerator.device),
-                       numerator / torch.where(zero, torch.ones_like(denominator), denominator))
+    if torch.is_grad_enabled() and (numerator.requires_grad or denominator.requires_grad):
+        # keep the gradient finite where the denominator is 0
+        return torch.where(zero, torch.zeros((), dtype=numerator.dtype, device=numerator.device),
+                           numerator / torch.where(zero, torch.ones_like(denominator), denominator))
+    return torch.div(numerator, denominator).masked_fill_(zero, 0)
 
 
 def vjp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:

@@ -1,4 +1,6 @@
-"""Real photos that ship inside installed packages (scikit-image, matplotlib); nothing is downloaded."""
+"""Real photos that ship inside installed packages (scikit-image, matplotlib, scikit-learn); nothing is
+downloaded. Nine of them carry hand-drawn annotations kept in ``photos_annotations.json`` (ImageNet labels,
+boxes, object outlines) and form the ``photos`` data set."""
 
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ _PHOTOS: dict[str, tuple[str, str, str]] = {
     "brick": ("scikit-image", "brick.png", "Brick wall texture (greyscale)"),
     "camera": ("scikit-image", "camera.png", "Man with a camera on a tripod (greyscale)"),
     "chelsea": ("scikit-image", "chelsea.png", "Chelsea the cat, a tabby"),
+    "china": ("scikit-learn", "china.jpg", "The Tower of Buddhist Incense of the Summer Palace above Kunming Lake"),
     "coffee": ("scikit-image", "coffee.png", "A cup of espresso on a saucer"),
     "coins": ("scikit-image", "coins.png", "Greek coins (greyscale)"),
+    "flower": ("scikit-learn", "flower.jpg", "An orange pompon dahlia"),
     "grace_hopper": ("matplotlib", "grace_hopper.jpg", "Portrait of Rear Admiral Grace Hopper in uniform"),
     "grass": ("scikit-image", "grass.png", "Grass texture (greyscale)"),
     "gravel": ("scikit-image", "gravel.png", "Gravel texture (greyscale)"),
@@ -44,7 +48,14 @@ _PHOTOS: dict[str, tuple[str, str, str]] = {
     "moon": ("scikit-image", "moon.png", "Surface of the moon (greyscale)"),
     "motorcycle": ("scikit-image", "motorcycle_left.png", "A motorcycle (left view of a stereo pair)"),
     "retina": ("scikit-image", "retina.jpg", "Fundus photo of a human retina"),
-    "rocket": ("scikit-image", "rocket.jpg", "A Falcon 9 rocket lifting off"),
+    "rocket": ("scikit-image", "rocket.jpg", "A Falcon 9 rocket on its launch pad"),
+}
+
+# package -> (import name, folder of its sample photos inside the package)
+_PACKAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "scikit-image": ("skimage", ("data",)),
+    "matplotlib": ("matplotlib", ("mpl-data", "sample_data")),
+    "scikit-learn": ("sklearn", ("datasets", "images")),
 }
 
 _DEMO = ("chelsea", "coffee", "motorcycle", "rocket")
@@ -53,12 +64,11 @@ _DEFAULT = "chelsea"
 
 def _package_dir(package: str) -> Path:
     """Folder holding the sample files of ``package``, located without importing its data modules."""
-    module = {"scikit-image": "skimage", "matplotlib": "matplotlib"}[package]
+    module, folder = _PACKAGES[package]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"package {package!r} is not installed; it ships the sample photos")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    return root / "data" if package == "scikit-image" else root / "mpl-data" / "sample_data"
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*folder)
 
 
 def _missing_message(photo: Photo) -> str:

@@ -10,7 +10,8 @@ or None for descriptive statistics) and its source (paper file and equation in
 
 from __future__ import annotations
 
-from . import aggregate, distance, localisation, patch, perturbation, randomisation, segmentation
+from . import (aggregate, distance, localisation, patch, perturbation, pointing, randomisation,
+               segmentation)
 from ._common import (METRICS, SIGNS, MetricInfo, apply_sign, check_maps, check_masks, check_pair,
                       reduce_channels)
 from .aggregate import (Aggregate, ClassAggregate, CurveAggregate, aggregate_curves, binned_mean,
@@ -24,26 +25,30 @@ from .localisation import (box_fraction, energy_pointing_game, inside_total_rati
                            weighted_inside_total_ratio)
 from .occlusion import object_context_occlusion
 from .patch import maximal_patch_masking, ranked_classes
+from .pointing import PointingPairs, PointingReport, pointing_game_report, pointing_pairs
 from .perturbation import (PerturbationCurves, aopc, blurred_insertion, gaussian_blur,
                            region_perturbation, rise_deletion, rise_insertion, trapezoid_auc)
 from .randomisation import cascading_randomisation, spearman, ssim
 from .segmentation import (SegmentationAccumulator, average_precision, foreground_average_precision,
-                           pixel_accuracy, stacked_average_precision, threshold_maps)
+                           image_iou, otsu_thresholds, percentile_thresholds, pixel_accuracy,
+                           stacked_average_precision, threshold_maps)
 
 __all__ = [
     "METRICS", "MetricInfo", "SIGNS", "Aggregate", "ClassAggregate", "CurveAggregate",
-    "PerturbationCurves", "SegmentationAccumulator",
+    "PerturbationCurves", "SegmentationAccumulator", "PointingPairs", "PointingReport",
     "aggregate", "aggregate_values", "aggregate_curves", "per_class_mean", "binned_mean",
     "apply_sign", "check_maps", "check_masks", "check_pair", "reduce_channels",
-    "max_points", "pointing_hits", "pointing_game", "energy_pointing_game", "outside_inside_ratio",
+    "max_points", "pointing_hits", "pointing_game", "pointing_pairs", "pointing_game_report",
+    "energy_pointing_game", "outside_inside_ratio",
     "normalised_outside_inside_ratio", "inside_total_ratio", "weighted_inside_total_ratio",
     "inside_total_summary", "box_fraction", "positive_ratio", "top_k_intersection",
     "relevance_rank_accuracy", "relevance_mass_accuracy",
-    "threshold_maps", "pixel_accuracy", "average_precision", "stacked_average_precision",
+    "threshold_maps", "otsu_thresholds", "percentile_thresholds", "pixel_accuracy", "image_iou",
+    "average_precision", "stacked_average_precision",
     "foreground_average_precision",
     "region_perturbation", "aopc", "trapezoid_auc", "blurred_insertion", "rise_deletion",
     "rise_insertion", "gaussian_blur",
     "maximal_patch_masking", "ranked_classes", "topk_distance", "object_context_occlusion",
     "cascading_randomisation", "spearman", "ssim",
-    "distance", "localisation", "patch", "perturbation", "randomisation", "segmentation",
+    "distance", "localisation", "patch", "perturbation", "pointing", "randomisation", "segmentation",
 ]

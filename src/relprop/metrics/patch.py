@@ -24,13 +24,16 @@ __all__ = ["PatchMaskingResult", "maximal_patch_masking", "ranked_classes", "pat
 class PatchMaskingResult:
     """``change`` (B, P): ``f(x') - f(x)`` per patch size (lower is better: a larger drop);
     ``clean`` (B,): ``f(x)``; ``masked`` (B, P): ``f(x')``; ``centers`` (B, 2): ``(row, col)`` of the
-    masked patch centre; ``patch_sizes`` (P,). Rows are NaN for an undefined centre (constant map)."""
+    masked patch centre; ``patch_sizes`` (P,). Rows are NaN for an undefined centre (constant map).
+    ``no_positive`` (B,): the map has no positive value, so its maximum is not positive evidence; the
+    row is still computed (the maximum is defined) and callers may count or drop such samples."""
 
     change: Tensor
     clean: Tensor
     masked: Tensor
     centers: Tensor
     patch_sizes: Tensor
+    no_positive: Tensor
 
     def relative_change(self) -> Tensor:
         """(B, P) ``(f(x') - f(x)) / f(x)``."""
@@ -70,7 +73,8 @@ def maximal_patch_masking(model: Callable, images, maps, targets, *,
     ``"random"``: a uniformly random pixel per image from ``seed`` (paper 004's Random baseline; the
     map is ignored). ``fill``: the data-set mean per channel in the model's input space, a number or a
     (C,) tensor (0 for mean/std-normalised inputs). ``score``: ``"softmax"`` (``y_hat_t``, the
-    default) or ``"logit"``. Lower change is better. NaN rows for a constant map with ``"max"``.
+    default) or ``"logit"``. Lower change is better. NaN rows for a constant map with ``"max"``; an
+    all-negative map keeps its (defined) maximum and is flagged in ``no_positive``.
     """
     if location not in ("max", "random"):
         raise ValueError(f"location must be 'max' or 'random', got {location!r}")
@@ -118,4 +122,5 @@ def maximal_patch_masking(model: Callable, images, maps, targets, *,
     change = masked - clean[:, None]
     change[undefined] = float("nan")
     masked[undefined] = float("nan")
-    return PatchMaskingResult(change, clean, masked, centers, torch.tensor(ps))
+    no_positive = ~(m.flatten(1) > 0).any(1)
+    return PatchMaskingResult(change, clean, masked, centers, torch.tensor(ps), no_positive)

@@ -344,11 +344,18 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
             raise ValueError("the model must return a (N, classes) tensor of logits")
         return out
 
+    if fill is not None:
+        # keep expanded (stride-0) dimensions of size 1, so that building a chunk never materialises a
+        # full-size copy of a constant or per-sample fill value; torch.where broadcasts it
+        fill = fill[tuple(slice(0, 1) if st == 0 and n > 1 else slice(None)
+                          for n, st in zip(fill.shape, fill.stride()))]
+
     def build(bs: Tensor, ss: Tensor) -> Tensor:
         kk = k[bs, ss]
         sel = pixel_rank[bs] < kk[:, None]
         if shuffle_seeds is None:
-            return torch.where(sel.view(-1, 1, h, w), fill[bs], base[bs])
+            f = fill if fill.shape[0] == 1 else fill[bs]
+            return torch.where(sel.view(-1, 1, h, w), f, base[bs])
         x = base[bs].clone()
         for i in range(bs.shape[0]):
             idx = torch.nonzero(sel[i]).flatten()

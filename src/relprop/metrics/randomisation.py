@@ -167,7 +167,7 @@ def cascading_randomisation(model: nn.Module, images: Tensor, targets,
                             explain: Callable[[nn.Module, Tensor, Tensor], Tensor], *,
                             order: str = "top_down", independent: bool = False,
                             layers: Optional[Sequence[str]] = None, seed: int = 0,
-                            init: str = "default", std: float = 0.01,
+                            init: str = "default", std: float = 0.01, ssim_win_size: int = 7,
                             return_maps: bool = False) -> RandomisationResult:
     """Cascading (or independent) parameter randomisation; similarities per layer and sample.
 
@@ -178,7 +178,8 @@ def cascading_randomisation(model: nn.Module, images: Tensor, targets,
     :func:`execution_order`). ``init``: ``"default"`` (the module's ``reset_parameters()`` - for
     BatchNorm that sets weight 1, bias 0 and resets the running statistics) or ``"normal"``
     (``N(0, std)`` for every own parameter, running statistics untouched). Layer ``i`` in execution
-    order uses seed ``seed + i``. Lower similarity after randomisation is the desired outcome.
+    order uses seed ``seed + i``. ``ssim_win_size``: the SSIM window (odd, at most the map size).
+    Lower similarity after randomisation is the desired outcome.
     """
     if order not in ("top_down", "bottom_up"):
         raise ValueError(f"order must be 'top_down' or 'bottom_up', got {order!r}")
@@ -198,6 +199,10 @@ def cascading_randomisation(model: nn.Module, images: Tensor, targets,
         chosen = chosen[::-1]
     mods = dict(work.named_modules())
     original = check_maps(explain(work, images, targets)).detach()
+    h, w = original.shape[1:]
+    if ssim_win_size < 1 or ssim_win_size % 2 == 0 or ssim_win_size > min(h, w):
+        raise ValueError(f"ssim_win_size must be odd and at most the map size {h}x{w}, got {ssim_win_size}; "
+                         "pass a smaller ssim_win_size")
     state = copy.deepcopy(work.state_dict())
     sa, sg, ss, all_maps = [], [], [], []
     for name in chosen:
@@ -207,7 +212,7 @@ def cascading_randomisation(model: nn.Module, images: Tensor, targets,
         maps = check_maps(explain(work, images, targets)).detach()
         sa.append(spearman(original.abs(), maps.abs()))
         sg.append(spearman(original, maps))
-        ss.append(ssim(original, maps))
+        ss.append(ssim(original, maps, win_size=ssim_win_size))
         if return_maps:
             all_maps.append(maps)
 

@@ -21,11 +21,12 @@ from torch import Tensor
 from ._common import (apply_sign, as_tensor, check_maps, check_masks, check_pair, check_sign, is_constant,
                       register, stable_order)
 
-__all__ = ["threshold_maps", "pixel_accuracy", "image_iou", "average_precision",
-           "stacked_average_precision", "foreground_average_precision", "SegmentationAccumulator",
-           "SegmentationResult", "minmax_normalise"]
+__all__ = ["threshold_maps", "threshold_values", "otsu_thresholds", "percentile_thresholds",
+           "pixel_accuracy", "image_iou", "average_precision", "stacked_average_precision",
+           "foreground_average_precision", "SegmentationAccumulator", "SegmentationResult", "minmax_normalise"]
 
-Threshold = Union[str, float]
+Threshold = Union[str, float, tuple[str, float]]
+THRESHOLDS = ("mean", "zero", "median", "otsu")
 
 
 def minmax_normalise(maps: Tensor, constant_map: str = "nan") -> Tensor:
@@ -45,40 +46,99 @@ def minmax_normalise(maps: Tensor, constant_map: str = "nan") -> Tensor:
     return out
 
 
-def threshold_maps(maps, threshold: Threshold = "mean", *, sign: str = "signed") -> tuple[Tensor, Tensor]:
-    """Binary foreground predictions from maps; returns ``(pred (B, H, W) bool, constant (B,) bool)``.
+def percentile_thresholds(maps: Tensor, q: float) -> Tensor:
+    """(B,) ``q``-th percentile of each (B, H, W) map, linear interpolation between order statistics
+    (``numpy.percentile``'s default method, including its interpolation formula)."""
+    if not 0.0 <= float(q) <= 100.0:
+        raise ValueError(f"a percentile must lie in [0, 100], got {q}")
+    v = torch.sort(maps.flatten(1).to(torch.float64), dim=1).values
+    n = v.shape[1]
+    pos = float(q) / 100.0 * (n - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, n - 1)
+    t = pos - lo
+    a, b = v[:, lo], v[:, hi]
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t  # numpy's _lerp
 
-    ``threshold``:
-      * ``"mean"`` - ``R > mean(R)`` per image (paper 000 for positive maps; identical to Chefer's
-        ``R_hat > mean(R_hat)`` on the min-max normalised map, since min-max normalisation is
-        monotone and affine);
-      * ``"zero"`` - ``R > 0`` (paper 000 for maps with positive and negative relevance);
-      * ``"median"`` - ``R > median(R)`` (lower median);
-      * a float ``t`` in [0, 1] - ``R_hat > t`` on the per-image min-max normalised map.
 
-    ``sign`` transforms the map first (e.g. ``"positive"`` to threshold R+). A constant map predicts
-    background everywhere (as in Chefer's code); ``constant`` flags those samples so callers can count
-    or skip them.
+def otsu_thresholds(maps: Tensor, nbins: int = 256) -> Tensor:
+    """(B,) Otsu threshold of each (B, H, W) map, as ``skimage.filters.threshold_otsu`` on a float64
+    image: a ``nbins`` histogram over ``[min, max]`` (numpy's bin edges), the bin centre that maximises
+    the between-class variance (first maximum). A constant map returns its value."""
+    if nbins < 2:
+        raise ValueError(f"nbins must be >= 2, got {nbins}")
+    r = maps.flatten(1).to(torch.float64)
+    lo, hi = r.amin(1, keepdim=True), r.amax(1, keepdim=True)
+    step = (hi - lo) / nbins
+    edges = lo + torch.arange(nbins + 1, dtype=torch.float64, device=r.device) * step
+    edges[:, -1:] = hi  # numpy.linspace sets the last edge to the stop value
+    idx = (torch.searchsorted(edges, r, right=True) - 1).clamp(0, nbins - 1)
+    counts = torch.zeros(r.shape[0], nbins, dtype=torch.float64, device=r.device).scatter_add_(
+        1, idx, torch.ones_like(r))
+    centers = (edges[:, :-1] + edges[:, 1:]) / 2
+    w1 = counts.cumsum(1)
+    w2 = counts.flip(1).cumsum(1).flip(1)
+    m1 = (counts * centers).cumsum(1) / w1
+    m2 = ((counts * centers).flip(1).cumsum(1) / w2.flip(1)).flip(1)
+    var12 = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
+    thr = centers.gather(1, var12.argmax(1, keepdim=True))[:, 0]
+    return torch.where(hi[:, 0] > lo[:, 0], thr, lo[:, 0])
+
+
+def threshold_values(maps: Tensor, threshold: Threshold) -> Tensor:
+    """(B,) thresholds in the units of the (already sign-transformed) maps; see :func:`threshold_maps`.
+
+    A numeric threshold ``t`` on the min-max normalised map is returned as ``min + t * (max - min)``.
     """
-    check_sign(sign)
-    r = apply_sign(check_maps(maps), sign)
-    const = is_constant(r)
+    flat = maps.flatten(1)
     if isinstance(threshold, str):
         if threshold == "mean":
-            pred = r > r.flatten(1).mean(1)[:, None, None]
-        elif threshold == "zero":
-            pred = r > 0
-        elif threshold == "median":
-            pred = r > r.flatten(1).median(1).values[:, None, None]
-        else:
-            raise ValueError(f"threshold must be 'mean', 'zero', 'median' or a float, got {threshold!r}")
+            return flat.mean(1)
+        if threshold == "zero":
+            return torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        if threshold == "median":
+            return flat.median(1).values
+        if threshold == "otsu":
+            return otsu_thresholds(maps).to(flat.dtype)
+    elif isinstance(threshold, tuple) and len(threshold) == 2 and threshold[0] == "percentile":
+        return percentile_thresholds(maps, threshold[1]).to(flat.dtype)
     elif isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"a numeric threshold applies to the min-max normalised map and must be "
                              f"in [0, 1], got {threshold}")
+        lo = flat.amin(1)
+        return lo + float(threshold) * (flat.amax(1) - lo)
+    raise ValueError(f"threshold must be one of {THRESHOLDS}, ('percentile', q) or a float in [0, 1], "
+                     f"got {threshold!r}")
+
+
+def threshold_maps(maps, threshold: Threshold = "mean", *, sign: str = "signed") -> tuple[Tensor, Tensor]:
+    """Binary foreground predictions from maps; returns ``(pred (B, H, W) bool, constant (B,) bool)``.
+
+    Foreground is ``R > t`` with the per-image threshold ``t`` given by ``threshold``:
+      * ``"mean"`` - the mean of R (paper 000 for positive maps; identical to Chefer's
+        ``R_hat > mean(R_hat)`` on the min-max normalised map, since min-max normalisation is
+        monotone and affine);
+      * ``"zero"`` - 0 (paper 000 for maps with positive and negative relevance);
+      * ``"median"`` - the lower median; ``("percentile", q)`` - the q-th percentile (numpy's linear
+        interpolation); paper 000 reports that its results hold for percentiles and the median;
+      * ``"otsu"`` - Otsu's threshold (256-bin histogram, as ``skimage.filters.threshold_otsu``);
+      * a float ``t`` in [0, 1] - ``R_hat > t`` on the per-image min-max normalised map.
+
+    ``sign`` transforms the map first (e.g. ``"positive"`` to threshold R+). A constant map predicts
+    background everywhere (as in Chefer's code), except with ``"zero"`` where ``R > 0`` is defined;
+    ``constant`` flags those samples so callers can count or skip them.
+    """
+    check_sign(sign)
+    r = apply_sign(check_maps(maps), sign)
+    const = is_constant(r)
+    thr = threshold_values(r, threshold)  # also validates the option
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        # compare on the normalised map itself, so that t = 0 and t = 1 behave exactly
         pred = minmax_normalise(r, "zero") > float(threshold)
     else:
-        raise ValueError(f"threshold must be 'mean', 'zero', 'median' or a float, got {threshold!r}")
+        pred = r > thr[:, None, None]
     if threshold != "zero":
         pred = pred & ~const[:, None, None]
     return pred, const

@@ -35,6 +35,8 @@ LITE_MEAN: tuple[float, float, float] = (127 / 255,) * 3
 LITE_STD: tuple[float, float, float] = (128 / 255,) * 3
 
 _LITE0 = "efficientnet_lite0"
+#: Small multi-label models of the synthetic ``shapes`` benchmark (weights shipped in the package).
+_SHAPES = ("shapes_resnet", "shapes_vgg")
 
 
 class Preprocess:
@@ -79,7 +81,7 @@ def _torchvision_names() -> tuple[str, ...]:
 
 def model_names() -> list[str]:
     """Sorted names accepted by :func:`load_model`."""
-    return sorted({*_torchvision_names(), _LITE0})
+    return sorted({*_torchvision_names(), _LITE0, *_SHAPES})
 
 
 @lru_cache(maxsize=1)
@@ -144,8 +146,10 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
     """Build a classifier by name and return ``(model, preprocess)``, the model in eval mode.
 
     Args:
-        name: a torchvision classification model (``"resnet50"``, ``"vgg16"``, ...) or
-            ``"efficientnet_lite0"``; see :func:`model_names`.
+        name: a torchvision classification model (``"resnet50"``, ``"vgg16"``, ...),
+            ``"efficientnet_lite0"``, or ``"shapes_vgg"`` / ``"shapes_resnet"`` (multi-label
+            models of the synthetic ``shapes`` data set, 64x64 input, shipped weights; see
+            :mod:`relprop.models.shapes_models`); see :func:`model_names`.
         weights: torchvision weights (enum or name such as ``"IMAGENET1K_V1"``; must be
             cached locally, nothing is fetched by default) or ``None`` for random
             initialisation. For ``efficientnet_lite0``, ``None`` loads the ImageNet weights
@@ -165,6 +169,10 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
         ValueError: for an unknown name (close matches are suggested).
     """
     resolved = _resolve_name(name)
+    if resolved in _SHAPES:
+        from .shapes_models import SHAPES_MEAN, SHAPES_STD, load_shapes_model, shapes_preprocess
+
+        return load_shapes_model(resolved, weights, **kwargs), Preprocess(shapes_preprocess(), SHAPES_MEAN, SHAPES_STD)
     if resolved == _LITE0:
         return _load_lite0(weights, **kwargs)
     return _load_torchvision(resolved, weights, **kwargs)

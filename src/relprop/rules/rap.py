@@ -20,11 +20,11 @@ Tensor = torch.Tensor
 def uniform_shift(c: Tensor, total: Tensor) -> Tensor:
     """Psi (paper 000, Eq. 8-9): subtract ``(sum c - total) / #nonzero`` from every nonzero entry,
     per sample, so that each sample's relevance sums to ``total`` (shape (B,))."""
-    nonzero = c != 0
-    count = nonzero.flatten(1).sum(1).to(c.dtype)
+    zero = c == 0
+    count = (c[0].numel() - zero.flatten(1).sum(1)).to(c.dtype)
     excess = c.flatten(1).sum(1) - total
     shift = safe_divide(excess, count).view(-1, *([1] * (c.dim() - 1)))
-    return c - nonzero.to(c.dtype) * shift
+    return (c - shift).masked_fill_(zero, 0)
 
 
 def _sum(r: Tensor) -> Tensor:

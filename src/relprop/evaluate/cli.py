@@ -1,0 +1,152 @@
+"""The ``relprop evaluate`` and ``relprop report`` subcommands (added to :mod:`relprop.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers", "cmd_evaluate", "cmd_report"]
+
+_EPILOG = """examples:
+  relprop evaluate --dataset shapes --dataset-option count=200 --model shapes_vgg \\
+      --methods all --metrics pointing_game,mu,energy_pointing_game,aopc_morf --store shapes.sqlite
+  torchrun --nproc_per_node 2 -m relprop.cli evaluate ... (same options: shards the samples)
+  relprop report shapes.sqlite --out shapes-report
+
+Killed and started again with the same options, it continues where it stopped.
+Option values are JSON where they parse: --metric-option aopc_morf.counts=[0,10,20]"""
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def _names(text: str | None, all_names: list[str], what: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(all_names)
+    if not names:
+        raise ValueError(f"--{what} needs at least one name")
+    return names
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``evaluate`` and ``report`` to the ``relprop`` subcommand parser ``sub``."""
+    p = sub.add_parser("evaluate", help="evaluate methods with metrics on a data set into a SQLite store",
+                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--dataset", required=True,
+                   help="data set name (shapes, shapes-single, imagenet, imagenet-seg, voc2007, voc2012, "
+                        "coco2014, ...) or package.module:factory")
+    g.add_argument("--root", default=None, help="folder of the data set files")
+    g.add_argument("--split", default=None, help="data set split (default: the data set's own)")
+    g.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the data set, e.g. count=100 (repeatable)")
+    g.add_argument("--model", required=True, help="model name (see relprop.load_model) or package.module:factory")
+    g.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the model builder, e.g. weights=IMAGENET1K_V1 (repeatable)")
+    g.add_argument("--methods", required=True, help="comma separated methods, or 'all'")
+    g.add_argument("--method-option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="option of a method, e.g. lrp-epsilon.epsilon=0.1 (repeatable)")
+    g.add_argument("--metrics", default=None,
+                   help="comma separated metrics, or 'all' (default: pointing_game, energy_pointing_game, "
+                        "mu, mu_w, outside_inside_ratio, positive_ratio, aopc_morf)")
+    g.add_argument("--metric-option", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                   help="option of a metric, e.g. pointing_game.tolerance=0 (repeatable)")
+    g.add_argument("--targets", default="labels", choices=["labels", "predicted", "second"],
+                   help="explained classes: every ground-truth class (default), the top-1 class, "
+                        "or the second most probable class")
+    g = p.add_argument_group("how")
+    g.add_argument("--store", required=True, help="SQLite file receiving the per-sample records")
+    g.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
+    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    g.add_argument("--input-size", type=int, default=None, help="model input side (default: from the model)")
+    g.add_argument("--mean", type=_floats, default=None, help="input normalisation mean, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats, default=None, help="input normalisation std")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="tables (markdown, CSV) and plots of an evaluation store")
+    p.add_argument("store", help="SQLite file written by `relprop evaluate`")
+    p.add_argument("--out", default=None, help="output folder (default: <store name>-report)")
+    p.set_defaults(func=cmd_report)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~relprop.evaluate.runner.EvaluationConfig` of parsed ``evaluate`` arguments."""
+    from ..registry import methods
+    from .metricset import DEFAULT_METRICS, metric_names
+    from .runner import EvaluationConfig
+    from .specs import parse_options
+
+    dataset_options = parse_options(args.dataset_option, "--dataset-option")
+    if args.split is not None:
+        dataset_options["split"] = args.split
+    metrics = _names(args.metrics, metric_names(), "metrics") or list(DEFAULT_METRICS)
+    return EvaluationConfig(
+        dataset=args.dataset, model=args.model,
+        methods=_names(args.methods, methods(), "methods") or [],
+        metrics=metrics, dataset_options=dataset_options, root=args.root,
+        model_options=parse_options(args.model_option, "--model-option"),
+        method_options=parse_options(args.method_option, "--method-option", scoped=True),
+        metric_options=parse_options(args.metric_option, "--metric-option", scoped=True),
+        targets=args.targets, batch_size=args.batch_size, limit=args.limit, device=args.device,
+        dtype=args.dtype, input_size=args.input_size, mean=args.mean, std=args.std,
+        progress=not args.no_progress)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run (or continue) an evaluation; prints what was done and the errors per sample."""
+    from .distributed import torchrun_env
+    from .runner import run_evaluation
+
+    config = config_from_args(args)
+    try:
+        summary = run_evaluation(config, args.store)
+    except FileNotFoundError as err:  # a data set or weights file that is not there
+        raise ValueError(str(err)) from None
+    env = torchrun_env()
+    if env is not None and env[0] != 0:
+        return 0
+    print(f"run {summary.hash}: {summary.processed} of {summary.pending} pending samples processed, "
+          f"{summary.records} records written to {args.store}")
+    data_errors = [e for e in summary.errors if not e[2]]
+    method_errors = [e for e in summary.errors if e[2]]
+    for idx, key, _, _, path, reason in data_errors:
+        print(f"  unreadable sample {idx} ({key}): {path}: {reason}", file=sys.stderr)
+    failed: dict[tuple[str, str], list] = {}
+    for e in method_errors:
+        failed.setdefault((e[2], e[3]), []).append(e)
+    for (method, metric), errs in failed.items():
+        what = method + (f" / {metric}" if metric else "")
+        print(f"  {what} failed on {len(errs)} sample(s), e.g. {errs[0][1]}: {errs[0][5]}", file=sys.stderr)
+    if summary.timing:
+        print("throughput per process, images per second (maps alone; maps + metrics):")
+        width = max(len(k) for k in summary.timing)
+        for key, t in summary.timing.items():
+            print(f"  {key:<{width}}  {_rate(t['images'], t['explain_s']):9.2f}  "
+                  f"{_rate(t['images'], t['total_s']):9.2f}   ({t['images']} images, {t['pairs']} explained classes)")
+    return 1 if method_errors else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the tables and plots of a store."""
+    from .report import write_report
+
+    store = Path(args.store)
+    if not store.is_file():
+        raise ValueError(f"evaluation store not found: {store}")
+    out = Path(args.out) if args.out else store.with_name(store.stem + "-report")
+    files = write_report(store, out)
+    print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files)}")
+    return 0

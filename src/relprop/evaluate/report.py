@@ -1,0 +1,245 @@
+"""``relprop report STORE.sqlite``: markdown and CSV tables and PNG plots of an evaluation store.
+
+Written to the output folder:
+
+* ``report.md``: per run, a table of NaN-aware means per method and metric with the number of
+  samples that counted (``n``) out of those evaluated, the direction of each metric, and the
+  errors (corrupt samples with their files, failed methods);
+* ``summary.csv``: one row per (run, method, metric, statistic) with mean, std, count, total.
+  Statistics: ``mean`` (over pairs); for the pointing game also ``class_macro`` and
+  ``difficult_class_macro`` (the mean of per-class accuracies, TorchRay / paper 002 Table 1); for
+  mu also ``box<=0.25`` and ``box<=0.5`` (paper 003, Table I);
+* ``curves.csv``: the mean curve of every curve- or vector-valued metric (perturbation scores and
+  top-1 accuracy per step, pointing accuracy per energy level, change per patch size, ...);
+* ``errors.csv``: every recorded error;
+* PNG plots per run: ``<run>_curve_<metric>.png`` (perturbation curves, pointing accuracy against
+  energy, ...) and ``<run>_mu_by_box_size.png`` (mu against the relative box size, paper 003 Fig. 3).
+
+Means skip NaN (undefined values) and report the count (:mod:`relprop.metrics.aggregate`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..metrics.aggregate import aggregate, aggregate_curves, binned_mean, per_class_mean
+from .metricset import NO_METHOD
+from .store import Store
+
+__all__ = ["write_report", "summarise_run"]
+
+MU_BINS = 10
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "metric"
+
+
+def _curve_of(value: Any) -> Optional[list]:
+    """The curve or vector of a stored value (None for a scalar)."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        for key in ("scores", "change", "spearman_abs"):
+            if key in value:
+                return value[key]
+    return None
+
+
+def _stack(rows: Sequence[Sequence[float]]) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), math.nan, dtype=torch.float64)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, :len(r)] = torch.tensor([math.nan if v is None else float(v) for v in r], dtype=torch.float64)
+    return out
+
+
+def _nan(v: Optional[float]) -> float:
+    return math.nan if v is None else float(v)
+
+
+def summarise_run(store: Store, run: int) -> dict:
+    """Aggregates of one run: ``summary`` rows, ``curves`` rows and per-method data for the plots."""
+    targets = store.targets(run)
+    metrics = {m["key"]: m for m in store.metrics(run)}
+    summary: list[dict] = []
+    curves: list[dict] = []
+    plots: dict[str, dict[str, dict]] = {}  # metric key -> method -> {"x", "y"}
+    mu_points: dict[str, tuple[list, list]] = {}
+    grouped: dict[tuple[str, str], list] = {}
+    for sample, target, method, metric, scalar, value in store.records(run):
+        grouped.setdefault((method, metric), []).append((sample, target, scalar, value))
+    for (method, mkey), rows in sorted(grouped.items(), key=lambda kv: (kv[0][0] == NO_METHOD, kv[0])):
+        info = metrics.get(mkey, {"name": mkey, "higher_is_better": None, "x": None, "x_label": None})
+        base = dict(method=method, metric=mkey, name=info["name"],
+                    direction={True: "higher", False: "lower", None: "none"}[info["higher_is_better"]])
+        values = torch.tensor([_nan(r[2]) for r in rows], dtype=torch.float64)
+        agg = aggregate(values)
+        summary.append(dict(base, statistic="mean", mean=agg.mean, std=agg.std, count=agg.count,
+                            total=agg.total))
+        info_rows = [targets.get((r[0], r[1]), {}) for r in rows]
+        if info["name"] == "pointing_game":
+            cls = torch.tensor([r[1] for r in rows], dtype=torch.long)
+            difficult = torch.tensor([bool(i.get("difficult", False)) for i in info_rows])
+            for stat, include in (("class_macro", None), ("difficult_class_macro", difficult)):
+                ca = per_class_mean(values, cls, include=include)
+                summary.append(dict(base, statistic=stat, mean=ca.macro, std=math.nan,
+                                    count=int(ca.counts.sum()), total=ca.total))
+        if info["name"] == "mu":
+            frac = torch.tensor([_nan(i.get("box_fraction")) for i in info_rows], dtype=torch.float64)
+            for stat, limit in (("box<=0.25", 0.25), ("box<=0.5", 0.5)):
+                a = aggregate(values, include=frac <= limit)
+                summary.append(dict(base, statistic=stat, mean=a.mean, std=a.std, count=a.count,
+                                    total=a.total))
+            mu_points[method] = (frac.tolist(), values.tolist())
+        vectors = [_curve_of(r[3]) for r in rows]
+        if all(v is not None for v in vectors) and vectors:
+            ca = aggregate_curves(_stack(vectors))  # type: ignore[arg-type]
+            x = info.get("x") or list(range(ca.mean.shape[0]))
+            if len(x) != ca.mean.shape[0]:
+                x = list(range(ca.mean.shape[0]))
+            stat = "scores" if isinstance(rows[0][3], dict) and "scores" in rows[0][3] else "mean"
+            for xi, m, c in zip(x, ca.mean.tolist(), ca.count.tolist()):
+                curves.append(dict(base, statistic=stat, x=xi, mean=m, count=c))
+            plots.setdefault(mkey, {})[method] = {"x": x, "y": ca.mean.tolist(),
+                                                  "x_label": info.get("x_label") or "step",
+                                                  "y_label": f"{info['name']} ({stat})"}
+            if stat == "scores":
+                acc = aggregate_curves(_stack([r[3]["correct"] for r in rows]))
+                for xi, m, c in zip(x, acc.mean.tolist(), acc.count.tolist()):
+                    curves.append(dict(base, statistic="accuracy", x=xi, mean=m, count=c))
+    return {"summary": summary, "curves": curves, "plots": plots, "mu": mu_points}
+
+
+def _fmt(v: float) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _markdown_table(rows: list[dict]) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    columns = list(dict.fromkeys((r["metric"], r["statistic"], r["direction"]) for r in rows))
+    cell = {(r["method"], r["metric"], r["statistic"]): r for r in rows}
+    arrow = {"higher": " ↑", "lower": " ↓", "none": ""}
+    head = ["method"] + [f"{m}{'' if s == 'mean' else ' [' + s + ']'}{arrow[d]}" for m, s, d in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        out = [method if method != NO_METHOD else "(no method)"]
+        for m, s, _ in columns:
+            r = cell.get((method, m, s))
+            out.append("" if r is None else f"{_fmt(r['mean'])} (n={r['count']}/{r['total']})")
+        lines.append("| " + " | ".join(out) + " |")
+    return lines
+
+
+def _plot_curves(path: Path, title: str, series: dict[str, dict]) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    any_series = next(iter(series.values()))
+    for method, s in series.items():
+        x = s["x"] if all(isinstance(v, (int, float)) for v in s["x"]) else list(range(len(s["y"])))
+        ax.plot(x, s["y"], marker="." if len(x) <= 30 else None, label=method)
+    ax.set_xlabel(any_series["x_label"])
+    ax.set_ylabel(any_series["y_label"])
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _plot_mu(path: Path, title: str, points: dict[str, tuple[list, list]]) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for method, (frac, mu) in points.items():
+        b = binned_mean(torch.tensor(mu, dtype=torch.float64), torch.tensor(frac, dtype=torch.float64),
+                        bins=MU_BINS)
+        ok = b.count > 0
+        ax.plot(b.centers[ok].tolist(), b.mean[ok].tolist(), marker="o", label=method)
+    ax.set_xlabel("relative box size (mask area / image area)")
+    ax.set_ylabel("mean mu")
+    ax.set_xlim(0, 1)
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def write_report(store_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write the report of every run in ``store_path`` into ``out_dir``; returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    md: list[str] = [f"# Evaluation report: {Path(store_path).name}", ""]
+    all_summary: list[dict] = []
+    all_curves: list[dict] = []
+    all_errors: list[dict] = []
+    with Store(store_path, readonly=True) as store:
+        runs = store.runs()
+        if not runs:
+            raise ValueError(f"{store_path}: the store holds no evaluation run")
+        for run in runs:
+            tag = run["hash"][:8]
+            cfg = run["config"]
+            res = summarise_run(store, run["id"])
+            counts = store.sample_count(run["id"])
+            errors = store.errors(run["id"])
+            for rows, dest in ((res["summary"], all_summary), (res["curves"], all_curves)):
+                dest += [dict(r, run=run["hash"], dataset=run["dataset"], model=run["model"]) for r in rows]
+            all_errors += [dict(e, run=run["hash"]) for e in errors]
+            opts = ", ".join(f"{k}={v}" for k, v in sorted(cfg.get("dataset_options", {}).items()))
+            md += [f"## {run['dataset']}{' (' + opts + ')' if opts else ''} / {run['model']} "
+                   f"(run {run['hash']})", "",
+                   f"Targets: {run['targets']}; input {cfg['input']['size']}x{cfg['input']['size']}, "
+                   f"{cfg['dtype']}. Samples: {counts.get('ok', 0)} evaluated, {counts.get('error', 0)} "
+                   "unreadable. Cells: NaN-aware mean (n = values that counted / values computed); "
+                   "↑ higher is better, ↓ lower is better.", ""]
+            md += _markdown_table(res["summary"]) if res["summary"] else ["(no records yet)"]
+            md.append("")
+            for mkey, series in sorted(res["plots"].items()):
+                png = out / f"{tag}_curve_{_slug(mkey)}.png"
+                _plot_curves(png, f"{run['dataset']} / {run['model']}\n{mkey}", series)
+                written.append(png)
+                md.append(f"![{mkey}]({png.name})")
+            if res["mu"]:
+                png = out / f"{tag}_mu_by_box_size.png"
+                _plot_mu(png, f"{run['dataset']} / {run['model']}\nmu by box size", res["mu"])
+                written.append(png)
+                md.append(f"![mu by box size]({png.name})")
+            md.append("")
+            if errors:
+                md += [f"### Errors ({len(errors)})", "", "| index | sample | method | metric | file | reason |",
+                       "|---|---|---|---|---|---|"]
+                for e in errors[:50]:
+                    reason = str(e["reason"]).replace("|", "\\|").replace("\n", " ")
+                    md.append(f"| {e['idx']} | {e['sample']} | {e['method'] or '(data)'} | {e['metric']} | "
+                              f"{e['path']} | {reason} |")
+                if len(errors) > 50:
+                    md.append(f"| ... | {len(errors) - 50} more in errors.csv | | | | |")
+                md.append("")
+    _write_csv(out / "summary.csv", all_summary, ["run", "dataset", "model", "method", "metric", "name",
+                                                  "statistic", "direction", "mean", "std", "count", "total"])
+    _write_csv(out / "curves.csv", all_curves, ["run", "dataset", "model", "method", "metric", "name",
+                                                "statistic", "x", "mean", "count"])
+    _write_csv(out / "errors.csv", all_errors, ["run", "idx", "sample", "method", "metric", "path", "reason"])
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return [out / "report.md", out / "summary.csv", out / "curves.csv", out / "errors.csv"] + written

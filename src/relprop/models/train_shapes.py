@@ -1,0 +1,151 @@
+"""Train and evaluate the ``shapes`` models on CPU: ``python -m relprop.models.train_shapes --model shapes_vgg``.
+
+Everything is seeded: the training images are ``shapes`` train-split samples ``0..train_count-1``
+(generated once into memory), the batch order and the horizontal flips come from a seeded generator,
+and torch runs on one thread, so the same command on the same software gives the same weights.
+The held-out figures are measured on the ``shapes`` test split (a different random stream).
+
+Metrics (multi-label, a class is predicted when its logit is > 0):
+
+* ``mAP``: mean over classes of the average precision of the logits (same definition as
+  ``sklearn.metrics.average_precision_score``, macro average);
+* ``exact``: fraction of images whose predicted label set equals the true set;
+* ``single_top1``: top-1 accuracy on ``shapes-single`` test images (one object each);
+* ``difficult_mAP``: mAP on the difficult subset (a small object next to a distractor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.shapes import SHAPE_CLASSES, ShapesDataset
+from ..metrics.segmentation import average_precision
+from .shapes_models import SHAPES_MEAN, SHAPES_SIZE, SHAPES_STD, load_shapes_model, weights_path
+
+__all__ = ["evaluate", "main", "mean_average_precision", "to_batch", "train"]
+
+#: Default recipe per model: epochs, peak learning rate.
+RECIPES: dict[str, dict[str, float]] = {
+    "shapes_vgg": {"epochs": 14, "lr": 3e-3},
+    "shapes_resnet": {"epochs": 12, "lr": 3e-3},
+}
+
+
+def to_batch(images: np.ndarray) -> Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised like :func:`shapes_preprocess`."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(SHAPES_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SHAPES_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
+    """Macro mAP over classes (columns) of (N, C) scores and binary targets; classes without positives are skipped."""
+    ap = average_precision(scores.double().T, targets.T > 0.5)
+    return float(ap[~torch.isnan(ap)].mean())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> Tensor:
+    """Logits (N, C) of ``model`` for uint8 images (N, H, W, 3)."""
+    model.eval()
+    out = [model(to_batch(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, len(SHAPE_CLASSES))
+
+
+def evaluate(model: nn.Module, count: int = 2000, seed: int = 0, size: int = SHAPES_SIZE) -> dict[str, float]:
+    """Held-out figures on the first ``count`` test images of ``shapes``, ``shapes-single`` and the difficult subset."""
+    images, targets = ShapesDataset("test", size=size, count=count, seed=seed).arrays()
+    logits = predict(model, images)
+    y = torch.from_numpy(targets)
+    single_images, single_targets = ShapesDataset("test", size=size, count=count, seed=seed, single=True).arrays()
+    single_logits = predict(model, single_images)
+    dif_images, dif_targets = ShapesDataset("test", size=size, count=count, seed=seed, difficult=True).arrays()
+    return {
+        "mAP": mean_average_precision(logits, y),
+        "exact": float(((logits > 0).float() == y).all(1).float().mean()),
+        "single_top1": float((single_logits.argmax(1) == torch.from_numpy(single_targets).argmax(1)).float().mean()),
+        "difficult_mAP": mean_average_precision(predict(model, dif_images), torch.from_numpy(dif_targets)),
+    }
+
+
+def train(name: str, epochs: int, lr: float, train_count: int = 30000, batch_size: int = 64, seed: int = 0,
+          weight_decay: float = 5e-4, log: bool = True) -> nn.Module:
+    """Train ``name`` from scratch on ``shapes`` train images with BCE, AdamW and a one-cycle schedule."""
+    torch.manual_seed(seed)
+    model = load_shapes_model(name, weights=False).train()
+    model = model.to(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    images, targets = ShapesDataset("train", size=SHAPES_SIZE, count=train_count, seed=seed).arrays()
+    val_images, val_targets = ShapesDataset("val", size=SHAPES_SIZE, count=1000, seed=seed).arrays()
+    if log:
+        print(f"generated {train_count} training images in {time.perf_counter() - t0:.0f} s", flush=True)
+    y = torch.from_numpy(targets)
+    steps = epochs * math.ceil(train_count / batch_size)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(train_count, generator=gen)
+        flips = torch.rand(train_count, generator=gen) < 0.5
+        total = 0.0
+        for i in range(0, train_count, batch_size):
+            idx = order[i:i + batch_size]
+            x = to_batch(images[idx.numpy()])
+            f = flips[idx]
+            x[f] = x[f].flip(-1)  # every class is mirror-symmetric as a class
+            x = x.contiguous(memory_format=torch.channels_last)
+            loss = F.binary_cross_entropy_with_logits(model(x), y[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(idx)
+        if log:
+            val = mean_average_precision(predict(model, val_images), torch.from_numpy(val_targets))
+            print(f"epoch {epoch + 1}/{epochs}: loss {total / train_count:.4f}, val mAP {val:.4f}, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m relprop.models.train_shapes", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, choices=sorted(RECIPES))
+    parser.add_argument("--epochs", type=int, help="default: the model's recipe")
+    parser.add_argument("--lr", type=float, help="peak learning rate; default: the model's recipe")
+    parser.add_argument("--train-count", type=int, default=30000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-count", type=int, default=2000)
+    parser.add_argument("--out", type=Path, help="where to write the state dict; default: the shipped weights file")
+    parser.add_argument("--evaluate-only", action="store_true", help="evaluate the shipped (or --out) weights")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = args.out or weights_path(args.model)
+    if args.evaluate_only:
+        model = load_shapes_model(args.model, weights=out if args.out else None)
+    else:
+        recipe = RECIPES[args.model]
+        model = train(args.model, epochs=args.epochs or int(recipe["epochs"]), lr=args.lr or recipe["lr"],
+                      train_count=args.train_count, batch_size=args.batch_size, seed=args.seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    print(json.dumps({"model": args.model, **evaluate(model, count=args.eval_count)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
