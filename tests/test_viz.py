@@ -139,3 +139,18 @@ def test_method_grid_writes_readable_png(tmp_path) -> None:
 def test_method_grid_rejects_empty_rows(tmp_path) -> None:
     with pytest.raises(ValueError):
         viz.method_grid([], tmp_path / "grid.png")
+
+
+def test_method_grid_wraps_methods_onto_lines(tmp_path) -> None:
+    image = Image.fromarray(np.random.randint(0, 255, (32, 32, 3), dtype=np.uint8))
+    methods = {f"method-{i}": torch.randn(32, 32) for i in range(22)}
+    rows = [{"image": image, "label": f"photo {i}", "maps": methods} for i in range(2)]
+    flat = viz.method_grid(rows, tmp_path / "flat.png")
+    wrapped = viz.method_grid(rows, tmp_path / "wrapped.png", columns=11)
+    with Image.open(flat) as a, Image.open(wrapped) as b:
+        (wa, ha), (wb, hb) = a.size, b.size
+    # 23 tiles wide and 2 lines tall, against 12 tiles wide and 2 x 2 lines tall
+    assert wb < 0.6 * wa
+    assert hb > 1.8 * ha
+    with pytest.raises(ValueError, match="columns"):
+        viz.method_grid(rows, tmp_path / "bad.png", columns=0)

@@ -15,6 +15,8 @@ from typing import Any
 
 PROG = "relprop"
 DEMO_MODEL = "efficientnet_lite0"
+#: Heatmaps per line of the demo grid (the methods wrap onto further lines).
+DEMO_COLUMNS = 11
 TOP_K = 5
 
 
@@ -254,6 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         [{k: row[k] for k in ("image", "label", "maps")} for row in rows],
         Path(args.out) / "demo_grid.png",
         title=f"{DEMO_MODEL}: relevance for the top-1 class",
+        columns=DEMO_COLUMNS,
     )
     print(f"wrote {out}")
     _print_timings(methods, timings, failures)

@@ -169,43 +169,56 @@ def _hide_axes(ax: Any) -> None:
 
 
 def method_grid(
-    rows: Sequence[Mapping[str, Any]], out_path: PathType, *, title: str | None = None
+    rows: Sequence[Mapping[str, Any]], out_path: PathType, *, title: str | None = None,
+    columns: int | None = None,
 ) -> Path:
-    """Write a PNG grid: one row per image, the photo first, then one heatmap per method.
+    """Write a PNG grid: one block per image, the photo first, then one heatmap per method.
 
-    Each row is ``{"image": ..., "label": str, "maps": {method: relevance}}``.
-    Method names are the column titles; missing maps leave an empty tile.
+    Each row is ``{"image": ..., "label": str, "maps": {method: relevance}}``. Without ``columns``
+    a block is one line and the method names title the first line's tiles; with ``columns`` the
+    methods wrap after ``columns`` tiles (a block of several lines, every tile titled by its method).
+    Missing maps leave an empty tile.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if not rows:
         raise ValueError("method_grid needs at least one row")
+    if columns is not None and columns < 1:
+        raise ValueError(f"method_grid: columns must be >= 1, got {columns}")
     methods = _method_columns(rows)
-    n_rows, n_cols = len(rows), 1 + len(methods)
+    per_line = min(columns or len(methods), len(methods)) or 1
+    lines = -(-len(methods) // per_line) if methods else 1
+    n_rows, n_cols = len(rows) * lines, 1 + per_line
     top = 0.35 if title else 0.0
+    label_space = 0.12 * n_rows if lines > 1 else 0.0
     width = max(n_cols * _TILE_INCH, 0.08 * len(title) + 0.5 if title else 0.0)
-    fig = Figure(figsize=(width, n_rows * _TILE_INCH + 0.25 + top), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, n_rows * _TILE_INCH + 0.25 + top + label_space), dpi=100, layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, row in enumerate(rows):
-        photo = axes[r][0]
+        first = r * lines
+        photo = axes[first][0]
         maps = row.get("maps", {})
         shape = relevance_map(next(iter(maps.values()))).shape if maps else None
         picture = _to_pil(row["image"]) if shape is None else fit_image(row["image"], shape)
         photo.imshow(picture)
         photo.set_title(str(row.get("label", "")), fontsize=_FONT_SIZE, wrap=True)
         _hide_axes(photo)
-        for c, name in enumerate(methods, start=1):
-            ax = axes[r][c]
+        for line in range(1, lines):
+            axes[first + line][0].axis("off")
+        for k, name in enumerate(methods):
+            ax = axes[first + k // per_line][1 + k % per_line]
             _hide_axes(ax)
-            if r == 0:
+            if r == 0 or lines > 1:
                 ax.set_title(name, fontsize=_FONT_SIZE, fontweight="bold")
             if name in maps:
                 ax.imshow(heatmap_rgb(maps[name]))
             else:
                 ax.axis("off")
+        for k in range(len(methods), lines * per_line):
+            axes[first + k // per_line][1 + k % per_line].axis("off")
     if title:
         fig.suptitle(title, fontsize=_FONT_SIZE + 3)
     out = Path(out_path)

@@ -33,7 +33,7 @@ from ..data.shapes import SHAPE_CLASSES, ShapesDataset
 from ..metrics.segmentation import average_precision
 from .shapes_models import SHAPES_MEAN, SHAPES_SIZE, SHAPES_STD, load_shapes_model, weights_path
 
-__all__ = ["evaluate", "main", "mean_average_precision", "to_batch", "train"]
+__all__ = ["evaluate", "example_figure", "main", "mean_average_precision", "to_batch", "train"]
 
 #: Default recipe per model: epochs, peak learning rate.
 RECIPES: dict[str, dict[str, float]] = {
@@ -120,6 +120,44 @@ def train(name: str, epochs: int, lr: float, train_count: int = 30000, batch_siz
     return model.to(memory_format=torch.contiguous_format).eval()
 
 
+def example_figure(model: nn.Module, path: Path, count: int = 12, seed: int = 0, columns: int = 6) -> Path:
+    """A PNG of ``count`` test scenes (half ordinary, half difficult) with every object's mask outline,
+    the true labels and the model's predicted labels (logit > 0) under each scene."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    half = count // 2
+    samples = [ShapesDataset("test", size=SHAPES_SIZE, count=half, seed=seed)[i] for i in range(half)]
+    samples += [ShapesDataset("test", size=SHAPES_SIZE, count=count - half, seed=seed, difficult=True)[i]
+                for i in range(count - half)]
+    images = np.stack([np.asarray(s.image) for s in samples])
+    logits = predict(model, images)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.9 * rows), squeeze=False)
+    for ax, sample, row in zip(axes.flat, samples, logits):
+        ax.imshow(sample.image)
+        for obj in sample.objects:
+            ax.contour(obj.mask, levels=[0.5], colors="yellow", linewidths=0.8)
+        truth = ", ".join(SHAPE_CLASSES[c] for c in sample.labels)
+        guess = ", ".join(SHAPE_CLASSES[c] for c in torch.nonzero(row > 0).flatten().tolist()) or "(none)"
+        colour = "black" if set(sample.labels) == set(torch.nonzero(row > 0).flatten().tolist()) else "red"
+        kind = "difficult" if "difficult" in sample.key else "test"
+        ax.set_title(f"{kind} {int(sample.key[-6:])}\ntrue: {truth}\npred: {guess}", fontsize=7, color=colour)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[count:]:
+        ax.axis("off")
+    fig.suptitle("shapes test scenes (mask outlines in yellow); predictions of the shipped model "
+                 "(red: label set wrong)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relprop.models.train_shapes", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, choices=sorted(RECIPES))
@@ -131,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-count", type=int, default=2000)
     parser.add_argument("--out", type=Path, help="where to write the state dict; default: the shipped weights file")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the shipped (or --out) weights")
+    parser.add_argument("--figure", type=Path, help="also write a PNG of test scenes with the model's predictions")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = args.out or weights_path(args.model)
@@ -144,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     print(json.dumps({"model": args.model, **evaluate(model, count=args.eval_count)}, indent=1))
+    if args.figure:
+        print(f"wrote {example_figure(model, args.figure)}")
     return 0
 
 
