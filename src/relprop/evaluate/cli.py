@@ -14,6 +14,7 @@ _EPILOG = """examples:
       --methods all --metrics pointing_game,mu,energy_pointing_game,aopc_morf --store shapes.sqlite
   torchrun --nproc_per_node 2 -m relprop.cli evaluate ... (same options: shards the samples)
   relprop report shapes.sqlite --out shapes-report
+  relprop report results.sqlite --results docs/results.md   (the papers' tables: benchmarks/reproduce.py)
 
 Killed and started again with the same options, it continues where it stopped.
 Option values are JSON where they parse: --metric-option aopc_morf.counts=[0,10,20]"""
@@ -77,8 +78,11 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="tables (markdown, CSV) and plots of an evaluation store")
-    p.add_argument("store", help="SQLite file written by `relprop evaluate`")
+    p.add_argument("store", nargs="+", help="SQLite file(s) written by `relprop evaluate` (several with --results)")
     p.add_argument("--out", default=None, help="output folder (default: <store name>-report)")
+    p.add_argument("--results", default=None, metavar="FILE.md",
+                   help="instead, write the papers' tables and figures (docs/results.md layout; PNGs in "
+                        "<FILE folder>/images/results) from the store(s) of benchmarks/reproduce.py")
     p.set_defaults(func=cmd_report)
 
 
@@ -143,9 +147,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the tables and plots of a store."""
     from .report import write_report
 
-    store = Path(args.store)
-    if not store.is_file():
-        raise ValueError(f"evaluation store not found: {store}")
+    stores = [Path(s) for s in args.store]
+    for store in stores:
+        if not store.is_file():
+            raise ValueError(f"evaluation store not found: {store}")
+    if args.results is not None:
+        from .results import write_results
+
+        files = write_results(stores, args.results)
+        print(f"wrote {files[0]} and {len(files) - 1} figures")
+        return 0
+    if len(stores) > 1:
+        raise ValueError("several stores are read only with --results")
+    store = stores[0]
     out = Path(args.out) if args.out else store.with_name(store.stem + "-report")
     files = write_report(store, out)
     print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files)}")

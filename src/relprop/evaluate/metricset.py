@@ -13,6 +13,8 @@ Every metric is computed for a batch of explained (sample, class) pairs from one
 * ``maximal_patch_masking`` stores the change per patch size (paper 004, Fig. 11);
 * ``object_context_occlusion`` does not depend on the explanation: it is computed once per pair and
   stored under the method ``-``;
+* ``target_score`` (the model's logit of the explained class, which tells whether the model
+  predicts it) does not depend on the explanation either and is stored under ``-``;
 * ``cascading_randomisation`` re-explains with the method after each randomised layer and stores the
   per-layer similarities; its scalar is the rank correlation of |R| after the last layer.
 
@@ -186,6 +188,10 @@ def _occlusion(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[floa
     return [(r[0] - r[1], {"object": r[0], "context": r[1]}) for r in rows]
 
 
+def _target_score(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
+    return _scalars(M.target_score(b.model, b.images, b.targets, **o))
+
+
 def _randomisation(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
     if b.explain is None:
         raise ValueError("cascading_randomisation needs the method's explain function")
@@ -232,6 +238,7 @@ _WIRING: dict[str, _Wiring] = {
     "maximal_patch_masking": _Wiring(_patch, False, accepts=M.maximal_patch_masking),
     "object_context_occlusion": _Wiring(_occlusion, True, needs_map=False,
                                         accepts=M.object_context_occlusion),
+    "target_score": _Wiring(_target_score, False, needs_map=False, accepts=M.target_score),
     "cascading_randomisation": _Wiring(_randomisation, False, accepts=M.cascading_randomisation,
                                        fixed=("return_maps",)),
 }

@@ -54,7 +54,11 @@ DIFFICULT_FRACTION = 0.25
 
 @dataclass
 class EvaluationConfig:
-    """Everything ``relprop evaluate`` is given; see ``relprop evaluate --help``."""
+    """Everything ``relprop evaluate`` is given; see ``relprop evaluate --help``.
+
+    ``method_options`` / ``metric_options`` map a name to its options, or to a list of option sets:
+    every set is a variant evaluated from the same maps and stored under its own key.
+    """
 
     dataset: str
     model: str
@@ -74,6 +78,8 @@ class EvaluationConfig:
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     progress: bool = True
+    #: the progress bar's text (default "evaluate <dataset>"); does not enter the run's identity
+    progress_label: Optional[str] = None
 
 
 @dataclass
@@ -122,8 +128,8 @@ class Evaluation:
         self.model: nn.Module = model.to(device=self.device, dtype=self.dtype).eval()
         self.input: InputSpec = input_spec(preprocess, config.input_size, config.mean, config.std)
         self.methods = self._methods()
-        self.metrics = [metric_spec(name, config.metric_options.get(name, {}), self.input.size)
-                        for name in dict.fromkeys(config.metrics)]
+        self.metrics = [metric_spec(name, opts, self.input.size) for name in dict.fromkeys(config.metrics)
+                        for opts in _variants(config.metric_options.get(name, {}))]
         check_metric_specs(self.metrics)
         unused = sorted(set(config.metric_options) - {m.name for m in self.metrics})
         if unused:
@@ -143,9 +149,13 @@ class Evaluation:
         for name in names:
             if name not in known():
                 raise ValueError(f"unknown method {name!r}; known: {', '.join(known())}")
-            opts = dict(self.config.method_options.get(name, {}))
-            explainer = Explainer(self.model, name, **opts)  # validates the options
-            out.append((variant_key(name, opts), name, opts, explainer))
+            for opts in _variants(self.config.method_options.get(name, {})):
+                explainer = Explainer(self.model, name, **opts)  # validates the options
+                out.append((variant_key(name, opts), name, opts, explainer))
+        keys = [k for k, _, _, _ in out]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"method variant(s) named twice: {', '.join(dup)}")
         return out
 
     def _check_annotations(self) -> None:
@@ -355,6 +365,17 @@ class Evaluation:
             rows.errors.append((it.idx, it.sample.key, method, metric, it.sample.path or it.sample.key, reason))
 
 
+def _variants(options: dict | list) -> list[dict]:
+    """The option sets of one method or metric: a dict is one variant, a list of dicts several
+    (each is evaluated and stored under its own key, e.g. ``outside_inside_ratio`` with
+    ``[{}, {"sign": "positive"}]``: paper 000's ALL and POS from the same maps)."""
+    if isinstance(options, dict):
+        return [dict(options)]
+    if isinstance(options, (list, tuple)) and options and all(isinstance(o, dict) for o in options):
+        return [dict(o) for o in options]
+    raise ValueError(f"options must be a dict or a non-empty list of dicts, got {options!r}")
+
+
 def _explain_fn(explainer: Explainer):
     """``(model, x, targets) -> (N, H, W)`` maps of ``explainer``'s method on another model."""
     def fn(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
@@ -396,7 +417,8 @@ def _run(config: EvaluationConfig, store_path: Path, ctx: distributed.Context) -
     if ctx.is_main and config.progress and pending:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(pending), unit="img", desc=f"evaluate {config.dataset}", file=sys.stderr)
+        bar = tqdm(total=len(pending), unit="img", desc=config.progress_label or f"evaluate {config.dataset}",
+                   file=sys.stderr)
     timing: dict = {}
     try:
         for step in range(steps):

@@ -200,6 +200,19 @@ class Store:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    # -- free-form metadata ---------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON) under ``key`` in the ``meta`` table (e.g. a reproduction's wall time)."""
+        if key == "schema_version":
+            raise ValueError("the schema version cannot be changed")
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, to_json(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else from_json(row[0])
+
     # -- runs -----------------------------------------------------------------------------------
 
     def register_run(self, config: dict, methods: Sequence[tuple[str, str, dict]],

@@ -23,7 +23,7 @@ from .localisation import (box_fraction, energy_pointing_game, inside_total_rati
                            outside_inside_ratio, pointing_game, pointing_hits, positive_ratio,
                            relevance_mass_accuracy, relevance_rank_accuracy, top_k_intersection,
                            weighted_inside_total_ratio)
-from .occlusion import object_context_occlusion
+from .occlusion import object_context_occlusion, target_score
 from .patch import maximal_patch_masking, ranked_classes
 from .pointing import PointingPairs, PointingReport, pointing_game_report, pointing_pairs
 from .perturbation import (PerturbationCurves, aopc, blurred_insertion, gaussian_blur,
@@ -48,7 +48,7 @@ __all__ = [
     "foreground_average_precision",
     "region_perturbation", "aopc", "trapezoid_auc", "blurred_insertion", "rise_deletion",
     "rise_insertion", "gaussian_blur",
-    "maximal_patch_masking", "ranked_classes", "topk_distance", "object_context_occlusion",
+    "maximal_patch_masking", "ranked_classes", "topk_distance", "object_context_occlusion", "target_score",
     "cascading_randomisation", "spearman", "ssim",
     "distance", "localisation", "patch", "perturbation", "pointing", "randomisation", "segmentation",
 ]

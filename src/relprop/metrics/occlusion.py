@@ -18,7 +18,7 @@ from torch import Tensor
 from ._common import check_masks, register
 from .perturbation import _check_targets, forward_in_chunks, model_scores
 
-__all__ = ["object_context_occlusion"]
+__all__ = ["object_context_occlusion", "target_score"]
 
 
 @register("object_context_occlusion", higher_is_better=None,
@@ -64,3 +64,19 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
     out[nin == 0, 0] = float("nan")
     out[nin == h * w, 1] = float("nan")
     return out
+
+
+@register("target_score", higher_is_better=None,
+          source="002_05952c533db6d0f8.txt Sec. 5.3.1 (P: predicted classes)", category="model")
+def target_score(model: Callable, images, targets, *, score: str = "logit") -> Tensor:
+    """(B,) the model's ``score`` (``"logit"``, ``"softmax"``, ``"log_softmax"``) of the target class on
+    the clean image; tells which explained classes the model predicts (paper 002, Table 1, "P")."""
+    x = torch.as_tensor(images)
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"images must be a float (B, C, H, W) tensor, got {tuple(x.shape)}")
+    t = _check_targets(targets, x.shape[0], x.device)
+    if t is None:
+        raise ValueError("targets are required")
+    with torch.no_grad():
+        logits = model(x)
+    return model_scores(logits, t, score)

@@ -1,0 +1,286 @@
+"""The evaluation protocols of the five papers, as runner configurations and the keys of their tables.
+
+One module says what is computed (:func:`jobs`: :class:`~relprop.evaluate.runner.EvaluationConfig`
+objects for :func:`relprop.evaluate.runner.run_evaluation`) and where the tables find it
+(:data:`OI_ALL`, :data:`TABLE_I_COUNTS`, ... : method and metric keys of the store), so that
+``benchmarks/reproduce.py`` and :mod:`relprop.evaluate.results` cannot drift apart.
+
+Pixel counts and distances of the papers refer to 224 x 224 inputs; they are scaled to the model's
+input side ``s``: counts by the area ratio ``s^2 / 224^2`` (:func:`scaled_count`), distances (the
+pointing game's 15-pixel tolerance) by ``s / 224``. Patch sizes of paper 004 (p = 1..9) and the
+fractions of paper 002 are kept as they are. Paper files: ``../shared/papers`` (see the README there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Sequence
+
+from ..data.base import Dataset, Object, Sample
+from .runner import EvaluationConfig
+from .store import variant_key
+
+__all__ = ["PAPER_SIDE", "SIZES", "Job", "Size", "boxes_only", "jobs", "scaled_count", "input_side",
+           "default_dataset", "M000", "M001", "M002", "M003", "M004", "HEDGE_ABLATION", "HEDGE_GAMMAS", "CMP_VARIANTS",
+           "RANDOMISED", "hedge_variants", "localisation_methods"]
+
+#: input side of the papers' ImageNet / VOC models; pixel counts are given for it
+PAPER_SIDE = 224
+#: input side of relprop's models (others: 224)
+_SIDES = {"shapes_vgg": 64, "shapes_resnet": 64}
+
+# -- methods of each paper ---------------------------------------------------------------------------
+#: paper 000, Table 1 (Pattern Attribution has no relprop implementation)
+M000 = ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient",
+        "integrated-gradients", "guided-backprop")
+#: paper 001, Table I: paper 000's methods, the LRP presets and the journal RAP
+M001 = M000 + ("lrp-preset-a", "lrp-preset-b", "rap-journal")
+#: paper 002, Table 1 (AGF and Relevance-CAM have no relprop implementation)
+M002 = ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "clrp", "rsp", "hedge")
+#: paper 003, Table I: LRP-z, alpha-beta, guided backprop and the LRP_CMP variants below
+M003 = ("lrp-z", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop", "lrp-cmp")
+#: paper 004, Fig. 11 / 13: "LRP" is LRP-alpha1beta0 (the rule CLRP and SGLRP build on)
+M004 = ("lrp-alpha1beta0", "clrp", "sglrp", "guided-gradcam")
+
+#: methods of the sanity check (paper 002, Fig. 6: hedge; guided backprop is known to fail it)
+RANDOMISED = ("hedge", "gradcam", "guided-backprop")
+
+#: paper 003's LRP_CMP variants (label -> lrp-cmp options): alpha 1/2, nothing / flat / z^B first
+CMP_VARIANTS: dict[str, dict] = {
+    "CMP:a1": {"alpha": 1, "first_rule": "none"},
+    "CMP:a2": {"alpha": 2, "first_rule": "none"},
+    "CMP:a1+b": {"alpha": 1, "first_rule": "flat"},
+    "CMP:a2+b": {"alpha": 2, "first_rule": "flat"},
+    "CMP:a1+zB": {"alpha": 1, "first_rule": "zb"},
+    "CMP:a2+zB": {"alpha": 2, "first_rule": "zb"},
+}
+#: paper 002, Table 2: rows of the C / A / U / Psi ablation (gamma = 2, hedge's default, as the table says)
+HEDGE_ABLATION: dict[str, dict] = {
+    "C": {"use_c": True, "use_a": False, "use_u": False, "use_psi": False},
+    "C+Psi": {"use_c": True, "use_a": False, "use_u": False, "use_psi": True},
+    "C+A+U": {"use_c": True, "use_a": True, "use_u": True, "use_psi": False},
+    "A+U+Psi": {"use_c": False, "use_a": True, "use_u": True, "use_psi": True},
+    "C+A+U+Psi": {},
+}
+#: paper 002, Fig. 7
+HEDGE_GAMMAS = (1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def scaled_count(count: int, side: int) -> int:
+    """A pixel count of a 224 x 224 image scaled to ``side`` x ``side`` (area ratio, rounded)."""
+    return int(math.floor(count * side * side / (PAPER_SIDE * PAPER_SIDE) + 0.5))
+
+
+def input_side(model: str) -> int:
+    return _SIDES.get(model, PAPER_SIDE)
+
+
+# -- a data set without masks: boxes for the box-based protocols ----------------------------------------
+
+
+class _BoxesOnly:
+    """``dataset`` with object masks dropped, so the runner uses the boxes (papers 000, 002, 003, 004
+    score against bounding boxes); segmentation maps are dropped too."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.inner = dataset
+        self.name = f"{getattr(dataset, 'name', 'dataset')}-boxes"
+        self.class_names = dataset.class_names
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> Sample:
+        s = self.inner[index]
+        objects = [Object(label=o.label, box=o.box, mask=None, difficult=o.difficult) for o in s.objects]
+        return replace(s, objects=objects, segmentation=None)
+
+
+def boxes_only(dataset: str = "shapes", **options: Any) -> Dataset:
+    """The registered data set ``dataset`` (with ``options``) scored against boxes instead of masks;
+    used as ``--dataset relprop.evaluate.protocols:boxes_only --dataset-option dataset=shapes``."""
+    from ..data.registry import get_dataset
+
+    return _BoxesOnly(get_dataset(dataset, **options))  # type: ignore[return-value]
+
+
+# -- metric variants ------------------------------------------------------------------------------------
+
+
+def _counts(paper: Sequence[int], side: int, all_pixels: bool = True) -> list[int]:
+    out = [scaled_count(c, side) for c in paper]
+    return out + ([side * side] if all_pixels else [])
+
+
+def table_i_options(side: int) -> dict[str, dict]:
+    """Paper 001, Table I: positive (MoRF) / negative (LeRF) removal and shuffling, "All" = every pixel."""
+    pos = _counts((250, 500, 1000, 2000, 4000), side)
+    neg = _counts((2000, 4000, 6000, 8000, 10000), side)
+    return {
+        "pos_removal": {"counts": pos, "restrict": "positive", "removal": "min"},
+        "pos_shuffle": {"counts": pos, "restrict": "positive", "removal": "shuffle"},
+        "neg_removal": {"counts": neg, "restrict": "negative", "removal": "min"},
+        "neg_shuffle": {"counts": neg, "restrict": "negative", "removal": "shuffle"},
+    }
+
+
+def lerf_000_options(side: int, step: int = 100) -> dict:
+    """Paper 000, Fig. 7: LeRF, ``step`` pixels (of 224^2) set to zero per step, 4,000 in all."""
+    return {"counts": sorted({scaled_count(c, side) for c in range(step, 4001, step)}), "removal": "zero"}
+
+
+def topk_ks(side: int) -> list[int]:
+    """K of paper 001's D_K curve (Fig. 7b): 10 .. 5,000 positive pixels of 224^2, scaled."""
+    return sorted({max(2, scaled_count(k, side)) for k in (10, 100, 500, 1000, 2000, 5000)})
+
+
+def pointing_options(side: int) -> dict:
+    """TorchRay's 15-pixel tolerance scaled to the input side."""
+    return {"tolerance": max(1, int(round(15 * side / PAPER_SIDE)))}
+
+
+_OI = [{}, {"sign": "positive"}]  # paper 000 Table 1: ALL, POS
+_SEG = [{"threshold": "zero"}, {"threshold": "mean", "sign": "positive"}]  # paper 000: two thresholds
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much a run computes: images per shapes model, photos, randomisation images, curve steps."""
+
+    shapes: dict[str, Optional[int]]
+    randomisation: int
+    #: images of the hedge variants (Table 2, Fig. 7 of paper 002), per model; None: as ``shapes``
+    hedge_variants: Optional[dict[str, Optional[int]]] = None
+    lerf_step: int = 100
+    photos: Optional[int] = None
+    photo_lerf_step: int = 400
+    photo_randomisation: int = 0
+
+
+SIZES: dict[str, Size] = {
+    "tiny": Size(shapes={"shapes_vgg": 4, "shapes_resnet": 2}, randomisation=2, photos=1,
+                 lerf_step=1000, photo_lerf_step=1000),
+    "small": Size(shapes={"shapes_vgg": 64, "shapes_resnet": 16}, randomisation=4, lerf_step=200,
+                  hedge_variants={"shapes_vgg": 32, "shapes_resnet": 16}),
+    "full": Size(shapes={"shapes_vgg": None, "shapes_resnet": None}, randomisation=200, photo_lerf_step=100,
+                 photo_randomisation=9),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One evaluation of a protocol: the papers it serves, a label for the progress bar, its config."""
+
+    papers: tuple[str, ...]
+    label: str
+    config: EvaluationConfig = field(repr=False)
+
+
+def _methods(names: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def localisation_methods() -> tuple[list[str], dict]:
+    """Methods (and variants) of the box-based tables: papers 000, 002 (Table 1), 003, 004."""
+    return _methods(M000 + M002 + M003 + M004), {"lrp-cmp": list(CMP_VARIANTS.values())}
+
+
+def hedge_variants() -> list[dict]:
+    """hedge's options for paper 002's Table 2 (ablation) and Fig. 7 (gamma); ``{}`` is the default."""
+    return [{}] + [v for v in HEDGE_ABLATION.values() if v] + [{"gamma": g} for g in HEDGE_GAMMAS if g != 2.0]
+
+
+def default_dataset(model: str) -> str:
+    """``shapes`` for the shapes models, ``photos`` for the others."""
+    return "shapes" if model.startswith("shapes_") else "photos"
+
+
+def jobs(size: str | Size = "small", models: Sequence[str] = ("shapes_vgg", "shapes_resnet", "efficientnet_lite0"),
+         model_options: Optional[dict] = None, batch_size: int = 16, device: str = "cpu",
+         datasets: Optional[dict[str, str]] = None, root: Optional[str] = None,
+         methods: Optional[Sequence[str]] = None) -> list[Job]:
+    """Every evaluation of the five protocols for ``models`` at ``size`` (:data:`SIZES`), each on
+    ``datasets[model]`` (default :func:`default_dataset`; ``root``: its folder); ``methods``
+    restricts every job to those methods (jobs left without one are dropped)."""
+    sz = SIZES[size] if isinstance(size, str) else size
+    out: list[Job] = []
+    for job in _all_jobs(sz, models, model_options, batch_size, device, datasets, root):
+        if methods is not None:
+            keep = [m for m in job.config.methods if m in methods]
+            if not keep:
+                continue
+            job = Job(job.papers, job.label, replace(job.config, methods=keep, method_options={
+                k: v for k, v in job.config.method_options.items() if k in keep}))
+        out.append(job)
+    return out
+
+
+def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], batch_size: int, device: str,
+              datasets: Optional[dict[str, str]], root: Optional[str]) -> list[Job]:
+    out: list[Job] = []
+    for model in models:
+        side = input_side(model)
+        dataset = (datasets or {}).get(model, default_dataset(model))
+        shapes = dataset.startswith("shapes")
+        limit = sz.shapes.get(model) if shapes else (sz.photos if dataset == "photos" else None)
+        opts = dict((model_options or {}).get(model, {}))
+        base = dict(model=model, model_options=opts, batch_size=batch_size, device=device, progress=False,
+                    root=root)
+        # photos: labels name several ImageNet classes per photo, most without an outline -> top-1 class
+        labels = "predicted" if dataset in ("photos", "imagenet-seg") else "labels"
+        names, method_options = localisation_methods()
+        out.append(Job(("000", "002", "003", "004"), f"{model}: localisation (boxes)", EvaluationConfig(
+            dataset="relprop.evaluate.protocols:boxes_only", dataset_options={"dataset": dataset},
+            methods=names, method_options=method_options, targets=labels, limit=limit,
+            metrics=["pointing_game", "positive_ratio", "outside_inside_ratio", "mu", "mu_w",
+                     "energy_pointing_game", "target_score", "object_context_occlusion"],
+            metric_options={"pointing_game": pointing_options(side), "outside_inside_ratio": _OI}, **base)))
+        if shapes:  # hedge's ablation and gamma sweep: pointing game only, into the same run
+            hv = (sz.hedge_variants or {}).get(model, limit)
+            out.append(Job(("002",), f"{model}: hedge ablation and gamma", EvaluationConfig(
+                dataset="relprop.evaluate.protocols:boxes_only", dataset_options={"dataset": dataset},
+                methods=["hedge"], method_options={"hedge": hedge_variants()}, targets=labels,
+                limit=hv if limit is None or hv is None else min(hv, limit),
+                metrics=["pointing_game", "target_score"],
+                metric_options={"pointing_game": pointing_options(side)}, **base)))
+        out.append(Job(("000", "002"), f"{model}: segmentation (masks)", EvaluationConfig(
+            dataset=dataset, methods=_methods(M000 + M002), targets="predicted", limit=limit,
+            metrics=["pixel_accuracy", "image_iou", "stacked_map", "normalised_outside_inside_ratio"],
+            metric_options={"pixel_accuracy": _SEG, "image_iou": _SEG}, **base)))
+        t1 = table_i_options(side)
+        lerf_step = sz.photo_lerf_step if dataset == "photos" else sz.lerf_step
+        out.append(Job(("000", "001"), f"{model}: perturbation (Table I, LeRF, D_K)", EvaluationConfig(
+            dataset=dataset, methods=list(M001), targets="predicted", limit=limit,
+            metrics=["aopc_morf", "aopc_lerf", "topk_distance"],
+            metric_options={"aopc_morf": [t1["pos_removal"], t1["pos_shuffle"]],
+                            "aopc_lerf": [t1["neg_removal"], t1["neg_shuffle"], lerf_000_options(side, lerf_step)],
+                            "topk_distance": {"ks": topk_ks(side)}}, **base)))
+        out.append(Job(("002",), f"{model}: blurred insertion", EvaluationConfig(
+            dataset=dataset, methods=list(M002), targets="predicted", limit=limit,
+            metrics=["blurred_insertion"], **base)))
+        for targets in (labels, "second"):
+            out.append(Job(("004",), f"{model}: patch masking ({targets})", EvaluationConfig(
+                dataset=dataset, methods=list(M004), targets=targets, limit=limit,
+                metrics=["maximal_patch_masking"],
+                metric_options={"maximal_patch_masking": [{}, {"location": "random"}]}, **base)))
+        rnd = sz.randomisation if shapes else sz.photo_randomisation
+        rnd = rnd if limit is None else min(limit, rnd)
+        if rnd == 0:
+            continue
+        out.append(Job(("002",), f"{model}: cascading randomisation", EvaluationConfig(
+            dataset=dataset, methods=list(RANDOMISED), targets="predicted",
+            limit=rnd, metrics=["cascading_randomisation"], **base)))
+    return out
+
+
+# -- keys the tables read -------------------------------------------------------------------------------
+
+
+def key(name: str, options: Optional[dict] = None) -> str:
+    """The store key of a method or metric variant."""
+    return variant_key(name, dict(options or {}))
+
+
+def hedge_key(options: dict) -> str:
+    return key("hedge", options)

@@ -1,0 +1,168 @@
+"""docs/results.md pipeline: protocols -> runner -> store -> results document (tiny, random weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from relprop.evaluate import protocols as P
+from relprop.evaluate.paper_orders import Order, verdict
+from relprop.evaluate.results import write_results
+from relprop.evaluate.runner import Evaluation, EvaluationConfig, run_evaluation
+from relprop.evaluate.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = "guided-backprop,sglrp"
+
+
+def _reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """benchmarks/reproduce.py on two shapes images, random weights, two methods."""
+    tmp = tmp_path_factory.mktemp("results")
+    P.SIZES["test"] = P.Size(shapes={"shapes_vgg": 2}, randomisation=0, lerf_step=1000)
+    try:
+        torch.set_num_threads(2)
+        rc = _reproduce().main(["--store", str(tmp / "r.sqlite"), "--size", "test", "--models", "shapes_vgg",
+                                "--model-option", "shapes_vgg.weights=false", "--methods", METHODS,
+                                "--out", str(tmp / "results.md"), "--no-figures", "--no-progress"])
+    finally:
+        del P.SIZES["test"]
+    assert rc == 0
+    return tmp
+
+
+def _row(text: str, heading: str, first_cell: str) -> list[str]:
+    """The cells of the row starting with ``first_cell`` in the table after ``heading``."""
+    part = text[text.index(heading):]
+    for line in part.splitlines():
+        if line.startswith(f"| {first_cell} |"):
+            return [c.strip() for c in line.strip("|").split("|")]
+    raise AssertionError(f"no row {first_cell!r} after {heading!r}")
+
+
+def test_document_has_the_papers_tables(pipeline) -> None:
+    text = (pipeline / "results.md").read_text()
+    for heading in ("## 000", "## 001", "## 002", "## 003", "## 004", "Table 1 — outside-inside ratio",
+                    "Table I — positive (MoRF) removal", "Table 1 — pointing game", "Table I — mu_w", "Fig. 11 (a)", "Fig. 11 (b)",
+                    "Fig. 13", "With ImageNet, VOC and COCO"):
+        assert heading in text, heading
+    assert text.count("**Ordering vs paper**") >= 10
+    pngs = re.findall(r"\]\((images/results/[^)]+\.png)\)", text)
+    assert pngs and all((pipeline / p).is_file() for p in pngs)
+    assert "Fig. 7 — accuracy under LeRF" in text and "Fig. 13 — energy-based pointing game" in text
+
+
+def test_numbers_come_from_the_store(pipeline, tmp_path) -> None:
+    store, out = pipeline / "r.sqlite", tmp_path / "again.md"
+    write_results([store], out)
+    before = _row(out.read_text(), "Table I — mu_w", "guided-backprop")
+    conn = sqlite3.connect(store)
+    with conn:
+        n = conn.execute("UPDATE records SET scalar = 0.777 WHERE method = 'guided-backprop' AND metric = 'mu'").rowcount
+    conn.close()
+    assert n > 0
+    from relprop.cli import main
+
+    assert main(["report", str(store), "--results", str(out)]) == 0
+    after = _row(out.read_text(), "Table I — mu_w", "guided-backprop")
+    assert after[4] == "0.777" and before[4] != "0.777"  # column mu
+    assert after[1] == before[1]  # mu_w has its own records
+
+
+def test_pointing_p_subset_uses_target_scores(pipeline, tmp_path) -> None:
+    store, out = pipeline / "r.sqlite", tmp_path / "p.md"
+    conn = sqlite3.connect(store)
+    with conn:  # no class predicted: the P columns become undefined, L stays
+        conn.execute("UPDATE records SET scalar = -1.0, value = '-1.0' WHERE metric = 'target_score'")
+    conn.close()
+    write_results([store], out)
+    row = _row(out.read_text(), "Table 1 — pointing game", "guided-backprop")
+    assert row[3] == "–" and row[1] != "–"
+
+
+def test_run_variants_of_one_method_and_metric(tmp_path) -> None:
+    cfg = EvaluationConfig(dataset="shapes", model="shapes_vgg", model_options={"weights": False},
+                           methods=["lrp-cmp"], method_options={"lrp-cmp": [{}, {"alpha": 2}]},
+                           metrics=["outside_inside_ratio", "target_score"],
+                           metric_options={"outside_inside_ratio": [{}, {"sign": "positive"}]},
+                           limit=1, progress=False)
+    run_evaluation(cfg, tmp_path / "v.sqlite")
+    with Store(tmp_path / "v.sqlite", readonly=True) as db:
+        keys = {(r[2], r[3]) for r in db.records(db.runs()[0]["id"])}
+    assert {m for m, _ in keys} == {"lrp-cmp", 'lrp-cmp{"alpha":2}', "-"}
+    assert ("lrp-cmp", 'outside_inside_ratio{"sign":"positive"}') in keys
+    with pytest.raises(ValueError, match="named twice"):
+        Evaluation(EvaluationConfig(dataset="shapes", model="shapes_vgg", model_options={"weights": False},
+                                    methods=["lrp-cmp"], method_options={"lrp-cmp": [{}, {}]}, limit=1))
+    with pytest.raises(ValueError, match="list of dicts"):
+        Evaluation(EvaluationConfig(dataset="shapes", model="shapes_vgg", model_options={"weights": False},
+                                    methods=["lrp-cmp"], method_options={"lrp-cmp": []}, limit=1))
+
+
+def test_target_score_is_the_logit() -> None:
+    import relprop.metrics as M
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    x, t = torch.randn(4, 3, 2, 2), torch.tensor([0, 2, 1, 1])
+    expected = model(x).gather(1, t[:, None])[:, 0]
+    assert torch.allclose(M.target_score(model, x, t), expected)
+    assert torch.allclose(M.target_score(model, x, t, score="softmax"),
+                          model(x).softmax(1).gather(1, t[:, None])[:, 0])
+
+
+def test_boxes_only_drops_masks() -> None:
+    data = P.boxes_only("shapes", count=2)
+    s = data[0]
+    assert s.objects and all(o.mask is None for o in s.objects)
+    assert [o.box for o in s.objects] == [o.box for o in P.boxes_only("shapes", count=2).inner[0].objects]
+
+
+def test_scaling_of_paper_counts() -> None:
+    assert P.scaled_count(250, 224) == 250 and P.scaled_count(250, 64) == 20
+    assert P.table_i_options(64)["pos_removal"]["counts"] == [20, 41, 82, 163, 327, 4096]
+    assert P.pointing_options(64) == {"tolerance": 4} and P.pointing_options(224) == {"tolerance": 15}
+
+
+def test_verdict_counts_pairwise_orders() -> None:
+    order = Order("test", (("a",), ("b", "c"), ("d",)), why="reason")
+    assert "**agrees**" in verdict(order, {"a": 3, "b": 2, "c": 2.5, "d": 1}, higher=True)
+    text = verdict(order, {"a": 3, "b": 2, "c": 2.5, "d": 1}, higher=False)
+    assert "**disagrees**" in text and "Why: reason" in text
+    part = verdict(order, {"a": 3, "b": 4, "c": 2, "d": 1}, higher=True)
+    assert "**partly agrees**" in part and "4 of 5" in part and "b before a" in part
+    assert "not comparable" in verdict(order, {"x": 1.0}, higher=True)
+
+
+def test_jobs_cover_every_protocol() -> None:
+    jobs = P.jobs("small", ["shapes_vgg", "efficientnet_lite0"])
+    papers = {p for j in jobs for p in j.papers}
+    assert papers == {"000", "001", "002", "003", "004"}
+    loc = next(j for j in jobs if "localisation" in j.label and j.config.model == "shapes_vgg")
+    assert len(loc.config.method_options["lrp-cmp"]) == len(P.CMP_VARIANTS)
+    hv = next(j for j in jobs if "hedge" in j.label and j.config.model == "shapes_vgg")
+    assert hv.config.dataset == loc.config.dataset and hv.config.targets == loc.config.targets  # same run
+    hedge = hv.config.method_options["hedge"]  # Table 2 rows and Fig. 7's gammas
+    assert len(hedge) == len(P.HEDGE_ABLATION) + len(P.HEDGE_GAMMAS) - 1
+    assert {h.get("gamma", 2.0) for h in hedge} == set(P.HEDGE_GAMMAS)
+    assert {"second", "labels", "predicted"} <= {j.config.targets for j in jobs}
+    assert all(j.config.limit == 64 for j in jobs if j.config.model == "shapes_vgg"
+               and "randomisation" not in j.label and "hedge" not in j.label)
+    only = P.jobs("small", ["shapes_vgg"], methods=["sglrp"])
+    assert only and all(j.config.methods == ["sglrp"] for j in only)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
