@@ -152,6 +152,8 @@ class Size:
     randomisation: int
     #: images of the hedge variants (Table 2, Fig. 7 of paper 002), per model; None: as ``shapes``
     hedge_variants: Optional[dict[str, Optional[int]]] = None
+    #: images of the perturbation, insertion and patch-masking jobs, per model; None: as ``shapes``
+    perturbation: Optional[dict[str, Optional[int]]] = None
     lerf_step: int = 100
     photos: Optional[int] = None
     photo_lerf_step: int = 400
@@ -161,8 +163,9 @@ class Size:
 SIZES: dict[str, Size] = {
     "tiny": Size(shapes={"shapes_vgg": 4, "shapes_resnet": 2}, randomisation=2, photos=1,
                  lerf_step=1000, photo_lerf_step=1000),
-    "small": Size(shapes={"shapes_vgg": 64, "shapes_resnet": 16}, randomisation=4, lerf_step=200,
-                  hedge_variants={"shapes_vgg": 32, "shapes_resnet": 16}),
+    "small": Size(shapes={"shapes_vgg": 64, "shapes_resnet": 16}, randomisation=4, lerf_step=400,
+                  hedge_variants={"shapes_vgg": 32, "shapes_resnet": 16},
+                  perturbation={"shapes_vgg": 40, "shapes_resnet": 12}, photo_lerf_step=800),
     "full": Size(shapes={"shapes_vgg": None, "shapes_resnet": None}, randomisation=200, photo_lerf_step=100,
                  photo_randomisation=9),
 }
@@ -248,20 +251,24 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
             dataset=dataset, methods=_methods(M000 + M002), targets="predicted", limit=limit,
             metrics=["pixel_accuracy", "image_iou", "stacked_map", "normalised_outside_inside_ratio"],
             metric_options={"pixel_accuracy": _SEG, "image_iou": _SEG}, **base)))
+        if shapes and sz.perturbation is not None and sz.perturbation.get(model) is not None:
+            pl = sz.perturbation[model] if limit is None else min(limit, sz.perturbation[model])
+        else:
+            pl = limit
         t1 = table_i_options(side)
         lerf_step = sz.photo_lerf_step if dataset == "photos" else sz.lerf_step
         out.append(Job(("000", "001"), f"{model}: perturbation (Table I, LeRF, D_K)", EvaluationConfig(
-            dataset=dataset, methods=list(M001), targets="predicted", limit=limit,
+            dataset=dataset, methods=list(M001), targets="predicted", limit=pl,
             metrics=["aopc_morf", "aopc_lerf", "topk_distance"],
             metric_options={"aopc_morf": [t1["pos_removal"], t1["pos_shuffle"]],
                             "aopc_lerf": [t1["neg_removal"], t1["neg_shuffle"], lerf_000_options(side, lerf_step)],
                             "topk_distance": {"ks": topk_ks(side)}}, **base)))
         out.append(Job(("002",), f"{model}: blurred insertion", EvaluationConfig(
-            dataset=dataset, methods=list(M002), targets="predicted", limit=limit,
+            dataset=dataset, methods=list(M002), targets="predicted", limit=pl,
             metrics=["blurred_insertion"], **base)))
         for targets in (labels, "second"):
             out.append(Job(("004",), f"{model}: patch masking ({targets})", EvaluationConfig(
-                dataset=dataset, methods=list(M004), targets=targets, limit=limit,
+                dataset=dataset, methods=list(M004), targets=targets, limit=pl,
                 metrics=["maximal_patch_masking"],
                 metric_options={"maximal_patch_masking": [{}, {"location": "random"}]}, **base)))
         rnd = sz.randomisation if shapes else sz.photo_randomisation

@@ -283,13 +283,15 @@ def _paper_001(doc: _Doc, model: str, runs: dict, tag: str) -> None:
                 if stat == "accuracy":
                     final[m] = a[1][len(counts) - 1] if len(a[1]) >= len(counts) else math.nan
         title = "positive (MoRF)" if kind == "pos" else "negative (LeRF)"
+        cnt = next((pred.count(m, rem) for m in P.M001 if pred.count(m, rem)), None)
         doc.add(f"#### Table I — {title} removal (shuffling) ({model})", "",
                 f"Pixels with {'positive' if kind == 'pos' else 'negative'} relevance, "
                 f"{'most relevant' if kind == 'pos' else 'most negative'} first, set to the image minimum; "
                 "in parentheses: the same pixels shuffled among themselves. Paper counts are for 224 x 224 "
                 f"images and are scaled by the area ratio ({side}² / 224²); counts above a map's number of "
                 f"{'positive' if kind == 'pos' else 'negative'} pixels stop there. Explained class = "
-                "the predicted one (accuracy 100% at 0). Prediction score = logit.", "")
+                f"the predicted one (accuracy 100% at 0). Prediction score = logit. "
+                f"{cnt[1] if cnt else 0} images.", "")
         doc.add(*_table(head, rows))
         # the paper's last numeric column (4,000 / 10,000 pixels)
         doc.order(order_key, final, higher=(kind == "neg"))
