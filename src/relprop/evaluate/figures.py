@@ -107,7 +107,13 @@ def write_figures(model: nn.Module, images: Tensor, labels: list[list[int]], cla
     def explain(m: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return Explainer(m, "hedge").explain(x, t).detach().sum(1)  # type: ignore[union-attr]
 
-    res = cascading_randomisation(model, images[:2], pred[:2], explain, return_maps=True)
+    from ..metrics.randomisation import execution_order
+
+    names = execution_order(model, images[:2])
+    chosen = None
+    if len(names) > 16:  # deep models: six layers from the output down, randomised cumulatively
+        chosen = [names[i] for i in np.linspace(0, len(names) - 1, 6).round().astype(int)]
+    res = cascading_randomisation(model, images[:2], pred[:2], explain, layers=chosen, return_maps=True)
     maps = res.maps
     assert maps is not None
     steps = list(range(0, len(res.layers), max(1, len(res.layers) // 5)))[:6]

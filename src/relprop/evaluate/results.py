@@ -148,12 +148,17 @@ class _Doc:
         self.add(verdict(order, ours, higher), "")
 
 
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+_LINES = ("-", "-.", ":")
+
+
 def _series_plot(fig: Any, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
                  hline: Optional[tuple[float, str]] = None, xticks: Optional[list[str]] = None) -> None:
     ax = fig.add_subplot(1, 1, 1)
-    for label, (x, y) in series.items():
-        style = "--" if label.startswith(("random", "uniform")) else "-"
-        ax.plot(x, y, style, marker="o" if len(x) <= 25 else None, markersize=3, label=label)
+    for i, (label, (x, y)) in enumerate(series.items()):
+        style = "--" if label.startswith(("random", "uniform")) else _LINES[i // len(_MARKERS) % len(_LINES)]
+        ax.plot(x, y, style, marker=_MARKERS[i % len(_MARKERS)] if len(x) <= 25 else None, markersize=4,
+                markerfacecolor="none", label=label, alpha=0.85)
     if hline is not None:
         ax.axhline(hline[0], color="grey", linestyle=":", label=hline[1])
     if xticks is not None:
@@ -291,7 +296,11 @@ def _paper_001(doc: _Doc, model: str, runs: dict, tag: str) -> None:
                 f"images and are scaled by the area ratio ({side}² / 224²); counts above a map's number of "
                 f"{'positive' if kind == 'pos' else 'negative'} pixels stop there. Explained class = "
                 f"the predicted one (accuracy 100% at 0). Prediction score = logit. "
-                f"{cnt[1] if cnt else 0} images.", "")
+                f"{cnt[1] if cnt else 0} images."
+                + (" Maps without negative relevance (LRP-alpha1beta0, and LRP-preset-A's alpha1beta0 "
+                   "convolutions in front of a max pool) have nothing to remove: their rows stay near the "
+                   "clean values, which is why the paper lists only three methods here." if kind == "neg" else ""),
+                "")
         doc.add(*_table(head, rows))
         # the paper's last numeric column (4,000 / 10,000 pixels)
         doc.order(order_key, final, higher=(kind == "neg"))
@@ -487,14 +496,16 @@ def _paper_003(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
 
     def draw_mu(fig: Any) -> None:
         ax = fig.add_subplot(1, 1, 1)
-        for label, (fx, v) in points.items():
+        top = 0.0
+        for i, (label, (fx, v)) in enumerate(points.items()):
             b = binned_mean(torch.tensor(v, dtype=torch.float64), torch.tensor(fx, dtype=torch.float64), bins=10)
             ok = b.count > 0
+            top = max(top, float(b.centers[ok].max()) if bool(ok.any()) else 0.0)
             ax.plot(b.centers[ok].tolist(), b.mean[ok].tolist(), "--" if "uniform" in label else "-",
-                    marker="o", markersize=3, label=label)
+                    marker=_MARKERS[i % len(_MARKERS)], markerfacecolor="none", markersize=4, label=label)
         for v in (0.25, 0.5):
             ax.axvline(v, color="grey", linewidth=0.8)
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, min(1.0, max(0.55, top + 0.1)))
         ax.set_xlabel("relative box size (box area / image area), 10 bins")
         ax.set_ylabel("mean mu (inside-total ratio)")
         ax.set_title(f"mu against box size, {model}", fontsize=9)
@@ -517,7 +528,7 @@ def _paper_003(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
                 ok = b.count > 0
                 ax.plot(b.centers[ok].tolist(), b.mean[ok].tolist(), marker="o", markersize=3, label=label)
             ax.axhline(0, color="grey", linewidth=0.8)
-            ax.set_xlim(0, 1)
+            ax.set_xlim(0, min(1.0, max(0.55, float(fx[~torch.isnan(fx)].max()) + 0.1)))
             ax.set_xlabel("relative box size (box area / image area), 10 bins")
             ax.set_ylabel("Δf = f(x') − f(x) of the true class's logit")
             ax.set_title(f"object versus context occlusion, {model}", fontsize=9)
