@@ -84,11 +84,11 @@ def write_figures(model: nn.Module, images: Tensor, labels: list[list[int]], cla
     name = lambda c: str(class_names[c]) if c < len(class_names) else str(c)  # noqa: E731
     written = []
     # paper 001, Fig. 4: flows
-    rj = Explainer(model, "rap-journal")
-    rel, rec = rj.explain(images, pred, record=["input@normal", "input@inversion"])  # type: ignore[misc]
+    flows = {f: Explainer(model, "rap-journal", flow=f).explain(images, pred) for f in ("normal", "inversion", "final")}
     tiles = [[(_image(images[i], mean, std), f"predicted: {name(int(pred[i]))}"),
-              (_map(rec["input@normal"][i]), "normal flow"), (_map(rec["input@inversion"][i]), "inversion flow"),
-              (_map(rel[i]), "final (sum)")] for i in range(len(images))]
+              (_map(flows["normal"][i]), "flow='normal'"), (_map(flows["inversion"][i]), "flow='inversion'"),
+              (_map(flows["final"][i]), "flow='final' (sum)")] for i in range(len(images))]
+    rj = Explainer(model, "rap-journal")
     path = out / f"{tag}_001_fig4_flows.png"
     _grid(path, tiles, "rap-journal: normal, inversion and final maps (red +, blue −)")
     written.append(path)
