@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     total = sum(_count(j) for j in jobs)
     print(f"{len(jobs)} evaluations, {total} images in all, into {args.store}", file=sys.stderr)
     for i, job in enumerate(jobs, 1):
-        config = replace(job.config, progress=not args.no_progress,
+        config = replace(job.config, progress=not args.no_progress, share_model=True,
                          progress_label=f"[{i}/{len(jobs)}] {job.label}")
         try:
             Evaluation(config)  # validates (annotations the data set lacks, ...) before running

@@ -166,3 +166,18 @@ def test_jobs_cover_every_protocol() -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_share_model_reuses_model_and_explainers() -> None:
+    from relprop.evaluate import runner
+
+    cfg = EvaluationConfig(dataset="shapes", model="shapes_vgg", model_options={"weights": False},
+                           methods=["gradient"], limit=1, share_model=True)
+    try:
+        a, b = Evaluation(cfg), Evaluation(cfg)
+        assert a.model is b.model and a.methods[0][3] is b.methods[0][3]
+        c = Evaluation(EvaluationConfig(dataset="shapes", model="shapes_vgg", model_options={"weights": False},
+                                        methods=["gradient"], limit=1))
+        assert c.model is not a.model and c.methods[0][3] is not a.methods[0][3]
+    finally:
+        runner._SHARED.clear()

@@ -42,11 +42,13 @@ from . import distributed
 from .metricset import (DEFAULT_METRICS, NO_METHOD, MetricSpec, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
 from .specs import InputSpec, input_spec, resolve_dataset, resolve_model
-from .store import BatchRows, Store, config_hash, to_json, variant_key
+from .store import BatchRows, Store, canonical_json, config_hash, to_json, variant_key
 
 __all__ = ["TARGET_MODES", "EvaluationConfig", "Evaluation", "EvaluationSummary", "run_evaluation"]
 
 TARGET_MODES = ("labels", "predicted", "second")
+#: models (and their explainers) kept by ``EvaluationConfig(share_model=True)``, by model identity
+_SHARED: dict[str, tuple[nn.Module, Any, dict]] = {}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: pointing game "difficult": the mask covers less than this fraction and >= 2 classes are present
 DIFFICULT_FRACTION = 0.25
@@ -80,6 +82,10 @@ class EvaluationConfig:
     progress: bool = True
     #: the progress bar's text (default "evaluate <dataset>"); does not enter the run's identity
     progress_label: Optional[str] = None
+    #: keep the model and its prepared explainers in this process for later evaluations of the same
+    #: model (benchmarks/reproduce.py runs many jobs on one model: preparing an explainer of a large
+    #: model costs seconds); does not enter the run's identity
+    share_model: bool = False
 
 
 @dataclass
@@ -124,8 +130,16 @@ class Evaluation:
         if config.root is not None:
             options["root"] = config.root
         self.dataset = resolve_dataset(config.dataset, options)
-        model, preprocess = resolve_model(config.model, dict(config.model_options))
-        self.model: nn.Module = model.to(device=self.device, dtype=self.dtype).eval()
+        shared_key = canonical_json([config.model, config.model_options, str(self.device), config.dtype])
+        if config.share_model and shared_key in _SHARED:
+            model, preprocess, self._explainers = _SHARED[shared_key]
+        else:
+            model, preprocess = resolve_model(config.model, dict(config.model_options))
+            model = model.to(device=self.device, dtype=self.dtype)
+            self._explainers: dict[str, Explainer] = {}
+            if config.share_model:
+                _SHARED[shared_key] = (model, preprocess, self._explainers)
+        self.model: nn.Module = model.eval()
         self.input: InputSpec = input_spec(preprocess, config.input_size, config.mean, config.std)
         self.methods = self._methods()
         self.metrics = [metric_spec(name, opts, self.input.size) for name in dict.fromkeys(config.metrics)
@@ -150,8 +164,11 @@ class Evaluation:
             if name not in known():
                 raise ValueError(f"unknown method {name!r}; known: {', '.join(known())}")
             for opts in _variants(self.config.method_options.get(name, {})):
-                explainer = Explainer(self.model, name, **opts)  # validates the options
-                out.append((variant_key(name, opts), name, opts, explainer))
+                key = variant_key(name, opts)
+                explainer = self._explainers.get(key) or Explainer(self.model, name, **opts)  # validates
+                if self.config.share_model:
+                    self._explainers[key] = explainer
+                out.append((key, name, opts, explainer))
         keys = [k for k, _, _, _ in out]
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
