@@ -59,6 +59,20 @@ def _figures(model_name: str, options: dict, dataset: str, root: Optional[str], 
                   out, model_name.replace("/", "_"))
 
 
+def _record_time(store: str, size: str, models: list[str], wall: float) -> None:
+    """Record this call's wall time so far in the store (``wall_s`` adds up the calls, so an
+    interrupted and continued reproduction reports its whole time)."""
+    with Store(store) as db:
+        meta = db.get_meta("reproduce", {}) or {}
+        calls = dict(meta.get("calls", {}))
+        calls[str(_CALL)] = wall
+        db.set_meta("reproduce", {"size": size, "models": models, "calls": calls,
+                                  "wall_s": sum(calls.values()), "last_wall_s": wall})
+
+
+_CALL = time.time()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True, help="SQLite store (created or continued)")
@@ -98,6 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = run_evaluation(config, args.store)
         for e in summary.errors[:3]:
             print(f"  {job.label}: {e[1]} {e[2]} {e[3]}: {e[5]}", file=sys.stderr)
+        _record_time(args.store, args.size, models, time.perf_counter() - start)
     out = Path(args.out)
     images = Path(args.images) if args.images else out.parent / "images" / "results"
     if not args.no_figures:
@@ -105,10 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _figures(model, model_options.get(model, {}), datasets.get(model, P.default_dataset(model)),
                      args.root, images)
     wall = time.perf_counter() - start
-    with Store(args.store) as db:
-        db.set_meta("reproduce", {"size": args.size, "models": models,
-                                  "wall_s": float(db.get_meta("reproduce", {}).get("wall_s", 0.0)) + wall,
-                                  "last_wall_s": wall})
+    _record_time(args.store, args.size, models, wall)
     files = write_results([args.store], out, images)
     print(f"wrote {out} and {len(files) - 1} figures in {wall / 60:.1f} min")
     return 0

@@ -650,9 +650,11 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "",
     ]
     for m in meta:
+        n = len(m.get("calls", {})) or 1
         lines += [f"Last reproduction: size `{m.get('size')}`, models {', '.join(m.get('models', []))}; wall "
-                  f"time {float(m.get('wall_s', 0)) / 60:.1f} min in all (the last call "
-                  f"{float(m.get('last_wall_s', 0)) / 60:.1f} min), on the machine that ran it.", ""]
+                  f"time {float(m.get('wall_s', 0)) / 60:.1f} min in all, over {n} call(s) of reproduce.py "
+                  f"(the last {float(m.get('last_wall_s', 0)) / 60:.1f} min), on a 2-core CPU shared with "
+                  "other jobs.", ""]
     lines += [
         "Protocols (`relprop.evaluate.protocols`): the papers' pixel counts refer to 224 x 224 images and are "
         "scaled to the input by the area ratio (64² / 224² = 0.082 for the shapes models; 250 pixels become "
