@@ -56,11 +56,11 @@ ORDERS: dict[str, Order] = {
                   "pixels mattered)", "gradient", ("lrp-preset-b", "lrp-alpha2beta1", "lrp-alpha1beta0",
                                                    "lrp-preset-a"), "rap-journal", "integrated-gradients",
                   why=f"{_DATA}; {_MODEL}; method: relprop's gradient is signed, the paper's sensitivity "
-                      "analysis ranks |gradient|; with 40 images one image is 2.5 points"),
+                      "analysis ranks |gradient|; with a few dozen images one image moves the accuracy by points"),
     "001-neg": _o("paper 001, Table I, negative removal at 10,000 pixels (higher accuracy = negative "
                   "relevance was irrelevant)", "rap-journal", "lrp-alpha2beta1", "input-x-gradient",
-                  why=f"{_DATA}; {_MODEL}; method: on 64 x 64 images 10,000 pixels of 224² become 816, "
-                      "a sixth of the image, and maps with few negative pixels stop early"),
+                  why=f"{_DATA}; {_MODEL}; method: scaled to 64 x 64, 10,000 pixels of 224² are a "
+                      "fifth of the image, and maps with few negative pixels stop early"),
     "001-dk": _o("paper 001, Fig. 7 (b) (RAP's positive pixels lie closest to its maximum)", "rap-journal",
                  ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient",
                   "integrated-gradients", "guided-backprop", "lrp-preset-a", "lrp-preset-b"),
@@ -101,7 +101,7 @@ ORDERS: dict[str, Order] = {
     "003-muw-imagenet": _o("paper 003, Table I, ImageNet", "lrp-cmp (CMP:a2+b)", "lrp-cmp (CMP:a2)",
                            ("lrp-cmp (CMP:a1)", "lrp-cmp (CMP:a1+b)"), "lrp-alpha2beta1", "guided-backprop",
                            "lrp-alpha1beta0", "lrp-z", "uniform baseline",
-                           why=f"data: 9 photos instead of 50,000 images; {_MODEL}"),
+                           why=f"data: a handful of photos instead of 50,000 images; {_MODEL}"),
     "004-patch-gt": _o("paper 004, Fig. 11 (a) at the largest patch (guided Grad-CAM, then SGLRP lowest)",
                        "guided-gradcam", "sglrp", ("clrp", "lrp-alpha1beta0"), "random",
                        why=f"{_DATA}; {_MODEL}; method: relprop's SGLRP is the paper's Eq. 9-10 (variant='paper')"),

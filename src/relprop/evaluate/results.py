@@ -126,6 +126,8 @@ class _Doc:
         self.image_dir = image_dir
         self.rel = rel
         self.files: list[Path] = []
+        self.context = ""
+        self.verdicts: list[tuple[str, str, str]] = []
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -145,7 +147,10 @@ class _Doc:
     def order(self, order_key: str, ours: dict[str, float], higher: bool) -> None:
         """The verdict line comparing ``ours`` (label -> value) with the paper's order."""
         order: Order = ORDERS[order_key]
-        self.add(verdict(order, ours, higher), "")
+        text = verdict(order, ours, higher)
+        self.add(text, "")
+        word = text.split("**")[3] if text.count("**") >= 4 else "not comparable"
+        self.verdicts.append((self.context, order.source, word))
 
 
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
@@ -632,6 +637,7 @@ PAPERS = {
 
 
 def _intro(stores: Sequence[str | Path]) -> list[str]:
+    side = P.input_side("shapes_vgg")
     meta = []
     for path in stores:
         with Store(path, readonly=True) as db:
@@ -656,14 +662,16 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
                   f"(the last {float(m.get('last_wall_s', 0)) / 60:.1f} min), on a 2-core CPU shared with "
                   "other jobs.", ""]
     lines += [
-        "Protocols (`relprop.evaluate.protocols`): the papers' pixel counts refer to 224 x 224 images and are "
-        "scaled to the input by the area ratio (64² / 224² = 0.082 for the shapes models; 250 pixels become "
-        "20); the pointing game's 15-pixel tolerance by the side ratio (4 px at 64²). Box-based metrics "
+        f"Protocols (`relprop.evaluate.protocols`): the papers' pixel counts refer to {P.PAPER_SIDE} x "
+        f"{P.PAPER_SIDE} images and are scaled to the input by the area ratio ({side}² / {P.PAPER_SIDE}² = "
+        f"{side * side / P.PAPER_SIDE ** 2:.3f} for the shapes models; 250 pixels become "
+        f"{P.scaled_count(250, side)}); the pointing game's 15-pixel tolerance by the side ratio "
+        f"({P.pointing_options(side)['tolerance']} px at {side}²). Box-based metrics "
         "(outside-inside ratio, mu, pointing games) use the objects' boxes, segmentation metrics their exact "
         "masks. `shapes` is multi-label (1-3 objects, 10 classes): the explained classes are every ground-truth "
         "class (`--targets labels`), the predicted class for the perturbation and segmentation protocols, and "
-        "the second most probable class for paper 004's Fig. 11 (b). On `photos` (9 photos, several ImageNet "
-        "labels each, one or two outlined objects) the predicted class is explained against the outlined "
+        "the second most probable class for paper 004's Fig. 11 (b). On `photos` (several ImageNet "
+        "labels per photo, one or two outlined objects) the predicted class is explained against the outlined "
         "objects. Each ordering verdict counts the paper's pairwise orders (best-first groups read from the "
         "paper's table, `relprop.evaluate.paper_orders`) that the values here keep.",
         "",
@@ -724,12 +732,14 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
         mine = [r for r in runs if r.model == model]
         counts.append(f"{model} on {dataset}: {max(r.n_samples for r in mine)} images")
     doc.add("Evaluated: " + "; ".join(counts) + ".", "")
+    start = len(doc.lines)
     for paper, title in PAPERS.items():
         doc.add(f"## {paper}: {title}", "")
         for model, dataset in models:
             r = _runs_of(runs, model)
             tag = model.replace("/", "_")
             doc.add(f"### {model} on {dataset}", "")
+            doc.context = model
             n0 = len(doc.lines)
             if paper == "000":
                 _paper_000(doc, model, r, tag)
@@ -744,6 +754,15 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
             _qualitative(doc, paper, model, tag)
             if len(doc.lines) == n0:
                 doc.add("(no records for this protocol in the store)", "")
+    summary = ["## Summary: orderings against the papers", "",
+               "Each row: a table or figure of a paper, and whether the methods come out in the paper's order "
+               "(details and reasons next to each table below).", ""]
+    models_seen = list(dict.fromkeys(c for c, _, _ in doc.verdicts))
+    by = {(c, src): w for c, src, w in doc.verdicts}
+    rows = [[src] + [by.get((m, src), "") for m in models_seen]
+            for src in dict.fromkeys(src for _, src, _ in doc.verdicts)]
+    summary += _table(["paper, table / figure"] + models_seen, rows)
+    doc.lines[start:start] = summary
     doc.add(REAL_DATA)
     out.write_text("\n".join(doc.lines).rstrip() + "\n")
     return [out] + doc.files
