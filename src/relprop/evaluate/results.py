@@ -675,8 +675,12 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "objects. Each ordering verdict counts the paper's pairwise orders (best-first groups read from the "
         "paper's table, `relprop.evaluate.paper_orders`) that the values here keep.",
         "",
-        "Methods without a relprop implementation (Pattern Attribution, AGF, Relevance-CAM) are left out of "
-        "the tables and the comparisons.",
+        "Not reproduced: methods without a relprop implementation (Pattern Attribution, AGF, Relevance-CAM) "
+        "are left out of the tables and the comparisons; IoU is the per-image mean of background and "
+        "foreground IoU, not intersections and unions accumulated over the data set "
+        "(`relprop.metrics.SegmentationAccumulator` computes that); paper 001's 3-D CT model and paper 002's "
+        "cross-model panel of Fig. 9 have no counterpart here. The qualitative figures (maps) are drawn by "
+        "`benchmarks/reproduce.py` from the models, not from the store.",
         "",
     ]
     return lines
