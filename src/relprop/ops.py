@@ -543,6 +543,9 @@ class Affine(Op):
         """Transposed map: ``W^T s`` shaped like the input ``x`` (vector-Jacobian product)."""
         if self.kind == "linear":
             return s.matmul(weight)
+        if self._pointwise():  # a 1x1 convolution is a matrix product per sample (faster than its vjp)
+            flat = torch.matmul(weight.reshape(weight.shape[0], -1).t(), s.reshape(*s.shape[:2], -1))
+            return flat.view(s.shape[0], weight.shape[1], *s.shape[2:])
         if self.pre_pad is not None:
             padded = x.new_empty(F.pad(x[:1, :1], self.pre_pad).shape[2:])
             shape = (*x.shape[:2], *padded.shape)
@@ -553,6 +556,12 @@ class Affine(Op):
         return torch.ops.aten.convolution_backward(
             s, x, weight, None, list(self.stride), list(self.padding), list(self.dilation), False,
             [0] * self.nd, self.groups, [True, False, False])[0]
+
+    def _pointwise(self) -> bool:
+        """A 1x1 convolution with stride 1, no padding and one group (input and output positions agree)."""
+        m = self.module
+        return (self.groups == 1 and self.pre_pad is None and all(k == 1 for k in m.kernel_size)
+                and all(v == 1 for v in self.stride) and all(v == 0 for v in self.padding))
 
     def forward(self, args: tuple, kwargs: dict) -> Tensor:
         return self.apply(args[0], self.weight, self.bias)

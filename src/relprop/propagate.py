@@ -47,6 +47,8 @@ class ForwardCache:
     kwargs: list[dict | None]
     outputs: list[Tensor | None]
     state: list[object]
+    #: ``(position, leaf)`` when the nodes after ``position`` were evaluated with autograd from ``leaf``
+    leaf: tuple[int, Tensor] | None = None
 
 
 class _Context:
@@ -111,14 +113,20 @@ class Propagator:
         return composite.assign(self.affine)
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> ForwardCache:
-        """Run the model through relprop's graph, keeping what the backward pass needs."""
+    def forward(self, x: Tensor, differentiable_from: str | None = None) -> ForwardCache:
+        """Run the model through relprop's graph, keeping what the backward pass needs.
+
+        ``differentiable_from`` names a node whose output becomes an autograd leaf: the nodes after
+        it are evaluated with autograd, so that :meth:`gradient_at` at that node needs no second
+        forward pass of them.
+        """
         model = self.model_ref()
         if model is None:
             raise RuntimeError("the model of this propagator no longer exists")
         graph = self.graph
         n = len(graph.nodes)
         cache = ForwardCache([None] * n, [None] * n, [None] * n, [None] * n)
+        start = graph.find(differentiable_from) if differentiable_from is not None else None
         env: dict[fx.Node, object] = {}
         with torch.no_grad(), eval_mode(model):
             for fx_node in graph.fx_graph.nodes:
@@ -135,7 +143,14 @@ class Propagator:
                 if pos is None:  # shape arithmetic and other non-tensor helpers
                     env[fx_node] = _evaluate(fx_node, args, kwargs, model)
                     continue
-                out, cache.state[pos] = graph.nodes[pos].op.forward_with_state(args, kwargs)
+                if start is not None and pos > start:
+                    with torch.enable_grad():
+                        out, cache.state[pos] = graph.nodes[pos].op.forward_with_state(args, kwargs)
+                else:
+                    out, cache.state[pos] = graph.nodes[pos].op.forward_with_state(args, kwargs)
+                if pos == start:
+                    out = out.detach().requires_grad_(True)
+                    cache.leaf = (pos, out)
                 env[fx_node] = out
                 cache.args[pos], cache.kwargs[pos], cache.outputs[pos] = args, kwargs, out
         return cache
@@ -192,6 +207,8 @@ class Propagator:
         model = self.model_ref()
         graph = self.graph
         start = graph.find(name)
+        if cache.leaf is not None and cache.leaf[0] == start and cache.outputs[-1] is not None:
+            return self._gradient_from_leaf(cache, output_gradient)
         if cache.outputs[start] is None:
             raise RuntimeError("gradient_at needs the forward cache before any backward pass released it")
         leaf = cache.outputs[start].detach().requires_grad_(True)
@@ -221,6 +238,33 @@ class Propagator:
         assert result is not None
         gradient, = torch.autograd.grad(result, leaf, output_gradient)
         return leaf.detach(), gradient
+
+    @staticmethod
+    def _gradient_from_leaf(cache: ForwardCache, output_gradient: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`gradient_at` for a forward pass that was differentiable from that node; the cache
+        keeps plain (detached) values afterwards."""
+        assert cache.leaf is not None
+        start, leaf = cache.leaf
+        output = cache.outputs[-1]
+        assert output is not None
+        if output.requires_grad:
+            gradient, = torch.autograd.grad(output, leaf, output_gradient, allow_unused=True)
+        else:
+            gradient = None
+        if gradient is None:  # the output does not depend on the node
+            gradient = torch.zeros_like(leaf)
+        cache.leaf = None
+
+        def plain(v: object) -> object:
+            return v.detach() if isinstance(v, Tensor) and v.requires_grad else v
+
+        for pos in range(start, len(cache.outputs)):
+            cache.outputs[pos] = plain(cache.outputs[pos])  # type: ignore[assignment]
+            if cache.args[pos] is not None:
+                cache.args[pos] = tuple(fx.node.map_aggregate(cache.args[pos], plain))
+            if cache.kwargs[pos] is not None:
+                cache.kwargs[pos] = dict(fx.node.map_aggregate(cache.kwargs[pos], plain))
+        return cache.outputs[start], gradient  # type: ignore[return-value]
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache: ForwardCache, relevance: Tensor, composite: Composite,
@@ -289,16 +333,18 @@ def _evaluate(node: fx.Node, args: tuple, kwargs: dict, model: nn.Module) -> obj
 _PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, dict[bool, Propagator]]" = weakref.WeakKeyDictionary()
 
 
-def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True) -> tuple[Propagator, ForwardCache]:
+def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
+                differentiable_from: str | None = None) -> tuple[Propagator, ForwardCache]:
     """The model's propagator and its cached forward pass for ``x``, after checking ``x``'s rank
-    against the first layer (e.g. 4-D for Conv2d models)."""
+    against the first layer (e.g. 4-D for Conv2d models); ``differentiable_from``: see
+    :meth:`Propagator.forward`."""
     from .targets import check_rank
 
     propagator = propagator_for(model, fold_batchnorm)
     first_layer = propagator.affine[0] if propagator.affine else None
     expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
     check_rank(x, expected, type(model).__name__)
-    return propagator, propagator.forward(x)
+    return propagator, propagator.forward(x, differentiable_from)
 
 
 def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:

@@ -9,7 +9,7 @@ import torch
 from .. import ops
 from ..composite import Composite, by_type, first
 from ..graph import Graph
-from ..propagate import ForwardCache, Propagator, forward_for
+from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
 from ..registry import register_method
 from ..rules import ZBox
 from ..rules.hedge import Hedge
@@ -60,7 +60,10 @@ def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, us
     (the official code drops the skip branch)."""
     if not 1.0 <= gamma <= 2.0:
         raise ValueError(f"gamma must lie in [1, 2], got {gamma}")
-    propagator, cache = forward_for(model, x, fold_batchnorm=False)
+    if layer is None:
+        layer = default_layer(propagator_for(model, fold_batchnorm=False).graph)
+    # the graph above the start layer is evaluated with autograd in the forward pass itself
+    propagator, cache = forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
     start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
     r0 = initial_contribution(activation, gradient)
     rule = Hedge(gamma, use_c, use_a, use_u, use_psi)

@@ -20,14 +20,26 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops import Affine, safe_divide
-from .rap import uniform_shift
+from ..ops import Affine
+from .rap import quotient_, shift_excess_
 
 Tensor = torch.Tensor
 
 
 def _per_sample(t: Tensor) -> Tensor:
     return t.flatten(1).sum(1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _normalized(part: Tensor, total: Tensor) -> Tensor:
+    """``part / total`` in place for a per-sample ``total`` of ``part`` (``total`` may be negative);
+    a zero total means ``part`` is zero, so the divisor is replaced by 1 there."""
+    return part.div_(total.masked_fill(total == 0, 1))
+
+
+def _ones_response(layer: Affine, x: Tensor, w: Tensor) -> Tensor:
+    """``conv(1, |W|)`` for inputs shaped like ``x``: it depends only on the shape, so it is cached."""
+    key = f"|w| ones:{tuple(x.shape[1:])}:{x.dtype}"
+    return layer.cached(key, lambda: layer.apply(torch.ones_like(x[:1]), w))
 
 
 @dataclass(frozen=True)
@@ -42,29 +54,37 @@ class Hedge:
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         w = layer.cached("|w|", lambda: layer.weight.abs())
-        positive = r.clamp(min=0)
-        negative = r.clamp(max=0)
-        t = safe_divide(positive, _per_sample(positive))
-        o = safe_divide(negative, _per_sample(negative).abs())
+        t = r.clamp(min=0)
+        o = r.clamp(max=0)
+        _normalized(t, _per_sample(t))
+        _normalized(o, _per_sample(o).abs_())
         one_by_one = layer.kind == "conv" and all(k == 1 for k in layer.module.kernel_size)
-        out = torch.zeros_like(x)
+        out = buffer = None
         if self.use_c:
             xp = x if nonnegative else x.clamp(min=0)
-            weighted = t + o if one_by_one else self.gamma * t + o
-            c = layer.transpose(safe_divide(weighted, layer.apply(xp, w)), w, xp).mul_(xp)
+            # gamma T + O: T and O have disjoint supports, so this is exact in either order
+            weighted = torch.add(o, t, alpha=1.0 if one_by_one else self.gamma)
+            out = layer.transpose(quotient_(weighted, layer.apply(xp, w)), w, xp).mul_(xp)
+            del weighted
             if self.use_psi and not one_by_one:
-                c = uniform_shift(c, _per_sample(c).flatten() - _per_sample(t).flatten())
-            out.add_(c)
+                buffer = torch.empty_like(x)
+                out = shift_excess_(out, t.flatten(1).sum(1), buffer)
         if self.use_a or self.use_u:
-            active = (x > 0).to(x.dtype)
-            z_active = layer.apply(active, w)
+            if buffer is None:
+                buffer = torch.empty_like(x)
+            mask = torch.gt(x, 0, out=buffer)  # [x > 0] as numbers
+            z_active = layer.apply(mask, w)
             if self.use_a:
-                out.add_(layer.transpose(safe_divide(t, z_active), w, x).mul_(active))
+                a = layer.transpose(quotient_(t, z_active), w, x)
+                out = a.mul_(mask) if out is None else out.addcmul_(a, mask)
+                del a
+            del t
             if self.use_u:
-                dead = 1.0 - active
-                z_all = layer.apply(torch.ones_like(x[:1]), w)
-                out.add_(layer.transpose(safe_divide(o, z_all - z_active), w, x).mul_(dead))
-        return out
+                z_dead = torch.sub(_ones_response(layer, x, w), z_active, out=z_active)
+                u = layer.transpose(quotient_(o, z_dead), w, x)
+                dead = torch.le(x, 0, out=mask)
+                out = u.mul_(dead) if out is None else out.addcmul_(u, dead)
+        return out if out is not None else torch.zeros_like(x)
 
 
 __all__ = ["Hedge"]

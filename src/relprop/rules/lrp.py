@@ -215,24 +215,51 @@ class ZBox:
 
     def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper bound tensors broadcast to the shape of ``x``."""
+        low, high = self._bounds(x)
+        return low.expand_as(x), high.expand_as(x)
+
+    def _bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The bounds as given or per sample, broadcastable to ``x`` (not expanded)."""
         reduce_dims = tuple(range(1, x.dim()))
         view = (-1,) + (1,) * (x.dim() - 1)
         low = x.amin(dim=reduce_dims).view(view) if self.low is None else torch.as_tensor(
             self.low, dtype=x.dtype, device=x.device)
         high = x.amax(dim=reduce_dims).view(view) if self.high is None else torch.as_tensor(
             self.high, dtype=x.dtype, device=x.device)
-        return low.expand_as(x), high.expand_as(x)
+        return low, high
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         wp, wn, bp, bn = _parts(layer)
-        low, high = self.bounds(x)
-        if not self.bias and layer.bias is not None:
-            z = z - layer.broadcast_bias(z)
-            bp = bn = None
-        zb = z - layer.apply(low, wp, bp) - layer.apply(high, wn, bn)
+        low, high = self._bounds(x)
+        # z^B = z - layer(low, w+, b+) - layer(high, w-, b-), and z - b+ - b- = z - b
+        if not self.bias:
+            bias = layer.broadcast_bias(z) if layer.bias is not None else None
+        else:
+            bias = None if bp is None else (bp + bn if layer.kind == "linear" else (bp + bn).view(
+                1, -1, *([1] * layer.nd)))
+        zb = z - bias if bias is not None else z.clone()
+        _subtract_bound_response(layer, _subtract_bound_response(layer, zb, x, low, "w+", wp), x, high, "w-", wn)
         s = normalize(r, zb, self.stabilizer)
-        return (x * layer.transpose(s, layer.weight, x) - low * layer.transpose(s, wp, x)
-                - high * layer.transpose(s, wn, x))
+        del zb
+        if layer.kind == "conv" and layer.groups == 1:
+            # the three transposed maps in one call, with [W, W+, W-] stacked along the input channels
+            stacked = layer.cached("[w,w+,w-]:in", lambda: torch.cat([layer.weight, wp, wn], 1))
+            channels = x.shape[1]
+            g = layer.transpose(s, stacked, x.new_empty((x.shape[0], 3 * channels, *x.shape[2:])))
+            g_w, g_p, g_n = g[:, :channels], g[:, channels:2 * channels], g[:, 2 * channels:]
+        else:
+            g_w, g_p, g_n = (layer.transpose(s, w, x) for w in (layer.weight, wp, wn))
+        return x * g_w - low * g_p - high * g_n
+
+
+def _subtract_bound_response(layer: Affine, z: Tensor, x: Tensor, bound: Tensor, key: str, w: Tensor) -> Tensor:
+    """``z - layer(bound, w)`` in place, for a bound broadcast to ``x``. A bound that is one number per
+    sample (or one overall) gives ``z - bound * layer(1, w)``, with the response to ones cached per shape."""
+    if bound.numel() == 1 or (bound.dim() == x.dim() and all(n == 1 for n in bound.shape[1:])):
+        ones = layer.cached(f"{key} ones:{tuple(x.shape[1:])}:{x.dtype}",
+                            lambda: layer.apply(torch.ones_like(x[:1]), w))
+        return z.addcmul_(ones, bound.reshape(-1, *([1] * (ones.dim() - 1))), value=-1)
+    return z.sub_(layer.apply(bound.expand_as(x), w))
 
 
 class NegatedLayer:

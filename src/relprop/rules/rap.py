@@ -20,23 +20,51 @@ Tensor = torch.Tensor
 def uniform_shift(c: Tensor, total: Tensor) -> Tensor:
     """Psi (paper 000, Eq. 8-9): subtract ``(sum c - total) / #nonzero`` from every nonzero entry,
     per sample, so that each sample's relevance sums to ``total`` (shape (B,))."""
-    zero = c == 0
-    count = (c[0].numel() - zero.flatten(1).sum(1)).to(c.dtype)
-    excess = c.flatten(1).sum(1) - total
+    return shift_excess_(c.clone(), c.flatten(1).sum(1) - total)
+
+
+def shift_excess_(c: Tensor, excess: Tensor, buffer: Tensor | None = None) -> Tensor:
+    """Psi in place: subtract ``excess / #nonzero`` (``excess`` of shape (B,)) from every nonzero
+    entry of ``c``, per sample; ``c`` is overwritten and returned (``buffer``: scratch space like ``c``)."""
+    # a 0/1 mask in c's dtype: faster to count and to apply than a boolean one
+    nonzero = torch.ne(c, 0, out=torch.empty_like(c) if buffer is None else buffer)
+    if c[0].numel() <= 2.0 / torch.finfo(c.dtype).eps:  # counting in c's dtype is exact
+        count = nonzero.flatten(1).sum(1)
+    else:
+        count = torch.count_nonzero(c.flatten(1), dim=1).to(c.dtype)
     shift = safe_divide(excess, count).view(-1, *([1] * (c.dim() - 1)))
-    return (c - shift).masked_fill_(zero, 0)
+    return c.addcmul_(nonzero, shift, value=-1)
+
+
+def quotient_(numerator: Tensor, denominator: Tensor, out: Tensor | None = None) -> Tensor:
+    """``numerator / denominator`` with 0 where the denominator is 0 (``safe_divide``), written into
+    ``out`` (default: ``numerator``). The infinities and NaNs of a division by zero are replaced by 0
+    in one pass, which is faster than masking; the denominators of these rules are sums of
+    non-negative terms, so a nonzero one gives a finite quotient."""
+    return torch.div(numerator, denominator, out=numerator if out is None else out).nan_to_num_(0.0, 0.0, 0.0)
 
 
 def _sum(r: Tensor) -> Tensor:
     return r.flatten(1).sum(1)
 
 
-def _abs_negative(layer: Affine) -> Tensor:
-    return layer.cached("|w-|", lambda: layer.weight.clamp(max=0).neg())
+def _stacked(layer: Affine) -> Tensor:
+    """``[w+; |w-|]`` stacked along the output dimension (one transposed map serves both parts)."""
+    def make() -> Tensor:
+        w = layer.weight
+        out = w.new_empty((2 * w.shape[0], *w.shape[1:]))
+        torch.clamp(w, min=0, out=out[:w.shape[0]])
+        torch.clamp(w, max=0, out=out[w.shape[0]:]).neg_()
+        return out
+    return layer.cached("[w+;|w-|]", make)
 
 
 def _positive(layer: Affine) -> Tensor:
-    return layer.cached("w+", lambda: layer.weight.clamp(min=0))
+    return _stacked(layer)[:layer.weight.shape[0]]
+
+
+def _abs_negative(layer: Affine) -> Tensor:
+    return _stacked(layer)[layer.weight.shape[0]:]
 
 
 def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor]:
@@ -44,7 +72,10 @@ def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) ->
     from the forward pass's own output (issue note: no second extra convolution), else computed."""
     zp = layer.apply(xp, _positive(layer))
     if nonnegative:
-        return zp, (zp - z).add_(layer.broadcast_bias(z)).clamp_(min=0)
+        zn = torch.sub(zp, z)
+        if layer.bias is not None:
+            zn.add_(layer.broadcast_bias(z))
+        return zp, zn.clamp_(min=0)
     return zp, layer.apply(xp, _abs_negative(layer))
 
 
@@ -99,17 +130,27 @@ class RAPHidden:
             return layer.transpose(safe_divide(r, layer.apply(xa, w_abs)), w_abs, x).mul_(xa)
         xp = x if nonnegative else x.clamp(min=0)
         zp, zn = _pre_activations(layer, xp, z, nonnegative)
-        relative = safe_divide(r, zp + zn)
+        # both parts' scaled relevance side by side, for one transposed map with [w+; |w-|]
+        stacked = r.new_empty((r.shape[0], 2, *r.shape[1:]))
+        to_positive, to_negative = stacked[:, 0], stacked[:, 1]
+        total = torch.add(zp, zn)
         if layer.kind == "linear":
-            to_positive = safe_divide(r, zp)
-            to_negative = relative
+            quotient_(r, total, out=to_negative)
+            quotient_(r, zp, out=to_positive)
         else:
-            to_positive = safe_divide(r.clamp(min=0), zp)
-            to_negative = safe_divide(r.clamp(max=0), zn).add_(relative)
-        c = layer.transpose(to_positive, _positive(layer), xp)
-        c.add_(layer.transpose(to_negative, _abs_negative(layer), xp))
+            relative = quotient_(r, total, out=total)
+            quotient_(torch.clamp(r, min=0, out=to_positive), zp)
+            quotient_(torch.clamp(r, max=0, out=to_negative), zn).add_(relative)
+            del relative
+        del total, zp, zn
+        if layer.kind == "conv" and layer.groups != 1:  # stacking would mix the groups
+            c = layer.transpose(to_positive, _positive(layer), xp)
+            c.add_(layer.transpose(to_negative, _abs_negative(layer), xp))
+        else:
+            c = layer.transpose(stacked.flatten(1, 2), _stacked(layer), xp)
+        del stacked, to_positive, to_negative
         c.mul_(xp)
-        return uniform_shift(c, _sum(r))
+        return shift_excess_(c, c.flatten(1).sum(1) - _sum(r))
 
 
-__all__ = ["RAPHidden", "RAPOutput", "uniform_shift"]
+__all__ = ["RAPHidden", "RAPOutput", "quotient_", "shift_excess_", "uniform_shift"]
