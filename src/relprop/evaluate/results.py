@@ -162,8 +162,9 @@ def _series_plot(fig: Any, series: dict[str, tuple[list, list]], xlabel: str, yl
     ax = fig.add_subplot(1, 1, 1)
     for i, (label, (x, y)) in enumerate(series.items()):
         style = "--" if label.startswith(("random", "uniform")) else _LINES[i // len(_MARKERS) % len(_LINES)]
+        extra = {"color": "black"} if label.startswith(("random", "uniform")) else {}
         ax.plot(x, y, style, marker=_MARKERS[i % len(_MARKERS)] if len(x) <= 25 else None, markersize=4,
-                markerfacecolor="none", label=label, alpha=0.85)
+                markerfacecolor="none", label=label, alpha=0.85, **extra)
     if hline is not None:
         ax.axhline(hline[0], color="grey", linestyle=":", label=hline[1])
     if xticks is not None:
@@ -510,8 +511,9 @@ def _paper_003(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
             b = binned_mean(torch.tensor(v, dtype=torch.float64), torch.tensor(fx, dtype=torch.float64), bins=10)
             ok = b.count > 0
             top = max(top, float(b.centers[ok].max()) if bool(ok.any()) else 0.0)
+            extra = {"color": "black"} if "uniform" in label else {}
             ax.plot(b.centers[ok].tolist(), b.mean[ok].tolist(), "--" if "uniform" in label else "-",
-                    marker=_MARKERS[i % len(_MARKERS)], markerfacecolor="none", markersize=4, label=label)
+                    marker=_MARKERS[i % len(_MARKERS)], markerfacecolor="none", markersize=4, label=label, **extra)
         for v in (0.25, 0.5):
             ax.axvline(v, color="grey", linewidth=0.8)
         ax.set_xlim(0, min(1.0, max(0.55, top + 0.1)))
