@@ -1,6 +1,6 @@
 """Regenerate docs/results.md: the five papers' evaluation protocols, run with relprop.
 
-    python benchmarks/reproduce.py --store results.sqlite --size small      # ~20 min on 2 CPU cores
+    python benchmarks/reproduce.py --store results.sqlite --size small      # wall time: docs/results.md
     python benchmarks/reproduce.py --store results-full.sqlite --size full --device cuda
 
 Runs every job of :func:`relprop.evaluate.protocols.jobs` through the runner's Python API into the
