@@ -248,7 +248,7 @@ def _paper_000(doc: _Doc, model: str, runs: dict, tag: str) -> None:
 
 def _lerf_step(run: RunData, model: str) -> int:
     """The LeRF step the run used (the metric keys name it)."""
-    for step in (100, 200, 400, 1000):
+    for step in (100, 200, 400, 800, 1000):
         if any(k[1] == P.key("aopc_lerf", P.lerf_000_options(_side(model), step)) for k in run.cells):
             return step
     return 100
