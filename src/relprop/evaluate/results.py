@@ -581,7 +581,9 @@ def _paper_004(doc: _Doc, model: str, runs: dict, tag: str) -> None:
                 f"{which} ({model})", "",
                 "Change of the softmax output of the explained class when the p x p patch around the "
                 "map's maximum is replaced by the data-set mean (0 in the normalised input); lower is "
-                "better. random: the patch at a random position.", "")
+                "better. random: the patch at a random position."
+                + (" Explained: the top-1 class (the photos' labels name several classes)."
+                   if which == "ground truth" and run.targets == "predicted" else ""), "")
         doc.add(*_table(["method"] + [f"p={p}" for p in ps],
                         [[m] + [_fmt(v, 4) for v in s[1]] for m, s in series.items()]))
         doc.figure(f"{tag}_004_fig11_{'gt' if which == 'ground truth' else 'second'}.png",
