@@ -181,3 +181,13 @@ def test_share_model_reuses_model_and_explainers() -> None:
         assert c.model is not a.model and c.methods[0][3] is not a.methods[0][3]
     finally:
         runner._SHARED.clear()
+
+
+def test_verdict_reasons_follow_the_data() -> None:
+    from relprop.evaluate.paper_orders import DATA_PHOTOS, ORDERS
+
+    order = ORDERS["002-map"]
+    ours = {"rsp": 0.1, "hedge": 0.9, "clrp": 0.5, "contrastive-eb": 0.2}
+    assert "synthetic shapes" in verdict(order, ours, higher=True)
+    text = verdict(order, ours, higher=True, photos=True)
+    assert DATA_PHOTOS in text and "synthetic shapes" not in text

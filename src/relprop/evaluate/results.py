@@ -127,6 +127,7 @@ class _Doc:
         self.rel = rel
         self.files: list[Path] = []
         self.context = ""
+        self.dataset = ""
         self.verdicts: list[tuple[str, str, str]] = []
 
     def add(self, *lines: str) -> None:
@@ -147,7 +148,7 @@ class _Doc:
     def order(self, order_key: str, ours: dict[str, float], higher: bool) -> None:
         """The verdict line comparing ``ours`` (label -> value) with the paper's order."""
         order: Order = ORDERS[order_key]
-        text = verdict(order, ours, higher)
+        text = verdict(order, ours, higher, photos=self.dataset == "photos")
         self.add(text, "")
         word = text.split("**")[3] if text.count("**") >= 4 else "not comparable"
         self.verdicts.append((self.context, order.source, word))
@@ -752,7 +753,7 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
             r = _runs_of(runs, model)
             tag = model.replace("/", "_")
             doc.add(f"### {model} on {dataset}", "")
-            doc.context = model
+            doc.context, doc.dataset = model, dataset
             n0 = len(doc.lines)
             if paper == "000":
                 _paper_000(doc, model, r, tag)
