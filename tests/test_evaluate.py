@@ -351,3 +351,29 @@ def test_input_spec_is_read_from_the_preprocessing() -> None:
     assert parse_options(["lrp-epsilon.epsilon=0.5"], "opt", scoped=True) == {"lrp-epsilon": {"epsilon": 0.5}}
     with pytest.raises(ValueError, match="NAME.KEY=VALUE"):
         parse_options(["epsilon=0.5"], "opt", scoped=True)
+
+
+def test_segmentation_counts_wiring_pools_like_the_accumulator() -> None:
+    from relprop.evaluate.metricset import PairBatch, metric_spec
+    from relprop.metrics import SegmentationAccumulator
+    from relprop.metrics.segmentation import COUNT_FIELDS, pooled_segmentation
+
+    g = torch.Generator().manual_seed(5)
+    maps = torch.randn(6, 8, 8, generator=g)
+    masks = torch.rand(6, 8, 8, generator=g) > 0.5
+    for options in ({"threshold": "zero"}, {"threshold": "mean", "sign": "positive"}):
+        spec = metric_spec("segmentation_counts", options, size=8)
+        assert spec.needs_mask and spec.needs_map and spec.category == "segmentation"
+        batch = PairBatch(images=torch.zeros(6, 3, 8, 8), masks=masks, targets=torch.zeros(6, dtype=torch.long),
+                          seeds=list(range(6)), model=torch.nn.Identity())
+        out = spec.compute(batch, maps, spec.options)
+        assert len(out) == 6 and all(set(v) == set(COUNT_FIELDS) for _, v in out)
+        assert all(s == v["correct"] / v["pixels"] for s, v in out) and out[0][1]["pixels"] == 64
+        json.loads(to_json([v for _, v in out]))  # stored as JSON
+        acc = SegmentationAccumulator(with_ap=False, **options)
+        acc.update(maps, masks)
+        ref = acc.compute()
+        pix, miou, _ = pooled_segmentation([[v[f] for f in COUNT_FIELDS] for _, v in out])
+        assert pix == pytest.approx(ref.pixel_accuracy) and miou == pytest.approx(ref.miou)
+    with pytest.raises(ValueError, match="no option"):
+        metric_spec("segmentation_counts", {"constant_map": "skip"})

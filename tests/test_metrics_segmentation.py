@@ -214,3 +214,49 @@ def test_paper_000_threshold_cases() -> None:
     acc = S.SegmentationAccumulator(threshold="zero", with_ap=False)
     acc.update(r, mask)
     assert acc.compute().miou == 1.0
+
+
+# ----------------------------------------------------------------------- per-image counts, pooled
+
+
+def test_segmentation_counts_hand_computed() -> None:
+    # MAP1 (mean 1.5) -> pred [[0, 0], [1, 1]] vs MASK1 [[0, 1], [1, 1]]: 3 correct of 4;
+    # bg: pred {00, 01}, mask {00} -> inter 1, union 2; fg: pred {10, 11}, mask {01, 10, 11} -> 2, 3
+    # MAP2 (mean 0.75) -> pred [[1, 0], [0, 0]] vs MASK2 [[0, 0], [0, 1]]: 2 correct;
+    # bg: pred {01, 10, 11}, mask {00, 01, 10} -> 2, 4; fg: pred {00}, mask {11} -> 0, 2
+    c = S.segmentation_counts(torch.cat([MAP1, MAP2]), torch.cat([MASK1, MASK2]))
+    assert c.dtype == torch.int64
+    assert c.tolist() == [[3, 4, 1, 2, 2, 3], [2, 4, 2, 4, 0, 2]]
+    assert S.COUNT_FIELDS == ("correct", "pixels", "intersection_bg", "union_bg", "intersection_fg", "union_fg")
+    # signed map at zero: pred = R > 0
+    signed = torch.tensor([[[-1.0, 0.0], [0.5, 2.0]]])
+    assert S.segmentation_counts(signed, MASK1, threshold="zero").tolist() == [[3, 4, 1, 2, 2, 3]]
+    # positive part thresholded at its mean: R+ = [[0, 0], [.5, 2]], mean .625 -> pred {11}
+    assert S.segmentation_counts(signed, MASK1, threshold="mean", sign="positive").tolist() == \
+        [[2, 4, 1, 3, 1, 3]]
+    pix, miou, iou = S.pooled_segmentation(c)
+    assert pix == pytest.approx(5 / 8)
+    assert iou == (pytest.approx(3 / 6), pytest.approx(2 / 5)) and miou == pytest.approx(0.45)
+    assert all(math.isnan(v) for v in S.pooled_segmentation(torch.zeros(0, 6))[:2])
+
+
+@pytest.mark.parametrize("options", [{"threshold": "zero"}, {"threshold": "mean", "sign": "positive"},
+                                     {"threshold": "mean"}])
+def test_pooled_counts_equal_the_accumulator(options) -> None:
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randn(11, 9, 7, generator=g, dtype=torch.float64)
+    maps[4] = 0.0  # constant map: predicted background, counted
+    masks = torch.rand(11, 9, 7, generator=g) > 0.6
+    masks[2] = False
+    acc = S.SegmentationAccumulator(with_ap=False, **options)
+    rows = []
+    for lo, hi in ((0, 3), (3, 4), (4, 11)):  # batching does not matter
+        acc.update(maps[lo:hi], masks[lo:hi])
+        rows.append(S.segmentation_counts(maps[lo:hi], masks[lo:hi], **options))
+    ref = acc.compute()
+    pix, miou, iou = S.pooled_segmentation(torch.cat(rows))
+    assert pix == pytest.approx(ref.pixel_accuracy, abs=1e-12)
+    assert miou == pytest.approx(ref.miou, abs=1e-12)
+    assert iou == (pytest.approx(ref.iou[0], abs=1e-12), pytest.approx(ref.iou[1], abs=1e-12))
+    # the per-image mean IoU is a different figure
+    assert float(S.image_iou(maps, masks, **options).mean()) != pytest.approx(ref.miou, abs=1e-6)

@@ -18,7 +18,7 @@ from relprop.evaluate.runner import Evaluation, EvaluationConfig, run_evaluation
 from relprop.evaluate.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = "guided-backprop,sglrp"
+METHODS = "guided-backprop,sglrp,gradient"
 
 
 def _reproduce():
@@ -80,6 +80,44 @@ def test_numbers_come_from_the_store(pipeline, tmp_path) -> None:
     after = _row(out.read_text(), "Table I — mu_w", "guided-backprop")
     assert after[4] == "0.777" and before[4] != "0.777"  # column mu
     assert after[1] == before[1]  # mu_w has its own records
+
+
+def test_table_1_pools_segmentation_counts(pipeline, tmp_path) -> None:
+    import json
+    import shutil
+
+    from relprop.metrics.segmentation import COUNT_FIELDS, pooled_segmentation
+
+    store, out = tmp_path / "seg.sqlite", tmp_path / "seg.md"
+    shutil.copy(pipeline / "r.sqlite", store)
+    heading = "Table 1 — outside-inside ratio, pixel accuracy and mIoU (shapes_vgg)"
+    zero = P.key("segmentation_counts", {"threshold": "zero"})
+    mean = P.key("segmentation_counts", {"threshold": "mean", "sign": "positive"})
+    conn = sqlite3.connect(store)
+    rows = conn.execute("SELECT value FROM records WHERE method = 'gradient' AND metric = ?", (zero,)).fetchall()
+    conn.close()
+    assert len(rows) == 2
+    pix, miou, _ = pooled_segmentation([[json.loads(v)[f] for f in COUNT_FIELDS] for (v,) in rows])
+    write_results([store], out)
+    before = _row(out.read_text(), heading, "gradient")
+    assert before[3:5] == [f"{pix * 100:.1f}", f"{miou * 100:.1f}"] and before[-1] == "2/2"
+    # hand-set counts: pooled pixel accuracy 4/8, mIoU (1/10 + 1/2) / 2, per-image mean IoU (1 + 0) / 2
+    counts = [dict(correct=4, pixels=4, intersection_bg=1, union_bg=1, intersection_fg=1, union_fg=1),
+              dict(correct=0, pixels=4, intersection_bg=0, union_bg=9, intersection_fg=0, union_fg=1)]
+    conn = sqlite3.connect(store)
+    with conn:
+        keys = conn.execute("SELECT sample, target FROM records WHERE method = 'gradient' AND metric = ? "
+                            "ORDER BY sample", (mean,)).fetchall()
+        for (sample, target), c in zip(keys, counts):
+            conn.execute("UPDATE records SET value = ? WHERE method = 'gradient' AND metric = ? AND sample = ? "
+                         "AND target = ?", (json.dumps(c), mean, sample, target))
+    conn.close()
+    write_results([store], out)
+    after = _row(out.read_text(), heading, "gradient")
+    assert after[5:7] == ["50.0", "30.0"]
+    assert after[3:5] == before[3:5] and after[7:9] == before[7:9]  # other columns: their own records
+    text = out.read_text()
+    assert "not intersections and unions accumulated" not in text and "per-image IoU" in text
 
 
 def test_pointing_p_subset_uses_target_scores(pipeline, tmp_path) -> None:

@@ -10,6 +10,9 @@ Every metric is computed for a batch of explained (sample, class) pairs from one
 * perturbation metrics store ``{"scores": curve, "correct": top-1 == target per step}`` and the
   AOPC (``aopc_morf``, ``aopc_lerf``) or the trapezoid AUC of the scores (``blurred_insertion``,
   ``rise_deletion_auc``, ``rise_insertion_auc``) as the scalar;
+* ``segmentation_counts`` stores the per-image counts ``{"correct", "pixels", "intersection_bg",
+  "union_bg", "intersection_fg", "union_fg"}`` (summed over a data set they give paper 000's pooled
+  pixel accuracy and mIoU) and the per-image pixel accuracy as the scalar;
 * ``maximal_patch_masking`` stores the change per patch size (paper 004, Fig. 11);
 * ``object_context_occlusion`` does not depend on the explanation: it is computed once per pair and
   stored under the method ``-``;
@@ -181,6 +184,12 @@ def _patch(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, A
             for i, (s, v) in enumerate(rows)]
 
 
+def _seg_counts(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
+    rows = M.segmentation_counts(maps, b.masks, **_tupled(o)).cpu().tolist()
+    fields = M.segmentation.COUNT_FIELDS
+    return [(r[0] / r[1] if r[1] else math.nan, {k: int(v) for k, v in zip(fields, r)}) for r in rows]
+
+
 def _occlusion(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
     out = M.object_context_occlusion(b.model, b.images, b.masks, b.targets, **_tupled(o))
     rows = _floats(out)
@@ -227,6 +236,7 @@ _WIRING: dict[str, _Wiring] = {
     "relevance_mass_accuracy": _Wiring(_map_mask(M.relevance_mass_accuracy), True),
     "pixel_accuracy": _Wiring(_map_mask(M.pixel_accuracy), True),
     "image_iou": _Wiring(_map_mask(M.image_iou), True),
+    "segmentation_counts": _Wiring(_seg_counts, True, accepts=M.segmentation_counts),
     "stacked_map": _Wiring(_map_mask(M.stacked_average_precision), True),
     "foreground_ap": _Wiring(_map_mask(M.foreground_average_precision), True),
     "topk_distance": _Wiring(_topk, False, accepts=M.topk_distance),

@@ -249,8 +249,9 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
                 metric_options={"pointing_game": pointing_options(side)}, **base)))
         out.append(Job(("000", "002"), f"{model}: segmentation (masks)", EvaluationConfig(
             dataset=dataset, methods=_methods(M000 + M002), targets="predicted", limit=limit,
-            metrics=["pixel_accuracy", "image_iou", "stacked_map", "normalised_outside_inside_ratio"],
-            metric_options={"pixel_accuracy": _SEG, "image_iou": _SEG}, **base)))
+            metrics=["pixel_accuracy", "image_iou", "segmentation_counts", "stacked_map",
+                     "normalised_outside_inside_ratio"],
+            metric_options={"pixel_accuracy": _SEG, "image_iou": _SEG, "segmentation_counts": _SEG}, **base)))
         if shapes and sz.perturbation is not None and sz.perturbation.get(model) is not None:
             pl = sz.perturbation[model] if limit is None else min(limit, sz.perturbation[model])
         else:

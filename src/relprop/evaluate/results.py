@@ -206,26 +206,51 @@ def _side(model: str) -> int:
 # paper 000
 
 
+def pooled_segmentation(run: Optional[RunData], method: str, key: str) -> tuple[float, float, int]:
+    """Paper 000's data-set figures of ``method`` from the run's ``segmentation_counts`` records
+    (metric variant ``key``): ``(pixel accuracy, mIoU, pairs)`` with correct pixels, pixels,
+    intersections and unions summed over the pairs; NaN (and 0 pairs) without records."""
+    if run is None:
+        return math.nan, math.nan, 0
+    rows = [r[5] for r in run.records(key, method) if isinstance(r[5], dict)]
+    if not rows:
+        return math.nan, math.nan, 0
+    from ..metrics.segmentation import COUNT_FIELDS, pooled_segmentation as pool
+
+    pix, miou, _ = pool([[row[f] for f in COUNT_FIELDS] for row in rows])
+    return pix, miou, len(rows)
+
+
 def _paper_000(doc: _Doc, model: str, runs: dict, tag: str) -> None:
     box, pred = runs["boxes"], runs["predicted"]
     oi_all, oi_pos = P.key("outside_inside_ratio"), P.key("outside_inside_ratio", {"sign": "positive"})
-    seg = [P.key(m, o) for o in ({"threshold": "zero"}, {"threshold": "mean", "sign": "positive"})
-           for m in ("pixel_accuracy", "image_iou")]
+    thresholds = ({"threshold": "zero"}, {"threshold": "mean", "sign": "positive"})
+    counts = [P.key("segmentation_counts", o) for o in thresholds]
+    per_image = [P.key("image_iou", o) for o in thresholds]
     doc.add(f"#### Table 1 — outside-inside ratio, pixel accuracy and mIoU ({model})", "",
-            "ALL: Eq. 11 on signed maps; POS: positive relevance only (lower is better). Pixel accuracy / "
-            "IoU (per-image mean of background and foreground IoU, higher is better) of the map "
-            "thresholded at zero (paper 000: maps with positive and negative relevance) and at the mean "
-            "of R+ (positive maps), against the foreground mask of the predicted class. n = pairs that "
-            "counted / pairs.", "")
-    rows, ours = [], {c: {} for c in ("all", "pos", "acc0", "iou0", "accm", "ioum")}
+            "ALL: Eq. 11 on signed maps; POS: positive relevance only (lower is better). Pixel accuracy and "
+            "mIoU (higher is better) of the map thresholded at zero (paper 000: maps with positive and "
+            "negative relevance) and at the mean of R+ (positive maps), against the foreground mask of the "
+            "predicted class, pooled over the data set as in the paper: pixel accuracy = correct pixels / "
+            "pixels, mIoU = mean over background and foreground of (intersections summed over the images) / "
+            "(unions summed over the images), from the per-image counts of `segmentation_counts`. "
+            "\"per-image IoU\": the mean over images of each image's background-foreground mean IoU, "
+            "for comparison only (not the paper's figure). n = pairs that counted / pairs.", "")
+    cols = ("all", "pos", "acc0", "iou0", "accm", "ioum", "img0", "imgm")
+    rows, ours = [], {c: {} for c in cols}
     for m in P.M000:
-        vals = [box.mean(m, oi_all) if box else math.nan, box.mean(m, oi_pos) if box else math.nan] + \
-            [pred.mean(m, k) * 100 if pred else math.nan for k in seg]
-        for c, v in zip(ours, vals):
+        pooled = [pooled_segmentation(pred, m, k) for k in counts]
+        vals = [box.mean(m, oi_all) if box else math.nan, box.mean(m, oi_pos) if box else math.nan,
+                pooled[0][0] * 100, pooled[0][1] * 100, pooled[1][0] * 100, pooled[1][1] * 100] + \
+            [pred.mean(m, k) * 100 if pred else math.nan for k in per_image]
+        for c, v in zip(cols, vals):
             ours[c][m] = v
-        rows.append([m] + [_fmt(v, 3 if i < 2 else 1) for i, v in enumerate(vals)] + [_n(box, m, oi_all)])
-    doc.add(*_table(["method", "O/I ALL ↓", "O/I POS ↓", "pix. acc. (0) ↑", "IoU (0) ↑", "pix. acc. (mean) ↑",
-                     "IoU (mean) ↑", "n (O/I)"], rows))
+        n_seg = f"{pooled[0][2]}/{pred.count(m, counts[0])[1]}" if pred and pred.count(m, counts[0]) else ""
+        rows.append([m] + [_fmt(v, 3 if i < 2 else 1) for i, v in enumerate(vals)]
+                    + [_n(box, m, oi_all), n_seg])
+    doc.add(*_table(["method", "O/I ALL ↓", "O/I POS ↓", "pix. acc. (0) ↑", "mIoU (0) ↑", "pix. acc. (mean) ↑",
+                     "mIoU (mean) ↑", "per-image IoU (0)", "per-image IoU (mean)", "n (O/I)", "n (seg.)"],
+                    rows))
     doc.order("000-oi-all", ours["all"], higher=False)
     doc.order("000-oi-pos", ours["pos"], higher=False)
     doc.order("000-pixacc", {m: max(ours["acc0"][m], ours["accm"][m]) for m in P.M000}, higher=True)
@@ -686,9 +711,7 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "paper's table, `relprop.evaluate.paper_orders`) that the values here keep.",
         "",
         "Not reproduced: methods without a relprop implementation (Pattern Attribution, AGF, Relevance-CAM) "
-        "are left out of the tables and the comparisons; IoU is the per-image mean of background and "
-        "foreground IoU, not intersections and unions accumulated over the data set "
-        "(`relprop.metrics.SegmentationAccumulator` computes that); paper 001's 3-D CT model and paper 002's "
+        "are left out of the tables and the comparisons; paper 001's 3-D CT model and paper 002's "
         "cross-model panel of Fig. 9 have no counterpart here. The qualitative figures (maps) are drawn by "
         "`benchmarks/reproduce.py` from the models, not from the store.",
         "",

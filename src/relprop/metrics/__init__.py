@@ -31,7 +31,8 @@ from .perturbation import (PerturbationCurves, aopc, blurred_insertion, gaussian
 from .randomisation import cascading_randomisation, spearman, ssim
 from .segmentation import (SegmentationAccumulator, average_precision, foreground_average_precision,
                            image_iou, otsu_thresholds, percentile_thresholds, pixel_accuracy,
-                           stacked_average_precision, threshold_maps)
+                           pooled_segmentation, segmentation_counts, stacked_average_precision,
+                           threshold_maps)
 
 __all__ = [
     "METRICS", "MetricInfo", "SIGNS", "Aggregate", "ClassAggregate", "CurveAggregate",
@@ -44,6 +45,7 @@ __all__ = [
     "inside_total_summary", "box_fraction", "positive_ratio", "top_k_intersection",
     "relevance_rank_accuracy", "relevance_mass_accuracy",
     "threshold_maps", "otsu_thresholds", "percentile_thresholds", "pixel_accuracy", "image_iou",
+    "segmentation_counts", "pooled_segmentation",
     "average_precision", "stacked_average_precision",
     "foreground_average_precision",
     "region_perturbation", "aopc", "trapezoid_auc", "blurred_insertion", "rise_deletion",

@@ -22,7 +22,7 @@ from ._common import (apply_sign, as_tensor, check_maps, check_masks, check_pair
                       register, stable_order)
 
 __all__ = ["threshold_maps", "threshold_values", "otsu_thresholds", "percentile_thresholds",
-           "pixel_accuracy", "image_iou", "average_precision", "stacked_average_precision",
+           "pixel_accuracy", "image_iou", "segmentation_counts", "pooled_segmentation", "average_precision", "stacked_average_precision",
            "foreground_average_precision", "SegmentationAccumulator", "SegmentationResult", "minmax_normalise"]
 
 Threshold = Union[str, float, tuple[str, float]]
@@ -183,6 +183,43 @@ def image_iou(maps, masks, *, threshold: Threshold = "mean", sign: str = "signed
     inter, union = _inter_union(pred, masks)
     iou = inter.to(torch.float64) / union.to(torch.float64)
     return torch.nanmean(iou, dim=1)
+
+
+#: the columns of :func:`segmentation_counts`
+COUNT_FIELDS = ("correct", "pixels", "intersection_bg", "union_bg", "intersection_fg", "union_fg")
+
+
+@register("segmentation_counts", higher_is_better=None,
+          source="counts of 000_e02107f5a303aa1b.txt Table 1 (PIX ACC, mIOU pooled over the data set); "
+                 "Chefer et al. imagenet_seg_eval.py",
+          category="segmentation")
+def segmentation_counts(maps, masks, *, threshold: Threshold = "mean", sign: str = "signed",
+                        resize: Optional[str] = None) -> Tensor:
+    """(B, 6) int64 per-image counts of the thresholded map against the mask, columns
+    :data:`COUNT_FIELDS`: correct pixels, pixels, background intersection and union, foreground
+    intersection and union.
+
+    Summed over a data set they give paper 000's figures (:func:`pooled_segmentation`): pixel
+    accuracy = correct / pixels and mIoU = the mean over background and foreground of
+    intersection / union, exactly as :class:`SegmentationAccumulator` with
+    ``constant_map="background"``.
+    """
+    pred, masks, _ = _preds(maps, masks, threshold, sign, resize)
+    inter, union = _inter_union(pred, masks)
+    correct = (pred == masks).flatten(1).sum(1)
+    pixels = torch.full_like(correct, masks[0].numel() if masks.shape[0] else 0)
+    return torch.stack([correct, pixels, inter[:, 0], union[:, 0], inter[:, 1], union[:, 1]], 1).to(torch.int64)
+
+
+def pooled_segmentation(counts) -> tuple[float, float, tuple[float, float]]:
+    """``(pixel_accuracy, miou, (iou_bg, iou_fg))`` of (N, 6) :func:`segmentation_counts` rows summed
+    over the rows (the data set); NaN where a denominator is zero (no rows, an empty union)."""
+    c = torch.as_tensor(counts, dtype=torch.float64).reshape(-1, len(COUNT_FIELDS)).sum(0).tolist()
+    correct, pixels, ib, ub, i_f, uf = c
+    nan = math.nan
+    pix = correct / pixels if pixels > 0 else nan
+    iou = (ib / ub if ub > 0 else nan, i_f / uf if uf > 0 else nan)
+    return pix, (iou[0] + iou[1]) / 2, iou
 
 
 def average_precision(scores, targets) -> Tensor:
