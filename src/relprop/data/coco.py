@@ -25,7 +25,7 @@ from .base import CorruptSampleError, Object, Sample
 from ._images import open_rgb
 from ._paths import missing, resolve_root
 from .cocomask import segmentation_to_mask
-from .pointing_lists import read_difficult_flags
+from .pointing_lists import flagged_classes, read_difficult_flags
 from .registry import register_dataset
 
 __all__ = ["COCODataset"]
@@ -100,9 +100,7 @@ class COCODataset:
 
     def difficult_classes(self, key: str) -> frozenset[int] | None:
         """Classes of image ``key`` in the pointing game's difficult subset; None if unlisted or no list."""
-        if self.difficult_flags is None or key not in self.difficult_flags:
-            return None
-        return frozenset(i for i, f in enumerate(self.difficult_flags[key]) if f)
+        return flagged_classes(self.difficult_flags, key)
 
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):

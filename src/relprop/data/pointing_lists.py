@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["read_difficult_flags"]
+__all__ = ["flagged_classes", "read_difficult_flags"]
 
 
 def read_difficult_flags(path: str | Path, num_classes: int) -> dict[str, tuple[bool, ...]]:
@@ -45,3 +45,10 @@ def read_difficult_flags(path: str | Path, num_classes: int) -> dict[str, tuple[
             raise ValueError(f"{path}, line {number}: image {stem!r} is listed twice")
         flags[stem] = tuple(v == "1" for v in values)
     return flags
+
+
+def flagged_classes(flags: dict[str, tuple[bool, ...]] | None, key: str) -> frozenset[int] | None:
+    """Classes of image ``key`` flagged difficult in ``flags``; None without a list or for an unlisted image."""
+    if flags is None or key not in flags:
+        return None
+    return frozenset(i for i, f in enumerate(flags[key]) if f)
