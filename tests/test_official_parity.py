@@ -34,6 +34,7 @@ import torch.nn as nn
 import torchvision
 
 import relprop
+from model_init import randomize_parameters
 
 DTYPE = torch.float64
 TOLERANCE = 1e-6
@@ -77,22 +78,8 @@ def _import_official(variable: str, names: list[str]) -> list[types.ModuleType]:
 
 
 def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """He (fan-in) weights for layers without a batch norm, non-zero biases and batch-norm
-    statistics (torchvision initialises them to 0 and 1), in float64, eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and not has_bn):
-                m.weight.normal_(0.0, (2.0 / m.weight[0].numel()) ** 0.5, generator=g)
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.normal_(0.0, 0.05, generator=g)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.0, 0.1, generator=g)
-    return model.to(DTYPE).eval()
+    """Non-trivial random parameters (:func:`model_init.randomize_parameters`), in float64, eval mode."""
+    return randomize_parameters(model, torch.Generator().manual_seed(seed)).to(DTYPE).eval()
 
 
 _REFERENCES: dict[str, nn.Module] = {}

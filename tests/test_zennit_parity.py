@@ -36,6 +36,7 @@ from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
 from zennit.rules import AlphaBeta, Epsilon, ZPlus  # noqa: E402
 from zennit.torchvision import ResNetBottleneckCanonizer  # noqa: E402
 from zennit.types import Convolution  # noqa: E402
+from model_init import randomize_parameters  # noqa: E402
 
 DTYPE = torch.float64
 SIZES = {"vgg16": 64, "resnet50": 48}  # the smallest inputs with a 2x2 last feature map
@@ -54,23 +55,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 # -- models ----------------------------------------------------------------------------------------
 
 def _randomize(model: nn.Module, g: torch.Generator) -> nn.Module:
-    """Non-trivial biases and batch-norm statistics (torchvision initialises them to 0 / 1).
-
-    Layers without a batch norm after them (all of VGG-16's, ResNet-50's ``fc``) get He (fan-in)
-    weights, so that VGG-16's activations keep their scale instead of shrinking to the biases'."""
-    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and not has_bn):
-                m.weight.normal_(0.0, (2.0 / m.weight[0].numel()) ** 0.5, generator=g)
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.normal_(0.0, 0.05, generator=g)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0.0, 0.1, generator=g)
-    return model
+    """Non-trivial biases and batch-norm statistics, He weights where no batch norm follows."""
+    return randomize_parameters(model, g)
 
 
 def _build(name: str) -> nn.Module:
