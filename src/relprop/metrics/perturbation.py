@@ -12,7 +12,11 @@
 Every perturbed copy is built from the *original* image (removal values never drift), and copies of
 all samples and steps are pushed through the model together in chunks of ``internal_batch_size``:
 ``B * S`` forward passes for ``S`` steps (plus ``B`` for the clean prediction of insertion curves
-when no targets are given). Run the model in ``eval()`` mode; it is called under ``torch.no_grad()``.
+when no targets are given). When a step changes only a small region (``patch_size > 1``, one region
+per step) and the model is a traceable ``nn.Module``, the steps of each sample are instead evaluated
+one after another and each recomputes only the windows of the feature maps that its region reaches
+(``incremental``, :mod:`relprop.metrics.incremental`): same curves, a fraction of the arithmetic.
+Run the model in ``eval()`` mode; it is called under ``torch.no_grad()``.
 
 Ranking and ties: regions are ranked with a stable sort, so among regions of equal score the one
 with the smaller row-major index comes first, in MoRF (descending) and LeRF (ascending) order alike.
@@ -29,6 +33,7 @@ from torch import Tensor
 
 from ._common import as_seeds, as_tensor, check_maps, register, stable_order
 from .aggregate import CurveAggregate, aggregate_curves
+from .incremental import IncrementalForward
 
 __all__ = ["PerturbationCurves", "region_perturbation", "blurred_insertion", "rise_deletion",
            "rise_insertion", "aopc", "trapezoid_auc", "gaussian_blur", "gaussian_kernel",
@@ -399,8 +404,132 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
     return scores, correct, targets, predicted
 
 
+#: kept feature maps of the incremental evaluation, at most this many bytes per group of samples
+INCREMENTAL_MEMORY = 2 * 1024 ** 3
+
+
+def _step_boxes(pixel_rank: Tensor, previous: Tensor, current: Tensor, h: int, w: int):
+    """Pixels that change between two steps, (B, H, W), and their bounding boxes (None: no change)."""
+    sel = (pixel_rank >= previous[:, None]) & (pixel_rank < current[:, None])
+    sel = sel.view(-1, h, w)
+    rows, cols = sel.any(2), sel.any(1)
+    any_row = rows.any(1)
+    r0 = rows.to(torch.int8).argmax(1)
+    r1 = h - rows.flip(1).to(torch.int8).argmax(1)
+    c0 = cols.to(torch.int8).argmax(1)
+    c1 = w - cols.flip(1).to(torch.int8).argmax(1)
+    boxes = [None if not a else (int(q0), int(q1), int(p0), int(p1))
+             for a, q0, q1, p0, p1 in zip(any_row.tolist(), r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist())]
+    return sel, boxes
+
+
+def _incremental_evaluator(model, base: Tensor, pixel_rank: Tensor, k: Tensor, steps: Tensor,
+                           incremental: Optional[bool], shuffle: bool):
+    """An :class:`IncrementalForward` for this experiment, or None for plain batched passes.
+
+    ``incremental=None`` (automatic) uses it when the model is a traceable ``nn.Module``, a typical
+    step changes at most a quarter of the image and at least one convolution gains; ``True`` insists
+    (and raises when that is impossible), ``False`` never uses it."""
+    if incremental is False:
+        return None
+    why = None
+    if shuffle:
+        why = "shuffling changes every selected pixel at every step"
+    elif not isinstance(model, torch.nn.Module):
+        why = "the model is not an nn.Module"
+    if why is not None:
+        if incremental:
+            raise ValueError(f"incremental evaluation is impossible here: {why}")
+        return None
+    b, _, h, w = base.shape
+    sample = slice(0, min(b, 16))  # the sizes of a typical step, from up to 16 samples
+    sizes = []
+    for j in range(1, steps.numel()):
+        _, boxes = _step_boxes(pixel_rank[sample], k[sample, steps[j - 1]], k[sample, steps[j]], h, w)
+        sizes += [(q[1] - q[0], q[3] - q[2]) for q in boxes if q is not None]
+    if sizes:
+        size_t = torch.tensor(sizes, dtype=torch.float64)
+        box = tuple(int(v) for v in torch.quantile(size_t, 0.9, dim=0).ceil().tolist())
+    else:
+        box = (1, 1)
+    if incremental is None and box[0] * box[1] > 0.25 * h * w:
+        return None
+    try:
+        evaluator = IncrementalForward(model, box)
+        evaluator.reset(base[:1])
+    except Exception as exc:  # noqa: BLE001 - tracing errors come in many types
+        if incremental:
+            raise ValueError(f"incremental evaluation is impossible here: the model cannot be traced "
+                             f"with torch.fx ({type(exc).__name__}: {exc})") from exc
+        return None
+    convs = [n for n in evaluator.windowed if n.op == "call_module"
+             and isinstance(evaluator.modules[n.target], torch.nn.Conv2d)]
+    if not convs:
+        if incremental:
+            raise ValueError(f"incremental evaluation is impossible here: a typical step changes a "
+                             f"{box[0]} x {box[1]} pixel box, which reaches more than half of every "
+                             f"convolution's feature map (or the model has no windowed convolution)")
+        return None
+    return evaluator
+
+
+@torch.no_grad()
+def _run_incremental(evaluator, base: Tensor, fill: Tensor, pixel_rank: Tensor, k: Tensor, steps: Tensor,
+                     targets: Optional[Tensor], score: str, internal_batch_size: int,
+                     clean: Optional[Tensor], step0_is_clean: bool):
+    """:func:`_run` with every sample's steps evaluated in ``steps`` order (non-decreasing ``k``), each
+    step recomputing only what changed since the previous one (:mod:`.incremental`)."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if internal_batch_size < 1:
+        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    b, c, h, w = base.shape
+    dev = base.device
+    scores = torch.empty(b, k.shape[1], dtype=torch.float64, device=dev)
+    correct = torch.empty(b, k.shape[1], dtype=torch.bool, device=dev)
+    predicted = None
+    if clean is not None:
+        predicted = forward_in_chunks(evaluator.graph_module, b, lambda idx: clean[idx], internal_batch_size,
+                                      dev).argmax(1)
+        if targets is None:
+            targets = predicted
+    elif step0_is_clean:
+        predicted = torch.empty(b, dtype=torch.long, device=dev)
+    per_sample = sum(v.numel() * v.element_size() for n, v in evaluator.values.items()
+                     if n in evaluator.windowed) or 1
+    group = max(1, min(internal_batch_size, INCREMENTAL_MEMORY // per_sample))
+    out_targets = torch.empty(b, dtype=torch.long, device=dev)
+    for g0 in range(0, b, group):
+        gs = torch.arange(g0, min(g0 + group, b), device=dev)
+        rank = pixel_rank[gs]
+        f = fill if fill.shape[0] == 1 else fill[gs]
+        kk = k[gs]
+        state = torch.where((rank < kk[:, steps[0]][:, None]).view(-1, 1, h, w), f, base[gs])
+        logits = evaluator.reset(state)
+        for j in range(steps.numel()):
+            s = steps[j]
+            if j > 0:
+                sel, boxes = _step_boxes(rank, kk[:, steps[j - 1]], kk[:, s], h, w)
+                if any(q is not None for q in boxes):
+                    state = torch.where(sel[:, None], f, state)
+                    logits = evaluator.step(state, boxes)
+            if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != gs.shape[0]:
+                raise ValueError("the model must return a (N, classes) tensor of logits")
+            if j == 0:  # steps[0] has k = 0: the clean image of a deletion curve
+                if step0_is_clean and clean is None:
+                    predicted[gs] = logits.argmax(1)
+                t = targets[gs] if targets is not None else logits.argmax(1)
+                out_targets[gs] = t
+            scores[gs, s] = model_scores(logits, t, score).to(torch.float64)
+            correct[gs, s] = logits.argmax(1) == t
+    if targets is None and not step0_is_clean:
+        raise ValueError("targets are required")  # pragma: no cover - guarded by the callers
+    return scores, correct, out_targets, predicted
+
+
 def _curves(model, x, m, targets, *, counts, order, restrict, patch_size, region_score, seeds,
-            base, fill, shuffle, score, internal_batch_size, mode, clean=None) -> PerturbationCurves:
+            base, fill, shuffle, score, internal_batch_size, mode, clean=None,
+            incremental: Optional[bool] = None) -> PerturbationCurves:
     counts_t = torch.as_tensor([int(c) for c in counts], dtype=torch.long)
     if counts_t.numel() == 0 or (counts_t < 0).any():
         raise ValueError(f"counts must be non-negative ints, got {list(counts)}")
@@ -409,9 +538,16 @@ def _curves(model, x, m, targets, *, counts, order, restrict, patch_size, region
     pixel_rank, n_eligible, csum = _pixel_ranks(m, patch_size, order, restrict, region_score, seeds)
     k = torch.minimum(counts_t.to(x.device)[None, :], n_eligible[:, None])  # (B, S) regions
     n_perturbed = csum.gather(1, k)
-    scores, correct, targets, predicted = _run(
-        model, base, fill, pixel_rank, k, targets, score, internal_batch_size,
-        seeds if shuffle else None, clean, mode == "deletion")
+    steps = torch.sort(counts_t, stable=True).indices  # k is non-decreasing along this order
+    evaluator = _incremental_evaluator(model, base, pixel_rank, k, steps, incremental, shuffle)
+    if evaluator is not None:
+        scores, correct, targets, predicted = _run_incremental(
+            evaluator, base, fill, pixel_rank, k, steps, targets, score, internal_batch_size, clean,
+            mode == "deletion")
+    else:
+        scores, correct, targets, predicted = _run(
+            model, base, fill, pixel_rank, k, targets, score, internal_batch_size,
+            seeds if shuffle else None, clean, mode == "deletion")
     return PerturbationCurves(counts_t, n_perturbed, scores, correct, targets, predicted, score, mode)
 
 
@@ -427,7 +563,8 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
                         seed: Union[int, Sequence[int]] = 0, blur_kernel_size: int = 11,
                         blur_sigma: float = 5.0, blur_padding: str = "reflect",
                         noise_range: Optional[tuple[float, float]] = None,
-                        internal_batch_size: int = 64) -> PerturbationCurves:
+                        internal_batch_size: int = 64,
+                        incremental: Optional[bool] = None) -> PerturbationCurves:
     """Region perturbation curves (Samek et al. 2017; paper 001 Table I; paper 000 Fig. 7).
 
     ``images`` (B, C, H, W), ``maps`` (B, H, W), ``targets`` (B,) class indices (None: the class
@@ -452,6 +589,12 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
     ``seed``: an int (every sample uses it) or one int per sample; results do not depend on
     ``internal_batch_size`` or on how samples are batched. ``score``: ``"logit"`` (paper 001's
     prediction score), ``"softmax"`` or ``"log_softmax"``. Accuracy is top-1 == target.
+
+    ``incremental``: evaluate each sample's steps one after another and recompute only the part of
+    every feature map that the step's change reaches (:mod:`relprop.metrics.incremental`; the same
+    curves up to float round-off). ``None`` (default) does so when the model is a traceable
+    ``nn.Module`` and a typical step changes a small region (``patch_size > 1``, one region per
+    step); ``False`` pushes all copies through the model in chunks of ``internal_batch_size``.
     """
     x, m = _check_images(images, maps)
     seeds = as_seeds(seed, x.shape[0])
@@ -462,7 +605,7 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
     return _curves(model, x, m, targets, counts=counts, order=order, restrict=restrict,
                    patch_size=patch_size, region_score=region_score, seeds=seeds, base=x, fill=fill,
                    shuffle=shuffle, score=score, internal_batch_size=internal_batch_size,
-                   mode="deletion")
+                   mode="deletion", incremental=incremental)
 
 
 @register("aopc_morf", higher_is_better=True,
@@ -491,7 +634,8 @@ def blurred_insertion(model: Callable, images, maps, targets=None, *,
                       fractions: Sequence[float] = PAPER_002_INSERTION_FRACTIONS,
                       patch_size: int = 1, kernel_size: int = 11, sigma: float = 5.0,
                       padding: str = "reflect", score: str = "logit",
-                      internal_batch_size: int = 64) -> PerturbationCurves:
+                      internal_batch_size: int = 64,
+                      incremental: Optional[bool] = None) -> PerturbationCurves:
     """MoRF insertion into a Gaussian-blurred image (paper 002, Fig. 9).
 
     Step 0 is the blurred image; step i pastes back the original values of the top
@@ -499,6 +643,7 @@ def blurred_insertion(model: Callable, images, maps, targets=None, *,
     the fraction is of regions). Paper 002 reports accuracy (``.accuracy()``), 1%..20% in 1% steps;
     it gives no blur parameters, so the default is RISE's size (11, sigma 5) with reflect padding.
     Higher is better. ``targets=None`` uses the class predicted on the clean image (B extra passes).
+    ``incremental``: as in :func:`region_perturbation`.
     """
     x, m = _check_images(images, maps)
     targets = _check_targets(targets, x.shape[0], x.device)
@@ -511,7 +656,7 @@ def blurred_insertion(model: Callable, images, maps, targets=None, *,
     return _curves(model, x, m, targets, counts=counts, order="morf", restrict=None,
                    patch_size=patch_size, region_score="sum", seeds=[0] * x.shape[0], base=blurred,
                    fill=x, shuffle=False, score=score, internal_batch_size=internal_batch_size,
-                   mode="insertion", clean=x if targets is None else None)
+                   mode="insertion", clean=x if targets is None else None, incremental=incremental)
 
 
 def _rise_counts(n_pixels: int, step: int) -> list[int]:
@@ -523,28 +668,30 @@ def _rise_counts(n_pixels: int, step: int) -> list[int]:
 
 def rise_deletion(model: Callable, images, maps, targets=None, *, step: int = 224,
                   substrate: Union[str, float, Tensor] = "zero", score: str = "softmax",
-                  internal_batch_size: int = 64) -> PerturbationCurves:
+                  internal_batch_size: int = 64, incremental: Optional[bool] = None) -> PerturbationCurves:
     """RISE deletion curve (Petsiuk et al. 2018, ``CausalMetric('del')``): pixels in descending map
     order are set to the substrate (default 0, i.e. the mean colour in normalised space), ``step`` per
     step, ``n = ceil(H*W / step)`` steps, ``n + 1`` scores including the clean image and the end
     state. Score: softmax of the class predicted on the clean image (``targets=None``). AUC via
-    ``.auc()``; lower is better. Ties: row-major (RISE's flipped argsort puts later pixels first)."""
+    ``.auc()``; lower is better. Ties: row-major (RISE's flipped argsort puts later pixels first).
+    ``incremental``: as in :func:`region_perturbation`."""
     x, m = _check_images(images, maps)
     targets = _check_targets(targets, x.shape[0], x.device)
     counts = _rise_counts(x.shape[2] * x.shape[3], step)
     fill = _substrate(x, substrate, [0] * x.shape[0], {}, None)
     return _curves(model, x, m, targets, counts=counts, order="morf", restrict=None, patch_size=1,
                    region_score="sum", seeds=[0] * x.shape[0], base=x, fill=fill, shuffle=False,
-                   score=score, internal_batch_size=internal_batch_size, mode="deletion")
+                   score=score, internal_batch_size=internal_batch_size, mode="deletion",
+                   incremental=incremental)
 
 
 def rise_insertion(model: Callable, images, maps, targets=None, *, step: int = 224,
                    substrate: Optional[Tensor] = None, score: str = "softmax",
-                   internal_batch_size: int = 64) -> PerturbationCurves:
+                   internal_batch_size: int = 64, incremental: Optional[bool] = None) -> PerturbationCurves:
     """RISE insertion curve (``CausalMetric('ins')``): starts from the substrate (default: RISE's
     blur, ``gkern(11, 5)`` with zero padding) and inserts original pixels in descending map order,
     ``step`` per step. Score: softmax of the class predicted on the clean image. AUC via
-    ``.auc()``; higher is better."""
+    ``.auc()``; higher is better. ``incremental``: as in :func:`region_perturbation`."""
     x, m = _check_images(images, maps)
     targets = _check_targets(targets, x.shape[0], x.device)
     counts = _rise_counts(x.shape[2] * x.shape[3], step)
@@ -555,7 +702,7 @@ def rise_insertion(model: Callable, images, maps, targets=None, *, step: int = 2
     return _curves(model, x, m, targets, counts=counts, order="morf", restrict=None, patch_size=1,
                    region_score="sum", seeds=[0] * x.shape[0], base=base, fill=x, shuffle=False,
                    score=score, internal_batch_size=internal_batch_size, mode="insertion",
-                   clean=x if targets is None else None)
+                   clean=x if targets is None else None, incremental=incremental)
 
 
 register("rise_deletion_auc", higher_is_better=False,

@@ -1,0 +1,385 @@
+"""Incremental forward passes for perturbation curves: recompute only what a small change touches.
+
+A region-perturbation curve evaluates the same image again and again, each step differing from the
+previous one in one small region (one ``patch_size`` x ``patch_size`` patch per step in MoRF / LeRF
+order). In a convolutional network such a change only reaches a window of every feature map that
+grows with the receptive field, so most of every early feature map is the same as one step before.
+:class:`IncrementalForward` keeps the feature maps of the previous step and recomputes, per sample,
+only the window that changed (with the window's halo), while the layers where the window covers
+most of the map are computed in full as usual.
+
+The model is traced with ``torch.fx``. "Windowed" nodes are 2-d convolutions (zero padding),
+max and average pooling (``ceil_mode=False``; average pooling counting the padding), batch norm in
+eval mode, and element-wise operations (activations, ``+ - * /`` of same-shaped feature maps or of
+numbers). Every other node, and every node fed by one, is computed in full on the current feature
+maps, so any traceable model gives the same logits as a plain forward pass (up to float round-off:
+a window is convolved separately from the rest of its map).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+__all__ = ["IncrementalForward", "Box"]
+
+#: (row start, row stop, column start, column stop) of a changed window, stops exclusive
+Box = tuple[int, int, int, int]
+
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout,
+    nn.Dropout2d, nn.PReLU,
+)
+_POINTWISE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, torch.add, torch.sub,
+    torch.mul, torch.div, torch.neg, torch.relu, torch.sigmoid, torch.tanh, torch.clamp, F.relu,
+    F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
+    F.sigmoid, F.tanh, F.softplus,
+}
+_POINTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "sub", "mul", "div", "neg", "clamp", "contiguous"}
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Geometry of a sliding-window layer along (rows, columns)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    pad_value: float  # the value the padding stands for (0, or -inf for max pooling)
+
+    def outputs(self, start: int, stop: int, dim: int, size: int) -> tuple[int, int]:
+        """Output positions along ``dim`` whose window meets input positions [start, stop)."""
+        k, s, p, d = self.kernel[dim], self.stride[dim], self.padding[dim], self.dilation[dim]
+        lo = max(0, -(-(start + p - d * (k - 1)) // s))
+        hi = min(size, (stop - 1 + p) // s + 1)
+        return lo, max(lo, hi)
+
+    def inputs(self, start: int, stop: int, dim: int) -> tuple[int, int]:
+        """Input positions (may lie in the padding) that outputs [start, stop) read."""
+        k, s, p, d = self.kernel[dim], self.stride[dim], self.padding[dim], self.dilation[dim]
+        return start * s - p, (stop - 1) * s - p + d * (k - 1) + 1
+
+    def span(self, length: int, dim: int) -> int:
+        """The most output positions that a change of ``length`` input positions can reach."""
+        k, s, d = self.kernel[dim], self.stride[dim], self.dilation[dim]
+        return (length - 1 + d * (k - 1)) // s + 1
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _window_of(module: nn.Module) -> Optional[_Window]:
+    """The window geometry of a module evaluated window by window, or None."""
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return None
+        return _Window(_pair(module.kernel_size), _pair(module.stride), _pair(module.padding),
+                       _pair(module.dilation), 0.0)
+    if isinstance(module, nn.MaxPool2d):
+        if module.ceil_mode or module.return_indices:
+            return None
+        return _Window(_pair(module.kernel_size), _pair(module.stride or module.kernel_size),
+                       _pair(module.padding), _pair(module.dilation), -math.inf)
+    if isinstance(module, nn.AvgPool2d):
+        if module.ceil_mode or not module.count_include_pad or module.divisor_override is not None:
+            return None
+        return _Window(_pair(module.kernel_size), _pair(module.stride or module.kernel_size),
+                       _pair(module.padding), (1, 1), 0.0)
+    return None
+
+
+def _apply_window(module: nn.Module, crop: Tensor) -> Tensor:
+    """The module on an explicitly padded crop (its own padding set to 0)."""
+    if isinstance(module, nn.Conv2d):
+        return F.conv2d(crop, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
+    if isinstance(module, nn.MaxPool2d):
+        return F.max_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0, module.dilation)
+    return F.avg_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0)
+
+
+def _crop(t: Tensor, i: int, box: Box, value: float) -> Tensor:
+    """``t[i, :, r0:r1, c0:c1]`` where the box may reach outside the map (filled with ``value``)."""
+    r0, r1, c0, c1 = box
+    h, w = t.shape[-2:]
+    part = t[i, :, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
+    pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
+    return F.pad(part, pads, value=value) if any(pads) else part
+
+
+def _union(a: Optional[Box], b: Optional[Box]) -> Optional[Box]:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
+def _fit(start: int, length: int, size: int) -> tuple[int, int]:
+    """A window of ``length`` (at most ``size``) starting as close to ``start`` as fits in [0, size)."""
+    length = min(length, size)
+    start = min(max(start, 0), size - length)
+    return start, start + length
+
+
+class IncrementalForward:
+    """Forward passes of ``model`` over a sequence of image batches that change in small windows.
+
+    ``reset(x)`` runs the model on ``x`` (B, C, H, W) and keeps the feature maps it will update;
+    ``step(x, boxes)`` runs it again after ``x`` has been changed in place inside ``boxes[i]`` (a
+    :data:`Box`, or None where sample ``i`` did not change) and returns the logits. ``box_size`` is
+    the largest change a step will make (rows, columns): it decides, once, which nodes are updated
+    window by window (those where such a change reaches at most ``max_fraction`` of the map) and
+    which are computed in full. Raises ``torch.fx`` errors for models that cannot be traced.
+    """
+
+    def __init__(self, model: nn.Module, box_size: tuple[int, int], max_fraction: float = 0.5) -> None:
+        self.graph_module = fx.symbolic_trace(model)
+        self.modules = dict(self.graph_module.named_modules())
+        self.nodes = list(self.graph_module.graph.nodes)
+        self.box_size = box_size
+        self.max_fraction = max_fraction
+        self.windowed: set[fx.Node] = set()
+        self.transient: set[fx.Node] = set()  # windowed, but only feeding one element-wise node: no kept map
+        self.values: dict[fx.Node, Any] = {}
+        self._shapes: dict[fx.Node, Any] = {}
+        self._pending: dict[fx.Node, Tensor] = {}
+        self._spans: dict[fx.Node, tuple[int, int]] = {}
+        self._last_use: dict[fx.Node, int] = {}
+        self._planned = False
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def n_windowed(self) -> int:
+        """How many nodes are updated window by window (0: the model gains nothing)."""
+        return len(self.windowed)
+
+    def _inputs(self, node: fx.Node) -> list[fx.Node]:
+        return list(node.all_input_nodes)
+
+    def _kind(self, node: fx.Node, shapes: dict[fx.Node, Any]) -> Optional[str]:
+        """``"window"``, ``"pointwise"`` or None (computed in full), from the node and the shapes."""
+        out = shapes.get(node)
+        if not isinstance(out, torch.Size) or len(out) != 4:
+            return None
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if isinstance(node.args[0], fx.Node) and len(node.args) == 1 and not node.kwargs:
+                if _window_of(module) is not None:
+                    return "window"
+                if isinstance(module, _POINTWISE_MODULES) and not (
+                        isinstance(module, (nn.Dropout, nn.Dropout2d)) and module.training):
+                    return "pointwise"
+                if isinstance(module, nn.BatchNorm2d) and not module.training:
+                    return "pointwise"
+            return None
+        if node.op == "call_function" and node.target in _POINTWISE_FUNCTIONS:
+            pass
+        elif node.op == "call_method" and node.target in _POINTWISE_METHODS:
+            pass
+        else:
+            return None
+        tensors = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+        plain = all(isinstance(a, (fx.Node, int, float, bool)) or a is None
+                    for a in list(node.args) + list(node.kwargs.values()))
+        if not tensors or not plain or any(shapes.get(a) != out for a in tensors):
+            return None
+        return "pointwise"
+
+    def _plan(self, shapes: dict[fx.Node, Any]) -> None:
+        """Choose the windowed nodes: fed only by the input or windowed nodes, and reached by a
+        ``box_size`` change in at most ``max_fraction`` of their map."""
+        spans: dict[fx.Node, tuple[int, int]] = {}
+        windowed: set[fx.Node] = set()
+        for node in self.nodes:
+            if node.op == "placeholder":
+                if isinstance(shapes.get(node), torch.Size) and len(shapes[node]) == 4:
+                    spans[node] = self.box_size
+                continue
+            kind = self._kind(node, shapes)
+            inputs = [a for a in self._inputs(node)]
+            if kind is None or not inputs or any(a not in spans for a in inputs):
+                continue
+            if kind == "window":
+                window = _window_of(self.modules[node.target])
+                h, w = spans[inputs[0]]
+                span = (window.span(h, 0), window.span(w, 1))
+            else:
+                span = (max(spans[a][0] for a in inputs), max(spans[a][1] for a in inputs))
+            size = shapes[node][-2:]
+            span = (min(span[0], size[0]), min(span[1], size[1]))
+            if span[0] * span[1] > self.max_fraction * size[0] * size[1]:
+                continue
+            spans[node] = span
+            windowed.add(node)
+        self.windowed = windowed
+        self._spans = spans
+        self._shapes = shapes
+        # a windowed node whose only user is an element-wise node of it alone hands its windows over
+        # directly (as one batch), without writing them into a kept map
+        self.transient = set()
+        for node in windowed:
+            users = list(node.users)
+            if len(users) == 1 and users[0] in windowed and self._kind(users[0], shapes) == "pointwise" \
+                    and self._inputs(users[0]) == [node]:
+                self.transient.add(node)
+        order = {n: i for i, n in enumerate(self.nodes)}
+        self._last_use = {}
+        for node in self.nodes:
+            for a in self._inputs(node):
+                self._last_use[a] = max(self._last_use.get(a, -1), order[node])
+        self._planned = True
+
+    # ------------------------------------------------------------------------------------------
+    def _full(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        if node.op == "get_attr":
+            obj: Any = self.graph_module
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            if "inplace" in kwargs:
+                kwargs = {**kwargs, "inplace": False}
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            method = node.target
+            if method.endswith("_") and not method.endswith("__") and isinstance(args[0], Tensor):
+                args = (args[0].clone(), *args[1:])  # an in-place method must not overwrite a kept map
+            return getattr(args[0], method)(*args[1:], **kwargs)
+        raise RuntimeError(f"unexpected fx node {node.op} {node.target}")  # pragma: no cover
+
+    def _run(self, x: Tensor, boxes: Optional[list[Optional[Box]]]) -> Tensor:
+        """One pass; ``boxes`` None: everything is computed in full (and the maps are kept)."""
+        inplace = [m for m in self.modules.values() if getattr(m, "inplace", False) is True]
+        for m in inplace:  # kept maps must never be overwritten by an in-place activation
+            m.inplace = False
+        try:
+            return self._pass(x, boxes)
+        finally:
+            for m in inplace:
+                m.inplace = True
+
+    def _pass(self, x: Tensor, boxes: Optional[list[Optional[Box]]]) -> Tensor:
+        env = self.values
+        changed: dict[fx.Node, list[Optional[Box]]] = {}
+        shapes: dict[fx.Node, Any] = {}
+        result = None
+        for index, node in enumerate(self.nodes):
+            if node.op == "placeholder":
+                if node is not self.nodes[0]:
+                    raise ValueError("incremental evaluation needs a model with a single input")
+                env[node] = x
+                changed[node] = boxes if boxes is not None else []
+            elif node.op == "output":
+                result = fx.node.map_arg(node.args[0], lambda n: env[n])
+            elif boxes is not None and node in self.windowed:
+                changed[node] = self._update(node, changed)
+            else:
+                env[node] = self._full(node, env)
+            if not self._planned:
+                shapes[node] = env[node].shape if isinstance(env.get(node), Tensor) else None
+            if self._planned:
+                for a in self._inputs(node):  # free full-size maps nobody needs any more
+                    if self._last_use.get(a) == index and a not in self.windowed and a.op != "get_attr" \
+                            and a.op != "placeholder":
+                        env.pop(a, None)
+        if not self._planned:
+            self._plan(shapes)
+            for node in list(env):
+                if (node not in self.windowed or node in self.transient) \
+                        and node.op not in ("placeholder", "get_attr"):
+                    env.pop(node)
+        if not isinstance(result, Tensor):
+            raise ValueError("incremental evaluation needs a model that returns one tensor")
+        return result
+
+    def _update(self, node: fx.Node, changed: dict[fx.Node, list[Optional[Box]]]) -> list[Optional[Box]]:
+        """Recompute the changed windows of a windowed node in its kept map; returns its changed boxes."""
+        shape = self._shapes[node]
+        h, w = shape[-2:]
+        inputs = self._inputs(node)
+        window = _window_of(self.modules[node.target]) if node.op == "call_module" else None
+        n = len(changed[inputs[0]])
+        boxes: list[Optional[Box]] = [None] * n
+        for a in inputs:
+            for i, b in enumerate(changed[a]):
+                if b is None:
+                    continue
+                if window is not None:
+                    r = window.outputs(b[0], b[1], 0, h)
+                    c = window.outputs(b[2], b[3], 1, w)
+                    if r[0] >= r[1] or c[0] >= c[1]:
+                        continue
+                    b = (r[0], r[1], c[0], c[1])
+                boxes[i] = _union(boxes[i], b)
+        samples = [i for i, b in enumerate(boxes) if b is not None]
+        if not samples:
+            return boxes
+        rows = max(boxes[i][1] - boxes[i][0] for i in samples)
+        cols = max(boxes[i][3] - boxes[i][2] for i in samples)
+        for i in samples:  # one window size for all samples, so that they run as one batch
+            boxes[i] = (*_fit(boxes[i][0], rows, h), *_fit(boxes[i][2], cols, w))
+        if window is not None:
+            source = self.values[inputs[0]]
+            crops = []
+            for i in samples:
+                r0, r1, c0, c1 = boxes[i]
+                crops.append(_crop(source, i, (*window.inputs(r0, r1, 0), *window.inputs(c0, c1, 1)),
+                                   window.pad_value))
+            new = _apply_window(self.modules[node.target], torch.stack(crops))
+        else:
+            def stacked(a: fx.Node) -> Tensor:
+                if a in self._pending:  # the windows of a transient input, same boxes
+                    return self._pending.pop(a)
+                return torch.stack([self.values[a][i, :, boxes[i][0]:boxes[i][1], boxes[i][2]:boxes[i][3]]
+                                    for i in samples])
+            args = fx.node.map_arg(node.args, stacked)
+            kwargs = fx.node.map_arg(node.kwargs, stacked)
+            if node.op == "call_module":
+                new = self.modules[node.target](*args, **kwargs)
+            elif node.op == "call_function":
+                new = node.target(*args, **{**kwargs, **({"inplace": False} if "inplace" in kwargs else {})})
+            else:
+                new = getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node in self.transient:
+            self._pending[node] = new
+            return boxes
+        out = self.values[node]
+        if new is out:  # pragma: no cover - an identity node on a kept map
+            return boxes
+        for j, i in enumerate(samples):
+            r0, r1, c0, c1 = boxes[i]
+            out[i, :, r0:r1, c0:c1] = new[j]
+        return boxes
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset(self, x: Tensor) -> Tensor:
+        """Logits of ``x``; keeps the feature maps that later steps update."""
+        self.values = {}
+        logits = self._run(x, None)
+        for node in self.windowed - self.transient:  # a kept map must be its own storage (no view)
+            self.values[node] = self.values[node].clone()
+        return logits
+
+    @torch.no_grad()
+    def step(self, x: Tensor, boxes: list[Optional[Box]]) -> Tensor:
+        """Logits of ``x`` (the tensor given to :meth:`reset`, changed in place inside ``boxes``)."""
+        if not self._planned:
+            raise RuntimeError("call reset() before step()")
+        if len(boxes) != x.shape[0]:
+            raise ValueError(f"{len(boxes)} boxes for a batch of {x.shape[0]}")
+        return self._run(x, boxes)

@@ -1,0 +1,179 @@
+"""Incremental evaluation of perturbation curves (relprop.metrics.incremental): the logits of every
+step equal a plain forward pass, and region_perturbation gives the same curves either way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from relprop.metrics import blurred_insertion, region_perturbation, rise_deletion
+from relprop.metrics.incremental import IncrementalForward
+
+
+class Residual(nn.Module):
+    """Strided, dilated, grouped and padded convolutions, batch norm, a residual sum, functional
+    activations (one in place) and a scalar multiply: every windowed node kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 5, stride=2, padding=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.down = nn.Conv2d(8, 16, 1, stride=2)
+        self.c = nn.Conv2d(8, 16, (3, 1), stride=2, padding=(1, 0))
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1)
+        self.signed_pool = nn.MaxPool2d(3, stride=1, padding=1)  # pads signed values: -inf, not 0
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(F.relu(self.bn(self.stem(x)), inplace=True))
+        z = torch.sigmoid(self.b(F.silu(self.a(y)))) * 2.0 + y
+        z = self.c(z) - self.down(y)
+        z = self.avg(torch.relu(z)) - self.signed_pool(z)
+        return self.head(z.mean(dim=(2, 3)))
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),  # ceil: in full
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 4))
+
+
+def randomised(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("make, windowed", [(Residual, 17), (small_cnn, 5)])  # small: stops at ceil_mode
+def test_every_step_equals_a_plain_forward_pass(make, windowed):
+    model = randomised(make())
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 37, 45, generator=gen, dtype=torch.float64)  # odd, non-square sizes
+    inc = IncrementalForward(model, (6, 6), max_fraction=1.0)  # every node that can be, windowed
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+    assert inc.n_windowed == windowed  # the plan is made on the first pass
+    state = x.clone()
+    for step in range(12):
+        boxes = []
+        for i in range(3):
+            if (step + i) % 4 == 0:
+                boxes.append(None)  # this sample does not change
+                continue
+            r = int(torch.randint(-3, 37, (), generator=gen))  # boxes at and across the borders
+            c = int(torch.randint(-3, 45, (), generator=gen))
+            box = (max(r, 0), min(r + 6, 37), max(c, 0), min(c + 6, 45))
+            state[i, :, box[0]:box[1], box[2]:box[3]] = torch.randn(3, box[1] - box[0], box[3] - box[2],
+                                                                    generator=gen, dtype=torch.float64)
+            boxes.append(box)
+        with torch.no_grad():
+            torch.testing.assert_close(inc.step(state, boxes), model(state), rtol=1e-10, atol=1e-10)
+
+
+def test_in_place_flags_are_restored_and_model_untouched():
+    model = randomised(small_cnn())
+    relu = model[1]
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    inc = IncrementalForward(model, (4, 4))
+    inc.reset(x)
+    inc.step(x, [None, (0, 4, 0, 4)])
+    assert relu.inplace is True
+
+
+def test_a_model_that_flattens_first_has_no_windowed_node():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).double().eval()
+    inc = IncrementalForward(model, (2, 2))
+    inc.reset(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    assert inc.n_windowed == 0
+
+
+def test_step_before_reset_and_wrong_box_count_raise():
+    inc = IncrementalForward(randomised(small_cnn()), (2, 2))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="reset"):
+        inc.step(x, [None, None])
+    inc.reset(x)
+    with pytest.raises(ValueError, match="2 boxes for a batch of 3|boxes"):
+        inc.step(torch.randn(3, 3, 16, 16, dtype=torch.float64), [None, None])
+
+
+@pytest.mark.parametrize("options", [
+    dict(removal="min", order="morf"),
+    dict(removal="mean", order="lerf", restrict="negative"),
+    dict(removal="blur", order="random", seed=[3, 4, 5, 6]),
+    dict(removal="noise", order="morf", restrict="positive", score="softmax"),
+    dict(removal=0.5, order="lerf", region_score="mean"),
+])
+@pytest.mark.parametrize("with_targets", [True, False])
+def test_region_perturbation_curves_agree_with_batched_passes(options, with_targets):
+    model = randomised(Residual())
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, 72, 64, generator=gen, dtype=torch.float64)
+    maps = torch.randn(4, 72, 64, generator=gen, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 3]) if with_targets else None
+    kw = dict(counts=[0, 2, 1, 3, 3, 4, 5, 6, 8], patch_size=5, internal_batch_size=3, **options)
+    fast = region_perturbation(model, x, maps, targets, incremental=True, **kw)
+    plain = region_perturbation(model, x, maps, targets, incremental=False, **kw)
+    torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-10, atol=1e-10)
+    assert torch.equal(fast.correct, plain.correct)
+    assert torch.equal(fast.targets, plain.targets)
+    assert torch.equal(fast.n_perturbed, plain.n_perturbed)
+    assert (fast.predicted is None) == (plain.predicted is None)
+    if plain.predicted is not None:
+        assert torch.equal(fast.predicted, plain.predicted)
+
+
+def test_automatic_choice_gives_the_same_curves():
+    model = randomised(small_cnn())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    maps = torch.randn(2, 32, 32, dtype=torch.float64)
+    for kw in (dict(patch_size=4, counts=range(10)), dict(patch_size=1, counts=[0, 100, 500])):
+        auto = region_perturbation(model, x, maps, None, **kw)
+        plain = region_perturbation(model, x, maps, None, incremental=False, **kw)
+        torch.testing.assert_close(auto.scores, plain.scores, rtol=1e-10, atol=1e-10)
+    ins = blurred_insertion(model, x, maps, None, patch_size=4, fractions=[0.0, 1 / 64, 2 / 64])
+    ref = blurred_insertion(model, x, maps, None, patch_size=4, fractions=[0.0, 1 / 64, 2 / 64],
+                            incremental=False)
+    torch.testing.assert_close(ins.scores, ref.scores, rtol=1e-10, atol=1e-10)
+    assert torch.equal(ins.predicted, ref.predicted)
+
+
+def test_incremental_true_explains_why_it_is_impossible():
+    model = randomised(small_cnn())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    maps = torch.randn(2, 32, 32, dtype=torch.float64)
+    with pytest.raises(ValueError, match="shuffling"):
+        region_perturbation(model, x, maps, None, counts=range(4), patch_size=4, removal="shuffle",
+                            incremental=True)
+    with pytest.raises(ValueError, match="not an nn.Module"):
+        region_perturbation(lambda t: model(t), x, maps, None, counts=range(4), patch_size=4,
+                            incremental=True)
+    with pytest.raises(ValueError, match="reaches more than half"):
+        rise_deletion(model, x, maps, None, step=300, incremental=True)
+
+    class Branchy(nn.Module):  # data-dependent control flow cannot be traced
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = small_cnn()
+
+        def forward(self, t):
+            return self.inner(t) if t.sum() > 0 else -self.inner(t)
+
+    branchy = randomised(Branchy())
+    with pytest.raises(ValueError, match="cannot be traced"):
+        region_perturbation(branchy, x, maps, None, counts=range(4), patch_size=4, incremental=True)
+    auto = region_perturbation(branchy, x, maps, None, counts=range(4), patch_size=4)  # falls back
+    plain = region_perturbation(branchy, x, maps, None, counts=range(4), patch_size=4, incremental=False)
+    torch.testing.assert_close(auto.scores, plain.scores)
