@@ -736,3 +736,38 @@ def test_contrastive_excitation_backprop(cnn_nobias):
     assert (out < 0).any() and (out > 0).any()
     assert_close(relprop.explain(model, x, target=t, method="contrastive-eb", relu=True), out.clamp(min=0),
                  rtol=0.0, atol=0.0)
+
+
+class _ViewNet(nn.Module):
+    """Flattens a feature map with ``.view``, which a channels-last tensor cannot do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.head(f.view(f.shape[0], -1))
+
+
+def test_hedge_channels_last_path_equals_the_nchw_one(monkeypatch):
+    """On CPU in float32 the hedge rule and its forward pass run channels-last; the maps are those of
+    the plain NCHW computation, also for a model whose ``.view`` refuses channels-last inputs."""
+    import relprop.attribution.hedge as hedge_method
+    import relprop.rules.hedge as hedge_rule
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 16, 16)
+    models = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(),
+                            nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval(), _ViewNet().eval()]
+    fast = [relprop.explain(m, x, target=1, method="hedge") for m in models]
+    assert models[1] in hedge_method._NCHW_ONLY and models[0] not in hedge_method._NCHW_ONLY
+    assert all(f.is_contiguous() for f in fast)
+    monkeypatch.setattr(hedge_rule, "_channels_last", lambda layer, x: False)
+    monkeypatch.setattr(hedge_method, "_forward", lambda model, x, layer: hedge_method.forward_for(
+        model, x, fold_batchnorm=False, differentiable_from=layer))
+    for m, f in zip(models, fast):
+        torch.testing.assert_close(f, relprop.explain(m, x, target=1, method="hedge"), rtol=1e-4, atol=1e-6)

@@ -290,6 +290,8 @@ class MaxPool(Op):
         if ctx.maxpool == "winner":
             if ctx.state is not None:
                 params, indices = ctx.state
+                if x.is_contiguous() and not r.is_contiguous():  # e.g. channels-last from a hedge rule:
+                    r = r.contiguous()  # one copy of the small side, not two inside the kernel
                 return [torch.ops.aten.max_pool2d_with_indices_backward(
                     r, x, params["kernel_size"], params["stride"], params["padding"], params["dilation"],
                     params["ceil_mode"], indices)]
@@ -544,7 +546,11 @@ class Affine(Op):
         if self.kind == "linear":
             return s.matmul(weight)
         if self._pointwise():  # a 1x1 convolution is a matrix product per sample (faster than its vjp)
-            flat = torch.matmul(weight.reshape(weight.shape[0], -1).t(), s.reshape(*s.shape[:2], -1))
+            matrix = weight.reshape(weight.shape[0], -1)
+            if s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last):
+                # channels-last: (B, H, W, C_out) @ (C_out, C_in), handed back as a channels-last view
+                return torch.matmul(s.permute(0, 2, 3, 1), matrix).permute(0, 3, 1, 2)
+            flat = torch.matmul(matrix.t(), s.reshape(*s.shape[:2], -1))
             return flat.view(s.shape[0], weight.shape[1], *s.shape[2:])
         if self.pre_pad is not None:
             padded = x.new_empty(F.pad(x[:1, :1], self.pre_pad).shape[2:])

@@ -316,6 +316,7 @@ class Propagator:
                         continue
                     rel[i] = ri if rel[i] is None else rel[i] + ri
         result = rel[0] if rel[0] is not None else torch.zeros_like(cache.outputs[0])
+        result = result.contiguous()  # a rule may work in another memory format (hedge on CPU)
         if 0 in wanted:
             recorded[wanted[0]] = result
         return result, recorded

@@ -4,6 +4,8 @@ layer (Eq. 4-5) and hedged propagation down to the input (Eq. 6-13, Algorithm 1)
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .. import ops
@@ -50,6 +52,25 @@ def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> to
     return torch.where(total == 0, torch.zeros_like(r0), r0 / torch.where(total == 0, torch.ones_like(total), total))
 
 
+#: models whose forward pass fails on a channels-last input (e.g. ``.view`` of a feature map)
+_NCHW_ONLY: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propagator, ForwardCache]:
+    """The forward pass, channels-last for float32 / bfloat16 images on CPU, where the hedge rule's
+    convolutions run channels-last (rules/hedge.py): the cached activations then need no conversion.
+    A model whose code cannot take a channels-last input (a ``.view`` of a feature map raises) is
+    run as given, and remembered."""
+    if x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
+            and model not in _NCHW_ONLY:
+        try:
+            return forward_for(model, x.contiguous(memory_format=torch.channels_last), fold_batchnorm=False,
+                               differentiable_from=layer)
+        except RuntimeError:
+            _NCHW_ONLY[model] = True
+    return forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
+
+
 @register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation")
 def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, use_u=True, use_psi=True,
           record=()):
@@ -63,7 +84,7 @@ def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, us
     if layer is None:
         layer = default_layer(propagator_for(model, fold_batchnorm=False).graph)
     # the graph above the start layer is evaluated with autograd in the forward pass itself
-    propagator, cache = forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
+    propagator, cache = _forward(model, x, layer)
     start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
     r0 = initial_contribution(activation, gradient)
     rule = Hedge(gamma, use_c, use_a, use_u, use_psi)

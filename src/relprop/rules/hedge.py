@@ -21,13 +21,22 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import Affine
-from .rap import quotient_, shift_excess_
+from .rap import _sum, quotient_, shift_excess_
 
 Tensor = torch.Tensor
 
 
 def _per_sample(t: Tensor) -> Tensor:
-    return t.flatten(1).sum(1).view(-1, *([1] * (t.dim() - 1)))
+    return t.sum(tuple(range(1, t.dim())), keepdim=True)
+
+
+def _channels_last(layer: Affine, x: Tensor) -> bool:
+    """Whether this layer's five convolutions run in channels-last memory format: in float32 or
+    bfloat16 on CPU, where oneDNN computes k x k convolutions of large feature maps up to 1.5x faster
+    that way (64 channels at 224 x 224; 1 x 1 transposes become matrix products over the channels).
+    The relevance handed on stays channels-last, so the next layer does not convert it back."""
+    return (layer.kind == "conv" and x.dim() == 4 and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bfloat16))
 
 
 def _normalized(part: Tensor, total: Tensor) -> Tensor:
@@ -38,7 +47,7 @@ def _normalized(part: Tensor, total: Tensor) -> Tensor:
 
 def _ones_response(layer: Affine, x: Tensor, w: Tensor) -> Tensor:
     """``conv(1, |W|)`` for inputs shaped like ``x``: it depends only on the shape, so it is cached."""
-    key = f"|w| ones:{tuple(x.shape[1:])}:{x.dtype}"
+    key = f"|w| ones:{tuple(x.shape[1:])}:{x.dtype}:{x.is_contiguous()}"
     return layer.cached(key, lambda: layer.apply(torch.ones_like(x[:1]), w))
 
 
@@ -53,12 +62,17 @@ class Hedge:
     use_psi: bool = True
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        w = layer.cached("|w|", lambda: layer.weight.abs())
+        one_by_one = layer.kind == "conv" and all(k == 1 for k in layer.module.kernel_size)
+        if _channels_last(layer, x):
+            cl = torch.channels_last
+            x, r = x.contiguous(memory_format=cl), r.contiguous(memory_format=cl)
+            w = layer.cached("|w| channels-last", lambda: layer.weight.abs().contiguous(memory_format=cl))
+        else:
+            w = layer.cached("|w|", lambda: layer.weight.abs())
         t = r.clamp(min=0)
         o = r.clamp(max=0)
         _normalized(t, _per_sample(t))
         _normalized(o, _per_sample(o).abs_())
-        one_by_one = layer.kind == "conv" and all(k == 1 for k in layer.module.kernel_size)
         out = buffer = None
         if self.use_c:
             xp = x if nonnegative else x.clamp(min=0)
@@ -68,7 +82,7 @@ class Hedge:
             del weighted
             if self.use_psi and not one_by_one:
                 buffer = torch.empty_like(x)
-                out = shift_excess_(out, t.flatten(1).sum(1), buffer)
+                out = shift_excess_(out, _sum(t), buffer)
         if self.use_a or self.use_u:
             if buffer is None:
                 buffer = torch.empty_like(x)

@@ -245,7 +245,11 @@ class ZBox:
             # the three transposed maps in one call, with [W, W+, W-] stacked along the input channels
             stacked = layer.cached("[w,w+,w-]:in", lambda: torch.cat([layer.weight, wp, wn], 1))
             channels = x.shape[1]
-            g = layer.transpose(s, stacked, x.new_empty((x.shape[0], 3 * channels, *x.shape[2:])))
+            # the output in s's memory format (channels-last after a hedge layer): no copy inside
+            fmt = torch.channels_last if s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(
+                memory_format=torch.channels_last) else torch.contiguous_format
+            g = layer.transpose(s, stacked, torch.empty((x.shape[0], 3 * channels, *x.shape[2:]), dtype=x.dtype,
+                                                        device=x.device, memory_format=fmt))
             g_w, g_p, g_n = g[:, :channels], g[:, channels:2 * channels], g[:, 2 * channels:]
         else:
             g_w, g_p, g_n = (layer.transpose(s, w, x) for w in (layer.weight, wp, wn))

@@ -28,10 +28,11 @@ def shift_excess_(c: Tensor, excess: Tensor, buffer: Tensor | None = None) -> Te
     entry of ``c``, per sample; ``c`` is overwritten and returned (``buffer``: scratch space like ``c``)."""
     # a 0/1 mask in c's dtype: faster to count and to apply than a boolean one
     nonzero = torch.ne(c, 0, out=torch.empty_like(c) if buffer is None else buffer)
+    dims = tuple(range(1, c.dim()))  # not flatten(1): that copies a channels-last tensor
     if c[0].numel() <= 2.0 / torch.finfo(c.dtype).eps:  # counting in c's dtype is exact
-        count = nonzero.flatten(1).sum(1)
+        count = nonzero.sum(dims)
     else:
-        count = torch.count_nonzero(c.flatten(1), dim=1).to(c.dtype)
+        count = torch.count_nonzero(c, dim=dims).to(c.dtype)
     shift = safe_divide(excess, count).view(-1, *([1] * (c.dim() - 1)))
     return c.addcmul_(nonzero, shift, value=-1)
 
@@ -45,7 +46,8 @@ def quotient_(numerator: Tensor, denominator: Tensor, out: Tensor | None = None)
 
 
 def _sum(r: Tensor) -> Tensor:
-    return r.flatten(1).sum(1)
+    """Per-sample sum, (B,)."""
+    return r.sum(tuple(range(1, r.dim()))) if r.dim() > 1 else r
 
 
 def _stacked(layer: Affine) -> Tensor:
