@@ -547,7 +547,7 @@ class Affine(Op):
             return s.matmul(weight)
         if self._pointwise():  # a 1x1 convolution is a matrix product per sample (faster than its vjp)
             matrix = weight.reshape(weight.shape[0], -1)
-            if s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last):
+            if is_channels_last(s):
                 # channels-last: (B, H, W, C_out) @ (C_out, C_in), handed back as a channels-last view
                 return torch.matmul(s.permute(0, 2, 3, 1), matrix).permute(0, 3, 1, 2)
             flat = torch.matmul(matrix.t(), s.reshape(*s.shape[:2], -1))
@@ -575,6 +575,11 @@ class Affine(Op):
     def relevance(self, inputs, args, kwargs, output, r, ctx):
         rule = ctx.rule(self)
         return [rule(self, inputs[0], output, r, ctx.nonnegative_input(self))]
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """A 4-d tensor laid out channels-last (and not also plain contiguous, as size-1 dims allow)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _crop(t: Tensor, pad: tuple[int, ...]) -> Tensor:

@@ -14,7 +14,7 @@ from ..graph import Graph
 from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
 from ..registry import register_method
 from ..rules import ZBox
-from ..rules.hedge import Hedge
+from ..rules.hedge import Hedge, channels_last_suits
 from ..rules.rap import _sum
 from ..targets import Target, resolve_target
 
@@ -61,8 +61,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propa
     convolutions run channels-last (rules/hedge.py): the cached activations then need no conversion.
     A model whose code cannot take a channels-last input (a ``.view`` of a feature map raises) is
     run as given, and remembered."""
-    if x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
-            and model not in _NCHW_ONLY:
+    if channels_last_suits(x) and model not in _NCHW_ONLY:
         try:
             return forward_for(model, x.contiguous(memory_format=torch.channels_last), fold_batchnorm=False,
                                differentiable_from=layer)

@@ -206,7 +206,7 @@ class IncrementalForward:
                     spans[node] = self.box_size
                 continue
             kind = self._kind(node, shapes)
-            inputs = [a for a in self._inputs(node)]
+            inputs = self._inputs(node)
             if kind is None or not inputs or any(a not in spans for a in inputs):
                 continue
             if kind == "window":
@@ -248,6 +248,11 @@ class IncrementalForward:
             for part in node.target.split("."):
                 obj = getattr(obj, part)
             return obj
+        return self._call(node, args, kwargs)
+
+    def _call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+        """Evaluate a module, function or method node on ``args``, never in place (kept maps must not
+        be overwritten; in-place modules are switched off in :meth:`_run`)."""
         if node.op == "call_module":
             return self.modules[node.target](*args, **kwargs)
         if node.op == "call_function":
@@ -257,7 +262,7 @@ class IncrementalForward:
         if node.op == "call_method":
             method = node.target
             if method.endswith("_") and not method.endswith("__") and isinstance(args[0], Tensor):
-                args = (args[0].clone(), *args[1:])  # an in-place method must not overwrite a kept map
+                args = (args[0].clone(), *args[1:])
             return getattr(args[0], method)(*args[1:], **kwargs)
         raise RuntimeError(f"unexpected fx node {node.op} {node.target}")  # pragma: no cover
 
@@ -346,14 +351,7 @@ class IncrementalForward:
                     return self._pending.pop(a)
                 return torch.stack([self.values[a][i, :, boxes[i][0]:boxes[i][1], boxes[i][2]:boxes[i][3]]
                                     for i in samples])
-            args = fx.node.map_arg(node.args, stacked)
-            kwargs = fx.node.map_arg(node.kwargs, stacked)
-            if node.op == "call_module":
-                new = self.modules[node.target](*args, **kwargs)
-            elif node.op == "call_function":
-                new = node.target(*args, **{**kwargs, **({"inplace": False} if "inplace" in kwargs else {})})
-            else:
-                new = getattr(args[0], node.target)(*args[1:], **kwargs)
+            new = self._call(node, fx.node.map_arg(node.args, stacked), fx.node.map_arg(node.kwargs, stacked))
         if node in self.transient:
             self._pending[node] = new
             return boxes

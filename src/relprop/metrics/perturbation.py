@@ -331,10 +331,6 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
     Copy (b, s) is ``base[b]`` with pixels of rank < k[b, s] replaced by ``fill[b]`` (or, when
     ``shuffle_seeds`` is given, with those pixels' values permuted among themselves).
     """
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
     b, c, h, w = base.shape
     s_steps = k.shape[1]
     dev = base.device
@@ -479,11 +475,7 @@ def _run_incremental(evaluator, base: Tensor, fill: Tensor, pixel_rank: Tensor, 
                      clean: Optional[Tensor], step0_is_clean: bool):
     """:func:`_run` with every sample's steps evaluated in ``steps`` order (non-decreasing ``k``), each
     step recomputing only what changed since the previous one (:mod:`.incremental`)."""
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
-    b, c, h, w = base.shape
+    b, _, h, w = base.shape
     dev = base.device
     scores = torch.empty(b, k.shape[1], dtype=torch.float64, device=dev)
     correct = torch.empty(b, k.shape[1], dtype=torch.bool, device=dev)
@@ -530,6 +522,10 @@ def _run_incremental(evaluator, base: Tensor, fill: Tensor, pixel_rank: Tensor, 
 def _curves(model, x, m, targets, *, counts, order, restrict, patch_size, region_score, seeds,
             base, fill, shuffle, score, internal_batch_size, mode, clean=None,
             incremental: Optional[bool] = None) -> PerturbationCurves:
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if internal_batch_size < 1:
+        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
     counts_t = torch.as_tensor([int(c) for c in counts], dtype=torch.long)
     if counts_t.numel() == 0 or (counts_t < 0).any():
         raise ValueError(f"counts must be non-negative ints, got {list(counts)}")

@@ -17,7 +17,7 @@ from typing import Protocol, Union
 
 import torch
 
-from ..ops import Affine, normalize
+from ..ops import Affine, is_channels_last, normalize
 
 Tensor = torch.Tensor
 Bound = Union[float, Tensor, None]
@@ -246,8 +246,7 @@ class ZBox:
             stacked = layer.cached("[w,w+,w-]:in", lambda: torch.cat([layer.weight, wp, wn], 1))
             channels = x.shape[1]
             # the output in s's memory format (channels-last after a hedge layer): no copy inside
-            fmt = torch.channels_last if s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(
-                memory_format=torch.channels_last) else torch.contiguous_format
+            fmt = torch.channels_last if is_channels_last(s) else torch.contiguous_format
             g = layer.transpose(s, stacked, torch.empty((x.shape[0], 3 * channels, *x.shape[2:]), dtype=x.dtype,
                                                         device=x.device, memory_format=fmt))
             g_w, g_p, g_n = g[:, :channels], g[:, channels:2 * channels], g[:, 2 * channels:]
