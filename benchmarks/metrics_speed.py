@@ -5,13 +5,19 @@ perturbed cumulatively in MoRF order (8 x 8 patch grid, removal by the image min
 "black", logits of fixed targets, random float64 maps without ties). Measured, in this order:
 
 1. the bare forward passes the experiment needs: N * (L + 1) images through the model in chunks of
-   ``--ibs`` (the inputs prepared beforehand, nothing else done);
+   ``--ibs`` (default: relprop's default chunk for these images and device,
+   ``relprop.metrics.perturbation.chunk_size``; the inputs prepared beforehand, nothing else done);
 2. relprop ``region_perturbation(..., internal_batch_size=--ibs)`` (its default: incremental
    evaluation, each step recomputing only the feature-map windows its patch reaches);
 3. the same with ``incremental=False`` (all copies pushed through the model in chunks of ``--ibs``);
 4. Quantus ``RegionPerturbation`` (``batch_size=N``: one forward pass of the whole batch per step);
 5. the bare forward passes again (the machine may be shared: the two forward timings bracket the
-   library timings).
+   library timings);
+6. the floor of exact incremental evaluation: the layers that one patch can reach in full
+   (``IncrementalForward.fully_reached``: from resnet50's third stage on, and every layer after the
+   last windowed one) have to be computed in full for every image and step by any method that gives
+   the same curves; their time for the N * (L + 1) images, in the same chunks, bounds the speed-up any
+   such method can have over Quantus on this device.
 
 The curves of both libraries must agree (the script stops otherwise). Reported: wall and CPU time
 (``time.process_time``: all threads of this process, less disturbed by other processes) of each,
@@ -38,6 +44,8 @@ import torch
 from torch import nn
 
 from relprop.metrics import region_perturbation
+from relprop.metrics.incremental import IncrementalForward
+from relprop.metrics.perturbation import chunk_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
@@ -114,6 +122,40 @@ def forward_only(model: nn.Module, x: torch.Tensor, n: int, ibs: int) -> None:
         model(chunk[:min(ibs, n - start)])
 
 
+@torch.no_grad()
+def floor_time(model: nn.Module, x: torch.Tensor, patch: int, n: int, device: torch.device,
+               batches: int = 6) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds that the nodes one ``patch`` x ``patch`` change can reach in full take for ``n``
+    images, at a batch of ``len(x)`` (timed on ``batches`` batches, scaled to ``n`` images); and how many
+    of the model's computing nodes those are, of how many."""
+    inc = IncrementalForward(model, (patch, patch), max_fraction=1.0)
+    inc.reset(x[:1])
+    reached = set(inc.fully_reached())
+    computing = [nd for nd in inc.nodes if nd.op not in ("placeholder", "output", "get_attr")]
+
+    class Timed(torch.fx.Interpreter):
+        wall = cpu = 0.0
+
+        def run_node(self, node: torch.fx.Node):
+            if node not in reached:
+                return super().run_node(node)
+            sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = super().run_node(node)
+            sync(device)
+            self.wall += time.perf_counter() - w0
+            self.cpu += time.process_time() - c0
+            return out
+
+    timed = Timed(inc.graph_module)
+    timed.run(x)  # warm-up
+    timed.wall = timed.cpu = 0.0
+    for _ in range(batches):
+        timed.run(x)
+    scale = n / (batches * x.shape[0])
+    return timed.wall * scale, timed.cpu * scale, len(reached), len(computing)
+
+
 def run_model(name: str, a: argparse.Namespace, device: torch.device, quantus) -> dict:
     model = build_model(name).to(device)
     rng = np.random.default_rng(0)
@@ -126,8 +168,10 @@ def run_model(name: str, a: argparse.Namespace, device: torch.device, quantus) -
     n_fwd = a.images * (a.steps + 1)
     kw = dict(counts=range(a.steps + 1), patch_size=a.patch, removal="min", score="logit",
               internal_batch_size=a.ibs)
+    chunk = chunk_size(a.ibs, x)
+    res: dict = {"model": name, "n_forward": n_fwd, "chunk": chunk}
     # warm-up (first calls, allocator, oneDNN primitives) on a short run of both libraries
-    forward_only(model, x, min(n_fwd, 2 * a.ibs), a.ibs)
+    forward_only(model, x, min(n_fwd, 2 * chunk), chunk)
     region_perturbation(model, x[:2], maps[:2], y[:2], **{**kw, "counts": range(3)})
     if quantus is not None:
         q = quantus.RegionPerturbation(patch_size=a.patch, order="morf", regions_evaluation=2,
@@ -138,9 +182,8 @@ def run_model(name: str, a: argparse.Namespace, device: torch.device, quantus) -
             q(model=model, x_batch=x_np[:2], y_batch=y[:2].cpu().numpy(), a_batch=a_np[:2], softmax=False,
               device=str(device), batch_size=2)
 
-    res: dict = {"model": name, "n_forward": n_fwd}
     with Timer(device) as t:
-        forward_only(model, x, n_fwd, a.ibs)
+        forward_only(model, x, n_fwd, chunk)
     res["fwd1"] = t
     with Timer(device) as t:
         curves = region_perturbation(model, x, maps, y, **kw)
@@ -176,8 +219,9 @@ def run_model(name: str, a: argparse.Namespace, device: torch.device, quantus) -
         if not diff <= 1e-4 * scale:
             raise SystemExit(f"{name}: the curves differ: max |difference| {diff:.3g} (logit scale {scale:.3g})")
     with Timer(device) as t:
-        forward_only(model, x, n_fwd, a.ibs)
+        forward_only(model, x, n_fwd, chunk)
     res["fwd2"] = t
+    res["floor"] = floor_time(model, x[:chunk], a.patch, n_fwd, device)
     return res
 
 
@@ -213,6 +257,7 @@ def fmt_s(v: float) -> str:
 
 def report(results: list[dict], a: argparse.Namespace, device: torch.device, load0, load1, started: str,
            elapsed: float, quantus_version: str, probe_diff: float) -> str:
+    chunks = " / ".join(f"{r['chunk']} images ({r['model']})" for r in results)
     lines = [
         "## Metrics: region perturbation, relprop vs Quantus",
         "",
@@ -226,12 +271,13 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
         f"- Work: {a.images} random images of {a.size}x{a.size}, random maps (no ties), {a.steps} steps of "
         f"MoRF region perturbation (float64 maps, patch {a.patch}x{a.patch}, removal by the image minimum = Quantus "
         f"\"black\", logits of fixed targets): {a.images} x ({a.steps} + 1) = {a.images * (a.steps + 1):,} "
-        f"images through the model. relprop: `region_perturbation(..., internal_batch_size={a.ibs})`; Quantus: "
+        f"images through the model. relprop: `region_perturbation(..., internal_batch_size={a.ibs})` "
+        f"({'its default chunk: ' if a.ibs is None else ''}{chunks}); Quantus: "
         f"`RegionPerturbation(patch_size={a.patch}, regions_evaluation={a.steps}, perturb_baseline=\"black\", "
         f"normalise=False, abs=False)` called with `batch_size={a.images}` (one forward pass of the whole "
         f"batch per step).",
         f"- Forward passes: the same {a.images * (a.steps + 1):,} images through the bare model in chunks of "
-        f"{a.ibs}, inputs prepared beforehand; timed before relprop and again after Quantus (columns "
+        f"{chunks}, inputs prepared beforehand; timed before relprop and again after Quantus (columns "
         f"\"forward\": first / second); ratios use their mean. One timed run each after a warm-up; wall time "
         f"(`perf_counter`) and CPU time of the process (`process_time`, all threads).",
         "- Same curves: the script stops unless the two libraries' curves `f(x) - f(x^(k))`, k = 1..L, agree "
@@ -242,8 +288,9 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
         "",
         "| model | forward s (1st / 2nd) | relprop s (incremental / batched) | Quantus s "
         "| speed-up vs Quantus, wall (incremental / batched) | CPU (incremental / batched) "
-        "| relprop / forward, wall (incremental / batched) | CPU | max curve difference vs Quantus |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| relprop / forward, wall (incremental / batched) | CPU | max curve difference vs Quantus "
+        "| floor s (layers reached in full) | speed-up bound, wall / CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
         fw = (r["fwd1"].wall + r["fwd2"].wall) / 2
@@ -254,9 +301,12 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
         sw = f"{q.wall / rp.wall:.2f}x / {q.wall / bt.wall:.2f}x" if q else "n/a"
         sc = f"{q.cpu / rp.cpu:.2f}x / {q.cpu / bt.cpu:.2f}x" if q else "n/a"
         d = f"{r['diff']:.1e} (logits up to {r['scale']:.2g})" if q else "n/a"
+        fl_w, fl_c, n_reached, n_nodes = r["floor"]
+        bound = f"{q.wall / fl_w:.1f}x / {q.cpu / fl_c:.1f}x" if q else "n/a"
         lines.append(f"| {DESCRIPTION[r['model']]} | {fmt_s(r['fwd1'].wall)} / {fmt_s(r['fwd2'].wall)} | "
                      f"{fmt_s(rp.wall)} / {fmt_s(bt.wall)} | {qs} | {sw} | {sc} | "
-                     f"{rp.wall / fw:.3f}x / {bt.wall / fw:.3f}x | {rp.cpu / fc:.3f}x / {bt.cpu / fc:.3f}x | {d} |")
+                     f"{rp.wall / fw:.3f}x / {bt.wall / fw:.3f}x | {rp.cpu / fc:.3f}x / {bt.cpu / fc:.3f}x | {d} | "
+                     f"{fmt_s(fl_w)} ({n_reached} of {n_nodes} nodes) | {bound} |")
     lines += [
         "",
         "Targets: speed-up >= 5x, relprop / forward <= 1.25x. Reading: batched, both libraries push the same "
@@ -268,6 +318,12 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
         "forward passes. How much it saves depends on how fast the receptive field grows: in the small CNN "
         "a patch reaches a small part of every map; in resnet50 it covers the whole map from the third "
         "stage on, and those stages (about half of the arithmetic) are computed in full at every step.",
+        "",
+        "Floor: the nodes a patch can reach in full (`IncrementalForward.fully_reached()`: their whole map, or "
+        "not evaluated window by window) timed alone, for the same number of images in chunks of "
+        f"{chunks}. Any method that gives the same curves computes them for every image and step, so "
+        "Quantus's time over the floor bounds the speed-up any exact method can reach on this device, "
+        "however the rest is done.",
     ]
     if any(r["qtime"] and r["qtime"].wall / r["relprop"].wall < 5 for r in results):
         lines.append("")
@@ -286,7 +342,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--ibs", type=int, default=64, help="relprop's internal batch size (and the forward chunks)")
+    p.add_argument("--ibs", type=int, default=None,
+                   help="relprop's internal batch size and the forward chunks (default: relprop's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-quantus", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print the section, do not write docs/benchmarks.md")

@@ -177,3 +177,35 @@ def test_incremental_true_explains_why_it_is_impossible():
     auto = region_perturbation(branchy, x, maps, None, counts=range(4), patch_size=4)  # falls back
     plain = region_perturbation(branchy, x, maps, None, counts=range(4), patch_size=4, incremental=False)
     torch.testing.assert_close(auto.scores, plain.scores)
+
+
+@pytest.mark.parametrize("max_fraction", [0.1, 0.5, 1.0])
+def test_fully_reached_nodes_follow_the_receptive_field(max_fraction):
+    # 8 x 8 input, 2 x 2 change: conv 3x3 reaches 4 of 8, the strided conv 3 of 4, the last conv 5 -> all 4
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(64, 2)).double()
+    inc = IncrementalForward(model.eval(), (2, 2), max_fraction=max_fraction)
+    with pytest.raises(RuntimeError, match="reset"):
+        inc.fully_reached()
+    inc.reset(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    assert [n.target for n in inc.fully_reached()] == ["4", "5", "6"]  # independent of max_fraction
+    assert inc.n_windowed == {0.1: 0, 0.5: 2, 1.0: 5}[max_fraction]  # 3 x 3 of 4 x 4 > 0.5
+
+
+def test_automatic_choice_is_batched_off_the_cpu_and_incremental_on_it(monkeypatch):
+    from relprop.metrics import perturbation
+    from relprop.metrics.perturbation import _incremental_evaluator
+
+    model = randomised(small_cnn())
+    rank = torch.arange(16 * 16).view(1, 16, 16)
+    k = torch.tensor([[0, 4, 8]])
+    steps = torch.arange(3)
+    on_cpu = _incremental_evaluator(model, torch.zeros(1, 3, 16, 16, dtype=torch.float64), rank, k, steps,
+                                    None, False)
+    assert isinstance(on_cpu, IncrementalForward)
+    # a "meta" tensor stands in for a GPU: the automatic choice looks at the device before tracing
+    built = []
+    monkeypatch.setattr(perturbation, "IncrementalForward", lambda *a, **kw: built.append(a))
+    assert _incremental_evaluator(model, torch.zeros(1, 3, 16, 16, device="meta"), rank, k, steps,
+                                  None, False) is None
+    assert built == []

@@ -614,3 +614,16 @@ def test_batchnorm_randomisation_is_explicit() -> None:
         M.cascading_randomisation(lin, small, t, _grad_x_input)
     r = M.cascading_randomisation(lin, small, t, _grad_x_input, ssim_win_size=3)
     assert r.ssim.shape == (2, 1)
+
+
+def test_default_chunk_size_follows_the_device_and_the_image_size():
+    from relprop.metrics.perturbation import chunk_size
+
+    assert chunk_size(None, torch.zeros(1, 3, 224, 224)) == 8
+    assert chunk_size(None, torch.zeros(1, 3, 32, 32)) == 64  # capped
+    assert chunk_size(None, torch.zeros(1, 3, 1000, 1000)) == 1
+    assert chunk_size(None, torch.zeros(1, 3, 224, 224, device="meta")) == 64
+    assert chunk_size(5, torch.zeros(1, 3, 224, 224)) == 5
+    for bad in (0, -2, True, 2.5):
+        with pytest.raises(ValueError, match="internal_batch_size"):
+            chunk_size(bad, torch.zeros(1, 3, 8, 8))

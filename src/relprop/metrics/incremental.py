@@ -163,6 +163,16 @@ class IncrementalForward:
         """How many nodes are updated window by window (0: the model gains nothing)."""
         return len(self.windowed)
 
+    def fully_reached(self) -> list[fx.Node]:
+        """The computing nodes that a ``box_size`` change reaches in full after :meth:`reset`: those
+        whose whole map it can reach, and those not evaluated window by window (linear heads,
+        pooling to one value, ...). Any exact evaluation of a step has to compute these nodes in
+        full, whatever ``max_fraction`` is; their cost is the floor of incremental evaluation."""
+        if not self._planned:
+            raise RuntimeError("call reset() before fully_reached()")
+        return [node for node in self.nodes if node.op not in ("placeholder", "output", "get_attr")
+                and (node not in self._spans or tuple(self._spans[node]) == tuple(self._shapes[node][-2:]))]
+
     def _inputs(self, node: fx.Node) -> list[fx.Node]:
         return list(node.all_input_nodes)
 
@@ -197,7 +207,8 @@ class IncrementalForward:
 
     def _plan(self, shapes: dict[fx.Node, Any]) -> None:
         """Choose the windowed nodes: fed only by the input or windowed nodes, and reached by a
-        ``box_size`` change in at most ``max_fraction`` of their map."""
+        ``box_size`` change in at most ``max_fraction`` of their map. Also records how far such a
+        change reaches in every node that could be windowed (for :meth:`fully_reached`)."""
         spans: dict[fx.Node, tuple[int, int]] = {}
         windowed: set[fx.Node] = set()
         for node in self.nodes:
@@ -217,10 +228,10 @@ class IncrementalForward:
                 span = (max(spans[a][0] for a in inputs), max(spans[a][1] for a in inputs))
             size = shapes[node][-2:]
             span = (min(span[0], size[0]), min(span[1], size[1]))
-            if span[0] * span[1] > self.max_fraction * size[0] * size[1]:
-                continue
-            spans[node] = span
-            windowed.add(node)
+            spans[node] = span  # how far a change reaches, whether or not the node is windowed
+            if span[0] * span[1] <= self.max_fraction * size[0] * size[1] \
+                    and all(a in windowed or a.op == "placeholder" for a in inputs):
+                windowed.add(node)
         self.windowed = windowed
         self._spans = spans
         self._shapes = shapes

@@ -10,13 +10,13 @@ with :func:`relprop.metrics.aggregate.binned_mean` against
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 from ._common import check_masks, register
-from .perturbation import _check_targets, forward_in_chunks, model_scores
+from .perturbation import _check_targets, chunk_size, forward_in_chunks, model_scores
 
 __all__ = ["object_context_occlusion", "target_score"]
 
@@ -25,7 +25,7 @@ __all__ = ["object_context_occlusion", "target_score"]
           source="003_3ffc2cf8b3d12167.txt Sec. IV-A, Fig. 2", category="sanity")
 def object_context_occlusion(model: Callable, images, masks, targets, *,
                              fill: Union[float, Tensor] = 0.0, score: str = "logit",
-                             internal_batch_size: int = 64) -> Tensor:
+                             internal_batch_size: Optional[int] = None) -> Tensor:
     """(B, 2) ``[Delta f with the object occluded, Delta f with the context occluded]``.
 
     ``fill``: the data-set mean per pixel in the model's input space - a number, a (C,) tensor or a
@@ -57,7 +57,7 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
         region = region & (kind != 0)[:, None, None]
         return torch.where(region[:, None], fv[None], x[bi])
 
-    logits = forward_in_chunks(model, 3 * b, build, internal_batch_size, x.device)
+    logits = forward_in_chunks(model, 3 * b, build, chunk_size(internal_batch_size, x), x.device)
     s = model_scores(logits, t.repeat_interleave(3), score).view(b, 3)
     out = s[:, 1:] - s[:, :1]
     nin = m.flatten(1).sum(1)

@@ -9,13 +9,13 @@ Targets are the ground-truth class (Fig. 11 a) or the second most probable class
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ._common import apply_sign, as_seeds, first_argmax, is_constant, register
-from .perturbation import _check_images, _check_targets, forward_in_chunks, model_scores
+from .perturbation import _check_images, _check_targets, chunk_size, forward_in_chunks, model_scores
 
 __all__ = ["PatchMaskingResult", "maximal_patch_masking", "ranked_classes", "patch_window"]
 
@@ -41,10 +41,11 @@ class PatchMaskingResult:
 
 
 @torch.no_grad()
-def ranked_classes(model: Callable, images: Tensor, k: int = 2, internal_batch_size: int = 64) -> Tensor:
+def ranked_classes(model: Callable, images: Tensor, k: int = 2,
+                   internal_batch_size: Optional[int] = None) -> Tensor:
     """(B, k) class indices by decreasing score; ``[:, 1]`` is the second most probable class."""
-    logits = forward_in_chunks(model, images.shape[0], lambda i: images[i], internal_batch_size,
-                               images.device)
+    logits = forward_in_chunks(model, images.shape[0], lambda i: images[i],
+                               chunk_size(internal_batch_size, images), images.device)
     return torch.topk(logits, k, dim=1).indices
 
 
@@ -66,7 +67,7 @@ def maximal_patch_masking(model: Callable, images, maps, targets, *,
                           patch_sizes: Sequence[int] = (1, 3, 5, 7, 9),
                           fill: Union[float, Tensor] = 0.0, location: str = "max",
                           sign: str = "signed", seed: Union[int, Sequence[int]] = 0,
-                          score: str = "softmax", internal_batch_size: int = 64) -> PatchMaskingResult:
+                          score: str = "softmax", internal_batch_size: Optional[int] = None) -> PatchMaskingResult:
     """Change of the target's output when the ``p x p`` patch at the map's maximum is masked.
 
     ``location="max"``: centre at the first maximum (row-major tie rule) of the sign-transformed map;
@@ -116,7 +117,7 @@ def maximal_patch_masking(model: Callable, images, maps, targets, *,
             out[j, :, r0:r1, c0:c1] = fv[:, None, None]
         return out
 
-    logits = forward_in_chunks(model, b * (np_ + 1), build, internal_batch_size, x.device)
+    logits = forward_in_chunks(model, b * (np_ + 1), build, chunk_size(internal_batch_size, x), x.device)
     s = model_scores(logits, t.repeat_interleave(np_ + 1), score).view(b, np_ + 1)
     clean, masked = s[:, 0].clone(), s[:, 1:].clone()
     change = masked - clean[:, None]
