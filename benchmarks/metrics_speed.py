@@ -47,7 +47,7 @@ from torch import nn
 
 from relprop.metrics import region_perturbation
 from relprop.metrics.incremental import IncrementalForward
-from relprop.metrics.perturbation import chunk_size
+from relprop.metrics.perturbation import chunk_size, incremental_by_default
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
@@ -189,7 +189,7 @@ def run_model(name: str, a: argparse.Namespace, device: torch.device, quantus) -
     res["fwd1"] = t
     with Timer(device) as t:
         curves = region_perturbation(model, x, maps, y, incremental=True, **kw)
-    res["relprop"] = t
+    res["incremental"] = t
     ours = curves.drop()[:, 1:].cpu().numpy()
     with Timer(device) as t:
         batched = region_perturbation(model, x, maps, y, incremental=False, **kw)
@@ -297,7 +297,7 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
     for r in results:
         fw = (r["fwd1"].wall + r["fwd2"].wall) / 2
         fc = (r["fwd1"].cpu + r["fwd2"].cpu) / 2
-        rp, bt = r["relprop"], r["batched"]
+        rp, bt = r["incremental"], r["batched"]
         q = r["qtime"]
         qs = fmt_s(q.wall) if q else "n/a"
         sw = f"{q.wall / rp.wall:.2f}x / {q.wall / bt.wall:.2f}x" if q else "n/a"
@@ -327,10 +327,10 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
         "Quantus's time over the floor bounds the speed-up any exact method can reach on this device, "
         "however the rest is done.",
     ]
-    default = "relprop" if device.type == "cpu" else "batched"  # incremental=None's choice (docs/metrics.md)
+    default = "incremental" if incremental_by_default(device) else "batched"  # incremental=None's choice
     lines.append("")
-    lines.append(f"relprop's default (`incremental=None`) on device `{device.type}` is the "
-                 f"{'incremental' if default == 'relprop' else 'batched'} path; the target applies to it.")
+    lines.append(f"relprop's default (`incremental=None`) on device `{device.type}` is the {default} path; "
+                 f"the target applies to it.")
     missed = [DESCRIPTION[r["model"]].split(" (")[0] for r in results
               if r["qtime"] and r["qtime"].wall / r[default].wall < 5]
     if missed:
@@ -378,8 +378,8 @@ def main() -> None:
         r = run_model(name, a, device, quantus)
         results.append(r)
         q = r["qtime"]
-        print(f"{name}: forward {r['fwd1'].wall:.1f} / {r['fwd2'].wall:.1f} s, relprop {r['relprop'].wall:.1f} s, "
-              f"Quantus {q.wall if q else float('nan'):.1f} s", flush=True)
+        print(f"{name}: forward {r['fwd1'].wall:.1f} / {r['fwd2'].wall:.1f} s, relprop {r['incremental'].wall:.1f} s "
+              f"(incremental) / {r['batched'].wall:.1f} s (batched), Quantus {q.wall if q else float('nan'):.1f} s", flush=True)
     load1 = os.getloadavg()
     md = report(results, a, device, load0, load1, started, time.perf_counter() - t0, qv, probe_diff)
     print(md)

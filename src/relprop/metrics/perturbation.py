@@ -419,6 +419,13 @@ def _step_boxes(pixel_rank: Tensor, previous: Tensor, current: Tensor, h: int, w
     return sel, boxes
 
 
+def incremental_by_default(device: Union[str, torch.device]) -> bool:
+    """Whether ``incremental=None`` may choose incremental evaluation for images on ``device``: on the
+    CPU only (elsewhere large batches are cheap, and incremental evaluation's many small operations
+    per sample, node and step are not)."""
+    return torch.device(device).type == "cpu"
+
+
 def _incremental_evaluator(model, base: Tensor, pixel_rank: Tensor, k: Tensor, steps: Tensor,
                            incremental: Optional[bool], shuffle: bool):
     """An :class:`IncrementalForward` for this experiment, or None for plain batched passes.
@@ -428,7 +435,7 @@ def _incremental_evaluator(model, base: Tensor, pixel_rank: Tensor, k: Tensor, s
     gains; ``True`` insists (and raises when that is impossible), ``False`` never uses it. On other
     devices the automatic choice is the batched path: there the forward passes of large batches are
     cheap, while incremental evaluation launches a few small operations per sample, node and step."""
-    if incremental is False or (incremental is None and base.device.type != "cpu"):
+    if incremental is False or (incremental is None and not incremental_by_default(base.device)):
         return None
     why = None
     if shuffle:
@@ -736,9 +743,8 @@ def chunk_size(internal_batch_size: Optional[int], images: Tensor) -> int:
 @torch.no_grad()
 def forward_in_chunks(model: Callable, n: int, build: Callable[[Tensor], Tensor],
                       internal_batch_size: int, device) -> Tensor:
-    """Logits of ``n`` inputs built by ``build(indices)`` in chunks of ``internal_batch_size``."""
-    if internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    """Logits of ``n`` inputs built by ``build(indices)`` in chunks of ``internal_batch_size`` (a value
+    checked by :func:`chunk_size`)."""
     outs = []
     for start in range(0, n, internal_batch_size):
         idx = torch.arange(start, min(start + internal_batch_size, n), device=device)
