@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary = run_evaluation(config, args.store)
     except FileNotFoundError as err:  # a data set or weights file that is not there
         raise ValueError(str(err)) from None
+    except sqlite3.DatabaseError as err:  # damage found past the checks on opening
+        raise ValueError(f"store {args.store} is not a readable relprop store ({err})") from None
     env = torchrun_env()
     if env is not None and env[0] != 0:
         return 0
@@ -145,12 +148,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the tables and plots of a store."""
-    from .report import write_report
-
     stores = [Path(s) for s in args.store]
     for store in stores:
-        if not store.is_file():
+        if not store.exists():
             raise ValueError(f"evaluation store not found: {store}")
+    try:
+        return _report(args, stores)
+    except sqlite3.DatabaseError as err:  # damage found past the checks on opening
+        raise ValueError(f"store {' '.join(args.store)} is not a readable relprop store ({err})") from None
+
+
+def _report(args: argparse.Namespace, stores: list[Path]) -> int:
+    from .report import write_report
+
     if args.results is not None:
         from .results import write_results
 

@@ -5,7 +5,8 @@ Written to the output folder:
 * ``report.md``: per run, a table of NaN-aware means per method and metric with the number of
   samples that counted (``n``) out of those evaluated, the direction of each metric, and the
   errors (corrupt samples with their files, failed methods);
-* ``summary.csv``: one row per (run, method, metric, statistic) with mean, std, count, total.
+* ``summary.csv``: one row per (run, method, metric, statistic) with mean, std, count, total and
+  the ``model_digest`` of the weights the records belong to (report.md lists the digests per model).
   Statistics: ``mean`` (over pairs); for the pointing game also ``class_macro`` and
   ``difficult_class_macro`` (the mean of per-class accuracies, TorchRay / paper 002 Table 1); for
   mu also ``box<=0.25`` and ``box<=0.5`` (paper 003, Table I);
@@ -184,10 +185,23 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
             w.writerow(r)
 
 
+def _digest(run: dict) -> str:
+    """The run's model digest, or ``unknown`` for runs stored before digests (schema version 1)."""
+    return run.get("model_digest") or "unknown"
+
+
+def _digest_line(runs: list[dict]) -> str:
+    """``Model digests (weights of each run): model: d1 (run h1), d2 (run h2); ...``."""
+    by_model: dict[str, list[str]] = {}
+    for run in runs:
+        by_model.setdefault(run["model"], []).append(f"`{_digest(run)}` (run {run['hash'][:8]})")
+    parts = [f"{model}: {', '.join(d)}" for model, d in by_model.items()]
+    return "Model digests (parameters and buffers of each run's model): " + "; ".join(parts)
+
+
 def write_report(store_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the report of every run in ``store_path`` into ``out_dir``; returns the files written."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     md: list[str] = [f"# Evaluation report: {Path(store_path).name}", ""]
     all_summary: list[dict] = []
@@ -197,6 +211,8 @@ def write_report(store_path: str | Path, out_dir: str | Path) -> list[Path]:
         runs = store.runs()
         if not runs:
             raise ValueError(f"{store_path}: the store holds no evaluation run")
+        md += [_digest_line(runs), ""]
+        out.mkdir(parents=True, exist_ok=True)  # only for a readable store
         for run in runs:
             tag = run["hash"][:8]
             cfg = run["config"]
@@ -204,11 +220,12 @@ def write_report(store_path: str | Path, out_dir: str | Path) -> list[Path]:
             counts = store.sample_count(run["id"])
             errors = store.errors(run["id"])
             for rows, dest in ((res["summary"], all_summary), (res["curves"], all_curves)):
-                dest += [dict(r, run=run["hash"], dataset=run["dataset"], model=run["model"]) for r in rows]
+                dest += [dict(r, run=run["hash"], dataset=run["dataset"], model=run["model"],
+                              model_digest=_digest(run)) for r in rows]
             all_errors += [dict(e, run=run["hash"]) for e in errors]
             opts = ", ".join(f"{k}={v}" for k, v in sorted(cfg.get("dataset_options", {}).items()))
             md += [f"## {run['dataset']}{' (' + opts + ')' if opts else ''} / {run['model']} "
-                   f"(run {run['hash']})", "",
+                   f"(run {run['hash']}, model digest {_digest(run)})", "",
                    f"Targets: {run['targets']}; input {cfg['input']['size']}x{cfg['input']['size']}, "
                    f"{cfg['dtype']}. Samples: {counts.get('ok', 0)} evaluated, {counts.get('error', 0)} "
                    "unreadable. Cells: NaN-aware mean (n = values that counted / values computed); "
@@ -236,10 +253,10 @@ def write_report(store_path: str | Path, out_dir: str | Path) -> list[Path]:
                 if len(errors) > 50:
                     md.append(f"| ... | {len(errors) - 50} more in errors.csv | | | | |")
                 md.append("")
-    _write_csv(out / "summary.csv", all_summary, ["run", "dataset", "model", "method", "metric", "name",
-                                                  "statistic", "direction", "mean", "std", "count", "total"])
-    _write_csv(out / "curves.csv", all_curves, ["run", "dataset", "model", "method", "metric", "name",
-                                                "statistic", "x", "mean", "count"])
+    _write_csv(out / "summary.csv", all_summary, ["run", "dataset", "model", "model_digest", "method", "metric",
+                                                  "name", "statistic", "direction", "mean", "std", "count", "total"])
+    _write_csv(out / "curves.csv", all_curves, ["run", "dataset", "model", "model_digest", "method", "metric",
+                                                "name", "statistic", "x", "mean", "count"])
     _write_csv(out / "errors.csv", all_errors, ["run", "idx", "sample", "method", "metric", "path", "reason"])
     (out / "report.md").write_text("\n".join(md) + "\n")
     return [out / "report.md", out / "summary.csv", out / "curves.csv", out / "errors.csv"] + written

@@ -42,13 +42,13 @@ from . import distributed
 from .metricset import (DEFAULT_METRICS, NO_METHOD, MetricSpec, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
 from .specs import InputSpec, input_spec, resolve_dataset, resolve_model
-from .store import BatchRows, Store, canonical_json, config_hash, to_json, variant_key
+from .store import BatchRows, Store, canonical_json, config_hash, model_digest, to_json, variant_key
 
 __all__ = ["TARGET_MODES", "EvaluationConfig", "Evaluation", "EvaluationSummary", "run_evaluation"]
 
 TARGET_MODES = ("labels", "predicted", "second")
 #: models (and their explainers) kept by ``EvaluationConfig(share_model=True)``, by model identity
-_SHARED: dict[str, tuple[nn.Module, Any, dict]] = {}
+_SHARED: dict[str, tuple[nn.Module, Any, dict, str]] = {}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: pointing game "difficult": the mask covers less than this fraction and >= 2 classes are present
 DIFFICULT_FRACTION = 0.25
@@ -132,13 +132,15 @@ class Evaluation:
         self.dataset = resolve_dataset(config.dataset, options)
         shared_key = canonical_json([config.model, config.model_options, str(self.device), config.dtype])
         if config.share_model and shared_key in _SHARED:
-            model, preprocess, self._explainers = _SHARED[shared_key]
+            model, preprocess, self._explainers, self.model_digest = _SHARED[shared_key]
         else:
             model, preprocess = resolve_model(config.model, dict(config.model_options))
+            #: the weights as loaded (before the dtype cast): changed weights never reuse old records
+            self.model_digest = model_digest(model)
             model = model.to(device=self.device, dtype=self.dtype)
             self._explainers: dict[str, Explainer] = {}
             if config.share_model:
-                _SHARED[shared_key] = (model, preprocess, self._explainers)
+                _SHARED[shared_key] = (model, preprocess, self._explainers, self.model_digest)
         self.model: nn.Module = model.eval()
         self.input: InputSpec = input_spec(preprocess, config.input_size, config.mean, config.std)
         self.methods = self._methods()
@@ -209,10 +211,16 @@ class Evaluation:
             return
 
     def run_config(self) -> dict:
-        """The configuration that determines the values: it names the run in the store."""
+        """The configuration that determines the values: it names the run in the store.
+
+        The model enters by name, options and :func:`~relprop.evaluate.store.model_digest` of its
+        weights, with the relprop version; method and metric options enter the records' keys."""
+        from .. import __version__
+
         options = {k: v for k, v in self.config.dataset_options.items() if k != "root"}
         return {"dataset": self.config.dataset, "dataset_options": options, "model": self.config.model,
-                "model_options": self.config.model_options, "input": self.input.as_dict(),
+                "model_options": self.config.model_options, "model_digest": self.model_digest,
+                "relprop_version": __version__, "input": self.input.as_dict(),
                 "dtype": self.config.dtype, "targets": self.config.targets}
 
     def method_rows(self) -> list[tuple[str, str, dict]]:
@@ -411,6 +419,7 @@ def run_evaluation(config: EvaluationConfig, store: str | Path) -> EvaluationSum
 
 
 def _run(config: EvaluationConfig, store_path: Path, ctx: distributed.Context) -> EvaluationSummary:
+    Store.check(store_path)  # a read-only, broken or foreign store is refused before any work
     ev = Evaluation(config, ctx.device)
     db: Optional[Store] = None
     plan: Any = None

@@ -4,7 +4,9 @@ Schema (every table is keyed so that writing the same row twice is a no-op):
 
 * ``runs``: one row per evaluation context, keyed by ``hash``, a digest of the configuration that
   determines the values (data set and its options except the root folder, model and its options,
-  input size and normalisation, dtype, target mode); no source-control state enters it.
+  the digest of the model's parameters and buffers (:func:`model_digest`, also in the column
+  ``model_digest``), the relprop version, input size and normalisation, dtype, target mode); no
+  source-control state enters it. Method and metric options enter the variant keys of the records.
 * ``methods`` / ``metrics``: the method and metric variants of a run (name + options, under a
   canonical ``key``); ``metrics`` also keeps the direction and the x axis of curve-valued metrics.
 * ``samples``: every sample a run has processed (data-set index, key, file, number of targets,
@@ -19,6 +21,15 @@ Schema (every table is keyed so that writing the same row twice is a no-op):
 The database runs in WAL mode and every batch is written in one transaction
 (:meth:`Store.write_batch`), so a process killed at any moment loses at most the batch it was
 computing; rows are inserted with ``INSERT OR IGNORE`` so a rerun never duplicates a record.
+
+Opening checks the file before SQLite touches it: a folder, an empty, garbage, truncated or foreign
+SQLite file is refused ("store X is not a readable relprop store"), as is a store of a newer schema;
+a store of schema version 1 (before model digests) is migrated when opened for writing (its runs
+keep ``model_digest`` NULL and are never reused: their hashes lack the digest). A store whose file
+has no write permission bits is refused for writing, also to root (:func:`check_writable`).
+Read-only opening (``relprop report``) never creates ``-wal`` / ``-shm`` files: without a ``-wal``
+file the database is opened ``immutable`` (every committed row is in the main file); with one (a
+writer is running or was killed) it is read through the existing WAL.
 """
 
 from __future__ import annotations
@@ -26,16 +37,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sqlite3
+import stat
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-__all__ = ["SCHEMA_VERSION", "BatchRows", "Store", "canonical_json", "config_hash", "from_json",
-           "to_json", "variant_key"]
+__all__ = ["SCHEMA_VERSION", "BatchRows", "Store", "canonical_json", "check_store_file", "check_writable",
+           "config_hash", "from_json", "model_digest", "to_json", "variant_key"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: statements that bring a store of the key's schema version to the next one
+_MIGRATIONS = {1: ["ALTER TABLE runs ADD COLUMN model_digest TEXT"]}
+_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +63,8 @@ CREATE TABLE IF NOT EXISTS runs (
     model TEXT NOT NULL,
     targets TEXT NOT NULL,
     config TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    model_digest TEXT
 );
 CREATE TABLE IF NOT EXISTS methods (
     run INTEGER NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL, options TEXT NOT NULL,
@@ -132,6 +150,103 @@ def _scalar(value: Optional[float]) -> Optional[float]:
     return None if math.isnan(value) else value
 
 
+def model_digest(model: Any) -> str:
+    """First 16 hex digits of the BLAKE2b digest of a model's parameters and buffers.
+
+    Every ``state_dict`` entry in name order contributes its name, dtype, shape and raw bytes, so
+    retrained weights saved under the same file name give another digest (and another run).
+    """
+    import torch
+
+    h = hashlib.blake2b(digest_size=8)
+    for name, value in sorted(model.state_dict().items()):
+        if not isinstance(value, torch.Tensor):  # a module's extra state
+            h.update(f"{name}|{value!r}|".encode())
+            continue
+        t = value.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# checks before SQLite touches a file
+
+
+def _unreadable(path: Path, why: str) -> ValueError:
+    return ValueError(f"store {path} is not a readable relprop store ({why})")
+
+
+def check_store_file(path: Path) -> None:
+    """Raise ValueError unless ``path`` is a file with an SQLite header and all the pages it counts.
+
+    Reads the first 100 bytes only; the file is not modified.
+    """
+    if path.is_dir():
+        raise _unreadable(path, "it is a folder")
+    size = path.stat().st_size
+    if size == 0:
+        raise _unreadable(path, "the file is empty")
+    with open(path, "rb") as fh:
+        head = fh.read(100)
+    if len(head) < 100 or head[:16] != _MAGIC:
+        raise _unreadable(path, "not an SQLite database")
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    counted = head[24:28] == head[92:96]  # the page count is valid only when these agree
+    if page < 512 or page & (page - 1):
+        raise _unreadable(path, f"corrupt header: page size {page}")
+    if size % page or (counted and size < page * pages):
+        raise _unreadable(path, f"the file is truncated: {size} bytes, the header counts "
+                                f"{pages} pages of {page} bytes")
+
+
+def check_writable(path: Path) -> None:
+    """Raise ValueError when the existing file ``path`` has no write permission bits.
+
+    The mode bits are read explicitly because root passes ``os.access``: a store made read-only
+    with ``chmod a-w`` is refused for writing to every user.
+    """
+    mode = path.stat().st_mode
+    if not mode & 0o222 or not os.access(path, os.W_OK):
+        raise ValueError(f"store {path} is read-only (file mode {stat.S_IMODE(mode):o}); make it "
+                         "writable (chmod u+w) or give another --store")
+
+
+def _connect_readonly(path: Path, timeout: float) -> sqlite3.Connection:
+    """A read-only connection that creates no ``-wal`` / ``-shm`` file."""
+    uri = path.resolve().as_uri() + "?mode=ro"
+    if not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"  # every committed row is in the main file; SQLite then needs no -shm
+    return sqlite3.connect(uri, uri=True, timeout=timeout)
+
+
+def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The store's schema version; ValueError for a foreign, broken or newer store."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise _unreadable(path, str(err)) from None
+    try:
+        version = int(row[0]) if row is not None else 0
+    except ValueError:
+        version = 0
+    if version < 1:
+        raise _unreadable(path, "no schema version")
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"store {path} has schema version {version}, written by a newer relprop "
+                         f"(this one reads versions 1 to {SCHEMA_VERSION}); upgrade relprop")
+    return version
+
+
+def _existing_version(path: Path, timeout: float) -> int:
+    """Check an existing store file without changing it; returns its schema version."""
+    check_store_file(path)
+    with closing(_connect_readonly(path, timeout)) as conn:
+        return _schema_version(conn, path)
+
+
 # ------------------------------------------------------------------------------------------------
 # rows of one batch
 
@@ -170,24 +285,45 @@ class Store:
     def __init__(self, path: str | Path, timeout: float = 60.0, readonly: bool = False) -> None:
         self.path = Path(path)
         if readonly:
-            if not self.path.is_file():
+            if not self.path.exists():
                 raise FileNotFoundError(f"evaluation store {self.path} does not exist")
-            self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout)
-        else:
-            if self.path.parent and not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(self.path), timeout=timeout)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            with self.conn:
-                self.conn.executescript(_SCHEMA)
-                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                                  (str(SCHEMA_VERSION),))
-        version = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if version is None or int(version[0]) != SCHEMA_VERSION:
-            found = None if version is None else version[0]
-            raise ValueError(f"{self.path}: not a relprop evaluation store of schema version "
-                             f"{SCHEMA_VERSION} (found {found})")
+            check_store_file(self.path)
+            self.conn = _connect_readonly(self.path, timeout)
+            self.version = _schema_version(self.conn, self.path)
+            return
+        found = self.check(self.path, timeout)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=timeout)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        with self.conn:
+            self.conn.executescript(_SCHEMA)
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                              (str(SCHEMA_VERSION),))
+        self._migrate(found or SCHEMA_VERSION)
+        self.version = SCHEMA_VERSION
+
+    @staticmethod
+    def check(path: str | Path, timeout: float = 60.0) -> Optional[int]:
+        """Before writing to ``path``: the schema version of the store there (None: no file yet);
+        ValueError for a read-only, foreign, broken or newer store. Changes nothing."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        version = _existing_version(path, timeout)
+        check_writable(path)
+        return version
+
+    def _migrate(self, version: int) -> None:
+        """Bring a store of schema ``version`` to :data:`SCHEMA_VERSION`, in one transaction."""
+        if version >= SCHEMA_VERSION:
+            return
+        with self.conn:
+            for v in range(version, SCHEMA_VERSION):
+                for sql in _MIGRATIONS[v]:
+                    self.conn.execute(sql)
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     # -- context manager ------------------------------------------------------------------------
 
@@ -225,10 +361,10 @@ class Store:
         h = config_hash(config)
         with self.conn:
             self.conn.execute(
-                "INSERT OR IGNORE INTO runs (hash, dataset, model, targets, config, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO runs (hash, dataset, model, targets, config, created, model_digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (h, str(config["dataset"]), str(config["model"]), str(config["targets"]),
-                 canonical_json(config), time.time()))
+                 canonical_json(config), time.time(), config.get("model_digest")))
             run = self.conn.execute("SELECT id FROM runs WHERE hash = ?", (h,)).fetchone()[0]
             self.conn.executemany("INSERT OR IGNORE INTO methods VALUES (?, ?, ?, ?)",
                                   [(run, k, n, canonical_json(o)) for k, n, o in methods])
@@ -241,11 +377,13 @@ class Store:
         return int(run)
 
     def runs(self) -> list[dict]:
-        """Every run: ``id, hash, dataset, model, targets, config`` (config decoded)."""
+        """Every run: ``id, hash, dataset, model, targets, config`` (config decoded) and
+        ``model_digest`` (None for runs stored before digests, schema version 1)."""
+        digest = "model_digest" if self.version >= 2 else "NULL"
         rows = self.conn.execute(
-            "SELECT id, hash, dataset, model, targets, config FROM runs ORDER BY id").fetchall()
-        return [dict(id=r[0], hash=r[1], dataset=r[2], model=r[3], targets=r[4], config=from_json(r[5]))
-                for r in rows]
+            f"SELECT id, hash, dataset, model, targets, config, {digest} FROM runs ORDER BY id").fetchall()
+        return [dict(id=r[0], hash=r[1], dataset=r[2], model=r[3], targets=r[4], config=from_json(r[5]),
+                     model_digest=r[6]) for r in rows]
 
     def methods(self, run: int) -> list[dict]:
         rows = self.conn.execute("SELECT key, name, options FROM methods WHERE run = ? ORDER BY key",
