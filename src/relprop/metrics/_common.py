@@ -5,7 +5,10 @@ Conventions used by every metric (see ``docs/metrics.md``):
 * attribution maps are float tensors shaped ``(B, H, W)`` (channels already reduced, see
   :func:`reduce_channels`); masks are ``(B, H, W)`` and binary (bool, or numbers that are all 0 or 1);
 * maps containing NaN or infinity, masks that are not binary, wrong ranks and maps and masks of
-  different sizes raise :class:`ValueError`; a size mismatch can instead be resolved explicitly with
+  different sizes raise :class:`ValueError`; so do non-finite images, targets that are not integer
+  class indices or lie outside ``[0, classes)``, and perturbation counts that are not increasing
+  non-negative ints (:func:`check_images`, :func:`check_targets`, :func:`check_target_range`,
+  :func:`check_counts`: one check per kind of input, shared by every metric); a size mismatch can instead be resolved explicitly with
   ``resize="map"`` (the map is resized bilinearly to the mask, TorchRay's protocol) or
   ``resize="mask"`` (the mask is resized with nearest-neighbour sampling to the map);
 * per-sample results are returned as ``(B,)`` (or ``(B, K)``) float tensors with NaN where the value
@@ -92,6 +95,81 @@ def as_tensor(x, name: str) -> Tensor:
         raise ValueError(f"{name} must be a tensor or array, got {type(x).__name__}") from exc
 
 
+def check_finite(t: Tensor, name: str) -> Tensor:
+    """Raise ValueError naming ``name`` and the first samples (dim 0) holding NaN or infinity."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return t
+    bad = ~torch.isfinite(t).reshape(t.shape[0], -1).all(1) if t.dim() else ~torch.isfinite(t).reshape(1)
+    if bad.any():
+        idx = torch.nonzero(bad).flatten().tolist()
+        kind = "NaN" if torch.isnan(t).any() else "infinite values"
+        where = f" (samples {idx[:10]}{'...' if len(idx) > 10 else ''})" if t.dim() > 1 else ""
+        raise ValueError(f"{name} contain {kind}{where}")
+    return t
+
+
+def check_images(images, name: str = "images") -> Tensor:
+    """Validate images: a finite floating-point ``(B, C, H, W)`` tensor."""
+    x = as_tensor(images, name)
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {_shape(x)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return check_finite(x, name)
+
+
+def check_targets(targets, batch: int, device=None) -> Optional[Tensor]:
+    """Validate class indices: None, an int, or ``(batch,)`` integers; returns a long tensor.
+
+    The range is checked against the model's outputs by :func:`check_target_range`.
+    """
+    if targets is None:
+        return None
+    expected = f"targets must be integer class indices (an int, or one int per sample: {batch})"
+    if isinstance(targets, (str, bytes, float, bool)):
+        raise ValueError(f"{expected}, got {type(targets).__name__} {targets!r}")
+    if isinstance(targets, (list, tuple)) and not targets:
+        targets = torch.zeros(0, dtype=torch.long)  # an empty list (an empty batch) has no dtype
+    try:
+        t = torch.as_tensor(targets)
+    except Exception:  # noqa: BLE001 - strings in a list, ragged lists, foreign objects
+        raise ValueError(f"{expected}, got {type(targets).__name__} {targets!r:.80}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{expected}, got dtype {t.dtype}")
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"{expected}, got shape {_shape(t)}")
+    return t.to(device=device, dtype=torch.long)
+
+
+def check_target_range(targets: Tensor, classes: int) -> Tensor:
+    """Raise ValueError unless every target lies in ``[0, classes)`` (the model's outputs)."""
+    bad = (targets < 0) | (targets >= classes)
+    if bad.any():
+        raise ValueError(f"targets must lie in [0, {classes}) for a model with {classes} outputs, "
+                         f"got {targets[bad][:5].tolist()}")
+    return targets
+
+
+def check_counts(counts, name: str = "counts") -> list[int]:
+    """Validate perturbation steps: a non-empty, strictly increasing sequence of non-negative ints.
+
+    Counts above the number of regions are allowed (they perturb every eligible region: "All").
+    """
+    values = list(counts.flatten().tolist() if isinstance(counts, Tensor) else counts)
+    if not values:
+        raise ValueError(f"{name} must hold at least one step, got {values}")
+    if any(isinstance(c, bool) or not isinstance(c, int) and not (hasattr(c, "__index__")) for c in values):
+        raise ValueError(f"{name} must be integers, got {values}")
+    values = [int(c) for c in values]
+    if min(values) < 0:
+        raise ValueError(f"{name} must be non-negative, got {values}")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{name} must be strictly increasing (cumulative steps, no repeats), got {values}")
+    return values
+
+
 def check_maps(maps, name: str = "maps") -> Tensor:
     """Validate attribution maps: rank 3 ``(B, H, W)``, finite; returns a float tensor.
 
@@ -104,16 +182,13 @@ def check_maps(maps, name: str = "maps") -> Tensor:
             "reduce channels first with relprop.metrics.reduce_channels")
     if maps.shape[1] == 0 or maps.shape[2] == 0:
         raise ValueError(f"{name} have an empty spatial size {_shape(maps)}")
+    if maps.is_complex():
+        raise ValueError(f"{name} must be real numbers, got dtype {maps.dtype}")
     if maps.dtype == torch.bool or not maps.is_floating_point():
         maps = maps.to(torch.float32)
     elif maps.dtype in (torch.float16, torch.bfloat16):
         maps = maps.to(torch.float32)
-    bad = ~torch.isfinite(maps).flatten(1).all(1)
-    if bad.any():
-        idx = torch.nonzero(bad).flatten().tolist()
-        kind = "NaN" if torch.isnan(maps[bad]).any() else "infinite values"
-        raise ValueError(f"{name} contain {kind} (samples {idx[:10]}{'...' if len(idx) > 10 else ''})")
-    return maps
+    return check_finite(maps, name)
 
 
 def check_masks(masks, name: str = "masks") -> Tensor:
@@ -122,6 +197,8 @@ def check_masks(masks, name: str = "masks") -> Tensor:
     if masks.dim() != 3:
         raise ValueError(f"{name} must have shape (B, H, W) (rank 3), got shape {_shape(masks)} "
                          f"(rank {masks.dim()})")
+    if masks.is_complex():
+        raise ValueError(f"{name} must be binary (0/1 or bool), got dtype {masks.dtype}")
     if masks.dtype == torch.bool:
         return masks
     if masks.is_floating_point() and torch.isnan(masks).any():
@@ -157,6 +234,8 @@ def check_pair(maps, masks, resize: Optional[str] = None) -> tuple[Tensor, Tenso
         raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
     maps = check_maps(maps)
     masks = check_masks(masks)
+    if masks.shape[1] == 0 or masks.shape[2] == 0:
+        raise ValueError(f"masks have an empty spatial size {_shape(masks)}")
     if maps.shape[0] != masks.shape[0]:
         raise ValueError(f"maps {_shape(maps)} and masks {_shape(masks)} have different batch sizes")
     if maps.shape[1:] != masks.shape[1:]:

@@ -15,8 +15,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from ._common import check_masks, register
-from .perturbation import _check_targets, chunk_size, forward_in_chunks, model_scores
+from ._common import check_finite, check_images, check_masks, check_targets, register
+from .perturbation import chunk_size, forward_in_chunks, model_scores
 
 __all__ = ["object_context_occlusion", "target_score"]
 
@@ -33,17 +33,15 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
     ``"logit"`` (the paper) or ``"softmax"``. NaN: object column for an empty mask, context column
     for a mask covering the whole image. A model using the object should give object < context.
     """
-    x = torch.as_tensor(images)
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"images must be a float (B, C, H, W) tensor, got {tuple(x.shape)}")
+    x = check_images(images)
     m = check_masks(masks).to(x.device)
     b, c, h, w = x.shape
     if m.shape != (b, h, w):
         raise ValueError(f"masks {tuple(m.shape)} must be (B, H, W) matching images {tuple(x.shape)}")
-    t = _check_targets(targets, b, x.device)
+    t = check_targets(targets, b, x.device)
     if t is None:
         raise ValueError("targets are required")
-    fv = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    fv = check_finite(torch.as_tensor(fill, dtype=x.dtype, device=x.device), "fill values")
     if fv.dim() == 0:
         fv = fv.expand(c)
     if fv.shape == (c,):
@@ -71,10 +69,8 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
 def target_score(model: Callable, images, targets, *, score: str = "logit") -> Tensor:
     """(B,) the model's ``score`` (``"logit"``, ``"softmax"``, ``"log_softmax"``) of the target class on
     the clean image; tells which explained classes the model predicts (paper 002, Table 1, "P")."""
-    x = torch.as_tensor(images)
-    if x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"images must be a float (B, C, H, W) tensor, got {tuple(x.shape)}")
-    t = _check_targets(targets, x.shape[0], x.device)
+    x = check_images(images)
+    t = check_targets(targets, x.shape[0], x.device)
     if t is None:
         raise ValueError("targets are required")
     with torch.no_grad():

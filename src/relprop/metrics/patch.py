@@ -14,8 +14,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._common import apply_sign, as_seeds, first_argmax, is_constant, register
-from .perturbation import _check_images, _check_targets, chunk_size, forward_in_chunks, model_scores
+from ._common import apply_sign, as_seeds, check_finite, first_argmax, is_constant, register
+from .perturbation import check_perturbation_inputs, chunk_size, forward_in_chunks, model_scores
 
 __all__ = ["PatchMaskingResult", "maximal_patch_masking", "ranked_classes", "patch_window"]
 
@@ -79,15 +79,14 @@ def maximal_patch_masking(model: Callable, images, maps, targets, *,
     """
     if location not in ("max", "random"):
         raise ValueError(f"location must be 'max' or 'random', got {location!r}")
-    x, m = _check_images(images, maps)
+    x, m, t = check_perturbation_inputs(images, maps, targets)
     b, c, h, w = x.shape
-    t = _check_targets(targets, b, x.device)
     if t is None:
         raise ValueError("targets are required (the ground truth, or ranked_classes(...)[:, 1])")
     ps = [int(p) for p in patch_sizes]
     if not ps or min(ps) < 1:
         raise ValueError(f"patch_sizes must be positive ints, got {list(patch_sizes)}")
-    fv = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    fv = check_finite(torch.as_tensor(fill, dtype=x.dtype, device=x.device), "fill values")
     if fv.dim() == 0:
         fv = fv.expand(c)
     if fv.shape != (c,):

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import as_seeds, as_tensor, check_maps, register, stable_order
+from ._common import (as_seeds, as_tensor, check_counts, check_finite, check_images, check_maps,
+                      check_target_range, check_targets, register, stable_order)
 from .aggregate import CurveAggregate, aggregate_curves
 from .incremental import IncrementalForward
 
@@ -211,6 +212,7 @@ def model_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
     """Pick the target's score from (N, K) logits: ``logit``, ``softmax`` or ``log_softmax``."""
     if logits.dim() != 2:
         raise ValueError(f"the model must return (N, classes) logits, got shape {tuple(logits.shape)}")
+    check_target_range(targets, logits.shape[1])
     if score == "softmax":
         logits = logits.softmax(-1)
     elif score == "log_softmax":
@@ -220,34 +222,22 @@ def model_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
     return logits.gather(1, targets[:, None])[:, 0]
 
 
-def _check_images(images, maps) -> tuple[Tensor, Tensor]:
-    x = as_tensor(images, "images")
-    if x.dim() != 4:
-        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError("images must be a floating-point tensor")
+def check_perturbation_inputs(images, maps, targets) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The shared input check of every perturbation metric: finite float images (B, C, H, W), finite
+    maps (B, H, W) of the same batch and size, targets None or (B,) integer class indices (their range
+    is checked against the model's outputs in :func:`model_scores`)."""
+    x = check_images(images)
     m = check_maps(maps).to(x.device)
     if m.shape[0] != x.shape[0] or m.shape[1:] != x.shape[2:]:
         raise ValueError(f"maps {tuple(m.shape)} must be (B, H, W) matching images {tuple(x.shape)}")
-    return x, m
-
-
-def _check_targets(targets, b: int, device) -> Optional[Tensor]:
-    if targets is None:
-        return None
-    t = as_tensor(targets, "targets")
-    if t.dim() == 0:
-        t = t.expand(b)
-    if t.shape != (b,) or t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(f"targets must be ({b},) integer class indices, got {tuple(t.shape)} {t.dtype}")
-    return t.to(device=device, dtype=torch.long)
+    return x, m, check_targets(targets, x.shape[0], x.device)
 
 
 def _substrate(x: Tensor, removal, seeds: list[int], blur: dict, noise_range) -> Tensor:
     """The values that replace removed pixels, (B, C, H, W), computed from the original images."""
     b, c, h, w = x.shape
     if isinstance(removal, Tensor):
-        v = removal.to(device=x.device, dtype=x.dtype)
+        v = check_finite(removal.to(device=x.device, dtype=x.dtype), "removal values")
         shapes = {(c,): (1, c, 1, 1), (b, c): (b, c, 1, 1), (c, h, w): (1, c, h, w),
                   (b, c, h, w): (b, c, h, w), (): (1, 1, 1, 1)}
         if tuple(v.shape) not in shapes:
@@ -255,6 +245,8 @@ def _substrate(x: Tensor, removal, seeds: list[int], blur: dict, noise_range) ->
                              f"(B, C, H, W) for images {tuple(x.shape)}, got {tuple(v.shape)}")
         return v.reshape(shapes[tuple(v.shape)]).expand(b, c, h, w)
     if isinstance(removal, (int, float)) and not isinstance(removal, bool):
+        if not torch.isfinite(torch.tensor(float(removal))):
+            raise ValueError(f"removal must be a finite number, got {removal!r}")
         return torch.full((1, 1, 1, 1), float(removal), dtype=x.dtype, device=x.device).expand_as(x)
     if removal == "zero":
         return torch.zeros((1, 1, 1, 1), dtype=x.dtype, device=x.device).expand_as(x)
@@ -534,9 +526,7 @@ def _curves(model, x, m, targets, *, counts, order, restrict, patch_size, region
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     internal_batch_size = chunk_size(internal_batch_size, x)
-    counts_t = torch.as_tensor([int(c) for c in counts], dtype=torch.long)
-    if counts_t.numel() == 0 or (counts_t < 0).any():
-        raise ValueError(f"counts must be non-negative ints, got {list(counts)}")
+    counts_t = torch.as_tensor(counts, dtype=torch.long)  # checked by the callers
     if counts_t[0] != 0:
         counts_t = torch.cat([torch.zeros(1, dtype=torch.long), counts_t])
     pixel_rank, n_eligible, csum = _pixel_ranks(m, patch_size, order, restrict, region_score, seeds)
@@ -580,8 +570,10 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
     negative ones (paper 001 "negative removal", with LeRF: most negative first); the number perturbed
     is capped by the eligible count (``n_perturbed``), so ``counts=[..., H*W]`` gives Table I's "All".
 
-    ``counts``: regions perturbed at each evaluated step (0 is prepended if missing); the perturbation
-    is cumulative (step k contains the first ``counts[k]`` regions). Removal values, all computed from
+    ``counts``: regions perturbed at each evaluated step, strictly increasing non-negative ints (0 is
+    prepended if missing; unsorted or repeated counts are refused: step 0 must be the clean image
+    for AOPC); the perturbation is cumulative (step k contains the first ``counts[k]`` regions).
+    Images and maps must be finite; targets must lie in ``[0, classes)``. Removal values, all computed from
     the original image: ``"min"`` (the image minimum over all channels: paper 001 and Quantus
     "black"), ``"zero"`` (paper 000), ``"mean"`` (per-channel image mean), ``"blur"`` (Gaussian blur,
     ``blur_*``), ``"noise"`` (uniform noise in ``noise_range``, default the image's [min, max], drawn
@@ -601,9 +593,9 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
     region per step); ``False`` pushes all copies through the model in chunks of
     ``internal_batch_size`` (the automatic choice on a GPU).
     """
-    x, m = _check_images(images, maps)
+    x, m, targets = check_perturbation_inputs(images, maps, targets)
+    counts = check_counts(counts)
     seeds = as_seeds(seed, x.shape[0])
-    targets = _check_targets(targets, x.shape[0], x.device)
     shuffle = removal == "shuffle" if isinstance(removal, str) else False
     blur = dict(kernel_size=blur_kernel_size, sigma=blur_sigma, padding=blur_padding)
     fill = None if shuffle else _substrate(x, removal, seeds, blur, noise_range)
@@ -650,11 +642,12 @@ def blurred_insertion(model: Callable, images, maps, targets=None, *,
     Higher is better. ``targets=None`` uses the class predicted on the clean image (B extra passes).
     ``incremental``: as in :func:`region_perturbation`.
     """
-    x, m = _check_images(images, maps)
-    targets = _check_targets(targets, x.shape[0], x.device)
+    x, m, targets = check_perturbation_inputs(images, maps, targets)
     f = torch.as_tensor(list(fractions), dtype=torch.float64)
-    if f.dim() != 1 or not ((f >= 0) & (f <= 1)).all():
+    if f.dim() != 1 or f.numel() == 0 or not ((f >= 0) & (f <= 1)).all():
         raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
+    if (f[1:] <= f[:-1]).any():
+        raise ValueError(f"fractions must be strictly increasing (cumulative steps), got {list(fractions)}")
     _, nreg, _ = region_ids(x.shape[2], x.shape[3], patch_size)
     counts = torch.floor(f * nreg + 0.5).long().tolist()
     blurred = gaussian_blur(x, kernel_size, sigma, padding)
@@ -680,8 +673,7 @@ def rise_deletion(model: Callable, images, maps, targets=None, *, step: int = 22
     state. Score: softmax of the class predicted on the clean image (``targets=None``). AUC via
     ``.auc()``; lower is better. Ties: row-major (RISE's flipped argsort puts later pixels first).
     ``incremental``: as in :func:`region_perturbation`."""
-    x, m = _check_images(images, maps)
-    targets = _check_targets(targets, x.shape[0], x.device)
+    x, m, targets = check_perturbation_inputs(images, maps, targets)
     counts = _rise_counts(x.shape[2] * x.shape[3], step)
     fill = _substrate(x, substrate, [0] * x.shape[0], {}, None)
     return _curves(model, x, m, targets, counts=counts, order="morf", restrict=None, patch_size=1,
@@ -697,8 +689,7 @@ def rise_insertion(model: Callable, images, maps, targets=None, *, step: int = 2
     blur, ``gkern(11, 5)`` with zero padding) and inserts original pixels in descending map order,
     ``step`` per step. Score: softmax of the class predicted on the clean image. AUC via
     ``.auc()``; higher is better. ``incremental``: as in :func:`region_perturbation`."""
-    x, m = _check_images(images, maps)
-    targets = _check_targets(targets, x.shape[0], x.device)
+    x, m, targets = check_perturbation_inputs(images, maps, targets)
     counts = _rise_counts(x.shape[2] * x.shape[3], step)
     if substrate is None:
         base = gaussian_blur(x, 11, 5.0, padding="zeros", kind="rise")
