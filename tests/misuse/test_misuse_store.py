@@ -222,3 +222,18 @@ def test_a_newer_schema_is_refused(store: Path, tmp_path: Path, capsys) -> None:
     assert main(["report", str(store)]) == 2
     _one_error_line(capsys, "schema version 99")
     assert _state(store) == before
+
+
+def test_the_command_line_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """The same refusal through a real process: exit code 2, one line on stderr, nothing else."""
+    import subprocess
+
+    path = tmp_path / "garbage.sqlite"
+    _garbage(path)
+    before = _state(path)
+    done = subprocess.run([sys.executable, "-m", "relprop.cli", "report", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"relprop: error: store {path} is not a readable relprop store (not an SQLite database)"]
+    assert _state(path) == before and not (tmp_path / "garbage-report").exists()
