@@ -268,6 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from relprop import viz
     from relprop.data.photos import demo_photos
 
+    _check_output_file(Path(args.out) / "demo_grid.png")
     methods = _select_methods(relprop, _parse_list(args.methods))
     photos = _select_photos(demo_photos(), _parse_list(args.photos))
     model, preprocess = _load_model(relprop, DEMO_MODEL)

@@ -227,7 +227,8 @@ def test_explain_gives_the_model_a_16bit_png_like_its_8bit_copy(tmp_path, tiny_a
 def test_explain_refuses_float_tiff_outside_unit_range(tmp_path, tiny_api, capsys):
     path = tmp_path / "raw.tif"
     Image.fromarray(np.linspace(0, 500, 64, dtype=np.float32).reshape(8, 8)).save(path)
-    code, _, err = _run_cli(["explain", path, "--model", "tiny", "--method", "gradient"], capsys)
+    code, _, err = _run_cli(["explain", path, "--model", "tiny", "--method", "gradient", "--out",
+                             tmp_path / "map.png"], capsys)
     assert code == 2 and str(path) in _one_error_line(err) and "[0, 1]" in err
 
 
@@ -261,7 +262,8 @@ def _bomb_png(path: Path, side: int = 40_000) -> None:
 def test_explain_refuses_decompression_bomb(tmp_path, tiny_api, capsys):
     bomb = tmp_path / "bomb.png"
     _bomb_png(bomb)
-    code, _, err = _run_cli(["explain", bomb, "--model", "tiny", "--method", "gradient"], capsys)
+    code, _, err = _run_cli(["explain", bomb, "--model", "tiny", "--method", "gradient", "--out",
+                             tmp_path / "map.png"], capsys)
     line = _one_error_line(err)
     assert code == 2 and str(bomb) in line and "decompression bomb" in line.lower()
     assert not tiny_api["seen"]
@@ -493,9 +495,11 @@ def test_explain_out_that_cannot_be_written(tmp_path, rgb_png, tiny_api, capsys,
     if which >= len(outs):
         pytest.skip("no read-only folder on this system")
     out = outs[which]
+    before = snapshot(tiny_api["model"])
     code, _, err = _run_cli(["explain", rgb_png, "--model", "tiny", "--method", "gradient", "--out", out], capsys)
     line = _one_error_line(err)
     assert code == 2 and str(out) in line
+    assert_unchanged(tiny_api["model"], before)
 
 
 def test_report_out_onto_an_existing_file(tmp_path, capsys):
@@ -506,6 +510,20 @@ def test_report_out_onto_an_existing_file(tmp_path, capsys):
     code, _, err = _run_cli(["report", store, "--out", target], capsys)
     assert code == 2 and str(target) in _one_error_line(err)
     assert target.read_text() == "keep me"
+
+
+def test_demo_out_onto_an_existing_file(tmp_path, tiny_api, capsys):
+    target = tmp_path / "demo"
+    target.write_text("keep me")
+    code, _, err = _run_cli(["demo", "--out", target, "--methods", "gradient", "--photos", "chelsea"], capsys)
+    assert code == 2 and str(target) in _one_error_line(err)
+    assert target.read_text() == "keep me" and not tiny_api["seen"]  # refused before any work
+
+
+def test_evaluate_store_that_is_a_folder(tmp_path, capsys):
+    code, _, err = _run_cli(["evaluate", "--dataset", "shapes", "--dataset-option", "count=2", "--model",
+                             "shapes_vgg", "--methods", "gradient", "--store", tmp_path, "--no-progress"], capsys)
+    assert code == 2 and str(tmp_path) in _one_error_line(err)
 
 
 # ------------------------------------------------------------------------ 15: options, devices, forward
@@ -555,10 +573,12 @@ def test_evaluate_model_returning_a_tuple(tmp_path, user_models, capsys):
 
 @pytest.mark.parametrize("target", ["5000", "abc", "-1"])
 def test_explain_bad_target(tmp_path, rgb_png, tiny_api, capsys, target):
+    before = snapshot(tiny_api["model"])
     code, _, err = _run_cli(["explain", rgb_png, "--model", "tiny", "--method", "gradient", "--target", target,
                              "--out", tmp_path / "map.png"], capsys)
     assert code == 2 and target in err and "Traceback" not in err
     assert not (tmp_path / "map.png").exists()
+    assert_unchanged(tiny_api["model"], before)
 
 
 # ------------------------------------------------------------------------ 19: plug-in code
