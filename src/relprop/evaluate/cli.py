@@ -120,13 +120,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run (or continue) an evaluation; prints what was done and the errors per sample."""
     from .distributed import torchrun_env
     from .runner import run_evaluation
-
     from .specs import allow_plugins_from_cwd
 
     allow_plugins_from_cwd(args.dataset, args.model)
     store = Path(args.store)
     if store.is_dir():
-        raise ValueError(f"--store {store} is a folder; give the SQLite file to write, e.g. {store / 'eval.sqlite'}")
+        raise ValueError(f"--store {store} is a folder; give the SQLite file to write, e.g. "
+                         f"{store / 'eval.sqlite'}")
     config = config_from_args(args)
     try:
         summary = run_evaluation(config, args.store)

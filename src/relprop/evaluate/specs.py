@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["InputSpec", "allow_plugins_from_cwd", "check_logits", "input_spec", "load_callable", "parse_options", "resolve_dataset",
-           "resolve_model"]
+__all__ = ["InputSpec", "allow_plugins_from_cwd", "check_logits", "input_spec", "load_callable", "parse_options",
+           "resolve_dataset", "resolve_model"]
 
 
 @dataclass(frozen=True)
