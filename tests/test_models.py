@@ -82,8 +82,12 @@ def test_inception_v3_preprocess_is_299():
     assert x.shape == (1, 3, 299, 299) and x.dtype == torch.float32
 
 
-def test_weights_use_their_transforms(monkeypatch):
+def test_weights_use_their_transforms(monkeypatch, tmp_path):
     seen = {}
+    # weights are read from the local torch cache only: a placeholder file stands for the cached one
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "vit_b_16_swag-9ac1b537.pth").write_bytes(b"")
 
     def fake_get_model(name, weights=None, **kwargs):
         seen["args"] = (name, weights)

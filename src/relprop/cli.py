@@ -29,16 +29,29 @@ class CliError(Exception):
 
 
 def _read_image(path: str | Path) -> Any:
-    """Open ``path`` as an RGB PIL image, raising :class:`CliError` on failure."""
-    from PIL import Image, UnidentifiedImageError
+    """Open ``path`` as an 8-bit RGB PIL image with the data sets' opener, raising :class:`CliError` on failure.
+
+    16-bit and float images are scaled, not clipped; decompression bombs and undecodable files are refused
+    (:func:`relprop.data._images.open_rgb`).
+    """
+    from relprop.data._images import open_rgb
+    from relprop.data.base import CorruptSampleError
 
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise CliError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise CliError(f"cannot read image {path}: {err}") from None
+        return open_rgb(path)
+    except CorruptSampleError as err:
+        raise CliError(f"cannot read image {err}") from None
+
+
+def _check_output_file(out: Path) -> None:
+    """Refuse an output path that is a folder or lies under a regular file, before any work is done."""
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; give a file name such as {out / 'map.png'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CliError(f"--out {out}: {parent} is a file, not a folder")
+            break
 
 
 def _check_method(relprop: Any, name: str) -> None:
@@ -51,14 +64,32 @@ def _check_method(relprop: Any, name: str) -> None:
 
 
 def _load_model(relprop: Any, name: str, weights: str | None = None) -> tuple[Any, Callable]:
-    """Load ``name`` through :func:`relprop.load_model` and put it in eval mode."""
+    """Load ``name`` (a :func:`relprop.load_model` name or ``package.module:factory``), in eval mode."""
     kwargs = {} if weights is None else {"weights": weights}
     try:
-        model, preprocess = relprop.load_model(name, **kwargs)
+        if ":" in name:
+            from relprop.evaluate.specs import resolve_model
+
+            model, preprocess = resolve_model(name, kwargs)
+        else:
+            model, preprocess = relprop.load_model(name, **kwargs)
     except (OSError, TypeError) as err:
         raise CliError(f"cannot load model {name}: {err}") from None
+    except ValueError as err:
+        message = str(err)
+        raise CliError(message if name in message else f"model {name}: {message}") from None
+    if preprocess is None:
+        raise CliError(f"model {name} returned no preprocessing; its factory must return (model, preprocess)")
     model.eval()
     return model, preprocess
+
+
+def _write(out: Path, writer: Callable[[], Any]) -> Any:
+    """Run ``writer`` (which writes ``out``); a failure (full disk, read-only folder) is a :class:`CliError`."""
+    try:
+        return writer()
+    except OSError as err:
+        raise CliError(f"cannot write {out}: {err.strerror or err}") from None
 
 
 def _to_batch(preprocess: Callable, image: Any) -> Any:
@@ -85,12 +116,14 @@ def _display_image(preprocess: Callable, x: Any, image: Any) -> Any:
     return Image.fromarray(pixels.permute(1, 2, 0).numpy())
 
 
-def _probabilities(model: Any, x: Any) -> Any:
+def _probabilities(model: Any, x: Any, name: str = "model") -> Any:
     """Softmax probabilities of the first image in ``x``, shape (num_classes,)."""
     import torch
 
+    from relprop.evaluate.specs import check_logits
+
     with torch.no_grad():
-        logits = model(x)
+        logits = check_logits(model(x), name)
     return torch.softmax(logits.reshape(logits.shape[0], -1).double(), dim=1)[0]
 
 
@@ -144,20 +177,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Explain one image and write its heatmap PNG."""
     import relprop
     from relprop import viz
+    from relprop.evaluate.specs import allow_plugins_from_cwd
 
+    out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_{args.method}.png")
+    _check_output_file(out)
     image = _read_image(args.image)
     _check_method(relprop, args.method)
+    allow_plugins_from_cwd(args.model)
     model, preprocess = _load_model(relprop, args.model, args.weights)
     x = _to_batch(preprocess, image)
-    probs = _probabilities(model, x)
+    probs = _probabilities(model, x, args.model)
     names = _class_names(int(probs.shape[0]))
     predicted = int(probs.argmax())
     target = _resolve_target(args.target, probs)
 
     relevance = relprop.explain(model, x, target=target, method=args.method)
-    out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_{args.method}.png")
     background = _display_image(preprocess, x, image) if args.overlay else None
-    viz.save_heatmap(out, relevance[0], image=background)
+    _write(out, lambda: viz.save_heatmap(out, relevance[0], image=background))
 
     print(f"predicted: {_class_label(predicted, names)} (p={float(probs[predicted]):.3f})")
     print(f"explained: {_class_label(target, names)} (p={float(probs[target]):.3f}) with {args.method}")
@@ -232,6 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from relprop import viz
     from relprop.data.photos import demo_photos
 
+    _check_output_file(Path(args.out) / "demo_grid.png")
     methods = _select_methods(relprop, _parse_list(args.methods))
     photos = _select_photos(demo_photos(), _parse_list(args.photos))
     model, preprocess = _load_model(relprop, DEMO_MODEL)
@@ -241,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for photo in photos:
         try:
             image = photo.image()
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise CliError(f"cannot read demo photo {photo.name}: {err}") from None
         x = _to_batch(preprocess, image)
         probs = _probabilities(model, x)
@@ -252,12 +289,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows.append({"image": _display_image(preprocess, x, image), "label": label, "maps": {}, "x": x, "target": target})
 
     timings, failures = _explain_all(relprop, model, rows, methods)
-    out = viz.method_grid(
+    grid = Path(args.out) / "demo_grid.png"
+    out = _write(grid, lambda: viz.method_grid(
         [{k: row[k] for k in ("image", "label", "maps")} for row in rows],
-        Path(args.out) / "demo_grid.png",
+        grid,
         title=f"{DEMO_MODEL}: relevance for the top-1 class",
         columns=DEMO_COLUMNS,
-    )
+    ))
     print(f"wrote {out}")
     _print_timings(methods, timings, failures)
     return 1 if failures else 0
@@ -293,11 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain one image and write a heatmap PNG")
     p.add_argument("image", help="image file to explain")
-    p.add_argument("--model", required=True, help="model name, e.g. efficientnet_lite0")
+    p.add_argument("--model", required=True,
+                   help="model name, e.g. efficientnet_lite0, or package.module:factory (imports and runs that "
+                        "code; see `relprop evaluate --help`)")
     p.add_argument("--method", required=True, help="explanation method (see `relprop methods`)")
     p.add_argument("--target", type=int, default=None, help="class index to explain (default: predicted)")
     p.add_argument("--out", default=None, help="output PNG (default: <image stem>_<method>.png)")
-    p.add_argument("--weights", default=None, help="weights to load into the model")
+    p.add_argument("--weights", default=None,
+                   help="torchvision weights name (read from the local torch cache, never downloaded) or a "
+                        "state-dict file (read with torch.load(weights_only=True))")
     p.add_argument("--overlay", action="store_true", help="blend the heatmap over the image")
     p.set_defaults(func=cmd_explain)
 
@@ -325,8 +367,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CliError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _print_error(str(err))
         return 2
+    except OSError as err:  # a file that cannot be read or written, named by the error
+        where = f"{err.filename}: " if err.filename else ""
+        _print_error(f"{where}{err.strerror or err}")
+        return 2
+
+
+def _print_error(message: str) -> None:
+    """One ``relprop: error:`` line (line breaks inside ``message`` are folded)."""
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 from xml.etree.ElementTree import Element, ParseError
@@ -41,12 +42,18 @@ def child_text(node: Element, tag: str, path: str | Path, default: str | None = 
 
 
 def child_number(node: Element, tag: str, path: str | Path) -> float:
-    """The child ``tag`` of ``node`` read as a number (VOC 2012 writes some coordinates as ``"273.5"``)."""
+    """The child ``tag`` of ``node`` read as a finite number (VOC 2012 writes some coordinates as ``"273.5"``).
+
+    ``nan``, ``inf`` and other non-numbers make the sample corrupt.
+    """
     text = child_text(node, tag, path)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise CorruptSampleError(str(path), f"<{tag}> of <{node.tag}> is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise CorruptSampleError(str(path), f"<{tag}> of <{node.tag}> is not a finite number: {text!r}")
+    return value
 
 
 class XmlObject(NamedTuple):

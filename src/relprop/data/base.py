@@ -88,7 +88,9 @@ class ModelInput:
 
 def to_model_input(sample: Sample, size: int, mean: Sequence[float], std: Sequence[float]) -> ModelInput:
     """Resize the image (bilinear, antialiased) and its annotations (nearest) to ``size`` x ``size``."""
-    rgb = np.asarray(sample.image.convert("RGB"), dtype=np.float32) / 255.0
+    from ._images import to_rgb8  # here: _images imports this module
+
+    rgb = np.asarray(to_rgb8(sample.image, sample.path or sample.key), dtype=np.float32) / 255.0
     h, w = rgb.shape[:2]
     image = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
     image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]

@@ -23,7 +23,7 @@ from typing import Any
 
 from .base import CorruptSampleError, Object, Sample
 from ._images import open_rgb
-from ._paths import missing, resolve_root
+from ._paths import confined, missing, resolve_root
 from .cocomask import segmentation_to_mask
 from .pointing_lists import flagged_classes, read_difficult_flags
 from .registry import register_dataset
@@ -42,6 +42,9 @@ def _load_instances(path: Path) -> dict[str, Any]:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read the instances JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: cannot read the instances JSON (nested too deeply to be COCO "
+                         "annotations)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the instances JSON must be an object, got {type(data).__name__}")
     for field in ("images", "annotations", "categories"):
@@ -112,7 +115,7 @@ class COCODataset:
             raise CorruptSampleError(where, f"image entry {index} lacks a file_name and positive integer "
                                             f"height/width: {str(entry)[:80]}")
         file_name, h, w = entry["file_name"], entry["height"], entry["width"]
-        image_path = self.image_dir / file_name
+        image_path = confined(self.image_dir, file_name, where)
         image = open_rgb(image_path)
         if image.size != (w, h):
             raise CorruptSampleError(str(image_path), f"is {image.width}x{image.height} but {Path(where).name} "

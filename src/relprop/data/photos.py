@@ -23,11 +23,12 @@ class Photo:
     package: str = ""
 
     def image(self) -> Image.Image:
-        """Open the photo as an RGB PIL image (grey and RGBA images are converted)."""
+        """Open the photo as an 8-bit RGB PIL image (:func:`relprop.data._images.open_rgb`)."""
+        from ._images import open_rgb
+
         if not self.path.is_file():
             raise FileNotFoundError(_missing_message(self))
-        with Image.open(self.path) as img:
-            return img.convert("RGB")
+        return open_rgb(self.path)
 
 
 # name -> (package, file name inside the package's data folder, description)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .base import CorruptSampleError, Object, Sample
 from ._images import open_rgb, read_index_png
-from ._paths import missing, resolve_root
+from ._paths import confined, missing, resolve_root
 from ._xml import read_voc_xml
 from .pointing_lists import flagged_classes, read_difficult_flags
 from .registry import register_dataset
@@ -84,6 +84,7 @@ class VOCDataset:
         list_file = year_dir / "ImageSets" / ("Main" if task == "detection" else "Segmentation") / f"{split}.txt"
         if not list_file.is_file():
             raise missing(self.name, f"the {split} list of the {task} task", list_file, how)
+        self.list_file = list_file
         self.ids = [line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         flags_path = Path(difficult_flags) if difficult_flags is not None else None
         if flags_path is None and year in _DIFFICULT_FILE:
@@ -99,12 +100,16 @@ class VOCDataset:
         """Classes of image ``key`` in the pointing game's difficult subset; None if unlisted or no list."""
         return flagged_classes(self.difficult_flags, key)
 
+    def _file(self, folder: str, name: str) -> Path:
+        """``<VOC folder>/folder/name`` for an image id of the split list, which must stay inside ``folder``."""
+        return confined(self.dir / folder, name, self.list_file)
+
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         key = self.ids[index]
-        xml_path = self.dir / "Annotations" / f"{key}.xml"
-        image_path = self.dir / "JPEGImages" / f"{key}.jpg"
+        xml_path = self._file("Annotations", f"{key}.xml")
+        image_path = self._file("JPEGImages", f"{key}.jpg")
         ann = read_voc_xml(xml_path)
         image = open_rgb(image_path)
         w, h = image.size
@@ -123,7 +128,7 @@ class VOCDataset:
                                                         f"the {w}x{h} image")
             objects.append(Object(label=_INDEX[obj.name], box=(x0, y0, x1, y1), difficult=obj.difficult))
         segmentation = None
-        class_png = self.dir / "SegmentationClass" / f"{key}.png"
+        class_png = self._file("SegmentationClass", f"{key}.png")
         if class_png.is_file():
             classes = read_index_png(class_png)
             _check_size(classes, (h, w), class_png)
@@ -134,7 +139,7 @@ class VOCDataset:
             segmentation[classes == _VOID] = -1
         elif self.task == "segmentation":
             raise CorruptSampleError(str(class_png), "segmentation PNG is missing")
-        object_png = self.dir / "SegmentationObject" / f"{key}.png"
+        object_png = self._file("SegmentationObject", f"{key}.png")
         if object_png.is_file():
             _attach_instance_masks(object_png, objects, segmentation, (h, w))
         return Sample(key=key, image=image, labels=sorted({o.label for o in objects}), objects=objects,

@@ -18,7 +18,12 @@ _EPILOG = """examples:
   relprop report results.sqlite --results docs/results.md   (the papers' tables: benchmarks/reproduce.py)
 
 Killed and started again with the same options, it continues where it stopped.
-Option values are JSON where they parse: --metric-option aopc_morf.counts=[0,10,20]"""
+Option values are JSON where they parse: --metric-option aopc_morf.counts=[0,10,20]
+
+plug-in code: --model package.module:factory and --dataset package.module:factory import the module,
+which runs its code, and call the factory; name only code you trust. The module is found on the Python
+import path (PYTHONPATH, installed packages); the relprop command also searches the current folder, after
+installed packages (python -m relprop.cli puts it first)."""
 
 
 def _floats(text: str) -> list[float]:
@@ -52,7 +57,9 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--split", default=None, help="data set split (default: the data set's own)")
     g.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the data set, e.g. count=100 (repeatable)")
-    g.add_argument("--model", required=True, help="model name (see relprop.load_model) or package.module:factory")
+    g.add_argument("--model", required=True,
+                   help="model name (see relprop.load_model) or package.module:factory (imports and runs that "
+                        "code, see below)")
     g.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the model builder, e.g. weights=IMAGENET1K_V1 (repeatable)")
     g.add_argument("--methods", required=True, help="comma separated methods, or 'all'")
@@ -114,7 +121,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run (or continue) an evaluation; prints what was done and the errors per sample."""
     from .distributed import torchrun_env
     from .runner import run_evaluation
+    from .specs import allow_plugins_from_cwd
 
+    allow_plugins_from_cwd(args.dataset, args.model)
+    store = Path(args.store)
+    if store.is_dir():
+        raise ValueError(f"--store {store} is a folder; give the SQLite file to write, e.g. "
+                         f"{store / 'eval.sqlite'}")
     config = config_from_args(args)
     try:
         summary = run_evaluation(config, args.store)
@@ -171,6 +184,8 @@ def _report(args: argparse.Namespace, stores: list[Path]) -> int:
         raise ValueError("several stores are read only with --results")
     store = stores[0]
     out = Path(args.out) if args.out else store.with_name(store.stem + "-report")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the report is a folder of files: give a new or existing folder")
     files = write_report(store, out)
     print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files)}")
     return 0

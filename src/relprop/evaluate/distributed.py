@@ -73,10 +73,23 @@ class Context:
 
 
 def _device(device: str, local_rank: Optional[int]) -> torch.device:
-    dev = torch.device(device)
+    """The ``torch.device`` of ``device``; an unknown, absent or unavailable device is a ValueError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if dev.type not in ("cpu", "cuda"):
+        backend = getattr(torch, dev.type, None)
+        if dev.type == "meta" or not getattr(backend, "is_available", lambda: False)():
+            raise ValueError(f"device {device!r} is not available here; use cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
         if local_rank is not None and dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)

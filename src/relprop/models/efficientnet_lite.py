@@ -187,23 +187,11 @@ def load_efficientnet_lite0_weights(model: EfficientNetLite0, path: str | os.Pat
     """Load a lukemelas-style EfficientNet-Lite0 checkpoint into ``model`` (in place).
 
     Raises:
-        RuntimeError: if keys are missing or unexpected, or shapes do not match.
+        WeightsError: (a ValueError and a RuntimeError) if the file is not a state dict, keys are
+            missing or unexpected, or shapes do not match.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    converted = convert_lukemelas_state_dict(state)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(converted))
-    unexpected = sorted(set(converted) - set(own))
-    if missing or unexpected:
-        raise RuntimeError(
-            f"cannot load EfficientNet-Lite0 weights from {os.fspath(path)!r}: "
-            f"missing keys {missing}, unexpected keys {unexpected}"
-        )
-    mismatched = [k for k, v in converted.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if mismatched:
-        details = ", ".join(f"{k}: {tuple(converted[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched)
-        raise RuntimeError(f"cannot load EfficientNet-Lite0 weights from {os.fspath(path)!r}: shape mismatch {details}")
-    model.load_state_dict(converted, strict=True)
+    from ._weights import fit_state, read_state_file
+
+    converted = convert_lukemelas_state_dict(dict(read_state_file(path, "efficientnet_lite0")))
+    fit_state(model, converted, path, "efficientnet_lite0")
     return model

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision import transforms as T
 
 from ..data.shapes import SHAPE_CLASSES
+from ._weights import fit_state, read_state_file
 
 __all__ = ["SHAPES_MEAN", "SHAPES_STD", "SHAPES_SIZE", "Bottleneck", "ShapesResNet", "ShapesVGG",
            "load_shapes_model", "shapes_preprocess", "weights_path"]
@@ -144,8 +145,7 @@ def load_shapes_model(name: str, weights: object = None, **kwargs: Any) -> nn.Mo
             if not path.is_file():
                 raise FileNotFoundError(f"shipped weights of {name!r} missing at {path}; reinstall relprop "
                                         f"or train them with `python -m relprop.models.train_shapes --model {name}`")
-            state = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+            path = weights  # type: ignore[assignment]
+        fit_state(model, read_state_file(path, name), path, name)
     return model.eval()
