@@ -161,3 +161,47 @@ def test_bootstrap_of_500_values_is_fast() -> None:
     start = time.perf_counter()
     bootstrap_interval(x, resamples=10_000, seed=0)
     assert time.perf_counter() - start < 5.0
+
+
+# ------------------------------------------------------------------------------------------------
+# verdicts of docs/results.md
+
+
+def test_verdict_counts_agree_reversed_undecided_after_holm() -> None:
+    from relprop.evaluate.paper_orders import Order, decide, verdict
+
+    order = Order("test", (("a",), ("b",), ("c",)), why="reason")
+    ours = {"a": 3.0, "b": 1.0, "c": 2.0}  # a > b holds, a > c holds, b > c reversed
+    # raw p: a-b 0.001, a-c 0.04, b-c 0.02 -> Holm 0.003, 0.04, 0.04 (sorted 0.001*3, 0.02*2, 0.04*1 -> max)
+    p = {("a", "b"): 0.001, ("a", "c"): 0.04, ("b", "c"): 0.02}
+    d = decide([("a", "b"), ("a", "c"), ("b", "c")], ours, True, p)
+    assert d[("a", "b")] == ("agrees", pytest.approx(0.003))
+    assert d[("a", "c")] == ("agrees", pytest.approx(0.04)) and d[("b", "c")] == ("reversed", pytest.approx(0.04))
+    text = verdict(order, ours, higher=True, p_values=p)
+    assert "**partly agrees**" in text and "2 agree, 1 reversed, 0 undecided" in text
+    assert "c before b (p_Holm=0.04)" in text and "Why: reason" in text
+    # the same point estimates, without significance: every pair undecided, not "agrees"
+    weak = verdict(order, ours, higher=True, p_values={k: 0.3 for k in p})
+    assert "**undecided**" in weak and "0 agree, 0 reversed, 3 undecided" in weak and "point estimates: 2 hold, 1 reversed" in weak
+    # a pair without a test counts as undecided, and still enters Holm's family (m = 3)
+    part = decide([("a", "b"), ("a", "c"), ("b", "c")], ours, True, {("a", "b"): 0.02})
+    assert part[("a", "b")] == ("undecided", pytest.approx(0.06)) and part[("a", "c")][0] == "undecided"
+    # lower is better: the direction flips
+    assert decide([("a", "b")], {"a": 1.0, "b": 2.0}, False, {("a", "b"): 0.001})[("a", "b")][0] == "agrees"
+
+
+def test_results_items_give_tests_and_intervals() -> None:
+    from relprop.evaluate.results import _ci, intervals, pair_p_values
+
+    # 20 images; "good" hits every class, "bad" misses; "same" equals "good"
+    good = [(f"i{k}", c, 1.0, 1.0) for k in range(20) for c in (0, 1)]
+    bad = [(s, c, 0.0, 1.0) for s, c, _, _ in good]
+    items = {"good": good, "bad": bad, "same": list(good), "none": []}
+    p = pair_p_values(items, [("good", "bad"), ("good", "same"), ("good", "none")])
+    assert p[("good", "bad")] < 0.001 and p[("good", "same")] == 1.0 and ("good", "none") not in p
+    iv = intervals(items)
+    assert "none" not in iv and iv["good"].estimate == 1.0 and (iv["good"].low, iv["good"].high) == (1.0, 1.0)
+    assert _ci(0.5, iv["good"], 1, 100) == "0.5 [100.0, 100.0]" and _ci(math.nan, iv["good"]) == "–"
+    # pooled ratio items (sum, count): 4/4 and 0/4 pool to 0.5, as the segmentation table does
+    pooled = intervals({"m": [("a", 0, 4.0, 4.0), ("b", 0, 0.0, 4.0)]})["m"]
+    assert pooled.estimate == 0.5 and (pooled.low, pooled.high) == (0.0, 1.0)
