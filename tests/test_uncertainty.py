@@ -205,3 +205,27 @@ def test_results_items_give_tests_and_intervals() -> None:
     # pooled ratio items (sum, count): 4/4 and 0/4 pool to 0.5, as the segmentation table does
     pooled = intervals({"m": [("a", 0, 4.0, 4.0), ("b", 0, 0.0, 4.0)]})["m"]
     assert pooled.estimate == 0.5 and (pooled.low, pooled.high) == (0.0, 1.0)
+
+
+def test_chunked_resampling_equals_one_block(monkeypatch) -> None:
+    import relprop.metrics.aggregate as A
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, generator=g, dtype=torch.float64)
+    y = x + 0.05 * torch.randn(40, generator=g, dtype=torch.float64) + 0.02
+    whole = (bootstrap_interval(x, resamples=3000), paired_test(y, x, resamples=3000),
+             paired_test(y[:10], x[:10]))
+    monkeypatch.setattr(A, "CHUNK", 40 * 7)  # 7 resamples per chunk (and 7 swaps of 10 images)
+    assert resample_weights(40, 3000).shape == (3000, 40)
+    chunked = (bootstrap_interval(x, resamples=3000), paired_test(y, x, resamples=3000),
+               paired_test(y[:10], x[:10]))
+    assert chunked[2] == whole[2]  # exact enumeration does not depend on the chunks
+    assert chunked[0].estimate == whole[0].estimate and chunked[0].low == pytest.approx(whole[0].low, abs=0.05)
+    assert chunked[1].p_value == pytest.approx(whole[1].p_value, abs=0.02)
+
+
+def test_empty_inputs() -> None:
+    iv = bootstrap_interval(torch.zeros(0))
+    assert iv.n == 0 and math.isnan(iv.estimate)
+    t = paired_test(torch.zeros(0), torch.zeros(0))
+    assert t.n == 0 and t.p_value == 1.0

@@ -29,7 +29,7 @@ __all__ = ["Aggregate", "CurveAggregate", "ClassAggregate", "BinnedAggregate", "
            "aggregate_curves", "per_class_mean", "binned_mean", "Sums", "sums_by_group", "Interval",
            "PairedBootstrap", "PairedTest", "bootstrap_interval", "bootstrap_sums", "paired_bootstrap",
            "paired_test", "permutation_test", "holm", "resample_weights", "CONFIDENCE", "RESAMPLES",
-           "EXACT_LIMIT"]
+           "EXACT_LIMIT", "CHUNK"]
 
 #: defaults of the intervals and tests
 CONFIDENCE = 0.95
@@ -308,15 +308,31 @@ def sums_by_group(values, groups: Optional[Sequence[Hashable]] = None,
     return Sums(sums.view(shape), counts.view(shape))
 
 
+#: at most this many resample-by-group entries are held at once (resamples are drawn in chunks)
+CHUNK = 20_000_000
+
+
+def _chunks(groups: int, resamples: int) -> list[int]:
+    size = max(1, CHUNK // max(groups, 1))
+    return [min(size, resamples - start) for start in range(0, resamples, size)]
+
+
+def _weight_chunks(groups: int, resamples: int, seed: int):
+    """Bootstrap weights in chunks of rows, drawn from one private generator (see :func:`resample_weights`)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    for rows in _chunks(groups, resamples):
+        idx = torch.randint(groups, (rows, groups), generator=gen) if groups else \
+            torch.zeros(rows, 0, dtype=torch.long)
+        yield torch.zeros(rows, groups, dtype=torch.float64).scatter_add_(
+            1, idx, torch.ones(rows, groups, dtype=torch.float64))
+
+
 def resample_weights(groups: int, resamples: int = RESAMPLES, seed: int = 0) -> Tensor:
     """``(resamples, groups)`` float64 counts of each group in bootstrap resamples of the groups
     (Efron & Tibshirani 1993): each row draws ``groups`` groups with replacement. Deterministic for
-    a ``seed`` (a private torch generator; the global RNG is untouched)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(groups, (resamples, groups), generator=gen) if groups else \
-        torch.zeros(resamples, 0, dtype=torch.long)
-    return torch.zeros(resamples, groups, dtype=torch.float64).scatter_add_(
-        1, idx, torch.ones(resamples, groups, dtype=torch.float64))
+    a ``seed`` (a private torch generator; the global RNG is untouched). Drawn in chunks of at most
+    :data:`CHUNK` entries, as :func:`bootstrap_sums` uses them (memory stays bounded for large data sets)."""
+    return torch.cat(list(_weight_chunks(groups, resamples, seed)), 0)
 
 
 @dataclass(frozen=True)
@@ -373,8 +389,8 @@ def bootstrap_sums(samples: Sequence[Sums], confidence: float = CONFIDENCE, resa
     g = samples[0].groups
     if any(s.groups != g for s in samples):
         raise ValueError("paired samples must have the same groups (rows)")
-    w = resample_weights(g, resamples, seed)
-    reps = torch.stack([s.statistic(w) for s in samples], 1)
+    reps = torch.cat([torch.stack([s.statistic(w) for s in samples], 1)
+                      for w in _weight_chunks(g, resamples, seed)], 0)
     return PairedBootstrap([_percentile(reps[:, k], s.estimate(), s.n, confidence)
                             for k, s in enumerate(samples)], reps, confidence)
 
@@ -456,20 +472,26 @@ def permutation_test(a: Sums, b: Sums, resamples: int = RESAMPLES, seed: int = 0
     fixed_b = Sums(b.sums[~differ].sum(0, keepdim=True), b.counts[~differ].sum(0, keepdim=True))
     da, db = Sums(a.sums[differ], a.counts[differ]), Sums(b.sums[differ], b.counts[differ])
     exact = k <= EXACT_LIMIT
-    if exact:
-        codes = torch.arange(2 ** k, dtype=torch.long)
-        flips = ((codes[:, None] >> torch.arange(k)) & 1).to(torch.float64)
-    else:
-        gen = torch.Generator().manual_seed(int(seed))
-        flips = torch.randint(2, (resamples, k), generator=gen).to(torch.float64)
-    keep = 1 - flips
-    sa = Sums(keep @ da.sums + flips @ db.sums + fixed_a.sums, keep @ da.counts + flips @ db.counts + fixed_a.counts)
-    sb = Sums(keep @ db.sums + flips @ da.sums + fixed_b.sums, keep @ db.counts + flips @ da.counts + fixed_b.counts)
-    t = (_stat_rows(sa) - _stat_rows(sb)).abs()
-    t = torch.where(torch.isnan(t), torch.zeros_like(t), t)
+    total = 2 ** k if exact else resamples
+    gen = torch.Generator().manual_seed(int(seed))
     tol = 1e-9 * max(abs(observed), 1e-300) + 1e-12
-    hits = int((t >= abs(observed) - tol).sum())
-    p = hits / flips.shape[0] if exact else (1 + hits) / (flips.shape[0] + 1)
+    hits, start = 0, 0
+    for rows in _chunks(k, total):
+        if exact:
+            codes = torch.arange(start, start + rows, dtype=torch.long)
+            flips = ((codes[:, None] >> torch.arange(k)) & 1).to(torch.float64)
+        else:
+            flips = torch.randint(2, (rows, k), generator=gen).to(torch.float64)
+        start += rows
+        keep = 1 - flips
+        sa = Sums(keep @ da.sums + flips @ db.sums + fixed_a.sums,
+                  keep @ da.counts + flips @ db.counts + fixed_a.counts)
+        sb = Sums(keep @ db.sums + flips @ da.sums + fixed_b.sums,
+                  keep @ db.counts + flips @ da.counts + fixed_b.counts)
+        t = (_stat_rows(sa) - _stat_rows(sb)).abs()
+        t = torch.where(torch.isnan(t), torch.zeros_like(t), t)
+        hits += int((t >= abs(observed) - tol).sum())
+    p = hits / total if exact else (1 + hits) / (total + 1)
     return PairedTest(observed, min(1.0, p), n, exact)
 
 
