@@ -101,7 +101,8 @@ def test_table_1_pools_segmentation_counts(pipeline, tmp_path) -> None:
     pix, miou, _ = pooled_segmentation([[json.loads(v)[f] for f in COUNT_FIELDS] for (v,) in rows])
     write_results([store], out)
     before = _row(out.read_text(), heading, "gradient")
-    assert [c.split(" [")[0] for c in before[3:5]] == [f"{pix * 100:.1f}", f"{miou * 100:.1f}"] and before[-1] == "2/2"
+    assert [c.split(" [")[0] for c in before[3:5]] == [f"{pix * 100:.1f}", f"{miou * 100:.1f}"]
+    assert before[-1] == "2/2"
     # hand-set counts: pooled pixel accuracy 4/8, mIoU (1/10 + 1/2) / 2, per-image mean IoU (1 + 0) / 2
     counts = [dict(correct=4, pixels=4, intersection_bg=1, union_bg=1, intersection_fg=1, union_fg=1),
               dict(correct=0, pixels=4, intersection_bg=0, union_bg=9, intersection_fg=0, union_fg=1)]

@@ -7,12 +7,13 @@ Written to the output folder:
   errors (corrupt samples with their files, failed methods);
 * ``summary.csv``: one row per (run, method, metric, statistic) with mean, its 95% bootstrap
   interval (``ci_low``, ``ci_high``: percentile bootstrap over images, Efron & Tibshirani 1993),
-  std, count, total and the ``model_digest`` of the weights the records belong to (report.md lists the digests per model).
+  std, count, total and the ``model_digest`` of the weights the records belong to (report.md lists
+  the digests per model).
   Statistics: ``mean`` (over pairs); for the pointing game also ``class_macro`` and
   ``difficult_class_macro`` (the mean of per-class accuracies, TorchRay / paper 002 Table 1); for
   mu also ``box<=0.25`` and ``box<=0.5`` (paper 003, Table I);
-* ``pairs.csv``: per run and scalar metric, every pair of methods with the paired permutation test
-  of their mean difference over the (image, class) pairs both have (images swapped whole), the
+* ``pairs.csv``: per run and metric with a headline scalar (the cells' mean), every pair of methods
+  with the paired permutation test of their mean difference over the (image, class) pairs both have (images swapped whole), the
   Holm (1979) adjusted p-value within the metric and whether they are significantly apart at 5%;
   report.md lists the significant pairs under each run's table;
 * ``curves.csv``: the mean curve of every curve- or vector-valued metric (perturbation scores and
@@ -35,7 +36,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..metrics.aggregate import (CONFIDENCE, RESAMPLES, Interval, aggregate, aggregate_curves, binned_mean,
+from ..metrics.aggregate import (RESAMPLES, Interval, aggregate, aggregate_curves, binned_mean,
                                  bootstrap_sums, holm, paired_test, per_class_mean, sums_by_group)
 from .metricset import NO_METHOD
 from .store import Store
@@ -78,7 +79,10 @@ def _nan(v: Optional[float]) -> float:
 def _interval(values: torch.Tensor, samples: list, index: dict, include: Optional[torch.Tensor] = None,
               classes: Optional[list] = None, resamples: int = RESAMPLES) -> Interval:
     """The bootstrap interval of a mean (or per-class macro mean with ``classes``) over the run's
-    images (``index``: sample -> row, shared by all methods, so the resamples are paired)."""
+    images (``index``: sample -> row, shared by all methods, so the resamples are paired); NaN
+    bounds without resamples."""
+    if resamples <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
     keep = [True] * len(samples) if include is None else include.tolist()
     v = values[torch.tensor(keep, dtype=torch.bool)]
     s = sums_by_group(v, [x for x, k in zip(samples, keep) if k],
@@ -90,9 +94,10 @@ def _ci(row: dict, iv: Interval) -> dict:
     return dict(row, ci_low=iv.low, ci_high=iv.high)
 
 
-def summarise_run(store: Store, run: int, resamples: int = RESAMPLES) -> dict:
+def summarise_run(store: Store, run: int, resamples: int = RESAMPLES, uncertainty: bool = True) -> dict:
     """Aggregates of one run: ``summary`` rows (with 95% bootstrap intervals over images), ``curves``
-    rows, per-method data for the plots and ``pairs``: the paired tests between methods."""
+    rows, per-method data for the plots and ``pairs``: the paired tests between methods.
+    ``uncertainty=False``: no intervals (NaN) and no pairs, for callers that only need the means."""
     targets = store.targets(run)
     metrics = {m["key"]: m for m in store.metrics(run)}
     summary: list[dict] = []
@@ -103,6 +108,7 @@ def summarise_run(store: Store, run: int, resamples: int = RESAMPLES) -> dict:
     for sample, target, method, metric, scalar, value in store.records(run):
         grouped.setdefault((method, metric), []).append((sample, target, scalar, value))
     index = {x: i for i, x in enumerate(sorted({r[0] for rows in grouped.values() for r in rows}))}
+    resamples = resamples if uncertainty else 0
     for (method, mkey), rows in sorted(grouped.items(), key=lambda kv: (kv[0][0] == NO_METHOD, kv[0])):
         info = metrics.get(mkey, {"name": mkey, "higher_is_better": None, "x": None, "x_label": None})
         base = dict(method=method, metric=mkey, name=info["name"],
@@ -145,18 +151,19 @@ def summarise_run(store: Store, run: int, resamples: int = RESAMPLES) -> dict:
                 acc = aggregate_curves(_stack([r[3]["correct"] for r in rows]))
                 for xi, m, c in zip(x, acc.mean.tolist(), acc.count.tolist()):
                     curves.append(dict(base, statistic="accuracy", x=xi, mean=m, count=c))
-    pairs = _pairs(grouped, metrics, resamples)
+    pairs = _pairs(grouped, metrics, resamples) if uncertainty else []
     return {"summary": summary, "curves": curves, "plots": plots, "mu": mu_points, "pairs": pairs}
 
 
 def _pairs(grouped: dict, metrics: dict, resamples: int = RESAMPLES) -> list[dict]:
-    """Per scalar metric, the paired permutation test of every pair of methods over the
-    (sample, class) pairs both have a value for (images swapped whole), Holm-adjusted within the
-    metric (:func:`relprop.metrics.aggregate.paired_test`, :func:`~relprop.metrics.aggregate.holm`)."""
+    """Per metric with a headline scalar (the cells' mean), the paired permutation test of every
+    pair of methods over the (sample, class) pairs both have a value for (images swapped whole),
+    Holm-adjusted within the metric (:func:`relprop.metrics.aggregate.paired_test`,
+    :func:`~relprop.metrics.aggregate.holm`)."""
     by_metric: dict[str, dict[str, dict]] = {}
     for (method, mkey), rows in grouped.items():
-        if method == NO_METHOD or any(_curve_of(r[3]) is not None for r in rows):
-            continue
+        if method == NO_METHOD or all(r[2] is None or math.isnan(r[2]) for r in rows):
+            continue  # no headline scalar (e.g. pooled counts)
         by_metric.setdefault(mkey, {})[method] = {(r[0], r[1]): _nan(r[2]) for r in rows}
     out: list[dict] = []
     for mkey in sorted(by_metric):

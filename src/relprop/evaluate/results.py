@@ -153,7 +153,7 @@ def load_runs(stores: Sequence[str | Path]) -> list[RunData]:
     for path in stores:
         with Store(path, readonly=True) as db:
             for run in db.runs():
-                res = summarise_run(db, run["id"])
+                res = summarise_run(db, run["id"], uncertainty=False)  # intervals: from the items
                 opts = run["config"].get("dataset_options", {})
                 boxes = run["dataset"] == BOXES
                 data = RunData(dataset=str(opts.get("dataset", run["dataset"])) if boxes else run["dataset"],
@@ -453,7 +453,8 @@ def _paper_001(doc: _Doc, model: str, runs: dict, tag: str) -> None:
         doc.add(f"#### Table I — {title} removal (shuffling) ({model})", "",
                 f"Pixels with {'positive' if kind == 'pos' else 'negative'} relevance, "
                 f"{'most relevant' if kind == 'pos' else 'most negative'} first, set to the image minimum; "
-                "in parentheses: the same pixels shuffled among themselves; brackets: 95% intervals. Paper counts are for 224 x 224 "
+                "in parentheses: the same pixels shuffled among themselves; brackets: 95% intervals. "
+                "Paper counts are for 224 x 224 "
                 f"images and are scaled by the area ratio ({side}² / 224²); counts above a map's number of "
                 f"{'positive' if kind == 'pos' else 'negative'} pixels stop there. Explained class = "
                 f"the predicted one (accuracy 100% at 0). Prediction score = logit. "
@@ -510,7 +511,8 @@ def _pointing(run: RunData, method: str, pg: str, multi: bool, keep: Optional[se
     subsets = {"L_all": [True] * len(rec), "L_dif": dif.tolist(), "P_all": pr.tolist(), "P_dif": (pr & dif).tolist()}
     items = {k: [(r[0], r[1], float(r[4]), 1.0) for r, inc in zip(rec, keep_) if inc and _finite(r[4])]
              for k, keep_ in subsets.items()}
-    return {"items": items, "L_all": per_class_mean(hits, cls).macro, "L_dif": per_class_mean(hits, cls, include=dif).macro,
+    return {"items": items, "L_all": per_class_mean(hits, cls).macro,
+            "L_dif": per_class_mean(hits, cls, include=dif).macro,
             "P_all": per_class_mean(hits, cls, include=pr).macro,
             "P_dif": per_class_mean(hits, cls, include=pr & dif).macro,
             "n": int((~torch.isnan(hits)).sum()), "n_dif": int(dif.sum()), "n_p": int(pr.sum())}
