@@ -78,7 +78,8 @@ def test_numbers_come_from_the_store(pipeline, tmp_path) -> None:
 
     assert main(["report", str(store), "--results", str(out)]) == 0
     after = _row(out.read_text(), "Table I — mu_w", "guided-backprop")
-    assert after[4] == "0.777" and before[4] != "0.777"  # column mu
+    # column mu: every pair 0.777, so its 95% interval is that point
+    assert after[4] == "0.777 [0.777, 0.777]" and before[4].split(" [")[0] != "0.777"
     assert after[1] == before[1]  # mu_w has its own records
 
 
@@ -100,7 +101,8 @@ def test_table_1_pools_segmentation_counts(pipeline, tmp_path) -> None:
     pix, miou, _ = pooled_segmentation([[json.loads(v)[f] for f in COUNT_FIELDS] for (v,) in rows])
     write_results([store], out)
     before = _row(out.read_text(), heading, "gradient")
-    assert before[3:5] == [f"{pix * 100:.1f}", f"{miou * 100:.1f}"] and before[-1] == "2/2"
+    assert [c.split(" [")[0] for c in before[3:5]] == [f"{pix * 100:.1f}", f"{miou * 100:.1f}"]
+    assert before[-1] == "2/2"
     # hand-set counts: pooled pixel accuracy 4/8, mIoU (1/10 + 1/2) / 2, per-image mean IoU (1 + 0) / 2
     counts = [dict(correct=4, pixels=4, intersection_bg=1, union_bg=1, intersection_fg=1, union_fg=1),
               dict(correct=0, pixels=4, intersection_bg=0, union_bg=9, intersection_fg=0, union_fg=1)]
@@ -114,7 +116,8 @@ def test_table_1_pools_segmentation_counts(pipeline, tmp_path) -> None:
     conn.close()
     write_results([store], out)
     after = _row(out.read_text(), heading, "gradient")
-    assert after[5:7] == ["50.0", "30.0"]
+    # bootstrap over the two images: both first (100%), both second (0%) or one of each (the estimate)
+    assert after[5:7] == ["50.0 [0.0, 100.0]", "30.0 [0.0, 100.0]"]
     assert after[3:5] == before[3:5] and after[7:9] == before[7:9]  # other columns: their own records
     text = out.read_text()
     assert "not intersections and unions accumulated" not in text and "per-image IoU" in text

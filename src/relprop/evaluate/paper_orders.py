@@ -3,15 +3,26 @@
 Each :class:`Order` is read from a paper's table or figure (files in ``../shared/papers``): groups of
 methods from best to worst (methods within a group are not ordered against each other). Only the
 order is kept, not the papers' numbers. :func:`verdict` counts the pairwise orders of the paper that
-the reproduced values keep and says why they may differ (``why``: data, model or method).
+the reproduced values keep and says why they may differ (``why``: data, model or method). Given the
+p-values of paired tests of the pairs (:func:`relprop.metrics.aggregate.permutation_test` over the
+images), a pair counts as ``agrees`` or ``reversed`` only when its difference is significant after
+Holm's (1979) correction over the table's pairs, and as ``undecided`` otherwise.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
-__all__ = ["DATA_PHOTOS", "Order", "ORDERS", "verdict"]
+import torch
+
+from ..metrics.aggregate import holm
+
+__all__ = ["DATA_PHOTOS", "Order", "ORDERS", "verdict", "pairs", "decide", "ALPHA"]
+
+#: family-wise significance level of a verdict's pairs (Holm over the table's pairs)
+ALPHA = 0.05
 
 _DATA = ("data: 64 x 64 synthetic shapes with at most three objects and a few dozen images, against "
          "thousands of ImageNet / VOC photos, so differences of a few points are within the noise")
@@ -123,24 +134,61 @@ def _pairs(order: Order) -> list[tuple[str, str]]:
     return [(a, b) for i, ga in enumerate(order.groups) for gb in order.groups[i + 1:] for a in ga for b in gb]
 
 
-def verdict(order: Order, ours: dict[str, float], higher: bool, photos: bool = False) -> str:
+def pairs(order: Order, ours: dict[str, float]) -> list[tuple[str, str]]:
+    """The paper's pairwise orders ``(better, worse)`` whose two methods both have a value in ``ours``."""
+    ok = {k for k, v in ours.items() if v is not None and not math.isnan(v)}
+    return [(a, b) for a, b in _pairs(order) if a in ok and b in ok]
+
+
+def decide(pairs_: list[tuple[str, str]], ours: dict[str, float], higher: bool,
+           p_values: dict[tuple[str, str], float], alpha: float = ALPHA) -> dict[tuple[str, str], tuple[str, float]]:
+    """Each pair ``(better, worse)`` of the paper: ``("agrees" | "reversed" | "undecided", Holm p)``.
+
+    Holm's (1979) correction runs over all ``pairs_`` (the table's family); a pair without a p-value
+    counts with p = 1. A pair is decided when its adjusted p <= ``alpha``, in the direction of the
+    observed values."""
+    raw = [p_values.get(pq, 1.0) for pq in pairs_]
+    adjusted = holm(torch.tensor(raw, dtype=torch.float64)).tolist() if raw else []
+    out = {}
+    for (a, b), q in zip(pairs_, adjusted):
+        diff = ours[a] - ours[b] if higher else ours[b] - ours[a]
+        word = "undecided" if not q <= alpha or diff == 0 else ("agrees" if diff > 0 else "reversed")
+        out[(a, b)] = (word, q)
+    return out
+
+
+def _word(k: int, r: int) -> str:
+    if k == 0 and r == 0:
+        return "undecided"
+    return "agrees" if r == 0 else ("partly agrees" if k > r else "disagrees")
+
+
+def verdict(order: Order, ours: dict[str, float], higher: bool, photos: bool = False,
+            p_values: Optional[dict[tuple[str, str], float]] = None, alpha: float = ALPHA) -> str:
     """One markdown paragraph: does ``ours`` (label -> value) keep the paper's pairwise orders?
-    ``photos``: the values come from the photos, not from shapes (changes the stated reasons)."""
+    ``photos``: the values come from the photos, not from shapes (changes the stated reasons).
+
+    ``p_values``: ``(better, worse) -> p`` of a paired test of the pair over the images; with them
+    each pair agrees, is reversed (significant after Holm over the table's pairs, :func:`decide`)
+    or is undecided, and the verdict word follows the decided pairs only. Without them (no per-image
+    values) the point estimates are compared."""
     if photos:
         order = Order(order.source, order.groups, order.why.replace(_DATA, DATA_PHOTOS))
     ok = {k: v for k, v in ours.items() if v is not None and not math.isnan(v)}
-    pairs = [(a, b) for a, b in _pairs(order) if a in ok and b in ok]
+    pairs_ = pairs(order, ok)
     better = (lambda a, b: ok[a] > ok[b]) if higher else (lambda a, b: ok[a] < ok[b])
-    held = [p for p in pairs if better(*p)]
-    reversed_ = [p for p in pairs if better(p[1], p[0])]
+    held = [p for p in pairs_ if better(*p)]
+    reversed_ = [p for p in pairs_ if better(p[1], p[0])]
     ranked = sorted(ok, key=lambda k: -ok[k] if higher else ok[k])
     paper = " > ".join("{" + ", ".join(g) + "}" if len(g) > 1 else g[0]
                        for g in order.groups if any(m in ok for m in g))
-    if not pairs:
+    if not pairs_:
         return f"**Ordering vs paper** ({order.source}): not comparable (no method in common has a value)."
-    k, r, n = len(held), len(reversed_), len(pairs)
-    word = "agrees" if r == 0 and k > 0 else ("partly agrees" if k > r else "disagrees")
+    k, r, n = len(held), len(reversed_), len(pairs_)
     ties = f", {n - k - r} tied" if n - k - r else ""
+    if p_values is not None:
+        return _tested(order, ok, higher, pairs_, p_values, alpha, f"{k} hold, {r} reversed{ties}", ranked, paper)
+    word = "agrees" if r == 0 and k > 0 else ("partly agrees" if k > r else "disagrees")
     text = (f"**Ordering vs paper** ({order.source}): **{word}** — {k} of {n} pairwise orders hold, "
             f"{r} reversed{ties}. Here (best first): {' > '.join(ranked)}. Paper: {paper}.")
     if r:
@@ -148,4 +196,23 @@ def verdict(order: Order, ours: dict[str, float], higher: bool, photos: bool = F
         text += f" Reversed: {', '.join(broken[:6])}{' ...' if len(broken) > 6 else ''}. Why: {order.why}."
     elif k < n:
         text += f" Why the ties: {order.why}."
+    return text
+
+
+def _tested(order: Order, ok: dict[str, float], higher: bool, pairs_: list[tuple[str, str]],
+            p_values: dict[tuple[str, str], float], alpha: float, points: str, ranked: list[str], paper: str) -> str:
+    """The verdict paragraph with each pair decided by its Holm-corrected paired test."""
+    d = decide(pairs_, ok, higher, p_values, alpha)
+    agree = [p for p, (w, _) in d.items() if w == "agrees"]
+    rev = [p for p, (w, _) in d.items() if w == "reversed"]
+    n, k, r = len(pairs_), len(agree), len(rev)
+    text = (f"**Ordering vs paper** ({order.source}): **{_word(k, r)}** — of {n} pairwise orders, {k} agree, "
+            f"{r} reversed, {n - k - r} undecided (paired permutation test over the images, Holm-corrected "
+            f"over the {n} pairs, {alpha:.0%}; point estimates: {points}). Here (best first): "
+            f"{' > '.join(ranked)}. Paper: {paper}.")
+    if r:
+        broken = [f"{b} before {a} (p_Holm={d[(a, b)][1]:.2g})" for a, b in rev]
+        text += f" Reversed: {', '.join(broken[:6])}{' ...' if len(broken) > 6 else ''}. Why: {order.why}."
+    elif k < n:
+        text += f" Why undecided: {order.why}."
     return text

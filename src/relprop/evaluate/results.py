@@ -6,6 +6,12 @@
 and PNG figures follow the papers' layout. Next to every table it states whether the ordering of the
 methods agrees with the paper's (:mod:`relprop.evaluate.paper_orders`). Qualitative figures (maps)
 are written by :mod:`relprop.evaluate.figures` and linked when present.
+
+Uncertainty: the values compared by a verdict are rebuilt from the per-image records as
+:class:`relprop.metrics.aggregate.Sums` (``Item``: image, feature, sum, count), which gives each a
+95% percentile bootstrap interval over the images (paired across methods, Efron & Tibshirani 1993)
+and each of the paper's pairs a paired permutation test; a pair agrees or is reversed only when
+significant after Holm's correction over the table's pairs, and is undecided otherwise.
 """
 
 from __future__ import annotations
@@ -13,15 +19,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Hashable, Optional, Sequence
 
 import torch
 
-from ..metrics.aggregate import aggregate, binned_mean, per_class_mean
+from ..metrics.aggregate import (RESAMPLES, Interval, Sums, aggregate, binned_mean, bootstrap_sums, per_class_mean,
+                                 permutation_test)
 from . import protocols as P
 from .metricset import NO_METHOD
-from .paper_orders import ORDERS, Order, verdict
-from .report import summarise_run
+from .paper_orders import ORDERS, Order, decide, pairs, verdict
+from .report import _curve_of, summarise_run
 from .store import Store
 
 __all__ = ["RunData", "load_runs", "write_results"]
@@ -69,13 +76,84 @@ class RunData:
             return db.targets(self.run)
 
 
+#: one per-image contribution to a statistic: (image, feature, sum, count); see :class:`Sums`
+Item = tuple[str, Hashable, float, float]
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def scalar_items(run: Optional[RunData], method: str, metric: str) -> list[Item]:
+    """The finite scalar records of ``method`` on ``metric``: their mean is ``run.mean``."""
+    if run is None:
+        return []
+    return [(r[0], 0, float(r[4]), 1.0) for r in run.records(metric, method) if _finite(r[4])]
+
+
+def _curve_values(value: Any, stat: str) -> Optional[list]:
+    if stat == "accuracy":
+        return value.get("correct") if isinstance(value, dict) else None
+    return _curve_of(value)
+
+
+def curve_items(run: Optional[RunData], method: str, metric: str, stat: str = "mean",
+                step: Optional[int] = None, records: Optional[list] = None) -> list[Item]:
+    """Per-pair values of a curve (``stat``: ``accuracy`` = the ``correct`` flags, otherwise the
+    stored curve): at index ``step`` (the mean curve's value there), or every step as a feature
+    (the mean over the steps of the mean curve). ``records``: the records, if already read."""
+    if run is None and records is None:
+        return []
+    out: list[Item] = []
+    for r in records if records is not None else run.records(metric, method):  # type: ignore[union-attr]
+        c = _curve_values(r[5], stat)
+        if c is None:
+            continue
+        steps = range(len(c)) if step is None else ([step] if step < len(c) else [])
+        out += [(r[0], i, float(c[i]), 1.0) for i in steps if _finite(c[i])]
+    return out
+
+
+def _sums(items: dict[str, list[Item]]) -> dict[str, Sums]:
+    """:class:`Sums` of every label on the same images and features (rows paired across labels)."""
+    images = {x: i for i, x in enumerate(sorted({it[0] for v in items.values() for it in v}))}
+    feats = {f: i for i, f in enumerate(dict.fromkeys(it[1] for v in items.values() for it in v))}
+    out = {}
+    for label, v in items.items():
+        sums = torch.zeros(len(images), max(len(feats), 1), dtype=torch.float64)
+        counts = torch.zeros_like(sums)
+        for img, f, total, count in v:
+            sums[images[img], feats[f]] += total
+            counts[images[img], feats[f]] += count
+        out[label] = Sums(sums, counts)
+    return out
+
+
+def intervals(items: dict[str, list[Item]], resamples: int = RESAMPLES) -> dict[str, Interval]:
+    """95% percentile bootstrap intervals over the images of each label's statistic, paired."""
+    items = {k: v for k, v in items.items() if v}
+    if not items:
+        return {}
+    sums = _sums(items)
+    res = bootstrap_sums(list(sums.values()), resamples=resamples, seed=0)
+    return dict(zip(sums, res.intervals))
+
+
+def pair_p_values(items: dict[str, list[Item]], pairs_: Sequence[tuple[str, str]],
+                  resamples: int = RESAMPLES) -> dict[tuple[str, str], float]:
+    """The paired permutation test's p-value of each pair with items for both labels."""
+    sums = _sums({k: v for k, v in items.items() if v})
+    return {(a, b): permutation_test(sums[a], sums[b], resamples=resamples, seed=0).p_value
+            for a, b in pairs_ if a in sums and b in sums}
+
+
 def load_runs(stores: Sequence[str | Path]) -> list[RunData]:
     """Every run of every store, aggregated."""
     out = []
     for path in stores:
         with Store(path, readonly=True) as db:
             for run in db.runs():
-                res = summarise_run(db, run["id"])
+                res = summarise_run(db, run["id"], uncertainty=False)  # intervals: from the items
                 opts = run["config"].get("dataset_options", {})
                 boxes = run["dataset"] == BOXES
                 data = RunData(dataset=str(opts.get("dataset", run["dataset"])) if boxes else run["dataset"],
@@ -97,6 +175,14 @@ def load_runs(stores: Sequence[str | Path]) -> list[RunData]:
 
 def _fmt(v: float, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ci(v: float, iv: Optional[Interval], digits: int = 3, scale: float = 1.0) -> str:
+    """``value [low, high]`` with the 95% interval when there is one (``scale``: e.g. 100 for %)."""
+    text = _fmt(v, digits)
+    if iv is None or text == "–" or math.isnan(iv.low) or math.isnan(iv.high):
+        return text
+    return f"{text} [{_fmt(iv.low * scale, digits)}, {_fmt(iv.high * scale, digits)}]"
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -128,7 +214,7 @@ class _Doc:
         self.files: list[Path] = []
         self.context = ""
         self.dataset = ""
-        self.verdicts: list[tuple[str, str, str]] = []
+        self.verdicts: list[tuple[str, str, str, Optional[tuple[int, int, int]]]] = []
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -145,13 +231,22 @@ class _Doc:
         self.files.append(path)
         self.add(f"![{caption}]({self.rel}/{name})", "", f"*{caption}*", "")
 
-    def order(self, order_key: str, ours: dict[str, float], higher: bool) -> None:
-        """The verdict line comparing ``ours`` (label -> value) with the paper's order."""
+    def order(self, order_key: str, ours: dict[str, float], higher: bool,
+              items: Optional[dict[str, list[Item]]] = None) -> None:
+        """The verdict line comparing ``ours`` (label -> value) with the paper's order; ``items``:
+        the per-image values of each label, for the paired tests (pairs without them: undecided)."""
         order: Order = ORDERS[order_key]
-        text = verdict(order, ours, higher, photos=self.dataset == "photos")
+        comparable = pairs(order, ours)
+        p = pair_p_values(items or {}, comparable)
+        text = verdict(order, ours, higher, photos=self.dataset == "photos", p_values=p)
         self.add(text, "")
         word = text.split("**")[3] if text.count("**") >= 4 else "not comparable"
-        self.verdicts.append((self.context, order.source, word))
+        counts = None
+        if comparable:
+            ok = {k: v for k, v in ours.items() if v is not None and not math.isnan(v)}
+            words = [w for w, _ in decide(comparable, ok, higher, p).values()]
+            counts = (words.count("agrees"), words.count("reversed"), words.count("undecided"))
+        self.verdicts.append((self.context, order.source, word, counts))
 
 
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
@@ -221,6 +316,23 @@ def pooled_segmentation(run: Optional[RunData], method: str, key: str) -> tuple[
     return pix, miou, len(rows)
 
 
+def segmentation_items(run: Optional[RunData], method: str, key: str) -> tuple[list[Item], list[Item]]:
+    """Per-image items of the pooled pixel accuracy (correct pixels / pixels) and of the pooled mIoU
+    (features background and foreground: intersections / unions) from ``segmentation_counts``."""
+    if run is None:
+        return [], []
+    acc: list[Item] = []
+    iou: list[Item] = []
+    for r in run.records(key, method):
+        c = r[5]
+        if not isinstance(c, dict):
+            continue
+        acc.append((r[0], 0, float(c["correct"]), float(c["pixels"])))
+        iou += [(r[0], "bg", float(c["intersection_bg"]), float(c["union_bg"])),
+                (r[0], "fg", float(c["intersection_fg"]), float(c["union_fg"]))]
+    return acc, iou
+
+
 def _paper_000(doc: _Doc, model: str, runs: dict, tag: str) -> None:
     box, pred = runs["boxes"], runs["predicted"]
     oi_all, oi_pos = P.key("outside_inside_ratio"), P.key("outside_inside_ratio", {"sign": "positive"})
@@ -237,6 +349,14 @@ def _paper_000(doc: _Doc, model: str, runs: dict, tag: str) -> None:
             "\"per-image IoU\": the mean over images of each image's background-foreground mean IoU, "
             "for comparison only (not the paper's figure). n = pairs that counted / pairs.", "")
     cols = ("all", "pos", "acc0", "iou0", "accm", "ioum", "img0", "imgm")
+    items: dict[str, dict[str, list[Item]]] = {c: {} for c in cols}
+    for m in P.M000:
+        items["all"][m], items["pos"][m] = scalar_items(box, m, oi_all), scalar_items(box, m, oi_pos)
+        for (acc, iou), k in zip((("acc0", "iou0"), ("accm", "ioum")), counts):
+            items[acc][m], items[iou][m] = segmentation_items(pred, m, k)
+        for c, k in zip(("img0", "imgm"), per_image):
+            items[c][m] = scalar_items(pred, m, k)
+    ivs = {c: intervals(items[c]) for c in cols}
     rows, ours = [], {c: {} for c in cols}
     for m in P.M000:
         pooled = [pooled_segmentation(pred, m, k) for k in counts]
@@ -246,15 +366,18 @@ def _paper_000(doc: _Doc, model: str, runs: dict, tag: str) -> None:
         for c, v in zip(cols, vals):
             ours[c][m] = v
         n_seg = f"{pooled[0][2]}/{pred.count(m, counts[0])[1]}" if pred and pred.count(m, counts[0]) else ""
-        rows.append([m] + [_fmt(v, 3 if i < 2 else 1) for i, v in enumerate(vals)]
+        rows.append([m] + [_ci(v, ivs[c].get(m), 3 if i < 2 else 1, 1 if i < 2 else 100)
+                           for i, (c, v) in enumerate(zip(cols, vals))]
                     + [_n(box, m, oi_all), n_seg])
     doc.add(*_table(["method", "O/I ALL ↓", "O/I POS ↓", "pix. acc. (0) ↑", "mIoU (0) ↑", "pix. acc. (mean) ↑",
                      "mIoU (mean) ↑", "per-image IoU (0)", "per-image IoU (mean)", "n (O/I)", "n (seg.)"],
                     rows))
-    doc.order("000-oi-all", ours["all"], higher=False)
-    doc.order("000-oi-pos", ours["pos"], higher=False)
-    doc.order("000-pixacc", {m: max(ours["acc0"][m], ours["accm"][m]) for m in P.M000}, higher=True)
-    doc.order("000-miou", {m: max(ours["iou0"][m], ours["ioum"][m]) for m in P.M000}, higher=True)
+    doc.order("000-oi-all", ours["all"], higher=False, items=items["all"])
+    doc.order("000-oi-pos", ours["pos"], higher=False, items=items["pos"])
+    for key, (zero, mean) in (("000-pixacc", ("acc0", "accm")), ("000-miou", ("iou0", "ioum"))):
+        best = {m: zero if not ours[mean][m] > ours[zero][m] else mean for m in P.M000}
+        doc.order(key, {m: ours[best[m]][m] for m in P.M000}, higher=True,
+                  items={m: items[best[m]][m] for m in P.M000})
     # Fig. 7: LeRF accuracy
     if pred is None:
         return
@@ -269,7 +392,8 @@ def _paper_000(doc: _Doc, model: str, runs: dict, tag: str) -> None:
         doc.figure(f"{tag}_000_fig7_lerf.png", f"Paper 000, Fig. 7: LeRF accuracy, {model}",
                    lambda fig: _series_plot(fig, series, "pixels removed (least relevant first)",
                                             "top-1 accuracy", f"LeRF perturbation, {model}"))
-        doc.order("000-lerf", {m: _mean(s[1]) for m, s in series.items()}, higher=True)
+        doc.order("000-lerf", {m: _mean(s[1]) for m, s in series.items()}, higher=True,
+                  items={m: curve_items(pred, m, lerf, "accuracy") for m in series})
 
 
 def _lerf_step(run: RunData, model: str) -> int:
@@ -304,7 +428,9 @@ def _paper_001(doc: _Doc, model: str, runs: dict, tag: str) -> None:
             [f"All ({side * side} px)"]
         rows = []
         final: dict[str, float] = {}
+        final_items: dict[str, list[Item]] = {}
         for m in P.M001:
+            rec_a, rec_b = pred.records(rem, m), pred.records(shu, m)
             for stat, what in (("accuracy", "accuracy %"), ("scores", "prediction score")):
                 a, b = pred.curve(m, rem, stat), pred.curve(m, shu, stat)
                 if a is None:
@@ -315,16 +441,20 @@ def _paper_001(doc: _Doc, model: str, runs: dict, tag: str) -> None:
                     va = a[1][i] * scale if i < len(a[1]) else math.nan
                     vb = b[1][i] * scale if b is not None and i < len(b[1]) else math.nan
                     d = 1 if stat == "accuracy" else 2
-                    cells.append(f"{_fmt(va, d)} ({_fmt(vb, d)})" if i else _fmt(va, d))
+                    ia = intervals({m: curve_items(pred, m, rem, stat, i, rec_a)}).get(m)
+                    ib = intervals({m: curve_items(pred, m, shu, stat, i, rec_b)}).get(m)
+                    cells.append(f"{_ci(va, ia, d, scale)} ({_ci(vb, ib, d, scale)})" if i else _ci(va, ia, d, scale))
                 rows.append([m if stat == "accuracy" else "", what] + cells)
                 if stat == "accuracy":
                     final[m] = a[1][len(counts) - 1] if len(a[1]) >= len(counts) else math.nan
+                    final_items[m] = curve_items(pred, m, rem, stat, len(counts) - 1, rec_a)
         title = "positive (MoRF)" if kind == "pos" else "negative (LeRF)"
         cnt = next((pred.count(m, rem) for m in P.M001 if pred.count(m, rem)), None)
         doc.add(f"#### Table I — {title} removal (shuffling) ({model})", "",
                 f"Pixels with {'positive' if kind == 'pos' else 'negative'} relevance, "
                 f"{'most relevant' if kind == 'pos' else 'most negative'} first, set to the image minimum; "
-                "in parentheses: the same pixels shuffled among themselves. Paper counts are for 224 x 224 "
+                "in parentheses: the same pixels shuffled among themselves; brackets: 95% intervals. "
+                "Paper counts are for 224 x 224 "
                 f"images and are scaled by the area ratio ({side}² / 224²); counts above a map's number of "
                 f"{'positive' if kind == 'pos' else 'negative'} pixels stop there. Explained class = "
                 f"the predicted one (accuracy 100% at 0). Prediction score = logit. "
@@ -335,7 +465,7 @@ def _paper_001(doc: _Doc, model: str, runs: dict, tag: str) -> None:
                 "")
         doc.add(*_table(head, rows))
         # the paper's last numeric column (4,000 / 10,000 pixels)
-        doc.order(order_key, final, higher=(kind == "neg"))
+        doc.order(order_key, final, higher=(kind == "neg"), items=final_items)
     ks = P.topk_ks(side)
     tk = P.key("topk_distance", {"ks": ks})
     series = {}
@@ -350,16 +480,18 @@ def _paper_001(doc: _Doc, model: str, runs: dict, tag: str) -> None:
         doc.figure(f"{tag}_001_fig7b_dk.png", f"Paper 001, Fig. 7 (b): D_K, {model}",
                    lambda fig: _series_plot(fig, series, "K (top-K positive pixels)", "D_K (pixels)",
                                             f"distance of top-K positive pixels to the top-1, {model}"))
-        doc.order("001-dk", {m: _mean(s[1]) for m, s in series.items()}, higher=False)
+        doc.order("001-dk", {m: _mean(s[1]) for m, s in series.items()}, higher=False,
+                  items={m: curve_items(pred, m, tk, "mean") for m in series})
 
 
 # ------------------------------------------------------------------------------------------------
 # paper 002
 
 
-def _pointing(run: RunData, method: str, pg: str, multi: bool, keep: Optional[set] = None) -> dict[str, float]:
+def _pointing(run: RunData, method: str, pg: str, multi: bool, keep: Optional[set] = None) -> dict[str, Any]:
     """ALL / DIF macro accuracies for all labels (L) and predicted classes (P), from the records
-    (of the (sample, class) pairs in ``keep`` when given)."""
+    (of the (sample, class) pairs in ``keep`` when given); ``items``: their per-image hits (feature:
+    the class), for the intervals and tests."""
     rec = [r for r in run.records(pg, method=method) if keep is None or (r[0], r[1]) in keep]
     if not rec:
         return {}
@@ -376,7 +508,11 @@ def _pointing(run: RunData, method: str, pg: str, multi: bool, keep: Optional[se
         return info.get((s, t), {}).get("predicted") == t
 
     pr = torch.tensor([predicted(r[0], r[1]) for r in rec])
-    return {"L_all": per_class_mean(hits, cls).macro, "L_dif": per_class_mean(hits, cls, include=dif).macro,
+    subsets = {"L_all": [True] * len(rec), "L_dif": dif.tolist(), "P_all": pr.tolist(), "P_dif": (pr & dif).tolist()}
+    items = {k: [(r[0], r[1], float(r[4]), 1.0) for r, inc in zip(rec, keep_) if inc and _finite(r[4])]
+             for k, keep_ in subsets.items()}
+    return {"items": items, "L_all": per_class_mean(hits, cls).macro,
+            "L_dif": per_class_mean(hits, cls, include=dif).macro,
             "P_all": per_class_mean(hits, cls, include=pr).macro,
             "P_dif": per_class_mean(hits, cls, include=pr & dif).macro,
             "n": int((~torch.isnan(hits)).sum()), "n_dif": int(dif.sum()), "n_p": int(pr.sum())}
@@ -394,8 +530,13 @@ def _paper_002(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
             if not r:
                 continue
             res[m] = r
-            rows.append([m, _fmt(r["L_all"]), _fmt(r["L_dif"]), _fmt(r["P_all"]), _fmt(r["P_dif"]),
-                         _fmt(box.mean(m, "positive_ratio")), f"{r['n']} / {r['n_dif']} / {r['n_p']}"])
+        cols = ("L_all", "L_dif", "P_all", "P_dif")
+        pg_items = {c: {m: r["items"][c] for m, r in res.items()} for c in cols}
+        ivs = {c: intervals(pg_items[c]) for c in cols}
+        pr_iv = intervals({m: scalar_items(box, m, "positive_ratio") for m in res})
+        for m, r in res.items():
+            rows.append([m] + [_ci(r[c], ivs[c].get(m)) for c in cols]
+                        + [_ci(box.mean(m, "positive_ratio"), pr_iv.get(m)), f"{r['n']} / {r['n_dif']} / {r['n_p']}"])
         if rows:
             doc.add(f"#### Table 1 — pointing game and positive ratio ({model})", "",
                     f"Per-class accuracy #Hit / (#Hit + #Miss), macro mean over classes (TorchRay), hit = "
@@ -410,26 +551,29 @@ def _paper_002(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
                     "PR: fraction of pixels with positive relevance (mean over pairs).", "")
             doc.add(*_table(["method", "L ALL ↑", "L DIF ↑", "P ALL ↑", "P DIF ↑", "PR",
                              "pairs (all / DIF / P)"], rows))
-            doc.order("002-pg-L-all", {m: r["L_all"] for m, r in res.items()}, higher=True)
-            doc.order("002-pg-L-dif", {m: r["L_dif"] for m, r in res.items()}, higher=True)
-            doc.order("002-pg-P-all", {m: r["P_all"] for m, r in res.items()}, higher=True)
+            for key, c in (("002-pg-L-all", "L_all"), ("002-pg-L-dif", "L_dif"), ("002-pg-P-all", "P_all")):
+                doc.order(key, {m: r[c] for m, r in res.items()}, higher=True, items=pg_items[c])
         # Table 2 and Fig. 7 on the pairs every hedge variant has (the variants may see fewer images)
         keys = [P.key("hedge", o) for o in P.hedge_variants()]
         sets = [{(r[0], r[1]) for r in box.records(pg, method=k)} for k in keys]
         common = set.intersection(*sets) if all(sets) else set()
-        rows, abl = [], {}
+        rows, abl, abl_res = [], {}, {}
         for label, opts in P.HEDGE_ABLATION.items():
             r = _pointing(box, P.key("hedge", opts), pg, multi, common)
             if r:
-                abl[label] = r["L_all"]
-                rows.append([label, _fmt(r["L_all"] * 100, 1) + " / " + _fmt(r["L_dif"] * 100, 1)])
+                abl[label], abl_res[label] = r["L_all"], r
+        abl_iv = {c: intervals({k: r["items"][c] for k, r in abl_res.items()}) for c in ("L_all", "L_dif")}
+        for label, r in abl_res.items():
+            rows.append([label, _ci(r["L_all"] * 100, abl_iv["L_all"].get(label), 1, 100) + " / "
+                         + _ci(r["L_dif"] * 100, abl_iv["L_dif"].get(label), 1, 100)])
         if rows:
             doc.add(f"#### Table 2 — ablation of C / A / U / Psi in hedge ({model})", "",
                     "Pointing game L ALL / DIF (%), gamma = 2, on the "
                     f"{len({s for s, _ in common})} images every variant was evaluated on. The rows' component "
                     "sets are read from the paper's flattened table (C in 4 rows, A and U in 3, Psi in 2).", "")
             doc.add(*_table(["components", "pointing game ALL / DIF"], rows))
-            doc.order("002-ablation", abl, higher=True)
+            doc.order("002-ablation", abl, higher=True,
+                      items={k: r["items"]["L_all"] for k, r in abl_res.items()})
         # Fig. 7: gamma
         gam = {}
         for g in P.HEDGE_GAMMAS:
@@ -438,10 +582,12 @@ def _paper_002(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
                 gam[g] = r
         if gam:
             doc.add(f"#### Fig. 7 — pointing game against gamma ({model})", "")
+            g_iv = {c: intervals({str(g): r["items"][c] for g, r in gam.items()}) for c in ("L_all", "L_dif")}
             doc.add(*_table(["gamma"] + [str(g) for g in gam],
-                            [["L ALL (%)"] + [_fmt(r["L_all"] * 100, 1) for r in gam.values()],
-                             ["L DIF (%)"] + [_fmt(r["L_dif"] * 100, 1) for r in gam.values()]]))
-            doc.order("002-gamma", {str(g): r["L_all"] for g, r in gam.items()}, higher=True)
+                            [[f"{c[0]} {c[2:].upper()} (%)"] + [_ci(r[c] * 100, g_iv[c].get(str(g)), 1, 100)
+                                                               for g, r in gam.items()] for c in ("L_all", "L_dif")]))
+            doc.order("002-gamma", {str(g): r["L_all"] for g, r in gam.items()}, higher=True,
+                      items={str(g): r["items"]["L_all"] for g, r in gam.items()})
     if pred is not None:
         bi = P.key("blurred_insertion")
         series = {m: pred.curve(m, bi, "accuracy") for m in P.M002}
@@ -453,20 +599,23 @@ def _paper_002(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
             doc.figure(f"{tag}_002_fig9_insertion.png", f"Paper 002, Fig. 9: MoRF insertion, {model}",
                        lambda fig: _series_plot(fig, series, "fraction of pixels inserted (MoRF)",
                                                 "top-1 accuracy", f"insertion into a blurred image, {model}"))
-            doc.order("002-insertion", {m: _mean(s[1]) for m, s in series.items()}, higher=True)
+            doc.order("002-insertion", {m: _mean(s[1]) for m, s in series.items()}, higher=True,
+                      items={m: curve_items(pred, m, bi, "accuracy") for m in series})
         mp, noi = P.key("stacked_map"), P.key("normalised_outside_inside_ratio")
         rows, m_ap, m_oi = [], {}, {}
-        for m in P.M002:
-            if pred.has(m, mp):
-                m_ap[m], m_oi[m] = pred.mean(m, mp), pred.mean(m, noi)
-                rows.append([m, _fmt(m_ap[m]), _fmt(m_oi[m]), _n(pred, m, mp)])
+        it_ap = {m: scalar_items(pred, m, mp) for m in P.M002 if pred.has(m, mp)}
+        it_oi = {m: scalar_items(pred, m, noi) for m in it_ap}
+        iv_ap, iv_oi = intervals(it_ap), intervals(it_oi)
+        for m in it_ap:
+            m_ap[m], m_oi[m] = pred.mean(m, mp), pred.mean(m, noi)
+            rows.append([m, _ci(m_ap[m], iv_ap.get(m)), _ci(m_oi[m], iv_oi.get(m)), _n(pred, m, mp)])
         if rows:
             doc.add(f"#### Table 3 — mAP and normalised outside-inside ratio on masks ({model})", "",
                     "Stacked AP of [1 - R, R] against [background, foreground] (Chefer et al.'s mAP) and "
                     "Eq. 14 on min-max normalised maps, predicted class against the foreground mask.", "")
             doc.add(*_table(["method", "mAP ↑", "Out/In ↓", "n"], rows))
-            doc.order("002-map", m_ap, higher=True)
-            doc.order("002-outin", m_oi, higher=False)
+            doc.order("002-map", m_ap, higher=True, items=it_ap)
+            doc.order("002-outin", m_oi, higher=False, items=it_oi)
         cr = P.key("cascading_randomisation")
         series, layers = {}, None
         for m in P.RANDOMISED:
@@ -503,16 +652,22 @@ def _paper_003(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
     rows, order_vals = [], {}
     points: dict[str, tuple[list, list]] = {}
     info = box.targets_info()
+    fraction = lambda r: info.get((r[0], r[1]), {}).get("box_fraction", math.nan)  # noqa: E731
+    cols = ("muw", "mu25", "mu50", "mu")
+    items: dict[str, dict[str, list[Item]]] = {c: {} for c in cols}
+    vals_of: dict[str, tuple[list, str]] = {}
     for label, m in _cmp_rows():
         if not box.has(m, mu):
             continue
         vals = [box.mean(m, muw), box.mean(m, mu, "box<=0.25"), box.mean(m, mu, "box<=0.5"), box.mean(m, mu)]
         order_vals[label] = vals[0]
-        rows.append((vals[0], [label] + [_fmt(v) for v in vals] + [_n(box, m, mu)]))
+        vals_of[label] = (vals, _n(box, m, mu))
         rec = box.records(mu, method=m)
-        points[label] = ([info.get((r[0], r[1]), {}).get("box_fraction", math.nan) for r in rec],
-                         [math.nan if r[4] is None else r[4] for r in rec])
-    if not rows:
+        items["muw"][label] = scalar_items(box, m, muw)
+        for c, limit in (("mu25", 0.25), ("mu50", 0.5), ("mu", math.inf)):
+            items[c][label] = [(r[0], 0, float(r[4]), 1.0) for r in rec if _finite(r[4]) and fraction(r) <= limit]
+        points[label] = ([fraction(r) for r in rec], [math.nan if r[4] is None else r[4] for r in rec])
+    if not vals_of:
         return
     # the uniform baseline: mu = box fraction, mu_w = 1 (paper 003, "Baseline")
     any_m = next(m for _, m in _cmp_rows() if box.has(m, mu))
@@ -520,14 +675,23 @@ def _paper_003(doc: _Doc, model: str, runs: dict, tag: str, dataset: str) -> Non
     base = [1.0, aggregate(frac, include=frac <= 0.25).mean, aggregate(frac, include=frac <= 0.5).mean,
             aggregate(frac).mean]
     order_vals["uniform baseline"] = 1.0
-    rows.append((1.0, ["uniform baseline"] + [_fmt(v) for v in base] + [_n(box, any_m, mu)]))
+    vals_of["uniform baseline"] = (base, _n(box, any_m, mu))
+    base_rec = box.records(mu, method=any_m)
+    items["muw"]["uniform baseline"] = [(r[0], 0, 1.0, 1.0) for r in box.records(muw, method=any_m)]
+    for c, limit in (("mu25", 0.25), ("mu50", 0.5), ("mu", math.inf)):
+        items[c]["uniform baseline"] = [(r[0], 0, float(fraction(r)), 1.0) for r in base_rec
+                                        if _finite(fraction(r)) and fraction(r) <= limit]
+    ivs = {c: intervals(items[c]) for c in cols}
+    for label, (vals, n) in vals_of.items():
+        rows.append((vals[0], [label] + [_ci(v, ivs[c].get(label)) for c, v in zip(cols, vals)] + [n]))
     rows.sort(key=lambda r: -r[0] if not math.isnan(r[0]) else math.inf)
     doc.add(f"#### Table I — mu_w, mu <= 0.25, mu <= 0.5, mu ({model})", "",
             "Inside-total ratio of positive relevance in the class's boxes (Eq. 5), size-weighted mu_w, "
             "and mu over pairs whose boxes cover <= 25% / <= 50% of the image; rows ordered by mu_w as in "
             "the paper. Uniform baseline: a constant map (mu = box fraction, mu_w = 1).", "")
     doc.add(*_table(["analyzer", "mu_w ↑", "mu <= 0.25 ↑", "mu <= 0.5 ↑", "mu ↑", "n"], [r[1] for r in rows]))
-    doc.order("003-muw-pvoc" if dataset in MULTI_LABEL else "003-muw-imagenet", order_vals, higher=True)
+    doc.order("003-muw-pvoc" if dataset in MULTI_LABEL else "003-muw-imagenet", order_vals, higher=True,
+              items=items["muw"])
     points["uniform baseline"] = (points[next(iter(points))][0], points[next(iter(points))][0])
 
     def draw_mu(fig: Any) -> None:
@@ -603,20 +767,25 @@ def _paper_004(doc: _Doc, model: str, runs: dict, tag: str) -> None:
         if not series:
             continue
         ps = next(iter(series.values()))[0]
+        recs = {m: run.records(pr, P.M004[0]) if m == "random" else run.records(pm, m) for m in series}
+        steps = [intervals({m: curve_items(run, m, "", "mean", i, recs[m]) for m in series})
+                 for i in range(len(ps))]
         doc.add(f"#### Fig. 11 ({'a' if which == 'ground truth' else 'b'}) — maximal patch masking of the "
                 f"{which} ({model})", "",
                 "Change of the softmax output of the explained class when the p x p patch around the "
                 "map's maximum is replaced by the data-set mean (0 in the normalised input); lower is "
-                "better. random: the patch at a random position."
+                "better. random: the patch at a random position. Brackets: 95% intervals."
                 + (" Explained: the top-1 class (the photos' labels name several classes)."
                    if which == "ground truth" and run.targets == "predicted" else ""), "")
         doc.add(*_table(["method"] + [f"p={p}" for p in ps],
-                        [[m] + [_fmt(v, 4) for v in s[1]] for m, s in series.items()]))
+                        [[m] + [_ci(v, steps[i].get(m) if i < len(steps) else None, 4) for i, v in enumerate(s[1])]
+                         for m, s in series.items()]))
         doc.figure(f"{tag}_004_fig11_{'gt' if which == 'ground truth' else 'second'}.png",
                    f"Paper 004, Fig. 11: patch masking of the {which}, {model}",
                    lambda fig, s=series: _series_plot(fig, s, "patch size p", "change of y_t (softmax)",
                                                       f"maximal patch masking, {which}, {model}"))
-        doc.order(order_key, {m: s[1][-1] for m, s in series.items()}, higher=False)
+        doc.order(order_key, {m: s[1][-1] for m, s in series.items()}, higher=False,
+                  items={m: curve_items(run, m, "", "mean", len(s[1]) - 1, recs[m]) for m, s in series.items()})
     box = runs["boxes"]
     if box is None:
         return
@@ -637,8 +806,12 @@ def _paper_004(doc: _Doc, model: str, runs: dict, tag: str) -> None:
     doc.figure(f"{tag}_004_fig13_energy.png", f"Paper 004, Fig. 13: energy pointing game, {model}",
                lambda fig: _series_plot(fig, series, "energy E", "pointing accuracy",
                                         f"energy-based pointing game, {model}"))
-    doc.order("004-energy-high", {m: s[1][-1] for m, s in series.items()}, higher=True)
-    doc.order("004-energy-low", {m: s[1][0] for m, s in series.items()}, higher=True)
+    recs = {m: box.records(ep, m) for m in series if m != "random"}
+    rnd_items = [(r[0], 0, float(f), 1.0) for r, f in zip(rec, frac.tolist()) if _finite(f)]
+    for key, pick in (("004-energy-high", lambda c: len(c) - 1), ("004-energy-low", lambda c: 0)):
+        it = {m: curve_items(box, m, ep, "mean", pick(series[m][1]), r) for m, r in recs.items()}
+        doc.order(key, {m: s[1][pick(s[1])] for m, s in series.items()}, higher=True,
+                  items=dict(it, random=rnd_items))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -708,7 +881,11 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "the second most probable class for paper 004's Fig. 11 (b). On `photos` (several ImageNet "
         "labels per photo, one or two outlined objects) the predicted class is explained against the outlined "
         "objects. Each ordering verdict counts the paper's pairwise orders (best-first groups read from the "
-        "paper's table, `relprop.evaluate.paper_orders`) that the values here keep.",
+        "paper's table, `relprop.evaluate.paper_orders`) that the values here keep significantly (agree), "
+        "reverse significantly (reversed) or cannot separate (undecided): paired permutation tests of the two "
+        "methods over the images, Holm-corrected over the table's pairs at 5%. Values in brackets: 95% "
+        "percentile bootstrap intervals over the images, resampled jointly for all methods (images resampled "
+        "whole, with all their explained classes).",
         "",
         "Not reproduced: methods without a relprop implementation (Pattern Attribution, AGF, Relevance-CAM) "
         "are left out of the tables and the comparisons; paper 001's 3-D CT model and paper 002's "
@@ -793,12 +970,17 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
                 doc.add("(no records for this protocol in the store)", "")
     summary = ["## Summary: orderings against the papers", "",
                "Each row: a table or figure of a paper, and whether the methods come out in the paper's order "
-               "(details and reasons next to each table below).", ""]
-    models_seen = list(dict.fromkeys(c for c, _, _ in doc.verdicts))
-    by = {(c, src): w for c, src, w in doc.verdicts}
+               "(details and reasons next to each table below). In parentheses: of the paper's pairwise orders, "
+               "how many agree / are reversed / are undecided here; a pair agrees or is reversed only when a "
+               "paired permutation test over the images finds the two methods apart at 5% after Holm's "
+               "correction over the table's pairs, so \"undecided\" means these images cannot tell (see "
+               "docs/metrics.md, \"Intervals and tests\").", ""]
+    models_seen = list(dict.fromkeys(v[0] for v in doc.verdicts))
+    by = {(c, src): w + ("" if n is None else f" ({n[0]} / {n[1]} / {n[2]})") for c, src, w, n in doc.verdicts}
     rows = [[src] + [by.get((m, src), "") for m in models_seen]
-            for src in dict.fromkeys(src for _, src, _ in doc.verdicts)]
-    summary += _table(["paper, table / figure"] + models_seen, rows)
+            for src in dict.fromkeys(v[1] for v in doc.verdicts)]
+    summary += _table(["paper, table / figure"] + [f"{m} (agree / reversed / undecided)" for m in models_seen],
+                      rows)
     doc.lines[start:start] = summary
     doc.add(REAL_DATA)
     out.write_text("\n".join(doc.lines).rstrip() + "\n")
