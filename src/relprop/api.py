@@ -29,13 +29,7 @@ class Explainer:
         self.composite = method if isinstance(method, Composite) else None
         if self.composite is None:
             self.method = get_method(method)
-            known = self.method.options()
-            unknown = sorted(set(options) - set(known))
-            if unknown:
-                raise ValueError(
-                    f"method {method!r} has no option {', '.join(map(repr, unknown))}; "
-                    f"its options are: {', '.join(known) or 'none'}"
-                )
+            self.method.check_options(options)
         elif options:
             raise ValueError("options are given by the Composite itself when method is a Composite")
         self.options = options
@@ -51,6 +45,7 @@ class Explainer:
             if record is not None:
                 if "record" not in self.method.options():
                     raise ValueError(f"method {self.method.name!r} cannot record intermediate relevance")
+                self.method.check_options({"record": record})
                 options["record"] = record
             result = self.method.fn(self.model, x, target, **options)
             relevance, recorded = result if isinstance(result, tuple) else (result, {})

@@ -13,6 +13,7 @@ from ..composite import Composite, by_type, first
 from ..graph import Graph
 from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
 from ..registry import register_method
+from ..options import flag, name, names, number
 from ..rules import ZBox
 from ..rules.hedge import Hedge, channels_last_suits
 from ..rules.rap import _sum
@@ -70,7 +71,9 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propa
     return forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
 
 
-@register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation")
+@register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation",
+                 gamma=number(low=1, high=2), layer=name(), use_c=flag(), use_a=flag(), use_u=flag(),
+                 use_psi=flag(), record=names())
 def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, use_u=True, use_psi=True,
           record=()):
     """Hedged relevance; ``gamma`` in [1, 2] (official default 2: the map sums to gamma - 2 = 0),
