@@ -2,10 +2,11 @@
 backprop, Grad-CAM and guided Grad-CAM.
 
 Every method runs the model through relprop's traced graph
-(:meth:`relprop.propagate.Propagator.forward_differentiable`): batch norms are folded, the model is
-evaluated in eval mode and handed back in the mode it had, and activation overrides (guided
-backprop) also reach functional activations such as ``F.relu``, which module hooks cannot. Up to
-float rounding the gradients equal those of the original model in eval mode.
+(:meth:`relprop.propagate.Propagator.forward_differentiable`): batch norms are folded, the model's
+inference-mode function is evaluated whatever its training flags (which are never touched), and
+activation overrides (guided backprop) also reach functional activations such as ``F.relu``, which
+module hooks cannot. Up to float rounding the gradients equal those of the original model in eval
+mode. Module backward hooks are not run: the gradient is that of the forward function.
 
 Conventions follow Captum: a batch in, a tensor shaped like the batch out, ``target`` a class index
 (or one per sample; ``None`` = the predicted class, the argmax of the logits at ``x``), and the
