@@ -2,9 +2,9 @@
 
 * :func:`fingerprint` is a cheap structural summary of a model: its module tree (paths, identities,
   types, plain configuration attributes such as a convolution's ``stride``), the identity, shape,
-  dtype and device of every parameter and buffer, and the keys of every hook dictionary, module
-  and global. A traced graph is reused only while the fingerprint is unchanged. In-place updates
-  of parameter values do not change it: the traced ops read the very same tensors.
+  dtype and storage of every parameter and buffer, and the keys of every forward (pre-)hook
+  dictionary, module and global. A traced graph is reused only while the fingerprint is unchanged.
+  In-place updates of parameter values do not change it: the traced ops read the very same tensors.
 * :func:`inference_copy` is a structural copy of the module tree that shares every parameter and
   buffer tensor, has every training flag off and no hooks: relprop traces and runs it, so that it
   never flips the user's flags nor runs the user's hooks.
@@ -22,46 +22,52 @@ import torch
 import torch.nn as nn
 from torch.nn.modules import module as _module
 
-#: per-module hook dictionaries (their keys join the fingerprint; the copy gets empty ones)
+#: per-module hook dictionaries (the copy gets empty ones)
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
               "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
               "_load_state_dict_post_hooks")
 _FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks")
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
-_PLAIN = (bool, int, float, str, type(None))
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks")
+_PLAIN = frozenset((bool, int, float, str, type(None)))
 
 
-def _config(module: nn.Module) -> tuple:
-    """The module's plain attributes (numbers, strings, tuples of them) except its training flag:
-    what a trace bakes in (``stride``, ``padding``, a scale in a custom forward, ...)."""
-    items = []
-    for key, value in module.__dict__.items():
-        kind = type(value)
-        if kind in _PLAIN or (kind is tuple and all(type(v) in _PLAIN for v in value)):
-            if key != "training":
-                items.append((key, value))
-    return tuple(items)
+#: what every module's ``__dict__`` holds (hooks, tables, the training flag): not configuration
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {"training"}
+
+
+def _config(d: dict) -> tuple:
+    """A module's plain attributes (numbers, strings, tuples of them) except its training flag, from
+    its ``__dict__``: what a trace bakes in (``stride``, ``padding``, a scale in a custom forward)."""
+    keys = sorted(d.keys() - _MODULE_INTERNALS)
+    return tuple([(k, d[k]) for k in keys
+                  if type(d[k]) in _PLAIN or (type(d[k]) is tuple and _plain_tuple(d[k]))])
+
+
+def _plain_tuple(value: tuple) -> bool:
+    return all(type(v) in _PLAIN for v in value)
 
 
 def _tensors(table: dict) -> tuple:
-    return tuple((k, id(t), t.shape, t.dtype, t.device) if t is not None else (k, None)
-                 for k, t in table.items())
+    """Identity, storage, dtype and shape of each tensor: a replaced tensor, or one whose ``.data``
+    was swapped (``model.double()``, ``.to(device)``), changes its entry; in-place updates do not."""
+    return tuple([(k, None) if t is None else (k, id(t), t.data_ptr(), t.dtype, t.shape) for k, t in table.items()])
 
 
 def _global_hooks() -> tuple:
-    return tuple(tuple(getattr(_module, name, {})) for name in _GLOBAL_HOOKS)
+    return tuple(tuple(getattr(_module, name, None) or ()) for name in _GLOBAL_HOOKS)
 
 
 def fingerprint(model: nn.Module) -> tuple:
-    """A structural summary of ``model`` that changes whenever a cached trace may no longer fit."""
+    """A structural summary of ``model`` that changes whenever a cached trace may no longer fit.
+
+    It costs a fraction of a millisecond for a ResNet-50 (about 150 modules and 320 tensors)."""
     parts: list[Any] = [_global_hooks()]
+    append = parts.append
     for path, m in model.named_modules(remove_duplicate=False):
         d = m.__dict__
-        hooks = tuple(tuple(d.get(name) or ()) for name in HOOK_DICTS)
-        parts.append((path, id(m), type(m), _config(m), _tensors(d["_parameters"]), _tensors(d["_buffers"]),
-                      hooks))
+        append((path, id(m), type(m), _config(d), _tensors(d["_parameters"]), _tensors(d["_buffers"]),
+                tuple(d.get("_forward_hooks") or ()), tuple(d.get("_forward_pre_hooks") or ())))
     return tuple(parts)
 
 
