@@ -104,7 +104,6 @@ class _Tracer(fx.Tracer):
 #: serialises tracing: fx patches ``nn.Module.__call__`` globally while it traces, and so do we
 #: ``torch.autograd.Function.apply``; two interleaved traces would restore each other's patches
 _TRACE_LOCK = threading.RLock()
-_FUNCTION_APPLY = torch.autograd.Function.__dict__["apply"]
 
 
 def _holds_proxy(value: Any, tracer: fx.Tracer) -> bool:
