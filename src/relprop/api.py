@@ -10,7 +10,7 @@ import torch.nn as nn
 from .attribution.lrp import propagate_lrp
 from .composite import Composite
 from .registry import get_method
-from .targets import Target, check_input
+from .targets import Target, check_input, check_target
 
 Tensor = torch.Tensor
 
@@ -19,7 +19,10 @@ class Explainer:
     """An explanation method bound to a model and its options.
 
     ``method`` is a registered name (see :func:`relprop.methods`) or a :class:`Composite` for
-    custom LRP rule maps. The model is explained in eval mode and handed back in the mode it had.
+    custom LRP rule maps; options are checked against the method's declared types and ranges here,
+    before any work. relprop explains the model's inference-mode function whatever its training
+    flags, and never changes the model (parameters, buffers, flags, hooks). Explanations run outside
+    ``torch.inference_mode`` even when called inside it (they need autograd).
     """
 
     def __init__(self, model: nn.Module, method: str | Composite = "lrp-cmp", **options: Any) -> None:
@@ -29,13 +32,7 @@ class Explainer:
         self.composite = method if isinstance(method, Composite) else None
         if self.composite is None:
             self.method = get_method(method)
-            known = self.method.options()
-            unknown = sorted(set(options) - set(known))
-            if unknown:
-                raise ValueError(
-                    f"method {method!r} has no option {', '.join(map(repr, unknown))}; "
-                    f"its options are: {', '.join(known) or 'none'}"
-                )
+            self.method.check_options(options)
         elif options:
             raise ValueError("options are given by the Composite itself when method is a Composite")
         self.options = options
@@ -44,6 +41,12 @@ class Explainer:
                 record: Sequence[str] | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Relevance shaped like ``x``; with ``record``, also ``{node name: relevance at its output}``."""
         check_input(x)
+        check_target(target)
+        with torch.inference_mode(False):
+            return self._explain(_outside_inference(x), _outside_inference(target), record)
+
+    def _explain(self, x: Tensor, target: Target,
+                 record: Sequence[str] | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         if self.composite is not None:
             relevance, recorded = propagate_lrp(self.model, x, target, self.composite, record or ())
         else:
@@ -51,11 +54,19 @@ class Explainer:
             if record is not None:
                 if "record" not in self.method.options():
                     raise ValueError(f"method {self.method.name!r} cannot record intermediate relevance")
+                self.method.check_options({"record": record})
                 options["record"] = record
             result = self.method.fn(self.model, x, target, **options)
             relevance, recorded = result if isinstance(result, tuple) else (result, {})
         relevance = relevance.to(dtype=x.dtype, device=x.device)
         return (relevance, recorded) if record is not None else relevance
+
+
+def _outside_inference(value: Any) -> Any:
+    """A normal copy of an inference tensor (usable by autograd); anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.is_inference():
+        return value.clone()
+    return value
 
 
 def explain(model: nn.Module, x: Tensor, target: Target = None, method: str | Composite = "lrp-cmp",

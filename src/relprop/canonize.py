@@ -25,7 +25,7 @@ def fold_batch_norms(graph: Graph) -> int:
         if bn.running_mean is None or bn.running_var is None:
             continue  # batch statistics at eval time: not a fixed affine map, keep it unfolded
         producer.op.bn = bn
-        producer.op._cache_key = ()
+        producer.op.forget_cache()
         node.op.folded = True
         folded += 1
     return folded

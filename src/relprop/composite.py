@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 
 from .ops import Affine
+from .options import number
 from .rules import AffineRule
 
 #: (layer, index among affine layers in execution order, number of affine layers) -> match
@@ -75,6 +76,8 @@ class Composite:
                 continue
             if getattr(self, option) not in allowed:
                 raise ValueError(f"{option} must be one of {allowed}, got {getattr(self, option)!r}")
+        for option in ("norm_epsilon", "epsilon_batchnorm"):
+            number(low=0).check(getattr(self, option), f"'{option}' of Composite {self.name!r}")
 
     def assign(self, layers: Sequence[Affine]) -> dict[int, AffineRule]:
         """Rule for each affine layer (keyed by ``id(layer)``); every layer must match an entry."""

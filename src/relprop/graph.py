@@ -7,9 +7,11 @@ relprop's canonical operation kinds (see :mod:`relprop.ops`). Anything that cann
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.fx as fx
@@ -85,12 +87,50 @@ _LEAF_TYPES: tuple[type, ...] = (
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer that keeps torch.nn built-ins and torchvision's StochasticDepth as leaves."""
+    """fx tracer that keeps torch.nn built-ins and torchvision's StochasticDepth as leaves, and
+    refuses custom ``torch.autograd.Function`` calls (fx would inline their forward, losing their
+    backward)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if type(m).__name__ == "StochasticDepth":
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:  # type: ignore[override]
+        with _refusing_autograd_functions(self):
+            return super().trace(root, concrete_args)
+
+
+#: serialises tracing: fx patches ``nn.Module.__call__`` globally while it traces, and so do we
+#: ``torch.autograd.Function.apply``; two interleaved traces would restore each other's patches
+_TRACE_LOCK = threading.RLock()
+
+
+def _holds_proxy(value: Any, tracer: fx.Tracer) -> bool:
+    return any(isinstance(v, fx.Proxy) and v.tracer is tracer for v in _flatten(value))
+
+
+@contextlib.contextmanager
+def _refusing_autograd_functions(tracer: fx.Tracer) -> Iterator[None]:
+    """While ``tracer`` traces, a ``Function.apply`` on its proxies raises; other calls (other
+    threads, plain tensors) are delegated unchanged."""
+    original = torch.autograd.Function.__dict__["apply"]
+
+    def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if _holds_proxy((args, kwargs), tracer):
+            where = tracer.scope.module_path or "the model's own forward"
+            raise UnsupportedOperationError(
+                f"custom autograd function {cls.__module__}.{cls.__qualname__} is called in module "
+                f"{where!r}: relprop cannot trace its backward (torch.fx would inline its forward), "
+                "so it cannot explain a model that uses one"
+            )
+        return original.__get__(None, cls)(*args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(apply)  # type: ignore[assignment, method-assign]
+    try:
+        yield
+    finally:
+        torch.autograd.Function.apply = original  # type: ignore[method-assign]
 
 
 _ACTIVATION_FUNCS: dict[Any, bool] = {
@@ -147,10 +187,14 @@ def _where(node: fx.Node) -> str:
 
 
 def trace(model: nn.Module) -> Graph:
-    """Trace ``model`` (in eval mode) into a :class:`Graph` of typed operations."""
+    """Trace ``model`` into a :class:`Graph` of typed operations. The model is traced as it is
+    (relprop traces an eval-mode copy, see :func:`relprop.structure.inference_copy`)."""
     tracer = _Tracer()
     try:
-        fx_graph = tracer.trace(model)
+        with _TRACE_LOCK:
+            fx_graph = tracer.trace(model)
+    except UnsupportedOperationError:
+        raise
     except Exception as error:  # fx raises many types; make the failure explicit
         raise UnsupportedOperationError(
             f"could not trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}); "
@@ -175,9 +219,10 @@ def trace(model: nn.Module) -> Graph:
         if node.op == "output":
             result = node.args[0]
             if not isinstance(result, fx.Node) or result not in position:
+                kind = type(result).__name__ if not isinstance(result, fx.Node) else "a value computed without the input"
                 raise UnsupportedOperationError(
-                    "the model must return a single tensor of class scores (logits), "
-                    f"got {result!r}"
+                    "forward must return one tensor of shape (batch, classes) (the class scores), "
+                    f"but {type(model).__name__}.forward returns {kind}"
                 )
             nodes.append(Node(name="output", op=ops.Identity(), inputs=[position[result]]))
             position[node] = len(nodes) - 1

@@ -101,8 +101,8 @@ class Op:
         node = self.fx_node
         if self.out_of_place_kwargs:
             kwargs = {**kwargs, "inplace": False}
-        if node.op == "call_module":
-            return self.module(*args, **kwargs)  # type: ignore[misc]
+        if node.op == "call_module":  # the module's own forward: no hooks run (see relprop.structure)
+            return self.module.forward(*args, **kwargs)  # type: ignore[union-attr]
         if node.op == "call_method":
             return getattr(args[0], self.target)(*args[1:], **kwargs)
         return self.target(*args, **kwargs)  # type: ignore[operator]
@@ -410,7 +410,8 @@ class Concat(Op):
 
 
 class BatchNorm(Op):
-    """Batch norm in eval mode that could not be folded into an affine layer.
+    """Batch norm with inference semantics (running statistics, never updated), whatever the
+    module's training flag, that could not be folded into an affine layer.
 
     ``identity`` (default, as zennit's Pass): relevance passes unchanged. ``epsilon``: the
     per-channel affine map ``y = a*x + c`` is treated as a layer with the epsilon rule.
@@ -423,7 +424,11 @@ class BatchNorm(Op):
     def forward(self, args: tuple, kwargs: dict) -> Tensor:
         if self.folded:
             return args[0]
-        return super().forward(args, kwargs)
+        bn = self.module
+        # a batch norm without running statistics normalises with batch statistics even in eval mode
+        batch_statistics = bn.running_mean is None or bn.running_var is None
+        return F.batch_norm(args[0], bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                            batch_statistics, 0.0, bn.eps)
 
     def relevance(self, inputs, args, kwargs, output, r, ctx):
         if self.folded or ctx.batchnorm == "identity":
@@ -456,8 +461,9 @@ class Affine(Op):
         self.nd = nd
         self.bn: nn.Module | None = None
         self.pre_pad: tuple[int, ...] | None = None  # a folded zero padding (F.pad order)
-        self._cache: dict[str, Tensor] = {}
-        self._cache_key: tuple = ()
+        #: (state of the source tensors, derived tensors): replaced as a whole, never cleared in
+        #: place, so that concurrent callers each see one consistent pair
+        self._cache: tuple[tuple, dict[str, Tensor]] = ((), {})
         if kind == "conv":
             if module.padding_mode != "zeros":
                 raise ValueError(
@@ -485,16 +491,26 @@ class Affine(Op):
         return [t for t in tensors if t is not None]
 
     def cached(self, key: str, make: Callable[[], Tensor]) -> Tensor:
-        """A derived tensor (e.g. the positive weights), recomputed when any source changes."""
+        """A derived tensor (e.g. the positive weights), recomputed when any source changes.
+
+        Made outside inference mode, so that a call under ``torch.inference_mode()`` cannot leave
+        an inference tensor behind for later calls that need autograd."""
         sources = self._sources()
-        state = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
-        if state != self._cache_key:
-            self._cache = {}
-            self._cache_key = state
-        if key not in self._cache:
-            with torch.no_grad():
-                self._cache[key] = make().detach()
-        return self._cache[key]
+        state = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        entry = self._cache
+        if entry[0] != state:
+            entry = (state, {})
+            self._cache = entry
+        found = entry[1].get(key)
+        if found is None:
+            with torch.inference_mode(False), torch.no_grad():
+                found = make().detach()
+            entry[1][key] = found
+        return found
+
+    def forget_cache(self) -> None:
+        """Drop the derived tensors (after the sources were rewired, e.g. a folded batch norm)."""
+        self._cache = ((), {})
 
     @property
     def weight(self) -> Tensor:

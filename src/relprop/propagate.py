@@ -1,18 +1,23 @@
 """The backward interpreter: forward with cached activations, then relevance node by node in reverse.
 
-:class:`Propagator` traces a model once (in eval mode, leaving the model's mode as it was), folds
-its batch norms in relprop's own graph, and then, for every call, runs the forward pass under
-``torch.no_grad`` keeping each node's arguments and output, and walks the nodes in reverse
-applying each node's rule (paper 003, Sec. II: relevance is conserved layer by layer up to the
+:class:`Propagator` traces a model once, folds its batch norms in relprop's own graph, and then,
+for every call, runs the forward pass under ``torch.no_grad`` keeping each node's arguments and
+output, and walks the nodes in reverse applying each node's rule (paper 003, Sec. II: relevance is conserved layer by layer up to the
 bias and stabiliser terms).
+
+relprop explains the model's inference-mode function whatever its training flags: it traces and
+runs an eval-mode structural copy of the module tree that shares the model's parameter and buffer
+tensors (:func:`relprop.structure.inference_copy`), so it never flips the user's flags, never
+updates running statistics and never runs the user's hooks. A traced propagator is reused only
+while the model's structural fingerprint (:func:`relprop.structure.fingerprint`) is unchanged.
 """
 
 from __future__ import annotations
 
-import contextlib
+import threading
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.fx as fx
@@ -22,21 +27,10 @@ from . import ops
 from .canonize import fold_batch_norms, fold_zero_padding
 from .composite import Composite
 from .graph import Graph, trace
+from .structure import check_forward_hooks, fingerprint, inference_copy, owned_objects, placeholder_parameters
 from .rules import AffineRule
 
 Tensor = torch.Tensor
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 @dataclass
@@ -82,8 +76,13 @@ class Propagator:
 
     def __init__(self, model: nn.Module, fold_batchnorm: bool = True) -> None:
         self.model_ref = weakref.ref(model)
-        with eval_mode(model):
-            self.graph: Graph = trace(model)
+        check_forward_hooks(model)
+        module_tree = inference_copy(model)
+        with placeholder_parameters(module_tree):
+            self.graph: Graph = trace(module_tree)
+        #: facts learnt about the model while using this trace (e.g. hedge's "nchw_only"); they
+        #: go with the trace when the model changes
+        self.notes: dict[str, object] = {}
         self.folded = fold_batch_norms(self.graph) if fold_batchnorm else 0
         fold_zero_padding(self.graph)
         self.affine = [n.op for n in self.graph.nodes if isinstance(n.op, ops.Affine)]
@@ -128,7 +127,7 @@ class Propagator:
         cache = ForwardCache([None] * n, [None] * n, [None] * n, [None] * n)
         start = graph.find(differentiable_from) if differentiable_from is not None else None
         env: dict[fx.Node, object] = {}
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad():
             for fx_node in graph.fx_graph.nodes:
                 if fx_node.op == "placeholder":
                     env[fx_node] = x
@@ -172,27 +171,26 @@ class Propagator:
         kept: dict[str, Tensor] = {}
         env: dict[fx.Node, object] = {}
         result: Tensor | None = None
-        with eval_mode(model):
-            for fx_node in graph.fx_graph.nodes:
-                if fx_node.op == "placeholder":
-                    env[fx_node] = x
-                    continue
-                args = fx.node.map_arg(fx_node.args, lambda a: env[a])
-                kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
-                pos = graph.position.get(fx_node)
-                if fx_node.op == "output":
-                    result = args[0]
-                    continue
-                if pos is None:
-                    env[fx_node] = _evaluate(fx_node, args, kwargs, model)
-                    continue
-                op = graph.nodes[pos].op
-                out = op.forward(args, kwargs)
-                if activation is not None and isinstance(op, (ops.Activation, ops.FunctionalActivation)):
-                    out = activation(op, args[0], out)
-                env[fx_node] = out
-                if pos in wanted:
-                    kept[wanted[pos]] = out
+        for fx_node in graph.fx_graph.nodes:
+            if fx_node.op == "placeholder":
+                env[fx_node] = x
+                continue
+            args = fx.node.map_arg(fx_node.args, lambda a: env[a])
+            kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
+            pos = graph.position.get(fx_node)
+            if fx_node.op == "output":
+                result = args[0]
+                continue
+            if pos is None:
+                env[fx_node] = _evaluate(fx_node, args, kwargs, model)
+                continue
+            op = graph.nodes[pos].op
+            out = op.forward(args, kwargs)
+            if activation is not None and isinstance(op, (ops.Activation, ops.FunctionalActivation)):
+                out = activation(op, args[0], out)
+            env[fx_node] = out
+            if pos in wanted:
+                kept[wanted[pos]] = out
         if 0 in wanted:
             kept[wanted[0]] = x
         assert result is not None
@@ -214,7 +212,7 @@ class Propagator:
         leaf = cache.outputs[start].detach().requires_grad_(True)
         env: dict[fx.Node, object] = {}
         result: Tensor | None = None
-        with torch.enable_grad(), eval_mode(model):
+        with torch.enable_grad():
             for fx_node in graph.fx_graph.nodes:
                 pos = graph.position.get(fx_node)
                 if fx_node.op == "placeholder":
@@ -331,7 +329,19 @@ def _evaluate(node: fx.Node, args: tuple, kwargs: dict, model: nn.Module) -> obj
     raise RuntimeError(f"cannot evaluate node {node.name!r} ({node.op})")
 
 
-_PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, dict[bool, Propagator]]" = weakref.WeakKeyDictionary()
+@dataclass
+class _Traces:
+    """The propagators of one model, valid while the model's fingerprint is ``fingerprint``."""
+
+    fingerprint: tuple
+    #: the submodules, parameters and buffers the fingerprint names, kept alive so that no new
+    #: object can reuse one of their identities while the fingerprint is compared against
+    owned: list[object]
+    propagators: dict[bool, Propagator]
+
+
+_PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, _Traces]" = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
 
 
 def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
@@ -349,10 +359,28 @@ def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
 
 
 def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:
-    """The (cached) propagator of ``model``; tracing happens once per model and folding choice."""
-    per_model = _PROPAGATORS.setdefault(model, {})
-    found = per_model.get(fold_batchnorm)
+    """The (cached) propagator of ``model`` for this folding choice.
+
+    The model is traced again whenever its structural fingerprint changed since the last trace
+    (a replaced module, parameter or buffer, a changed type, dtype, device or layer setting, a new
+    hook): a cached trace never outlives a change of the model.
+    """
+    current = fingerprint(model)
+    with _CACHE_LOCK:
+        entry = _PROPAGATORS.get(model)
+        if entry is None or entry.fingerprint != current:
+            entry = _Traces(current, owned_objects(model), {})
+            _PROPAGATORS[model] = entry
+        found = entry.propagators.get(fold_batchnorm)
     if found is None:
         found = Propagator(model, fold_batchnorm)
-        per_model[fold_batchnorm] = found
+        with _CACHE_LOCK:
+            found = entry.propagators.setdefault(fold_batchnorm, found)
     return found
+
+
+def forget(model: nn.Module) -> None:
+    """Drop the cached traces of ``model`` (after a change the fingerprint cannot see, e.g. in a
+    list held by a custom forward); the next call traces it again."""
+    with _CACHE_LOCK:
+        _PROPAGATORS.pop(model, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -35,11 +36,32 @@ def check_rank(x: Tensor, expected: int | None, model_name: str) -> None:
     )
 
 
+def check_target(target: Target) -> None:
+    """Refuse a target of the wrong type (a str, a float, ...), naming what is expected."""
+    if target is None or isinstance(target, torch.Tensor):
+        return
+    if isinstance(target, bool):
+        raise ValueError("target must be a class index, not a bool")
+    if isinstance(target, int) or (isinstance(target, np.integer)):
+        return
+    if isinstance(target, np.ndarray):
+        return
+    if isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
+        if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in target):
+            return
+    shown = repr(target) if len(repr(target)) <= 60 else repr(target)[:57] + "..."
+    raise ValueError(
+        "target must be None (the predicted class), an int class index, a sequence of ints or an "
+        f"integer tensor (one class per sample), got {type(target).__name__} {shown}"
+    )
+
+
 def resolve_target(target: Target, logits: Tensor) -> Tensor:
     """Class index per sample as a long tensor (B,); None means the predicted class."""
     if logits.dim() != 2:
         raise ValueError(f"the model must return class scores shaped (batch, classes), got {tuple(logits.shape)}")
     batch, classes = logits.shape
+    check_target(target)
     if target is None:
         return logits.argmax(dim=1)
     if isinstance(target, bool):

@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..composite import Composite, by_type, first, last
 from ..propagate import forward_for
 from ..registry import register_method
+from ..options import bound, choice, flag, names
 from ..rules import AlphaBeta, Contrastive, ZBox
 from ..rules.lrp import Bound
 from ..targets import resolve_target
@@ -72,7 +73,9 @@ def _scaled(t: Tensor, factor: Tensor) -> Tensor:
     return t * factor.view(-1, *([1] * (t.dim() - 1)))
 
 
-@register_method("sglrp", "Softmax-gradient LRP (paper 004, Eq. 9-10): softmax-gradient initial relevance, z+ / z^B")
+@register_method("sglrp", "Softmax-gradient LRP (paper 004, Eq. 9-10): softmax-gradient initial relevance, z+ / z^B",
+                 variant=choice("paper", "official"), relu=flag(none=True), low=bound(), high=bound(),
+                 record=names())
 def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, record=()):
     """SGLRP. ``variant="paper"``: one pass from the signed softmax gradient (Eq. 10), then
     ``max(., 0)`` (Eq. 9; ``relu=False`` keeps the signed map). ``variant="official"``: the
@@ -106,7 +109,9 @@ def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, 
     return _relu(a_t - a_o * scale, False if relu is None else relu), recorded
 
 
-@register_method("clrp", "Contrastive LRP (paper 004, Eq. 6-7): target minus uniform dual classes, z+ / z^B")
+@register_method("clrp", "Contrastive LRP (paper 004, Eq. 6-7): target minus uniform dual classes, z+ / z^B",
+                 variant=choice("paper", "official-type1", "official-type2"), relu=flag(), low=bound(),
+                 high=bound(), record=names())
 def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, record=()):
     """CLRP. ``variant="paper"``: one pass from ``z_t`` at the target and ``-z_t / (N - 1)`` at every
     other class (Eq. 7), then ``max(., 0)`` (Eq. 6). ``"official-type1"``: separate passes from
@@ -153,7 +158,8 @@ class _NegatedTop:
         return self.rule(NegatedLayer(layer), x, -z, r, nonnegative)
 
 
-@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias")
+@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias",
+                 relu=flag(), record=names())
 def excitation_backprop(model, x, target, *, relu=False, record=()):
     """Marginal winning probabilities from ``P = 1`` at the target: ``P_i = sum_j x_i w+_ij /
     sum_i' x_i' w+_i'j P_j`` on every layer, no bias; signed pixels at the input are handled as
@@ -166,7 +172,8 @@ def excitation_backprop(model, x, target, *, relu=False, record=()):
     return _relu(relevance, relu), recorded
 
 
-@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual")
+@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual",
+                 relu=flag(), record=names())
 def contrastive_eb(model, x, target, *, relu=False, record=()):
     """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the
     dual unit), and the difference travels on with excitation backprop. Signed unless ``relu``."""

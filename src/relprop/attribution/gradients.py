@@ -2,10 +2,11 @@
 backprop, Grad-CAM and guided Grad-CAM.
 
 Every method runs the model through relprop's traced graph
-(:meth:`relprop.propagate.Propagator.forward_differentiable`): batch norms are folded, the model is
-evaluated in eval mode and handed back in the mode it had, and activation overrides (guided
-backprop) also reach functional activations such as ``F.relu``, which module hooks cannot. Up to
-float rounding the gradients equal those of the original model in eval mode.
+(:meth:`relprop.propagate.Propagator.forward_differentiable`): batch norms are folded, the model's
+inference-mode function is evaluated whatever its training flags (which are never touched), and
+activation overrides (guided backprop) also reach functional activations such as ``F.relu``, which
+module hooks cannot. Up to float rounding the gradients equal those of the original model in eval
+mode. Module backward hooks are not run: the gradient is that of the forward function.
 
 Conventions follow Captum: a batch in, a tensor shaped like the batch out, ``target`` a class index
 (or one per sample; ``None`` = the predicted class, the argmax of the logits at ``x``), and the
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..propagate import Propagator, propagator_for
 from ..registry import register_method
+from ..options import bound, choice, flag, integer, name, number
 from ..targets import Target, check_rank, resolve_target
 
 Tensor = torch.Tensor
@@ -157,7 +159,9 @@ def integration_points(steps: int, integration: str = "riemann_right") -> tuple[
 
 
 @register_method("integrated-gradients",
-                 "Integrated Gradients (Sundararajan et al. 2017), batched over steps; baseline 0, 32 steps")
+                 "Integrated Gradients (Sundararajan et al. 2017), batched over steps; baseline 0, 32 steps",
+                 steps=integer(low=1), baseline=bound(none=False), integration=choice(*IG_METHODS),
+                 internal_batch_size=integer(low=1, none=True))
 def integrated_gradients(model, x, target, *, steps=32, baseline=0.0, integration="riemann_right",
                          internal_batch_size=None):
     """Integrated Gradients (Sundararajan, Taly & Yan, *Axiomatic Attribution for Deep Networks*,
@@ -192,7 +196,9 @@ def integrated_gradients(model, x, target, *, steps=32, baseline=0.0, integratio
 
 
 # -- smoothgrad --------------------------------------------------------------------------------------
-@register_method("smoothgrad", "SmoothGrad (Smilkov et al. 2017): mean gradient over 16 noisy copies, sigma 15% of range")
+@register_method("smoothgrad", "SmoothGrad (Smilkov et al. 2017): mean gradient over 16 noisy copies, sigma 15% of range",
+                 samples=integer(low=1), noise_level=number(low=0), seed=integer(),
+                 internal_batch_size=integer(low=1, none=True), multiply_by_input=flag())
 def smoothgrad(model, x, target, *, samples=16, noise_level=0.15, seed=0, internal_batch_size=None,
                multiply_by_input=False):
     """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017):
@@ -393,7 +399,8 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
 
 
 @register_method("gradcam",
-                 "Grad-CAM (Selvaraju et al. 2017) at the last feature map, upsampled; cam/C in each channel")
+                 "Grad-CAM (Selvaraju et al. 2017) at the last feature map, upsampled; cam/C in each channel",
+                 layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS))
 def gradcam(model, x, target, *, layer=None, relu=True, interpolation="bilinear"):
     """Grad-CAM (Selvaraju et al., *Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
     Localization*, ICCV 2017): ``cam = relu(sum_k alpha_k A_k)``, ``alpha_k = mean_hw d y_target / d A_k``,
@@ -411,7 +418,8 @@ def gradcam(model, x, target, *, layer=None, relu=True, interpolation="bilinear"
     return (cam / x.shape[1]).expand_as(x).clone()
 
 
-@register_method("guided-gradcam", "Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times upsampled Grad-CAM")
+@register_method("guided-gradcam", "Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times upsampled Grad-CAM",
+                 layer=name(), interpolation=choice(*INTERPOLATIONS))
 def guided_gradcam(model, x, target, *, layer=None, interpolation="bilinear"):
     """Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop multiplied, pixel by pixel and
     in every channel, by the upsampled Grad-CAM (with ReLU; ``layer`` and ``interpolation`` as for

@@ -4,8 +4,6 @@ layer (Eq. 4-5) and hedged propagation down to the input (Eq. 6-13, Algorithm 1)
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from .. import ops
@@ -13,6 +11,7 @@ from ..composite import Composite, by_type, first
 from ..graph import Graph
 from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
 from ..registry import register_method
+from ..options import flag, name, names, number
 from ..rules import ZBox
 from ..rules.hedge import Hedge, channels_last_suits
 from ..rules.rap import _sum
@@ -52,25 +51,24 @@ def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> to
     return torch.where(total == 0, torch.zeros_like(r0), r0 / torch.where(total == 0, torch.ones_like(total), total))
 
 
-#: models whose forward pass fails on a channels-last input (e.g. ``.view`` of a feature map)
-_NCHW_ONLY: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
-
-
 def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propagator, ForwardCache]:
     """The forward pass, channels-last for float32 / bfloat16 images on CPU, where the hedge rule's
     convolutions run channels-last (rules/hedge.py): the cached activations then need no conversion.
     A model whose code cannot take a channels-last input (a ``.view`` of a feature map raises) is
-    run as given, and remembered."""
-    if channels_last_suits(x) and model not in _NCHW_ONLY:
+    run as given, and this is noted on its propagator (so it is forgotten when the model changes)."""
+    propagator = propagator_for(model, fold_batchnorm=False)
+    if channels_last_suits(x) and not propagator.notes.get("nchw_only"):
         try:
             return forward_for(model, x.contiguous(memory_format=torch.channels_last), fold_batchnorm=False,
                                differentiable_from=layer)
         except RuntimeError:
-            _NCHW_ONLY[model] = True
+            propagator.notes["nchw_only"] = True
     return forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
 
 
-@register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation")
+@register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation",
+                 gamma=number(low=1, high=2), layer=name(), use_c=flag(), use_a=flag(), use_u=flag(),
+                 use_psi=flag(), record=names())
 def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, use_u=True, use_psi=True,
           record=()):
     """Hedged relevance; ``gamma`` in [1, 2] (official default 2: the map sums to gamma - 2 = 0),

@@ -15,12 +15,16 @@ import torch.nn as nn
 from ..composite import Composite, by_type, first
 from ..propagate import forward_for
 from ..registry import register_method
+from ..options import bound, choice, integer, names, number
 from ..rules import AlphaBeta, Epsilon, Flat, ZBox, ZRule
 from ..rules.lrp import Bound
 from ..targets import Target, one_hot_logit, resolve_target
 
 Tensor = torch.Tensor
 _ALL = by_type("conv", "linear")
+#: the options every LRP method shares
+COMMON = {"maxpool": choice("winner", "proportional"), "add": choice("proportional", "equal"),
+          "batchnorm": choice("identity", "epsilon"), "record": names()}
 
 
 def propagate_lrp(model: nn.Module, x: Tensor, target: Target, composite: Composite,
@@ -37,27 +41,29 @@ def _composite(name: str, rules: list, maxpool: str, add: str, batchnorm: str,
     return Composite(rules, maxpool=maxpool, add=add, batchnorm=batchnorm, name=name, norm_epsilon=norm_epsilon)
 
 
-@register_method("lrp-z", "LRP-0 on every layer (paper 003, Eq. 1); equals gradient x input on ReLU nets")
+@register_method("lrp-z", "LRP-0 on every layer (paper 003, Eq. 1); equals gradient x input on ReLU nets", **COMMON)
 def lrp_z(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity", record=()):
     composite = _composite("lrp-z", [(_ALL, ZRule())], maxpool, add, batchnorm, norm_epsilon=0.0)
     return propagate_lrp(model, x, target, composite, record)
 
 
-@register_method("lrp-epsilon", "LRP-epsilon on every layer (paper 003, Eq. 2), epsilon=0.25")
+@register_method("lrp-epsilon", "LRP-epsilon on every layer (paper 003, Eq. 2), epsilon=0.25", epsilon=number(low=0),
+                 **COMMON)
 def lrp_epsilon(model, x, target, *, epsilon=0.25, maxpool="winner", add="proportional",
                 batchnorm="identity", record=()):
     composite = _composite("lrp-epsilon", [(_ALL, Epsilon(epsilon))], maxpool, add, batchnorm)
     return propagate_lrp(model, x, target, composite, record)
 
 
-@register_method("lrp-alpha1beta0", "LRP-alpha1beta0 (z+) on every layer (paper 003, Eq. 3)")
+@register_method("lrp-alpha1beta0", "LRP-alpha1beta0 (z+) on every layer (paper 003, Eq. 3)", **COMMON)
 def lrp_alpha1beta0(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity",
                     record=()):
     composite = _composite("lrp-alpha1beta0", [(_ALL, AlphaBeta(1.0, 0.0))], maxpool, add, batchnorm)
     return propagate_lrp(model, x, target, composite, record)
 
 
-@register_method("lrp-alpha2beta1", "LRP-alpha2beta1 on every layer (paper 003, Eq. 3; its alpha=2, beta=-1)")
+@register_method("lrp-alpha2beta1", "LRP-alpha2beta1 on every layer (paper 003, Eq. 3; its alpha=2, beta=-1)",
+                 **COMMON)
 def lrp_alpha2beta1(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity",
                     record=()):
     composite = _composite("lrp-alpha2beta1", [(_ALL, AlphaBeta(2.0, 1.0))], maxpool, add, batchnorm)
@@ -87,21 +93,25 @@ def cmp_composite(alpha: float = 1.0, epsilon: float = 0.1, first_rule: str = "f
     return _composite("lrp-cmp", rules, maxpool, add, batchnorm)
 
 
-@register_method("lrp-cmp", "LRP_CMP composite (paper 003): epsilon dense, alpha-beta conv, flat first layer")
+@register_method("lrp-cmp", "LRP_CMP composite (paper 003): epsilon dense, alpha-beta conv, flat first layer",
+                 alpha=number(low=1), epsilon=number(low=0), first_rule=choice("flat", "zb", "none"),
+                 n_first=integer(low=1), low=bound(), high=bound(), **COMMON)
 def lrp_cmp(model, x, target, *, alpha=1.0, epsilon=0.1, first_rule="flat", n_first=1, low=None, high=None,
             maxpool="winner", add="proportional", batchnorm="identity", record=()):
     composite = cmp_composite(alpha, epsilon, first_rule, n_first, low, high, maxpool, add, batchnorm)
     return propagate_lrp(model, x, target, composite, record)
 
 
-@register_method("lrp-preset-a", "LRP preset A (paper 001, Sec. V): epsilon dense, alpha1beta0 conv")
+@register_method("lrp-preset-a", "LRP preset A (paper 001, Sec. V): epsilon dense, alpha1beta0 conv",
+                 epsilon=number(low=0), **COMMON)
 def lrp_preset_a(model, x, target, *, epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
                  record=()):
     rules = [(by_type("linear"), Epsilon(epsilon)), (by_type("conv"), AlphaBeta(1.0, 0.0))]
     return propagate_lrp(model, x, target, _composite("lrp-preset-a", rules, maxpool, add, batchnorm), record)
 
 
-@register_method("lrp-preset-b", "LRP preset B (paper 001, Sec. V): epsilon dense, alpha2beta1 conv")
+@register_method("lrp-preset-b", "LRP preset B (paper 001, Sec. V): epsilon dense, alpha2beta1 conv",
+                 epsilon=number(low=0), **COMMON)
 def lrp_preset_b(model, x, target, *, epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
                  record=()):
     rules = [(by_type("linear"), Epsilon(epsilon)), (by_type("conv"), AlphaBeta(2.0, 1.0))]

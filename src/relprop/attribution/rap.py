@@ -13,6 +13,7 @@ import torch
 from ..composite import Composite, by_type, first, last
 from ..propagate import forward_for
 from ..registry import register_method
+from ..options import choice, names
 from ..rules import ZBox
 from ..rules.rap import RAPHidden, RAPOutput
 from ..targets import one_hot_logit, resolve_target
@@ -32,7 +33,8 @@ def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
                      name="rap")
 
 
-@register_method("rap", "Relative Attributing Propagation (paper 000, Eq. 5-10), as the official code computes it")
+@register_method("rap", "Relative Attributing Propagation (paper 000, Eq. 5-10), as the official code computes it",
+                 start=choice("one-hot", "logit"), one_by_one=choice("rap", "abs"), record=names())
 def rap(model, x, target, *, start="one-hot", one_by_one="rap", record=()):
     """RAP. ``start="one-hot"`` (default, official): relevance 1 at the target and the absolute-
     influence normalisation at the output layer (Eq. 5-6); ``"logit"``: one-hot times logit with the

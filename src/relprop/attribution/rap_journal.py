@@ -17,6 +17,7 @@ import torch
 from ..composite import Composite, by_type, last
 from ..propagate import forward_for
 from ..registry import register_method
+from ..options import choice, flag, names
 from ..rules.rap_journal import BatchNormFlow, FirstPropagation, Flow, check_flow
 from ..targets import one_hot_logit, resolve_target
 
@@ -48,7 +49,9 @@ def _split_record_name(name: str, default: str) -> tuple[str, str]:
 
 
 @register_method("rap-journal", "Relative Attributing Propagation, journal version: normal and inversion flows "
-                                "with bias and batch-norm handling (paper 001, Eq. 5-11)")
+                                "with bias and batch-norm handling (paper 001, Eq. 5-11)",
+                 flow=choice(*FLOWS), start=choice(*STARTS), bias=flag(), batchnorm=flag(), center=flag(),
+                 record=names())
 def rap_journal(model, x, target, *, flow: str = "final", start: str = "logit", bias: bool = True,
                 batchnorm: bool = True, center: bool = True, record: Sequence[str] = ()):
     """RAP (journal). ``flow``: the returned map, ``"final"`` (normal + inversion, Eq. 9), ``"normal"``

@@ -14,12 +14,14 @@ from __future__ import annotations
 from ..composite import Composite, by_type, first
 from ..propagate import forward_for
 from ..registry import register_method
+from ..options import name, names
 from ..rules import ZBox
 from ..rules.rsp import RSPRule
 from .hedge import gradient_at_layer
 
 
-@register_method("rsp", "Relative Sectional Propagation (official code): comparative-gradient propagation from a Grad-CAM map")
+@register_method("rsp", "Relative Sectional Propagation (official code): comparative-gradient propagation from a Grad-CAM map",
+                 layer=name(), record=names())
 def rsp(model, x, target, *, layer=None, record=()):
     """RSP; ``layer``: where the initial Grad-CAM-weighted map lives (default: the input of the last
     pooling node)."""

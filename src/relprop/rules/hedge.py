@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import Affine
+from ..options import check_rule_field, flag, number
 from .rap import _sum, quotient_, shift_excess_
 
 Tensor = torch.Tensor
@@ -64,6 +65,11 @@ class Hedge:
     use_a: bool = True
     use_u: bool = True
     use_psi: bool = True
+
+    def __post_init__(self) -> None:
+        check_rule_field(self, "gamma", number(low=1, high=2))
+        for name in ("use_c", "use_a", "use_u", "use_psi"):
+            check_rule_field(self, name, flag())
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         one_by_one = layer.kind == "conv" and all(k == 1 for k in layer.module.kernel_size)

@@ -18,9 +18,11 @@ from typing import Protocol, Union
 import torch
 
 from ..ops import Affine, is_channels_last, normalize
+from ..options import bound, check_rule_field, flag, number
 
 Tensor = torch.Tensor
 Bound = Union[float, Tensor, None]
+_NON_NEGATIVE = number(low=0)
 
 
 class AffineRule(Protocol):
@@ -56,6 +58,9 @@ class Epsilon:
 
     epsilon: float = 1e-6
 
+    def __post_init__(self) -> None:
+        check_rule_field(self, "epsilon", _NON_NEGATIVE)
+
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         return layer.transpose(normalize(r, z, self.epsilon), layer.weight, x).mul_(x)
 
@@ -84,12 +89,14 @@ class AlphaBeta:
     bias: bool | str = True
 
     def __post_init__(self) -> None:
-        if self.bias not in (True, False, "full"):
-            raise ValueError(f"bias must be True, False or 'full', got {self.bias!r}")
-        if self.alpha < 0 or self.beta < 0:
-            raise ValueError(f"alpha and beta must be non-negative, got alpha={self.alpha}, beta={self.beta}")
+        if self.bias not in (True, False, "full") or type(self.bias) not in (bool, str):
+            raise ValueError(f"'bias' of rule AlphaBeta must be True, False or 'full', got {self.bias!r}")
+        check_rule_field(self, "alpha", number(low=1))
+        check_rule_field(self, "beta", _NON_NEGATIVE)
+        check_rule_field(self, "stabilizer", _NON_NEGATIVE)
         if abs(self.alpha - self.beta - 1.0) > 1e-12:
-            raise ValueError(f"alpha - beta must equal 1, got alpha={self.alpha}, beta={self.beta}")
+            raise ValueError(f"'alpha' and 'beta' of rule AlphaBeta must satisfy alpha - beta = 1 (beta >= 0), "
+                             f"got alpha={self.alpha}, beta={self.beta}")
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         wp, wn, bp, bn = _parts(layer)
@@ -149,6 +156,10 @@ class Gamma:
     gamma: float = 0.25
     stabilizer: float = 1e-6
 
+    def __post_init__(self) -> None:
+        check_rule_field(self, "gamma", _NON_NEGATIVE)
+        check_rule_field(self, "stabilizer", _NON_NEGATIVE)
+
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         g = self.gamma
         wp, wn, bp, bn = _parts(layer)
@@ -173,6 +184,9 @@ class Flat:
 
     stabilizer: float = 1e-6
 
+    def __post_init__(self) -> None:
+        check_rule_field(self, "stabilizer", _NON_NEGATIVE)
+
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         ones_w = layer.cached("ones", lambda: torch.ones_like(layer.weight))
         ones_x = torch.ones_like(x[:1])
@@ -190,6 +204,10 @@ class WSquare:
 
     stabilizer: float = 1e-6
     zero_bias: bool = False
+
+    def __post_init__(self) -> None:
+        check_rule_field(self, "stabilizer", _NON_NEGATIVE)
+        check_rule_field(self, "zero_bias", flag())
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         w2 = layer.cached("w^2", lambda: layer.weight ** 2)
@@ -212,6 +230,15 @@ class ZBox:
     high: Bound = None
     stabilizer: float = 1e-6
     bias: bool = True  #: False: no bias anywhere (the official RAP/CLRP/SGLRP input rule)
+
+    def __post_init__(self) -> None:
+        check_rule_field(self, "low", bound())
+        check_rule_field(self, "high", bound())
+        check_rule_field(self, "stabilizer", _NON_NEGATIVE)
+        check_rule_field(self, "bias", flag())
+        low, high = self.low, self.high
+        if low is not None and high is not None and bool(torch.any(torch.as_tensor(low) > torch.as_tensor(high))):
+            raise ValueError(f"'low' of rule ZBox must not exceed 'high', got low={low}, high={high}")
 
     def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper bound tensors broadcast to the shape of ``x``."""

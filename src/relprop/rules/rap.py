@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import check_rule_field, choice
 from ..ops import Affine, safe_divide
 
 Tensor = torch.Tensor
@@ -123,6 +124,9 @@ class RAPHidden:
     """
 
     one_by_one: str = "rap"
+
+    def __post_init__(self) -> None:
+        check_rule_field(self, "one_by_one", choice("rap", "abs"))
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         if layer.kind == "conv" and self.one_by_one == "abs" and all(
