@@ -126,8 +126,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     allow_plugins_from_cwd(args.dataset, args.model)
     store = Path(args.store)
     if store.is_dir():
-        raise ValueError(f"--store {store} is a folder; give the SQLite file to write, e.g. "
-                         f"{store / 'eval.sqlite'}")
+        raise ValueError(f"store {store} is not a readable relprop store (it is a folder; give the "
+                         f"SQLite file to write, e.g. {store / 'eval.sqlite'})")
     config = config_from_args(args)
     try:
         summary = run_evaluation(config, args.store)
