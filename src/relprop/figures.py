@@ -226,4 +226,4 @@ class Grid(_Png):
         bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), ticks=ticks, shrink=min(0.9, 3.0 / axes.shape[0] + 0.3),
                            aspect=25)
         bar.ax.set_yticklabels(names, fontsize=8)
-        bar.set_label(f"relevance / its {self.clip_percentile:g}th percentile of |R| per map", fontsize=7)
+        bar.set_label(f"relevance, per map\n/ {self.clip_percentile:g}th percentile of |R|", fontsize=7)
