@@ -88,3 +88,10 @@ def test_browser_shows_gallery_in_metric_order(store: Path, tmp_path: Path, meth
     shown = re.findall(r'class="item" data-sample="([^"]+)" data-target="(\d+)"', dom)
     assert [(s, int(t)) for s, t in shown] == expected
     assert "4 pairs" in dom
+
+
+def test_plugin_data_set_is_not_imported(tmp_path: Path) -> None:
+    from relprop.evaluate.html import _class_names_and_thumbnails
+
+    run = {"dataset": "no_such_module_xyz:factory", "config": {"dataset_options": {}}}
+    assert _class_names_and_thumbnails(run, [(0, "a")]) == (None, {})

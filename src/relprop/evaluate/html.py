@@ -3,8 +3,9 @@
 The page holds the summary table, the report's plots (embedded as data URIs) and a gallery: pick a
 run, a method and a metric and the (image, class) pairs are listed best first with their score.
 The store keeps metric values, not maps; the gallery shows a thumbnail of each input when the data
-set can be built again from the run's stored options (``shapes``; data sets that need a ``--root``
-are not, as the root is not stored), else the sample ids alone.
+set can be built again from the run's stored options (``shapes``; not data sets that need a ``--root``,
+as the root is not stored, nor plug-in data sets, whose code a report does not run), else the sample
+ids alone.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _class_names_and_thumbnails(run: dict, samples: list[tuple[int, str]]) -> tu
     """Class names and ``{sample key: data URI}`` when the run's data set can be built again, else (None, {})."""
     from .specs import resolve_dataset
 
+    if ":" in run["dataset"]:  # a plug-in: reading a store must not import and run code it names
+        return None, {}
     try:
         dataset = resolve_dataset(run["dataset"], dict(run["config"].get("dataset_options", {})))
     except Exception:  # noqa: BLE001 - a data set that needs its root or plug-in code: no pictures
