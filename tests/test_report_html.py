@@ -90,8 +90,12 @@ def test_browser_shows_gallery_in_metric_order(store: Path, tmp_path: Path, meth
     assert "4 pairs" in dom
 
 
-def test_plugin_data_set_is_not_imported(tmp_path: Path) -> None:
+def test_plugin_data_set_is_not_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relprop.evaluate import specs
     from relprop.evaluate.html import _class_names_and_thumbnails
 
-    run = {"dataset": "no_such_module_xyz:factory", "config": {"dataset_options": {}}}
+    calls: list = []
+    monkeypatch.setattr(specs, "resolve_dataset", lambda *a: calls.append(a))
+    run = {"dataset": "evaluate_fixtures:tiny_dataset", "config": {"dataset_options": {}}}
     assert _class_names_and_thumbnails(run, [(0, "a")]) == (None, {})
+    assert calls == []
