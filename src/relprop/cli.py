@@ -458,6 +458,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError) as err:
         _print_error(str(err))
         return 2
+    except ImportError as err:
+        from relprop._extras import MissingDependencyError
+
+        if not isinstance(err, MissingDependencyError):
+            raise
+        _print_error(str(err))
+        return 2
     except OSError as err:  # a file that cannot be read or written, named by the error
         where = f"{err.filename}: " if err.filename else ""
         _print_error(f"{where}{err.strerror or err}")
