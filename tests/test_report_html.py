@@ -35,7 +35,8 @@ def store(tmp_path: Path) -> Path:
         rows = BatchRows(samples=[(i, f"s{i}", f"s{i}.png", 1, "ok") for i in range(3)],
                          targets=[(smp, t, t, 0.1, False) for smp, t in SCORES])
         for (smp, t), (mu, oir) in SCORES.items():
-            rows.records += [(smp, t, "a", "mu", mu, to_json(mu)), (smp, t, "a", "outside_inside_ratio", oir, to_json(oir)),
+            rows.records += [(smp, t, "a", "mu", mu, to_json(mu)),
+                             (smp, t, "a", "outside_inside_ratio", oir, to_json(oir)),
                              (smp, t, "b", "mu", B_MU[(smp, t)], to_json(B_MU[(smp, t)]))]
         s.write_batch(run, rows)
     return path

@@ -275,7 +275,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 written.append(_write(file, lambda f=file, r=maps[m][i], b=background: viz.save_heatmap(f, r, image=b)))
         print(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} maps to {out}")
         return 0
-    labels = [f"{path.name}: {_class_label(t, names)}, p={float(p[t]):.2f}" for path, p, t in zip(paths, probs, targets)]
+    labels = [f"{path.name}: {_class_label(t, names)}, p={float(p[t]):.2f}"
+              for path, p, t in zip(paths, probs, targets)]
     grid = viz.Grid(shown, maps, labels=labels, title=f"{args.model}: relevance for the explained class")
     _write(out, lambda: grid.save(out))
     print(f"wrote {out}")

@@ -107,7 +107,8 @@ class Overlay(Heatmap):
         return (np.clip(blended, 0, 255) + 0.5).astype(np.uint8)
 
     def figure(self) -> Any:
-        return Grid([self.image], {self.title or "": [self.relevance]}, panels=("overlay",), cmap=self.cmap, norm=self.norm,
+        return Grid([self.image], {self.title or "": [self.relevance]}, panels=("overlay",), cmap=self.cmap,
+                    norm=self.norm,
                     clip_percentile=self.clip_percentile, alpha=self.alpha).figure()
 
 

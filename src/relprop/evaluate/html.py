@@ -69,7 +69,8 @@ def sort_items(items: Sequence[dict], method: str, metric: str, higher_is_better
     return sorted(scored, key=lambda i: value(i) if ascending else -value(i)) + rest  # type: ignore[operator]
 
 
-def _class_names_and_thumbnails(run: dict, samples: list[tuple[int, str]]) -> tuple[Optional[list[str]], dict[str, str]]:
+def _class_names_and_thumbnails(run: dict, samples: list[tuple[int, str]]
+                                ) -> tuple[Optional[list[str]], dict[str, str]]:
     """Class names and ``{sample key: data URI}`` when the run's data set can be built again, else (None, {})."""
     from .specs import resolve_dataset
 
@@ -143,11 +144,12 @@ def write_html(store_path: str | Path, out_dir: str | Path) -> list[Path]:
             data["label"] = f"{run['dataset']} / {run['model']} (run {run['hash'][:8]})"
             runs_data.append(data)
     plots = [f for f in files if f.suffix == ".png"]
+    figures = [f"<figure><img src='{_data_uri(p)}' alt='{html.escape(p.stem)}'>"
+               f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in plots]
     page = _PAGE.format(
         title=html.escape(Path(store_path).name),
         summary=_summary_table(out / "summary.csv"),
-        plots="\n".join(f"<figure><img src='{_data_uri(p)}' alt='{html.escape(p.stem)}'>"
-                        f"<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in plots) or "<p>(no plots)</p>",
+        plots="\n".join(figures) or "<p>(no plots)</p>",
         data=json.dumps(runs_data).replace("</", "<\\/"),
     )
     index = out / "index.html"
@@ -202,7 +204,8 @@ function show() {{
   const method = $("method").value, metric = $("metric").value;
   const info = run.metrics.find((m) => m.key === metric) || {{}};
   const items = sortItems(run.items, method, metric, info.higher_is_better);
-  const way = info.higher_is_better === false ? "lower is better" : info.higher_is_better ? "higher is better" : "largest first";
+  const way = info.higher_is_better === false ? "lower is better"
+    : info.higher_is_better ? "higher is better" : "largest first";
   $("count").textContent = items.length + " pairs, " + way;
   const gallery = $("gallery");
   gallery.innerHTML = "";
@@ -211,11 +214,12 @@ function show() {{
     const div = document.createElement("div");
     div.className = "item"; div.dataset.sample = it.sample; div.dataset.target = it.target;
     div.innerHTML = (it.thumb ? "<img src='" + it.thumb + "'><br>" : "") +
-      "<span class='sample'></span><br>class <span class='cls'></span>" +
-      (it.predicted !== null && it.predicted !== undefined ? " (predicted " + it.predicted + ")" : "") +
+      "<span class='sample'></span><br>class <span class='cls'></span><span class='pred'></span>" +
       "<br><span class='score'>" + (v === undefined || v === null ? "no value" : Number(v).toPrecision(4)) + "</span>";
     div.querySelector(".sample").textContent = it.sample;
     div.querySelector(".cls").textContent = it.class;
+    if (it.predicted !== null && it.predicted !== undefined)
+      div.querySelector(".pred").textContent = " (predicted " + it.predicted + ")";
     gallery.appendChild(div);
   }}
 }}
