@@ -270,6 +270,12 @@ def test_explain_bad_class_name_exits_2(fake_api, image_file, tmp_path, capsys, 
     assert not fake_api["explain"]
 
 
+def test_explain_overlay_without_raw_exits_2(fake_api, image_file, capsys) -> None:
+    assert main(["explain", str(image_file), "--model", "tiny", "--method", "fake-gradient", "--overlay"]) == 2
+    assert "--overlay goes with --raw" in capsys.readouterr().err
+    assert not fake_api["load_model"]
+
+
 def test_explain_empty_folder_exits_2(fake_api, tmp_path, capsys) -> None:
     assert main(["explain", str(tmp_path), "--model", "tiny", "--method", "fake-gradient"]) == 2
     assert "holds no image files" in capsys.readouterr().err

@@ -246,6 +246,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     methods = _parse_list(args.method) or []
     if not methods:
         raise CliError("--method needs at least one method name")
+    if args.overlay and not args.raw:
+        raise CliError("--overlay goes with --raw; the figure always shows the overlay beside the map")
     paths = _image_paths(args.image)
     out = _explain_outputs(args, paths, methods)
     pictures = [_read_image(p) for p in paths]
