@@ -51,9 +51,10 @@ def _preprocess(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
-def _gradient(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+def _gradient(model: nn.Module, x: torch.Tensor, target: int | list[int]) -> torch.Tensor:
     x = x.detach().clone().requires_grad_(True)
-    model(x)[:, target].sum().backward()
+    index = torch.as_tensor(target).expand(x.shape[0]).reshape(-1, 1)
+    model(x).gather(1, index).sum().backward()
     return (x.grad * x).detach()
 
 
@@ -67,6 +68,8 @@ def fake_api(monkeypatch: pytest.MonkeyPatch) -> dict:
 
     def load_model(name: str, weights: str | None = None):
         calls["load_model"].append((name, weights))
+        if name == "tiny1000":
+            return _tiny_model(1000), _preprocess
         if name not in ("tiny", "efficientnet_lite0"):
             raise ValueError(f"unknown model {name!r}")
         return _tiny_model(), _preprocess
@@ -158,7 +161,7 @@ def test_explain_target_out_of_range_exits_2(fake_api, image_file, capsys) -> No
 
 def test_explain_writes_default_output(fake_api, image_file, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["explain", str(image_file), "--model", "tiny", "--method", "fake-gradient"]) == 0
+    assert main(["explain", str(image_file), "--model", "tiny", "--method", "fake-gradient", "--raw"]) == 0
     out = capsys.readouterr().out
     expected = tmp_path / "kitten_fake-gradient.png"
     assert expected.exists()
@@ -172,13 +175,110 @@ def test_explain_target_weights_and_overlay(fake_api, image_file, tmp_path, caps
     out_file = tmp_path / "out" / "map.png"
     args = [
         "explain", str(image_file), "--model", "tiny", "--method", "fake-gradient",
-        "--target", "3", "--weights", "w.pt", "--out", str(out_file), "--overlay",
+        "--target", "3", "--weights", "w.pt", "--out", str(out_file), "--overlay", "--raw",
     ]
     assert main(args) == 0
     assert out_file.exists()
     assert fake_api["explain"] == [("fake-gradient", 3)]
     assert fake_api["load_model"] == [("tiny", "w.pt")]
     assert "explained: class 3" in capsys.readouterr().out
+
+
+@pytest.fixture()
+def grid_shapes(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Record the (rows, columns) and labels of every figure grid saved."""
+    from relprop.figures import Grid
+
+    seen: list = []
+    save = Grid.save
+
+    def spy(self, path):
+        seen.append((self.shape, list(self.maps), list(self.labels)))
+        return save(self, path)
+
+    monkeypatch.setattr(Grid, "save", spy)
+    return seen
+
+
+def test_explain_writes_figure_by_default(fake_api, image_file, tmp_path, monkeypatch, grid_shapes, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(image_file), "--model", "tiny", "--method", "fake-gradient"]) == 0
+    figure = tmp_path / "kitten_fake-gradient.png"
+    with Image.open(figure) as img:
+        assert img.format == "PNG"
+        assert img.size[0] > 3 * 100 and img.size[1] > 100  # image, map and overlay, not a bare 16 x 16 map
+    (shape, methods, labels), = grid_shapes
+    assert (shape, methods) == ((1, 3), ["fake-gradient"])
+    target = fake_api["explain"][0][1]
+    assert labels[0].startswith(f"kitten.png: class {target}, p=")
+    assert "wrote kitten_fake-gradient.png" in capsys.readouterr().out
+
+
+def test_explain_several_images_folder_and_methods(fake_api, image_file, tmp_path, grid_shapes, capsys) -> None:
+    folder = tmp_path / "more"
+    folder.mkdir()
+    for name, colour in (("b.png", "red"), ("a.jpg", "blue")):
+        Image.new("RGB", (30, 20), colour).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "grid.png"
+    args = ["explain", str(image_file), str(folder), "--model", "tiny", "--method", "fake-gradient,fake-gradient2",
+            "--out", str(out)]
+    _FAKE_METHODS["fake-gradient2"] = "another"
+    try:
+        assert main(args) == 0
+    finally:
+        del _FAKE_METHODS["fake-gradient2"]
+    assert out.exists()
+    (shape, methods, labels), = grid_shapes
+    assert shape == (3 * 2, 3)  # one row per (image, method): image, map, overlay
+    assert methods == ["fake-gradient", "fake-gradient2"]
+    assert [label.split(":")[0] for label in labels] == ["kitten.png", "a.jpg", "b.png"]
+    # one batched call per method, one target per image
+    assert [(m, len(t)) for m, t in fake_api["explain"]] == [("fake-gradient", 3), ("fake-gradient2", 3)]
+
+
+def test_explain_raw_several_maps_into_folder(fake_api, image_file, tmp_path) -> None:
+    out = tmp_path / "maps"
+    args = ["explain", str(image_file), str(image_file.parent), "--model", "tiny", "--method", "fake-gradient",
+            "--raw", "--out", str(out)]
+    assert main(args) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["kitten_fake-gradient.png"]  # the same image twice writes one file
+    with Image.open(out / files[0]) as img:
+        assert img.size == (16, 16)
+
+
+def test_explain_target_by_class_name(fake_api, image_file, tmp_path, capsys) -> None:
+    args = ["explain", str(image_file), "--model", "tiny1000", "--method", "fake-gradient", "--target", "Tabby",
+            "--out", str(tmp_path / "f.png")]
+    assert main(args) == 0
+    assert fake_api["explain"] == [("fake-gradient", 281)]
+    assert "explained: 281 tabby" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("model", "target", "message"), [
+    ("tiny1000", "tabbby", "unknown class name 'tabbby' (did you mean tabby"),
+    ("tiny1000", "cardigan", "names several classes (264, 474)"),
+    ("tiny", "tabby", "class names are known only for 1000-class ImageNet models"),
+])
+def test_explain_bad_class_name_exits_2(fake_api, image_file, tmp_path, capsys, model, target, message) -> None:
+    args = ["explain", str(image_file), "--model", model, "--method", "fake-gradient", "--target", target,
+            "--out", str(tmp_path / "f.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("relprop: error:") and message in err
+    assert not fake_api["explain"]
+
+
+def test_explain_overlay_without_raw_exits_2(fake_api, image_file, capsys) -> None:
+    assert main(["explain", str(image_file), "--model", "tiny", "--method", "fake-gradient", "--overlay"]) == 2
+    assert "--overlay goes with --raw" in capsys.readouterr().err
+    assert not fake_api["load_model"]
+
+
+def test_explain_empty_folder_exits_2(fake_api, tmp_path, capsys) -> None:
+    assert main(["explain", str(tmp_path), "--model", "tiny", "--method", "fake-gradient"]) == 2
+    assert "holds no image files" in capsys.readouterr().err
 
 
 def test_demo_reports_failing_method_and_continues(fake_api, tmp_path, capsys) -> None:

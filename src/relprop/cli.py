@@ -173,30 +173,114 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _image_paths(given: Sequence[str]) -> list[Path]:
+    """The image files named in ``given``; a folder stands for its image files (sorted by name)."""
+    paths: list[Path] = []
+    for item in given:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CliError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def _parse_target(text: str | None, names: list[str] | None, num_classes: int) -> int | None:
+    """``--target``: None, a class index, or a class name (case-insensitive) of a model with known names."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if names is None:
+        raise ValueError(f"--target {text!r}: class names are known only for 1000-class ImageNet models; "
+                         f"this model has {num_classes} classes, give a class index")
+    wanted = text.lower().replace("_", " ")
+    matches = [i for i, n in enumerate(names) if n.lower() == wanted]
+    if len(matches) > 1:
+        raise ValueError(f"--target {text!r} names several classes ({', '.join(map(str, matches))}); give the index")
+    if not matches:
+        close = difflib.get_close_matches(wanted, [n.lower() for n in names], n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown class name {text!r}{hint}; give an ImageNet class name or a class index")
+    return matches[0]
+
+
+def _explain_batch(relprop: Any, model: Any, xs: list[Any], targets: list[int], method: str) -> list[Any]:
+    """One map per input: one batched call when the inputs share a shape, else one call each."""
+    import torch
+
+    if len({tuple(x.shape) for x in xs}) == 1:
+        target: Any = targets[0] if len(targets) == 1 else targets
+        relevance = relprop.explain(model, torch.cat(xs), target=target, method=method)
+        return [r.detach().cpu() for r in relevance]
+    return [relprop.explain(model, x, target=t, method=method)[0].detach().cpu() for x, t in zip(xs, targets)]
+
+
+def _explain_outputs(args: argparse.Namespace, images: list[Path], methods: list[str]) -> Path:
+    """The output file (a figure, or one raw map), or the folder of raw maps; checked before any work."""
+    single = len(images) == 1 and len(methods) == 1
+    if args.raw and not single:
+        out = Path(args.out) if args.out else Path(".")
+        if out.exists() and not out.is_dir():
+            raise CliError(f"--out {out}: several raw maps are written into a folder, and this is a file")
+        return out
+    default = f"{images[0].stem}_{methods[0]}.png" if single else "explanations.png"
+    out = Path(args.out) if args.out else Path(default)
+    _check_output_file(out)
+    return out
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Explain one image and write its heatmap PNG."""
+    """Explain images with methods: write one figure (image, map, overlay per row), or bare maps with ``--raw``."""
     import relprop
     from relprop import viz
     from relprop.evaluate.specs import allow_plugins_from_cwd
 
-    out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_{args.method}.png")
-    _check_output_file(out)
-    image = _read_image(args.image)
-    _check_method(relprop, args.method)
+    methods = _parse_list(args.method) or []
+    if not methods:
+        raise CliError("--method needs at least one method name")
+    if args.overlay and not args.raw:
+        raise CliError("--overlay goes with --raw; the figure always shows the overlay beside the map")
+    paths = _image_paths(args.image)
+    out = _explain_outputs(args, paths, methods)
+    pictures = [_read_image(p) for p in paths]
+    for method in methods:
+        _check_method(relprop, method)
     allow_plugins_from_cwd(args.model)
     model, preprocess = _load_model(relprop, args.model, args.weights)
-    x = _to_batch(preprocess, image)
-    probs = _probabilities(model, x, args.model)
-    names = _class_names(int(probs.shape[0]))
-    predicted = int(probs.argmax())
-    target = _resolve_target(args.target, probs)
+    xs = [_to_batch(preprocess, picture) for picture in pictures]
+    probs = [_probabilities(model, x, args.model) for x in xs]
+    names = _class_names(int(probs[0].shape[0]))
+    wanted = _parse_target(args.target, names, int(probs[0].shape[0]))
+    targets = [_resolve_target(wanted, p) for p in probs]
+    maps = {m: _explain_batch(relprop, model, xs, targets, m) for m in methods}
+    shown = [_display_image(preprocess, x, picture) for x, picture in zip(xs, pictures)]
 
-    relevance = relprop.explain(model, x, target=target, method=args.method)
-    background = _display_image(preprocess, x, image) if args.overlay else None
-    _write(out, lambda: viz.save_heatmap(out, relevance[0], image=background))
-
-    print(f"predicted: {_class_label(predicted, names)} (p={float(probs[predicted]):.3f})")
-    print(f"explained: {_class_label(target, names)} (p={float(probs[target]):.3f}) with {args.method}")
+    for path, p, target in zip(paths, probs, targets):
+        predicted = int(p.argmax())
+        prefix = f"{path.name}: " if len(paths) > 1 else ""
+        print(f"{prefix}predicted: {_class_label(predicted, names)} (p={float(p[predicted]):.3f})")
+        print(f"{prefix}explained: {_class_label(target, names)} (p={float(p[target]):.3f}) with {', '.join(methods)}")
+    if args.raw:
+        written, single = [], len(paths) == len(methods) == 1
+        for m in methods:
+            for i, path in enumerate(paths):
+                file = out if single else out / f"{path.stem}_{m}.png"
+                background = shown[i] if args.overlay else None
+                written.append(_write(file, lambda f=file, r=maps[m][i], b=background: viz.save_heatmap(f, r, image=b)))
+        print(f"wrote {written[0]}" if len(written) == 1 else f"wrote {len(written)} maps to {out}")
+        return 0
+    labels = [f"{path.name}: {_class_label(t, names)}, p={float(p[t]):.2f}"
+              for path, p, t in zip(paths, probs, targets)]
+    grid = viz.Grid(shown, maps, labels=labels, title=f"{args.model}: relevance for the explained class")
+    _write(out, lambda: grid.save(out))
     print(f"wrote {out}")
     return 0
 
@@ -329,18 +413,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the explanation methods")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("explain", help="explain one image and write a heatmap PNG")
-    p.add_argument("image", help="image file to explain")
+    p = sub.add_parser("explain", help="explain images and write a figure: image, map and overlay with a colour bar")
+    p.add_argument("image", nargs="+", help="image files or folders of images to explain")
     p.add_argument("--model", required=True,
                    help="model name, e.g. efficientnet_lite0, or package.module:factory (imports and runs that "
                         "code; see `relprop evaluate --help`)")
-    p.add_argument("--method", required=True, help="explanation method (see `relprop methods`)")
-    p.add_argument("--target", type=int, default=None, help="class index to explain (default: predicted)")
-    p.add_argument("--out", default=None, help="output PNG (default: <image stem>_<method>.png)")
+    p.add_argument("--method", required=True,
+                   help="explanation method, or comma separated methods (see `relprop methods`)")
+    p.add_argument("--target", default=None,
+                   help="class to explain, as an index or an ImageNet class name such as 'tabby' "
+                        "(default: each image's predicted class)")
+    p.add_argument("--out", default=None,
+                   help="output PNG (default: <image stem>_<method>.png for one image and method, else "
+                        "explanations.png); with --raw and several maps, a folder (default: .)")
     p.add_argument("--weights", default=None,
                    help="torchvision weights name (read from the local torch cache, never downloaded) or a "
                         "state-dict file (read with torch.load(weights_only=True))")
-    p.add_argument("--overlay", action="store_true", help="blend the heatmap over the image")
+    p.add_argument("--raw", action="store_true",
+                   help="write the bare map (one PNG per image and method, at the model's input size) "
+                        "instead of the figure")
+    p.add_argument("--overlay", action="store_true", help="with --raw: blend the heatmap over the image")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help=f"explain the bundled photos with {DEMO_MODEL} and every method")
@@ -367,6 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CliError, ValueError) as err:
+        _print_error(str(err))
+        return 2
+    except ImportError as err:
+        from relprop._extras import MissingDependencyError
+
+        if not isinstance(err, MissingDependencyError):
+            raise
         _print_error(str(err))
         return 2
     except OSError as err:  # a file that cannot be read or written, named by the error

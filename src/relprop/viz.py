@@ -225,3 +225,15 @@ def method_grid(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
+
+
+_FIGURES = ("Grid", "Heatmap", "Overlay")
+
+
+def __getattr__(name: str) -> Any:
+    """``Grid``, ``Heatmap`` and ``Overlay`` (notebook objects with a PNG representation) from :mod:`relprop.figures`."""
+    if name in _FIGURES:
+        from . import figures
+
+        return getattr(figures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

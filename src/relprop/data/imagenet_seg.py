@@ -30,9 +30,9 @@ HOW_TO_GET = ("Download gtsegs_ijcv.mat from http://calvin-vision.net/bigstuff/p
 
 
 def _h5py() -> Any:
-    import h5py
+    from .._extras import require
 
-    return h5py
+    return require("h5py", "the imagenet-seg data set (gtsegs_ijcv.mat is an HDF5 file)")
 
 
 class ImageNetSegmentation:

@@ -68,7 +68,11 @@ def _package_dir(package: str) -> Path:
     module, folder = _PACKAGES[package]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed; it ships the sample photos")
+        from .._extras import EXTRAS
+
+        extra = next((e for p, e in EXTRAS.values() if p == package), None)
+        hint = f": pip install 'relprop[{extra}]' (or pip install {package})" if extra else f": pip install {package}"
+        raise FileNotFoundError(f"package {package!r} is not installed; it ships the sample photos{hint}")
     return Path(next(iter(spec.submodule_search_locations))).joinpath(*folder)
 
 

@@ -91,6 +91,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--results", default=None, metavar="FILE.md",
                    help="instead, write the papers' tables and figures (docs/results.md layout; PNGs in "
                         "<FILE folder>/images/results) from the store(s) of benchmarks/reproduce.py")
+    p.add_argument("--html", default=None, metavar="DIR",
+                   help="write the report into DIR with index.html: summary, plots and a gallery of the "
+                        "(image, class) pairs sorted by a chosen method and metric (self-contained, no server)")
     p.set_defaults(func=cmd_report)
 
 
@@ -183,9 +186,17 @@ def _report(args: argparse.Namespace, stores: list[Path]) -> int:
     if len(stores) > 1:
         raise ValueError("several stores are read only with --results")
     store = stores[0]
-    out = Path(args.out) if args.out else store.with_name(store.stem + "-report")
+    if args.html is not None and args.out is not None:
+        raise ValueError("give either --out or --html (the HTML report's folder also receives the other files)")
+    out = Path(args.html or args.out or store.with_name(store.stem + "-report"))
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; the report is a folder of files: give a new or existing folder")
+    if args.html is not None:
+        from .html import write_html
+
+        files = write_html(store, out)
+        print(f"wrote {files[0]} and {len(files) - 1} files beside it")
+        return 0
     files = write_report(store, out)
     print(f"wrote {len(files)} files to {out}: {', '.join(f.name for f in files)}")
     return 0

