@@ -1,0 +1,174 @@
+"""Baselines of the relevance-propagation papers: Grad-CAM++, Relevance-CAM, DeepLIFT (rescale) and
+FullGrad. Each against its reference implementation or a defining identity, batch against per-sample
+calls, and on the shipped models (shapes_vgg, shapes_resnet, efficientnet_lite0)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import relprop
+from relprop.attribution.cam import gradcam_plus_plus_map, relevance_cam_map
+
+F64 = torch.float64
+NEW_METHODS = ["gradcam-plus-plus", "relevance-cam"]
+
+
+def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                shape = m.running_mean.shape
+                m.running_mean.copy_(torch.randn(shape, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(shape, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
+    return model
+
+
+def cnn(classes: int = 10, seed: int = 0, bias: bool = True, maxpool: bool = True, batchnorm: bool = True) -> nn.Module:
+    """Conv-(BN)-ReLU-(maxpool)-conv-ReLU-global avg pool-linear on (B, 3, 8, 8)."""
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, 6, 3, padding=1, bias=bias)]
+    layers += [nn.BatchNorm2d(6)] if batchnorm else []
+    layers += [nn.ReLU()] + ([nn.MaxPool2d(2)] if maxpool else [])
+    layers += [nn.Conv2d(6, 8, 3, padding=1, bias=bias), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(8, classes, bias=bias)]
+    return randomise_batch_norms(nn.Sequential(*layers), seed).eval()
+
+
+def assert_close(got, expected, rtol=1e-5, scale=1e-5):
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=scale * float(expected.abs().max()) + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return randomise_batch_norms(torchvision.models.resnet18(weights=None, num_classes=10)).eval()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return {name: relprop.load_model(name)[0] for name in ("shapes_vgg", "shapes_resnet", "efficientnet_lite0")}
+
+
+# -- grad-cam++ ------------------------------------------------------------------------------------
+def _grad_cam_pp_reference(model, layer, x, targets):
+    """pytorch-grad-cam's GradCAMPlusPlus: its final (min-max normalised, resized) map and its raw
+    weighted sum ``sum_k w_k A_k`` at the layer's resolution."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = pgc.GradCAMPlusPlus(model=model, target_layers=[layer])
+    wanted = [ClassifierOutputTarget(t) for t in targets]
+    final = cam(input_tensor=x, targets=wanted)
+    activations = cam.activations_and_grads.activations[0].numpy()
+    grads = cam.activations_and_grads.gradients[0].numpy()
+    raw = cam.get_cam_image(x, layer, wanted, activations, grads)
+    cam.activations_and_grads.release()
+    return torch.from_numpy(final), torch.from_numpy(raw)
+
+
+def _minmax(cam):
+    flat = cam.flatten(1)
+    low = flat.min(dim=1).values.view(-1, *[1] * (cam.dim() - 1))
+    cam = cam - low
+    return cam / (1e-7 + cam.flatten(1).max(dim=1).values.view(-1, *[1] * (cam.dim() - 1)))
+
+
+def test_gradcam_plus_plus_equals_pytorch_grad_cam_on_a_small_cnn():
+    model = cnn(maxpool=False)  # the default layer (the last ReLU) keeps the input resolution
+    x = randn(3, 3, 8, 8, seed=1)
+    targets = [2, 5, 7]
+    final, raw = _grad_cam_pp_reference(model, model[4], x, targets)
+    ours, _ = gradcam_plus_plus_map(model, x, targets)
+    assert_close(ours[:, 0], raw.float())
+    explained = relprop.explain(model, x, targets, method="gradcam-plus-plus")
+    assert_close(_minmax(explained.sum(dim=1)), final.float())
+
+
+def test_gradcam_plus_plus_equals_pytorch_grad_cam_on_resnet18(resnet18):
+    x = randn(2, 3, 64, 64, seed=2)
+    targets = [1, 4]
+    _, raw = _grad_cam_pp_reference(resnet18, resnet18.layer4[-1], x, targets)
+    ours, _ = gradcam_plus_plus_map(resnet18, x, targets)
+    assert_close(ours[:, 0], raw.float())
+
+
+def test_gradcam_plus_plus_closed_form_on_an_exp_linear_score():
+    """For a score linear in the feature map, alpha = 1 / (2 + sum_ab A_ab g) per channel (g constant)."""
+    model = cnn(maxpool=False).double()
+    x = randn(2, 3, 8, 8, seed=3, dtype=F64)
+    with torch.no_grad():
+        features = model[:5](x)
+    weight = model[7].weight[4].detach().view(1, -1, 1, 1) / 64  # dS/dA: the avg pool spreads each weight
+    alpha = 1 / (2 + features.sum(dim=(2, 3), keepdim=True) * weight + 1e-6 / weight ** 2)
+    expected = ((alpha * weight.clamp(min=0) * 64) * features).sum(dim=1, keepdim=True)
+    ours, _ = gradcam_plus_plus_map(model, x, 4)
+    assert_close(ours, expected, scale=1e-10)
+
+
+# -- relevance-cam ---------------------------------------------------------------------------------
+def _recorded(model, x, target, layer):
+    _, recorded = relprop.Explainer(model, method="lrp-alpha1beta0").explain(x, target, record=[layer])
+    return recorded[layer]
+
+
+def test_relevance_cam_is_the_cam_of_recorded_lrp_relevance():
+    model = cnn().double()
+    x = randn(2, 3, 8, 8, seed=4, dtype=F64)
+    layer, targets = "5", [3, 8]
+    features = model[:6](x).detach()
+    relevance = _recorded(model, x, targets, layer)
+    weights = relevance.mean(dim=(2, 3), keepdim=True)
+    ours, _ = relevance_cam_map(model, x, targets, layer=layer, initial="logit")
+    assert_close(ours, (weights * features).sum(dim=1, keepdim=True), scale=1e-10)
+    # the authors' initial relevance (1 at the target, -1/C elsewhere) by linearity of z+ propagation
+    logits = model(x).detach()
+    classes = logits.shape[1]
+    mixed = torch.zeros_like(relevance)
+    for c in range(classes):
+        per_class = _recorded(model, x, c, layer) / logits[:, c].view(-1, 1, 1, 1)
+        coefficient = torch.tensor([1.0 if c == t else -1.0 / classes for t in targets], dtype=F64)
+        mixed += coefficient.view(-1, 1, 1, 1) * per_class
+    ours, _ = relevance_cam_map(model, x, targets, layer=layer)
+    expected = (mixed.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1, keepdim=True)
+    assert_close(ours, expected, scale=1e-9)
+    upsampled = relprop.explain(model, x, targets, method="relevance-cam", layer=layer, relu=False)
+    assert_close(upsampled.sum(dim=1, keepdim=True),
+                 torch.nn.functional.interpolate(expected, size=(8, 8), mode="bilinear", align_corners=False),
+                 scale=1e-9)
+
+
+def test_relevance_cam_default_layer_is_gradcams(resnet18):
+    x = randn(1, 3, 64, 64, seed=5)
+    default = relprop.explain(resnet18, x, 2, method="relevance-cam", relu=False)
+    named = relprop.explain(resnet18, x, 2, method="relevance-cam", relu=False, layer="layer4")
+    assert_close(default, named)
+
+
+# -- every new method ------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_batch_equals_per_sample_calls(method):
+    model, x = cnn(), randn(3, 3, 8, 8, seed=24)
+    targets = [3, 7, 0]
+    together = relprop.explain(model, x, target=targets, method=method)
+    assert together.shape == x.shape and torch.isfinite(together).all()
+    for b, t in enumerate(targets):
+        alone = relprop.explain(model, x[b:b + 1], target=t, method=method)
+        assert_close(together[b:b + 1], alone, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+@pytest.mark.parametrize("name", ["shapes_vgg", "shapes_resnet", "efficientnet_lite0"])
+def test_shipped_models(shipped, name, method):
+    x = randn(2, 3, 64, 64, seed=25)
+    relevance = relprop.explain(shipped[name], x, method=method)
+    assert relevance.shape == x.shape and relevance.dtype == x.dtype and torch.isfinite(relevance).all()
