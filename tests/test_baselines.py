@@ -10,10 +10,13 @@ import torchvision
 from torch import nn
 
 import relprop
+from relprop.composite import Composite, by_type
+from relprop.rules import Epsilon
 from relprop.attribution.cam import gradcam_plus_plus_map, relevance_cam_map
+from relprop.attribution.deeplift import deeplift_reference
 
 F64 = torch.float64
-NEW_METHODS = ["gradcam-plus-plus", "relevance-cam"]
+NEW_METHODS = ["gradcam-plus-plus", "relevance-cam", "deeplift"]
 
 
 def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
@@ -152,6 +155,61 @@ def test_relevance_cam_default_layer_is_gradcams(resnet18):
     default = relprop.explain(resnet18, x, 2, method="relevance-cam", relu=False)
     named = relprop.explain(resnet18, x, 2, method="relevance-cam", relu=False, layer="layer4")
     assert_close(default, named)
+
+
+# -- deeplift --------------------------------------------------------------------------------------
+def test_deeplift_zero_reference_is_lrp_on_a_bias_free_relu_net():
+    """Ancona et al. 2018: zero reference, no biases, ReLU: DeepLIFT = LRP-0 = LRP-epsilon (epsilon -> 0)
+    = gradient x input (max pool included: winner and gradient agree)."""
+    model = cnn(bias=False, batchnorm=False).double()
+    x = randn(3, 3, 8, 8, seed=6, dtype=F64)
+    targets = [1, 6, 9]
+    ours = relprop.explain(model, x, targets, method="deeplift")
+    epsilon = Composite([(by_type("conv", "linear"), Epsilon(1e-12))], norm_epsilon=0.0)
+    assert_close(ours, relprop.explain(model, x, targets, method=epsilon), scale=1e-10)
+    # the registered lrp-epsilon also stabilises pooling denominators (1e-6): equal to about 1e-4
+    assert_close(ours, relprop.explain(model, x, targets, method="lrp-epsilon", epsilon=1e-12), scale=1e-4)
+    assert_close(ours, relprop.explain(model, x, targets, method="lrp-z"), scale=1e-10)
+    assert_close(ours, relprop.explain(model, x, targets, method="input-x-gradient"), scale=1e-10)
+
+
+@pytest.mark.parametrize("reference", ["blur", "mean", "tensor"])
+def test_deeplift_summation_to_delta(reference):
+    model = cnn(maxpool=False).double()  # biases and a folded batch norm
+    x = randn(3, 3, 8, 8, seed=7, dtype=F64)
+    options = {"baseline": randn(1, 3, 8, 8, seed=8, dtype=F64)} if reference == "tensor" else {"reference": reference}
+    targets = [0, 4, 8]
+    ours = relprop.explain(model, x, targets, method="deeplift", **options)
+    x0 = deeplift_reference(x, **options) if reference != "tensor" else options["baseline"].expand_as(x)
+    with torch.no_grad():
+        delta = (model(x) - model(x0))[torch.arange(3), targets]
+    torch.testing.assert_close(ours.sum(dim=(1, 2, 3)), delta, rtol=1e-10, atol=1e-10)
+    assert (x0 != 0).any()
+
+
+def test_deeplift_references():
+    x = randn(2, 3, 8, 8, seed=9)
+    assert torch.equal(deeplift_reference(x), torch.zeros_like(x))
+    mean = deeplift_reference(x, "mean")
+    assert_close(mean[:, :, 3, 5], x.mean(dim=(2, 3)))
+    blur = deeplift_reference(x, "blur", blur_sigma=1.0)
+    assert_close(blur.mean(dim=(2, 3)), x.mean(dim=(2, 3)), rtol=0.3, scale=0.3)  # smoothing keeps the level
+    assert blur.std() < x.std()
+    assert torch.equal(deeplift_reference(x, "blur", blur_sigma=0.0), x)
+    with pytest.raises(ValueError, match="broadcast"):
+        deeplift_reference(x, baseline=torch.zeros(5))
+
+
+@pytest.mark.parametrize("reference", ["zero", "tensor"])
+def test_deeplift_equals_captum(reference):
+    captum_attr = pytest.importorskip("captum.attr")
+    model = cnn(maxpool=False)
+    x = randn(3, 3, 8, 8, seed=10)
+    baseline = randn(1, 3, 8, 8, seed=11) * 0.5 if reference == "tensor" else torch.zeros(1, 3, 8, 8)
+    targets = [2, 3, 5]
+    expected = captum_attr.DeepLift(model).attribute(x, baselines=baseline.expand_as(x), target=targets)
+    ours = relprop.explain(model, x, targets, method="deeplift", baseline=baseline)
+    assert_close(ours, expected.detach())
 
 
 # -- every new method ------------------------------------------------------------------------------
