@@ -14,9 +14,10 @@ from relprop.composite import Composite, by_type
 from relprop.rules import Epsilon
 from relprop.attribution.cam import gradcam_plus_plus_map, relevance_cam_map
 from relprop.attribution.deeplift import deeplift_reference
+from relprop.attribution.fullgrad import fullgrad_parts, postprocess
 
 F64 = torch.float64
-NEW_METHODS = ["gradcam-plus-plus", "relevance-cam", "deeplift"]
+NEW_METHODS = ["gradcam-plus-plus", "relevance-cam", "deeplift", "fullgrad"]
 
 
 def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
@@ -210,6 +211,40 @@ def test_deeplift_equals_captum(reference):
     expected = captum_attr.DeepLift(model).attribute(x, baselines=baseline.expand_as(x), target=targets)
     ours = relprop.explain(model, x, targets, method="deeplift", baseline=baseline)
     assert_close(ours, expected.detach())
+
+
+# -- fullgrad --------------------------------------------------------------------------------------
+def test_fullgrad_completeness_on_a_relu_net_with_biases():
+    """Full-gradient decomposition: sum(x * df/dx) + sum over biases of b * df/db = f(x)."""
+    model = cnn().double()  # conv biases, a batch norm folded into them, max pool, dense bias
+    x = randn(3, 3, 8, 8, seed=12, dtype=F64)
+    targets = [0, 5, 9]
+    input_part, parts, indices = fullgrad_parts(model, x, targets)
+    assert len(parts) == 3 and indices.tolist() == targets
+    total = input_part.sum(dim=(1, 2, 3)) + sum(p.flatten(1).sum(dim=1) for p in parts.values())
+    with torch.no_grad():
+        logits = model(x)[torch.arange(3), targets]
+    torch.testing.assert_close(total, logits, rtol=1e-10, atol=1e-10)
+    assert input_part.abs().sum() > 0 and all(p.abs().sum() > 0 for p in parts.values())
+
+
+def test_fullgrad_equals_the_authors_saliency_on_the_original_model():
+    """The authors' saliency with plain autograd: batch-norm bias-gradient maps (the convolutions have
+    no bias, as in ResNets; dense biases stay out of the map)."""
+    model = cnn(bias=False).double()
+    model[7].bias = nn.Parameter(randn(10, seed=13, dtype=F64))
+    x = randn(2, 3, 8, 8, seed=14, dtype=F64)
+    targets = [3, 6]
+    leaf = x.clone().requires_grad_(True)
+    bn_out = model[:2](leaf)
+    logits = model[2:](bn_out)
+    grad_x, grad_bn = torch.autograd.grad(logits[torch.arange(2), targets].sum(), [leaf, bn_out])
+    bn = model[1]
+    bias = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    expected = postprocess(grad_x * x).sum(dim=1, keepdim=True)
+    expected = expected + postprocess(grad_bn * bias.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+    ours = relprop.explain(model, x, targets, method="fullgrad")
+    assert_close(ours.sum(dim=1, keepdim=True), expected, scale=1e-10)
 
 
 # -- every new method ------------------------------------------------------------------------------
