@@ -229,20 +229,26 @@ def test_fullgrad_completeness_on_a_relu_net_with_biases():
 
 
 def test_fullgrad_equals_the_authors_saliency_on_the_original_model():
-    """The authors' saliency with plain autograd: batch-norm bias-gradient maps (the convolutions have
-    no bias, as in ResNets; dense biases stay out of the map)."""
-    model = cnn(bias=False).double()
-    model[7].bias = nn.Parameter(randn(10, seed=13, dtype=F64))
+    """The authors' saliency with plain autograd: batch-norm bias-gradient maps at full and half
+    resolution (the convolutions have no bias, as in ResNets; the dense bias stays out of the map)."""
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(6, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    model = randomise_batch_norms(model, 13).eval().double()
     x = randn(2, 3, 8, 8, seed=14, dtype=F64)
     targets = [3, 6]
     leaf = x.clone().requires_grad_(True)
-    bn_out = model[:2](leaf)
-    logits = model[2:](bn_out)
-    grad_x, grad_bn = torch.autograd.grad(logits[torch.arange(2), targets].sum(), [leaf, bn_out])
-    bn = model[1]
-    bias = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
-    expected = postprocess(grad_x * x).sum(dim=1, keepdim=True)
-    expected = expected + postprocess(grad_bn * bias.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+    bn1 = model[:2](leaf)
+    bn2 = model[2:6](bn1)
+    logits = model[6:](bn2)
+    grads = torch.autograd.grad(logits[torch.arange(2), targets].sum(), [leaf, bn1, bn2])
+    expected = postprocess(grads[0] * x).sum(dim=1, keepdim=True)
+    for bn, grad in zip([model[1], model[5]], grads[1:]):
+        bias = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+        part = postprocess(grad * bias.view(1, -1, 1, 1))
+        part = torch.nn.functional.interpolate(part, size=(8, 8), mode="bilinear", align_corners=True)
+        expected = expected + part.sum(dim=1, keepdim=True)
     ours = relprop.explain(model, x, targets, method="fullgrad")
     assert_close(ours.sum(dim=1, keepdim=True), expected, scale=1e-10)
 
@@ -262,6 +268,6 @@ def test_batch_equals_per_sample_calls(method):
 @pytest.mark.parametrize("method", NEW_METHODS)
 @pytest.mark.parametrize("name", ["shapes_vgg", "shapes_resnet", "efficientnet_lite0"])
 def test_shipped_models(shipped, name, method):
-    x = randn(2, 3, 64, 64, seed=25)
+    x = randn(1, 3, 64, 64, seed=25)
     relevance = relprop.explain(shipped[name], x, method=method)
     assert relevance.shape == x.shape and relevance.dtype == x.dtype and torch.isfinite(relevance).all()

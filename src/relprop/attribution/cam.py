@@ -83,8 +83,8 @@ def gradcam_plus_plus(model, x, target, *, layer=None, relu=True, interpolation=
     """Grad-CAM++ (Chattopadhay, Sarkar, Howlader & Balasubramanian, *Grad-CAM++: Generalized
     Gradient-based Visual Explanations for Deep Convolutional Networks*, WACV 2018).
 
-    ``L = relu(sum_k w_k A_k)`` (Eq. 5 / 6), ``w_k = sum_ij alpha_ij^k relu(dY/dA_ij^k)`` (Eq. 7) with the
-    closed form of Eq. 19 for ``Y = exp(S)`` (Eq. 17-18): with ``g = dS/dA`` (``S`` the target logit),
+    ``L = relu(sum_k w_k A_k)``, ``w_k = sum_ij alpha_ij^k relu(dY/dA_ij^k)`` (Eq. 7) with the
+    closed form of Eq. 19 for ``Y = exp(S)``: with ``g = dS/dA`` (``S`` the target logit),
     ``alpha_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3)``; the factor ``exp(S)`` of ``relu(dY/dA)`` is
     dropped, as in the authors' and pytorch-grad-cam's code. As pytorch-grad-cam: ``epsilon`` (1e-6) is
     added to the denominator and ``alpha = 0`` where ``g = 0``. ``layer``, ``relu``, ``interpolation``
@@ -148,9 +148,9 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
 def relevance_cam(model, x, target, *, layer=None, relu=True, interpolation="bilinear", initial="contrastive",
                   maxpool="winner", add="proportional", batchnorm="identity"):
     """Relevance-CAM (Lee, Kim, Park, Eo & Hwang, *Relevance-CAM: Your Model Already Knows Where to
-    Look*, CVPR 2021): ``L = relu(sum_k alpha_k A_k)``, ``alpha_k = 1/(HW) sum_ij R_ij^k`` (Eq. 7-8),
+    Look*, CVPR 2021): ``L = relu(sum_k alpha_k A_k)``, ``alpha_k = 1/(HW) sum_ij R_ij^k``,
     where ``R`` is the LRP relevance of the layer's output ``A`` propagated from the output with the
-    z+ rule (LRP-alpha1beta0, Eq. 5-6), exactly as ``lrp-alpha1beta0`` with ``record=[layer]``.
+    z+ rule (LRP-alpha1beta0), exactly as ``lrp-alpha1beta0`` with ``record=[layer]``.
 
     ``initial``: ``"contrastive"`` (default, the authors' code) starts from 1 at the target and
     ``-1/C`` at the other classes (not scaled by the logit); ``"logit"`` from the target logit (relprop's

@@ -92,7 +92,7 @@ def deeplift_reference(x: Tensor, reference: str = "zero", baseline=None, blur_s
 def deeplift(model, x, target, *, reference="zero", baseline=None, blur_sigma=5.0):
     """DeepLIFT with the rescale rule (Shrikumar, Greenside & Kundaje, *Learning Important Features
     Through Propagating Activation Differences*, ICML 2017): ``C = (x - x0) * m``, where the multipliers
-    ``m = C / dx`` (Eq. 1-3) chain like gradients (Eq. 4, chain rule for multipliers), linear layers
+    ``m = C / dx`` (Sec. 3.1) chain like gradients (its chain rule for multipliers), linear layers
     pass their weights back (linear rule, Sec. 3.5.1: biases get nothing) and every element-wise
     activation passes back ``(f(z) - f(z0)) / (z - z0)`` (rescale rule, Sec. 3.5.2), ``z0`` being its
     input on the reference; where ``|z - z0| < 1e-7`` the derivative ``f'(z)`` (the authors' code).

@@ -37,7 +37,7 @@ def _bias_nodes(propagator) -> dict[str, Tensor]:
 
 
 def fullgrad_parts(model, x: Tensor, target: Target) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """The full-gradient decomposition of the target logit (paper Eq. 2 / Prop. 2): the input part
+    """The full-gradient decomposition of the target logit (the paper's completeness property): the input part
     ``x * df/dx``, ``{node name: b * df/dz}`` for every layer output ``z`` with a bias ``b`` (shaped
     like ``z``, the bias broadcast over positions), and the resolved targets. On networks of
     piecewise-linear activations, max/average pools and linear layers the parts sum to ``f(x)``."""
@@ -79,7 +79,7 @@ def _resize(t: Tensor, size: tuple[int, ...]) -> Tensor:
 @register_method("fullgrad",
                  "FullGrad (Srinivas & Fleuret 2019): input-gradient x input plus normalised bias-gradient maps of every layer")
 def fullgrad(model, x, target):
-    """FullGrad (Srinivas & Fleuret, NeurIPS 2019), the saliency of Eq. 5:
+    """FullGrad (Srinivas & Fleuret, NeurIPS 2019), its FullGrad saliency:
     ``S = sum_c psi(x * df/dx) + sum_l sum_c up(psi(b_l * df/dz_l))`` over the layers ``l`` whose output
     ``z_l`` is a feature map of the input's rank, ``psi`` = abs, minus the sample's minimum, divided by
     its maximum (+1e-6), ``up`` = (bi/tri)linear resizing with ``align_corners=True`` (the authors'
