@@ -1,0 +1,163 @@
+"""Class-activation-map baselines beyond Grad-CAM: Grad-CAM++ and Relevance-CAM.
+
+Both weight the channels ``A_k`` of one feature map (the same default layer as ``gradcam``: the input
+of the last pooling node that sees a feature map) and return ``relu(sum_k w_k A_k)`` upsampled to the
+input size, shaped like ``x`` with ``cam / C`` in every channel (as ``gradcam``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..composite import Composite, by_type
+from ..options import choice, flag, name, number
+from ..propagate import forward_for
+from ..registry import register_method
+from ..rules import AlphaBeta
+from ..targets import Target, resolve_target
+from .gradients import (INTERPOLATIONS, _global_pool_input, _grad, _interpolation_mode, _pick_layer,
+                        _propagator, _score, upsample)
+
+Tensor = torch.Tensor
+
+
+def _check_layer(x: Tensor, layer: str | None, interpolation: str, what: str) -> None:
+    if x.dim() < 3:
+        raise ValueError(f"{what} needs inputs with spatial dimensions, got shape {tuple(x.shape)}")
+    if layer is not None and not isinstance(layer, str):
+        raise ValueError(f"layer must be a node or module name (a string), got {type(layer).__name__}")
+    _interpolation_mode(interpolation, x.dim() - 2)
+
+
+def _spatial_features(features: Tensor, name: str, what: str) -> Tensor:
+    if features.dim() < 3:
+        raise ValueError(f"{what} needs a layer with spatial dimensions, but {name!r} outputs shape "
+                         f"{tuple(features.shape)}")
+    return features
+
+
+def _as_input(cam: Tensor, x: Tensor, relu: bool, interpolation: str) -> Tensor:
+    """``relu(cam)`` (optionally) upsampled to ``x``'s size, ``cam / C`` in every channel of ``x``."""
+    if relu:
+        cam = cam.clamp(min=0)
+    cam = upsample(cam, tuple(x.shape[2:]), interpolation)
+    return (cam / x.shape[1]).expand_as(x).clone()
+
+
+# -- grad-cam++ ------------------------------------------------------------------------------------
+def gradcam_plus_plus_weights(features: Tensor, grads: Tensor, epsilon: float = 1e-6) -> Tensor:
+    """Grad-CAM++ channel weights ``w_k = sum_ij alpha_ij^k relu(g_ij^k)`` (B, K, 1, ...), with
+    ``alpha = g^2 / (2 g^2 + sum_ab A_ab g^3 + epsilon)`` (paper Eq. 19 with ``Y = exp(S)``) and
+    ``alpha = 0`` where ``g = 0``."""
+    spatial = tuple(range(2, features.dim()))
+    g2 = grads * grads
+    g3 = g2 * grads
+    total = features.sum(dim=spatial, keepdim=True)
+    alpha = g2 / (2 * g2 + total * g3 + epsilon)
+    alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * grads.clamp(min=0)).sum(dim=spatial, keepdim=True)
+
+
+def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = None,
+                          epsilon: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """The Grad-CAM++ map at the layer's resolution before the ReLU, ``sum_k w_k A_k`` (B, 1, ...),
+    and the resolved targets."""
+    propagator = _propagator(model, x)
+    keep = [layer] if layer is not None else _global_pool_input(propagator)
+    leaf = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits, kept = propagator.forward_differentiable(leaf, keep=keep)
+        indices = resolve_target(target, logits.detach())
+        chosen = layer if layer is not None else _pick_layer(kept, x, propagator)
+        features = _spatial_features(kept[chosen], chosen, "Grad-CAM++")
+        grads = _grad(_score(logits, indices), features)
+    features = features.detach()
+    weights = gradcam_plus_plus_weights(features, grads, epsilon)
+    return (weights * features).sum(dim=1, keepdim=True), indices
+
+
+@register_method("gradcam-plus-plus",
+                 "Grad-CAM++ (Chattopadhay et al. 2018): alpha-weighted positive gradients, exp-score closed form",
+                 layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), epsilon=number(low=0))
+def gradcam_plus_plus(model, x, target, *, layer=None, relu=True, interpolation="bilinear", epsilon=1e-6):
+    """Grad-CAM++ (Chattopadhay, Sarkar, Howlader & Balasubramanian, *Grad-CAM++: Generalized
+    Gradient-based Visual Explanations for Deep Convolutional Networks*, WACV 2018).
+
+    ``L = relu(sum_k w_k A_k)``, ``w_k = sum_ij alpha_ij^k relu(dY/dA_ij^k)`` (Eq. 7) with the
+    closed form of Eq. 19 for ``Y = exp(S)``: with ``g = dS/dA`` (``S`` the target logit),
+    ``alpha_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3)``; the factor ``exp(S)`` of ``relu(dY/dA)`` is
+    dropped, as in the authors' and pytorch-grad-cam's code. As pytorch-grad-cam: ``epsilon`` (1e-6) is
+    added to the denominator and ``alpha = 0`` where ``g = 0``. ``layer``, ``relu``, ``interpolation``
+    and the output layout (``cam / C`` in every channel) as ``gradcam``; pytorch-grad-cam also min-max
+    normalises each map before resizing it with OpenCV, which only changes the scale.
+    """
+    _check_layer(x, layer, interpolation, "Grad-CAM++")
+    cam, _ = gradcam_plus_plus_map(model, x, target, layer, epsilon)
+    return _as_input(cam, x, relu, interpolation)
+
+
+# -- relevance-cam ---------------------------------------------------------------------------------
+def relevance_cam_composite(maxpool: str = "winner", add: str = "proportional",
+                            batchnorm: str = "identity") -> Composite:
+    """LRP-alpha1beta0 (z+) on every affine layer, as ``lrp-alpha1beta0``."""
+    return Composite([(by_type("conv", "linear"), AlphaBeta(1.0, 0.0))], maxpool=maxpool, add=add,
+                     batchnorm=batchnorm, name="lrp-alpha1beta0", norm_epsilon=1e-6)
+
+
+def relevance_cam_initial(logits: Tensor, indices: Tensor, initial: str) -> Tensor:
+    """``"contrastive"``: 1 at the target and ``-1/C`` at every other class (the authors' code);
+    ``"logit"``: the target logit at the target, zero elsewhere (relprop's LRP methods)."""
+    index = indices.view(-1, 1)
+    if initial == "contrastive":
+        relevance = torch.full_like(logits, -1.0 / logits.shape[1])
+        return relevance.scatter_(1, index, 1.0)
+    if initial == "logit":
+        return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index))
+    raise ValueError(f"initial must be 'contrastive' or 'logit', got {initial!r}")
+
+
+def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None,
+                      initial: str = "contrastive", maxpool: str = "winner", add: str = "proportional",
+                      batchnorm: str = "identity") -> tuple[Tensor, Tensor]:
+    """The Relevance-CAM map at the layer's resolution before any ReLU, ``sum_k alpha_k A_k``
+    (B, 1, ...) with ``alpha_k`` the spatial mean of the relevance of ``A_k``, and the targets."""
+    propagator, cache = forward_for(model, x.detach())
+    graph = propagator.graph
+    if layer is None:
+        candidates = {n: cache.outputs[graph.find(n)] for n in _global_pool_input(propagator)}
+        layer = _pick_layer({k: v for k, v in candidates.items() if v is not None}, x, propagator)
+    features = cache.outputs[graph.find(layer)]
+    if features is None:
+        raise ValueError(f"Relevance-CAM: node {layer!r} keeps no output")
+    features = _spatial_features(features, layer, "Relevance-CAM").detach().clone()
+    logits = cache.outputs[-1]
+    indices = resolve_target(target, logits)
+    composite = relevance_cam_composite(maxpool, add, batchnorm)
+    _, recorded = propagator.backward(cache, relevance_cam_initial(logits, indices, initial), composite,
+                                      record=[layer])
+    relevance = recorded[layer]
+    alpha = relevance.mean(dim=tuple(range(2, relevance.dim())), keepdim=True)
+    return (alpha * features).sum(dim=1, keepdim=True), indices
+
+
+@register_method("relevance-cam",
+                 "Relevance-CAM (Lee et al. 2021): feature map weighted by its mean z+ relevance per channel",
+                 layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS),
+                 initial=choice("contrastive", "logit"), maxpool=choice("winner", "proportional"),
+                 add=choice("proportional", "equal"), batchnorm=choice("identity", "epsilon"))
+def relevance_cam(model, x, target, *, layer=None, relu=True, interpolation="bilinear", initial="contrastive",
+                  maxpool="winner", add="proportional", batchnorm="identity"):
+    """Relevance-CAM (Lee, Kim, Park, Eo & Hwang, *Relevance-CAM: Your Model Already Knows Where to
+    Look*, CVPR 2021): ``L = relu(sum_k alpha_k A_k)``, ``alpha_k = 1/(HW) sum_ij R_ij^k``,
+    where ``R`` is the LRP relevance of the layer's output ``A`` propagated from the output with the
+    z+ rule (LRP-alpha1beta0), exactly as ``lrp-alpha1beta0`` with ``record=[layer]``.
+
+    ``initial``: ``"contrastive"`` (default, the authors' code) starts from 1 at the target and
+    ``-1/C`` at the other classes (not scaled by the logit); ``"logit"`` from the target logit (relprop's
+    LRP methods). ``maxpool``, ``add``, ``batchnorm`` as the LRP methods. ``relu=False`` keeps the
+    signed map (the authors' code applies no ReLU and min-max normalises instead). ``layer``,
+    ``interpolation`` and the output layout as ``gradcam``.
+    """
+    _check_layer(x, layer, interpolation, "Relevance-CAM")
+    cam, _ = relevance_cam_map(model, x, target, layer, initial, maxpool, add, batchnorm)
+    return _as_input(cam, x, relu, interpolation)
