@@ -173,14 +173,54 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain_volume(args: argparse.Namespace, out: Path) -> int:
+    """Explain a ``.npy`` volume with a 3-D model; write one slice of input, positive and negative relevance."""
+    import numpy as np
+
+    import relprop
+    from relprop.evaluate.specs import allow_plugins_from_cwd
+    from relprop.viz3d import VolumeRow, save_volume_slices
+
+    try:
+        volume = np.load(args.image, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read the volume {args.image}: {err}") from None
+    _check_method(relprop, args.method)
+    allow_plugins_from_cwd(args.model)
+    model, preprocess = _load_model(relprop, args.model, args.weights)
+    try:
+        x = preprocess(volume)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CliError(f"model {args.model} does not take the volume {args.image} of shape {volume.shape} "
+                       f"({err}); a .npy volume needs a 3-D model such as nodules3d_vgg") from None
+    if getattr(x, "dim", lambda: 0)() != 5:
+        raise CliError(f"model {args.model} is not a 3-D model; a .npy volume needs one such as nodules3d_vgg")
+    probs = _probabilities(model, x, args.model)
+    predicted = int(probs.argmax())
+    target = _resolve_target(args.target, probs)
+    relevance = relprop.explain(model, x, target=target, method=args.method)[0].sum(0)
+    depth = int(relevance.shape[0])
+    k = depth // 2 if args.slice is None else args.slice
+    if not 0 <= k < depth:
+        raise CliError(f"--slice {k} outside the volume's {depth} slices")
+    title = f"class {target} (p={float(probs[target]):.3f}), {args.method}"
+    _write(out, lambda: save_volume_slices(out, [VolumeRow(x[0, 0], relevance, title, slice=k)]))
+    print(f"predicted: {predicted} (p={float(probs[predicted]):.3f})")
+    print(f"explained: {target} (p={float(probs[target]):.3f}) with {args.method}; slice {k} of {depth}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Explain one image and write its heatmap PNG."""
+    """Explain one image (or a ``.npy`` volume, for a 3-D model) and write its heatmap PNG."""
     import relprop
     from relprop import viz
     from relprop.evaluate.specs import allow_plugins_from_cwd
 
     out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_{args.method}.png")
     _check_output_file(out)
+    if Path(args.image).suffix.lower() == ".npy":
+        return _explain_volume(args, out)
     image = _read_image(args.image)
     _check_method(relprop, args.method)
     allow_plugins_from_cwd(args.model)
@@ -330,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("explain", help="explain one image and write a heatmap PNG")
-    p.add_argument("image", help="image file to explain")
+    p.add_argument("image", help="image file to explain, or a .npy volume (D, H, W) for a 3-D model "
+                                 "(e.g. nodules3d_vgg): the figure shows one axial slice of the input and of the "
+                                 "positive and negative relevance")
     p.add_argument("--model", required=True,
                    help="model name, e.g. efficientnet_lite0, or package.module:factory (imports and runs that "
                         "code; see `relprop evaluate --help`)")
@@ -341,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision weights name (read from the local torch cache, never downloaded) or a "
                         "state-dict file (read with torch.load(weights_only=True))")
     p.add_argument("--overlay", action="store_true", help="blend the heatmap over the image")
+    p.add_argument("--slice", type=int, default=None, help="volumes: the axial slice to show (default: the centre)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help=f"explain the bundled photos with {DEMO_MODEL} and every method")
