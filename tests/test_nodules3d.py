@@ -69,3 +69,19 @@ def test_bad_arguments():
         Nodules3DDataset("dev")
     with pytest.raises(IndexError):
         Nodules3DDataset("test", count=2).render(2)
+
+
+def test_shipped_model_loads_by_name_and_classifies_test_cubes():
+    import torch
+
+    from relprop.models import load_model, model_names
+
+    assert "nodules3d_vgg" in model_names()
+    model, preprocess = load_model("nodules3d_vgg")
+    vols, labels, _ = Nodules3DDataset("test", count=16).arrays()
+    x = torch.cat([preprocess(v) for v in vols])
+    assert x.shape == (16, 1, 32, 32, 32)
+    with torch.no_grad():
+        pred = model(x).argmax(1).numpy()
+    assert (pred == labels).mean() >= 0.8
+    assert sum(p.numel() for p in model.state_dict().values()) * 4 < 3e6

@@ -37,7 +37,7 @@ VOLUME_SIZE = 32
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _DEFAULT_COUNT = {"train": 4000, "val": 500, "test": 1000}
-_NODULE_RADIUS = (2.5, 6.0)
+_NODULE_RADIUS = (3.0, 6.0)
 _TISSUE = (0.15, 0.3)  # mean tissue intensity
 _VESSEL = (0.45, 0.75)
 _NODULE = (0.5, 0.85)
@@ -173,14 +173,14 @@ class Nodules3DDataset:
                 d = rng.normal(size=3)
                 d /= np.linalg.norm(d)
                 pts = p + np.linspace(-s, s, 9)[:, None] * d
-                vol[_tube_distance(g, pts) <= rng.uniform(1.8, 2.8)] = value
+                vol[_tube_distance(g, pts) <= rng.uniform(1.5, 2.2)] = value
         else:  # an elongated blob lying along a vessel
             pts = vessels[int(rng.integers(len(vessels)))]
             inside = [i for i in range(1, len(pts) - 1) if (pts[i] > 5).all() and (pts[i] < s - 5).all()]
             i = int(rng.choice(inside)) if inside else len(pts) // 2
             axis = pts[i + 1] - pts[i - 1]
             axis /= max(float(np.linalg.norm(axis)), 1e-9)
-            short = rng.uniform(1.8, 3.0)
+            short = rng.uniform(1.5, 2.2)
             vol[_ellipsoid(g, pts[i].astype(np.float32), axis, short * rng.uniform(2.5, 4.0), short)] = value
 
     def __getitem__(self, index: int) -> NoduleSample:

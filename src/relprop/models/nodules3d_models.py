@@ -4,7 +4,9 @@ Paper 001 (Nam et al. 2021, RAP journal version) explains a 3-D CNN with VGG-16'
 batch normalisation instead of biases, trained on 32x32x32 CT cubes (LUNA 2016) to tell nodules from
 non-nodules. :class:`Nodules3DVGG` follows that design at a size trainable on a CPU:
 [Conv3d 3x3x3 (no bias) - BatchNorm3d - ReLU] blocks in VGG order (8 | 16 | 32, 32 | 64, 64 channels,
-max pooling after each group), then Linear (no bias) - BatchNorm1d - ReLU - Linear: two logits
+max pooling after each group), a global max pool (is there a nodule anywhere in the cube? the
+synthetic nodules are not centred like LUNA's candidates), then Linear (no bias) - BatchNorm1d -
+ReLU - Linear: two logits
 (``NODULE_CLASSES``: no nodule, nodule). Input: (B, 1, 32, 32, 32) cubes normalised as
 ``(x - NODULES_MEAN) / NODULES_STD``. Training: ``python -m relprop.models.train_shapes --model
 nodules3d_vgg``; cross-validated accuracy: docs/shapes.md.
@@ -36,7 +38,7 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
 
 
 class Nodules3DVGG(nn.Module):
-    """3-D VGG with batch norm instead of biases: 32^3 -> 16^3 -> 8^3 -> 4^3 -> 2^3 x 64 -> 64 -> classes."""
+    """3-D VGG with batch norm instead of biases: 32^3 -> 16^3 -> 8^3 -> 4^3 -> 1 x 64 -> 64 -> classes."""
 
     def __init__(self, num_classes: int = len(NODULE_CLASSES)) -> None:
         super().__init__()
@@ -44,11 +46,11 @@ class Nodules3DVGG(nn.Module):
             *_block(1, 8), nn.MaxPool3d(2),  # 32 -> 16
             *_block(8, 16), nn.MaxPool3d(2),  # 16 -> 8
             *_block(16, 32), *_block(32, 32), nn.MaxPool3d(2),  # 8 -> 4
-            *_block(32, 64), *_block(64, 64), nn.MaxPool3d(2),  # 4 -> 2
+            *_block(32, 64), *_block(64, 64), nn.AdaptiveMaxPool3d(1),  # 4 -> 1
         )
         self.flatten = nn.Flatten()
         self.classifier = nn.Sequential(
-            nn.Linear(64 * 8, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3),
+            nn.Linear(64, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3),
             nn.Linear(64, num_classes),
         )
 
