@@ -237,6 +237,44 @@ def _explain_outputs(args: argparse.Namespace, images: list[Path], methods: list
     return out
 
 
+def _explain_volume(args: argparse.Namespace, path: Path, method: str, out: Path) -> int:
+    """Explain a ``.npy`` volume with a 3-D model; write one slice of input, positive and negative relevance."""
+    import numpy as np
+
+    import relprop
+    from relprop.evaluate.specs import allow_plugins_from_cwd
+    from relprop.viz3d import VolumeRow, save_volume_slices
+
+    try:
+        volume = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read the volume {path}: {err}") from None
+    _check_method(relprop, method)
+    allow_plugins_from_cwd(args.model)
+    model, preprocess = _load_model(relprop, args.model, args.weights)
+    try:
+        x = preprocess(volume)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CliError(f"model {args.model} does not take the volume {path} of shape {volume.shape} "
+                       f"({err}); a .npy volume needs a 3-D model such as nodules3d_vgg") from None
+    if getattr(x, "dim", lambda: 0)() != 5:
+        raise CliError(f"model {args.model} is not a 3-D model; a .npy volume needs one such as nodules3d_vgg")
+    probs = _probabilities(model, x, args.model)
+    predicted = int(probs.argmax())
+    target = _resolve_target(_parse_target(args.target, None, int(probs.shape[0])), probs)
+    relevance = relprop.explain(model, x, target=target, method=method)[0].sum(0)
+    depth = int(relevance.shape[0])
+    k = depth // 2 if args.slice is None else args.slice
+    if not 0 <= k < depth:
+        raise CliError(f"--slice {k} outside the volume's {depth} slices")
+    title = f"class {target} (p={float(probs[target]):.3f}), {method}"
+    _write(out, lambda: save_volume_slices(out, [VolumeRow(x[0, 0], relevance, title, slice=k)]))
+    print(f"predicted: {predicted} (p={float(probs[predicted]):.3f})")
+    print(f"explained: {target} (p={float(probs[target]):.3f}) with {method}; slice {k} of {depth}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain images with methods: write one figure (image, map, overlay per row), or bare maps with ``--raw``."""
     import relprop
@@ -249,6 +287,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.overlay and not args.raw:
         raise CliError("--overlay goes with --raw; the figure always shows the overlay beside the map")
     paths = _image_paths(args.image)
+    if any(p.suffix.lower() == ".npy" for p in paths):
+        if len(paths) != 1 or len(methods) != 1 or args.raw:
+            raise CliError("a .npy volume is explained alone: one volume, one method, no --raw")
+        out = Path(args.out) if args.out else Path(f"{paths[0].stem}_{methods[0]}.png")
+        _check_output_file(out)
+        return _explain_volume(args, paths[0], methods[0], out)
     out = _explain_outputs(args, paths, methods)
     pictures = [_read_image(p) for p in paths]
     for method in methods:
@@ -414,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("explain", help="explain images and write a figure: image, map and overlay with a colour bar")
-    p.add_argument("image", nargs="+", help="image files or folders of images to explain")
+    p.add_argument("image", nargs="+", help="image files or folders of images to explain, or one .npy volume (D, H, W) for a 3-D model "
+                                  "(e.g. nodules3d_vgg): its figure shows one axial slice of the input and of the "
+                                  "positive and negative relevance")
     p.add_argument("--model", required=True,
                    help="model name, e.g. efficientnet_lite0, or package.module:factory (imports and runs that "
                         "code; see `relprop evaluate --help`)")
@@ -433,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the bare map (one PNG per image and method, at the model's input size) "
                         "instead of the figure")
     p.add_argument("--overlay", action="store_true", help="with --raw: blend the heatmap over the image")
+    p.add_argument("--slice", type=int, default=None, help="volumes: the axial slice to show (default: the centre)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help=f"explain the bundled photos with {DEMO_MODEL} and every method")

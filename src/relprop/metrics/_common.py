@@ -170,17 +170,22 @@ def check_counts(counts, name: str = "counts") -> list[int]:
     return values
 
 
-def check_maps(maps, name: str = "maps") -> Tensor:
-    """Validate attribution maps: rank 3 ``(B, H, W)``, finite; returns a float tensor.
+def _check_rank(t: Tensor, name: str, volumes: bool, hint: str = "") -> None:
+    if t.dim() == 3 or (volumes and t.dim() == 4):
+        return
+    want = "(B, H, W) (rank 3) or (B, D, H, W) (rank 4)" if volumes else "(B, H, W) (rank 3)"
+    raise ValueError(f"{name} must have shape {want}, got shape {_shape(t)} (rank {t.dim()}){hint}")
+
+
+def check_maps(maps, name: str = "maps", volumes: bool = False) -> Tensor:
+    """Validate attribution maps: rank 3 ``(B, H, W)`` (or rank 4 ``(B, D, H, W)`` with ``volumes=True``),
+    finite; returns a float tensor.
 
     Half precision is promoted to float32; integer maps to float32; float64 stays float64.
     """
     maps = as_tensor(maps, name)
-    if maps.dim() != 3:
-        raise ValueError(
-            f"{name} must have shape (B, H, W) (rank 3), got shape {_shape(maps)} (rank {maps.dim()}); "
-            "reduce channels first with relprop.metrics.reduce_channels")
-    if maps.shape[1] == 0 or maps.shape[2] == 0:
+    _check_rank(maps, name, volumes, "; reduce channels first with relprop.metrics.reduce_channels")
+    if any(n == 0 for n in maps.shape[1:]):
         raise ValueError(f"{name} have an empty spatial size {_shape(maps)}")
     if maps.is_complex():
         raise ValueError(f"{name} must be real numbers, got dtype {maps.dtype}")
@@ -191,12 +196,11 @@ def check_maps(maps, name: str = "maps") -> Tensor:
     return check_finite(maps, name)
 
 
-def check_masks(masks, name: str = "masks") -> Tensor:
-    """Validate masks: rank 3 ``(B, H, W)``, binary; returns a bool tensor."""
+def check_masks(masks, name: str = "masks", volumes: bool = False) -> Tensor:
+    """Validate masks: rank 3 ``(B, H, W)`` (or rank 4 ``(B, D, H, W)`` with ``volumes=True``), binary;
+    returns a bool tensor."""
     masks = as_tensor(masks, name)
-    if masks.dim() != 3:
-        raise ValueError(f"{name} must have shape (B, H, W) (rank 3), got shape {_shape(masks)} "
-                         f"(rank {masks.dim()})")
+    _check_rank(masks, name, volumes)
     if masks.is_complex():
         raise ValueError(f"{name} must be binary (0/1 or bool), got dtype {masks.dtype}")
     if masks.dtype == torch.bool:
@@ -210,32 +214,39 @@ def check_masks(masks, name: str = "masks") -> Tensor:
     return masks != 0
 
 
-def resize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``(B, H, W)`` maps (``align_corners=False``, as TorchRay)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
+def resize_maps(maps: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Bilinear resize of ``(B, H, W)`` maps (``align_corners=False``, as TorchRay); trilinear for
+    ``(B, D, H, W)`` volumes and a 3-tuple ``size``."""
+    if tuple(maps.shape[1:]) == tuple(size):
         return maps
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    mode = "trilinear" if len(size) == 3 else "bilinear"
+    return F.interpolate(maps[:, None], size=size, mode=mode, align_corners=False)[:, 0]
 
 
-def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of ``(B, H, W)`` bool masks (torch ``"nearest"`` sampling)."""
-    if tuple(masks.shape[-2:]) == tuple(size):
+def resize_masks(masks: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Nearest-neighbour resize of ``(B, H, W)`` (or ``(B, D, H, W)``) bool masks (torch ``"nearest"`` sampling)."""
+    if tuple(masks.shape[1:]) == tuple(size):
         return masks
     return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
 
 
-def check_pair(maps, masks, resize: Optional[str] = None) -> tuple[Tensor, Tensor]:
+def check_pair(maps, masks, resize: Optional[str] = None, volumes: bool = False) -> tuple[Tensor, Tensor]:
     """Validate a map/mask pair and bring them to a common resolution.
 
     ``resize=None`` requires equal shapes; ``"map"`` resizes the maps to the masks' size
-    (bilinear), ``"mask"`` resizes the masks to the maps' size (nearest).
+    (bilinear), ``"mask"`` resizes the masks to the maps' size (nearest). ``volumes=True`` also
+    accepts ``(B, D, H, W)`` maps and masks (of the same rank; trilinear / nearest resizing).
     """
     if resize not in RESIZES:
         raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
-    maps = check_maps(maps)
-    masks = check_masks(masks)
-    if masks.shape[1] == 0 or masks.shape[2] == 0:
+    maps = check_maps(maps, volumes=volumes)
+    masks = check_masks(masks, volumes=volumes)
+    if any(n == 0 for n in masks.shape[1:]):
         raise ValueError(f"masks have an empty spatial size {_shape(masks)}")
+    if maps.dim() != masks.dim():
+        raise ValueError(f"maps {_shape(maps)} (rank {maps.dim()}) and masks {_shape(masks)} (rank {masks.dim()}) "
+                         "differ in rank: give both as (B, H, W) (rank 3) images or both as (B, D, H, W) "
+                         "(rank 4) volumes; reduce channels first with relprop.metrics.reduce_channels")
     if maps.shape[0] != masks.shape[0]:
         raise ValueError(f"maps {_shape(maps)} and masks {_shape(masks)} have different batch sizes")
     if maps.shape[1:] != masks.shape[1:]:
@@ -298,11 +309,15 @@ def is_constant(maps: Tensor) -> Tensor:
 
 
 def first_argmax(maps: Tensor) -> Tensor:
-    """(B, 2) long (row, col) of the first maximum in row-major order (ties go to the top-left)."""
+    """(B, 2) long (row, col) of the first maximum in row-major order (ties go to the top-left);
+    (B, 3) (slice, row, col) for (B, D, H, W) volumes."""
     flat = maps.flatten(1)
     idx = torch.argmax(flat, dim=1)  # documented to return the first maximal index
-    w = maps.shape[-1]
-    return torch.stack([idx // w, idx % w], dim=1)
+    coords = []
+    for n in reversed(maps.shape[1:]):
+        coords.append(idx % n)
+        idx = idx // n
+    return torch.stack(coords[::-1], dim=1)
 
 
 def stable_order(values: Tensor, descending: bool) -> Tensor:

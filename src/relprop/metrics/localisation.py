@@ -35,12 +35,13 @@ def _flat(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def max_points(maps, sign: str = "signed") -> Tensor:
-    """(B, 2) long ``(row, col)`` of the first maximum of each map in row-major order.
+    """(B, 2) long ``(row, col)`` of the first maximum of each map in row-major order; (B, 3)
+    ``(slice, row, col)`` for (B, D, H, W) volumes.
 
     This is TorchRay's point extraction (``torch.argmax`` of the flattened map): among tied maxima the
     top-most, then left-most pixel wins.
     """
-    return first_argmax(apply_sign(check_maps(maps), sign))
+    return first_argmax(apply_sign(check_maps(maps, volumes=True), sign))
 
 
 def _within(d2: Tensor, tolerance: int, strict: bool) -> Tensor:
@@ -64,20 +65,26 @@ def pointing_hits(points, masks, *, tolerance: int = 15, strict: bool = True) ->
     code) or ``<= tolerance`` (``strict=False``, TorchRay's docs and EBP's original script);
     ``tolerance=0`` means the point itself must be on the mask. Use this for baselines such as
     TorchRay's "center" point.
+
+    Volumes: (B, D, H, W) masks take (B, 3) ``(slice, row, col)`` points and the tolerance is a ball.
     """
     tolerance = _check_tolerance(tolerance)
-    masks = check_masks(masks)
+    masks = check_masks(masks, volumes=True)
     pts = as_tensor(points, "points")
-    b, h, w = masks.shape
-    if pts.shape != (b, 2):
-        raise ValueError(f"points must have shape ({b}, 2) to match masks {tuple(masks.shape)}, "
+    b, dims = masks.shape[0], tuple(masks.shape[1:])
+    if pts.shape != (b, len(dims)):
+        raise ValueError(f"points must have shape ({b}, {len(dims)}) to match masks {tuple(masks.shape)}, "
                          f"got {tuple(pts.shape)}")
     pts = pts.to(device=masks.device, dtype=torch.long)
-    if ((pts[:, 0] < 0) | (pts[:, 0] >= h) | (pts[:, 1] < 0) | (pts[:, 1] >= w)).any():
-        raise ValueError(f"points must lie inside the {h}x{w} image")
-    rows = torch.arange(h, device=masks.device)
-    cols = torch.arange(w, device=masks.device)
-    d2 = (rows[None, :, None] - pts[:, 0, None, None]) ** 2 + (cols[None, None, :] - pts[:, 1, None, None]) ** 2
+    if ((pts < 0) | (pts >= torch.tensor(dims, device=masks.device)[None])).any():
+        raise ValueError(f"points must lie inside the {'x'.join(map(str, dims))} "
+                         f"{'image' if len(dims) == 2 else 'volume'}")
+    d2 = torch.zeros((b,) + dims, dtype=torch.long, device=masks.device)
+    for axis, n in enumerate(dims):
+        shape = [1] * (len(dims) + 1)
+        shape[axis + 1] = n
+        d2 = d2 + (torch.arange(n, device=masks.device).view(shape)
+                   - pts[:, axis].view([b] + [1] * len(dims))) ** 2
     hit = (_within(d2, tolerance, strict) & masks).flatten(1).any(1)
     out = hit.to(torch.float32)
     out[~masks.flatten(1).any(1)] = float("nan")
@@ -85,11 +92,15 @@ def pointing_hits(points, masks, *, tolerance: int = 15, strict: bool = True) ->
 
 
 def _dilate(masks: Tensor, tolerance: int, strict: bool) -> Tensor:
-    """Pixels within the tolerance disk of any mask pixel (same rule as :func:`pointing_hits`)."""
+    """Pixels within the tolerance disk (ball for volumes) of any mask pixel (same rule as :func:`pointing_hits`)."""
     if tolerance == 0:
         return masks
     r = tolerance - 1 if strict else tolerance
     off = torch.arange(-r, r + 1, device=masks.device)
+    if masks.dim() == 4:
+        ball = _within(off[:, None, None] ** 2 + off[None, :, None] ** 2 + off[None, None, :] ** 2, tolerance, strict)
+        out = F.conv3d(masks[:, None].to(torch.float32), ball.to(torch.float32)[None, None], padding=r)[:, 0]
+        return out > 0.5
     disk = _within(off[:, None] ** 2 + off[None, :] ** 2, tolerance, strict).to(torch.float32)
     out = F.conv2d(masks[:, None].to(torch.float32), disk[None, None], padding=r)[:, 0]
     return out > 0.5
@@ -110,6 +121,8 @@ def pointing_game(maps, masks, *, tolerance: int = 15, strict: bool = True, ties
     points at pixel (0, 0) like TorchRay's ``argmax``. TorchRay computes the game at the original
     image resolution: pass the masks at that resolution and ``resize="map"``.
 
+    Volumes: (B, D, H, W) maps and masks play the game in 3-D (the tolerance is a ball of voxels).
+
     Report per-class accuracies and their macro mean with
     :func:`relprop.metrics.aggregate.per_class_mean`; "difficult" subsets and the choice of the
     explained classes (predicted "P" or all labels "L", paper 002 Table 1) are data concerns: pass
@@ -120,12 +133,12 @@ def pointing_game(maps, masks, *, tolerance: int = 15, strict: bool = True, ties
     if constant_map not in ("nan", "first"):
         raise ValueError(f"constant_map must be 'nan' or 'first', got {constant_map!r}")
     tolerance = _check_tolerance(tolerance)
-    maps, masks = check_pair(maps, masks, resize)
+    maps, masks = check_pair(maps, masks, resize, volumes=True)
     r = apply_sign(maps, sign)
     if ties == "first":
         out = pointing_hits(first_argmax(r), masks, tolerance=tolerance, strict=strict)
     else:
-        ismax = r == r.flatten(1).amax(1)[:, None, None]
+        ismax = r == r.flatten(1).amax(1).view([-1] + [1] * (r.dim() - 1))
         hit = (ismax & _dilate(masks, tolerance, strict)).flatten(1).any(1)
         out = hit.to(torch.float32)
         out[~masks.flatten(1).any(1)] = float("nan")
@@ -154,9 +167,10 @@ def energy_pointing_game(maps, masks, energies: Sequence[float] = DEFAULT_ENERGI
     selected-pixel counts, for a pooled (micro) accuracy over a data set.
 
     Note: the "energy-based pointing game" of Score-CAM (relevance *mass* inside the box over the
-    total positive mass) is :func:`inside_total_ratio` with a box mask.
+    total positive mass) is :func:`inside_total_ratio` with a box mask. Accepts (B, D, H, W) volumes
+    (voxels instead of pixels).
     """
-    maps, masks = check_pair(maps, masks, resize)
+    maps, masks = check_pair(maps, masks, resize, volumes=True)
     r, m = _flat(apply_sign(maps, sign), masks)
     e = torch.as_tensor(list(energies), dtype=torch.float64)
     if e.dim() != 1 or e.numel() == 0 or not ((e > 0) & (e <= 1)).all():
@@ -209,10 +223,10 @@ def outside_inside_ratio(maps, masks, *, sign: str = "signed", resize: Optional[
     Lower is better.
 
     NaN: empty mask, mask covering the whole image (no outside), denominator 0 (e.g. no positive
-    relevance inside under ``"positive"``).
+    relevance inside under ``"positive"``). Accepts (B, D, H, W) volumes (voxels instead of pixels).
     """
     check_sign(sign)
-    maps, masks = check_pair(maps, masks, resize)
+    maps, masks = check_pair(maps, masks, resize, volumes=True)
     r, m = _flat(maps, masks)
     if sign == "signed":
         pin, pout = _inside_outside_means(r.clamp(min=0), m)

@@ -39,6 +39,8 @@ LITE_STD: tuple[float, float, float] = (128 / 255,) * 3
 _LITE0 = "efficientnet_lite0"
 #: Small multi-label models of the synthetic ``shapes`` benchmark (weights shipped in the package).
 _SHAPES = ("shapes_resnet", "shapes_vgg")
+#: The 3-D model of the synthetic ``nodules3d`` benchmark (32^3 cubes, weights shipped in the package).
+_NODULES3D = "nodules3d_vgg"
 
 
 class Preprocess:
@@ -86,7 +88,7 @@ def _torchvision_names() -> tuple[str, ...]:
 
 def model_names() -> list[str]:
     """Sorted names accepted by :func:`load_model`."""
-    return sorted({*_torchvision_names(), _LITE0, *_SHAPES})
+    return sorted({*_torchvision_names(), _LITE0, *_SHAPES, _NODULES3D})
 
 
 @lru_cache(maxsize=1)
@@ -192,7 +194,10 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
         name: a torchvision classification model (``"resnet50"``, ``"vgg16"``, ...),
             ``"efficientnet_lite0"``, or ``"shapes_vgg"`` / ``"shapes_resnet"`` (multi-label
             models of the synthetic ``shapes`` data set, 64x64 input, shipped weights; see
-            :mod:`relprop.models.shapes_models`); see :func:`model_names`.
+            :mod:`relprop.models.shapes_models`), or ``"nodules3d_vgg"`` (a 3-D VGG of the synthetic
+            ``nodules3d`` cubes; its preprocess maps a (D, H, W) or (1, D, H, W) array of 32^3 raw
+            intensities to a (1, 1, 32, 32, 32) tensor; see :mod:`relprop.models.nodules3d_models`);
+            see :func:`model_names`.
         weights: torchvision weights (enum or name such as ``"IMAGENET1K_V1"``), read from the
             local torch cache only (``torch.hub.get_dir()/checkpoints``; nothing is downloaded),
             a path to a state-dict file, or ``None`` for random initialisation. For
@@ -220,6 +225,10 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
         from .shapes_models import SHAPES_MEAN, SHAPES_STD, load_shapes_model, shapes_preprocess
 
         return load_shapes_model(resolved, weights, **kwargs), Preprocess(shapes_preprocess(), SHAPES_MEAN, SHAPES_STD)
+    if resolved == _NODULES3D:
+        from .nodules3d_models import load_nodules3d_model, nodules3d_preprocess
+
+        return load_nodules3d_model(resolved, weights, **kwargs), nodules3d_preprocess
     if resolved == _LITE0:
         return _load_lite0(weights, **kwargs)
     return _load_torchvision(resolved, weights, **kwargs)

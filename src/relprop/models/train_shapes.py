@@ -1,4 +1,8 @@
-"""Train and evaluate the ``shapes`` models on CPU: ``python -m relprop.models.train_shapes --model shapes_vgg``.
+"""Train and evaluate the shipped synthetic-benchmark models on CPU: ``python -m relprop.models.train_shapes --model shapes_vgg``.
+
+``--model`` picks the model and with it the data set: ``shapes_vgg`` / ``shapes_resnet`` train on
+``shapes`` (below); ``nodules3d_vgg`` trains on ``nodules3d`` (:mod:`relprop.models.train_nodules3d`,
+which also runs the k-fold cross-validation of paper 001 with ``--folds``).
 
 Everything is seeded: the training images are ``shapes`` train-split samples ``0..train_count-1``
 (generated once into memory), the batch order and the horizontal flips come from a seeded generator,
@@ -39,7 +43,10 @@ __all__ = ["evaluate", "example_figure", "main", "mean_average_precision", "to_b
 RECIPES: dict[str, dict[str, float]] = {
     "shapes_vgg": {"epochs": 14, "lr": 3e-3},
     "shapes_resnet": {"epochs": 12, "lr": 3e-3},
+    "nodules3d_vgg": {"epochs": 8, "lr": 3e-3},
 }
+#: Models trained on another data set, and the module that trains them (same command-line interface).
+OTHER_TRAINERS: dict[str, str] = {"nodules3d_vgg": "relprop.models.train_nodules3d"}
 
 
 def to_batch(images: np.ndarray) -> Tensor:
@@ -163,26 +170,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, choices=sorted(RECIPES))
     parser.add_argument("--epochs", type=int, help="default: the model's recipe")
     parser.add_argument("--lr", type=float, help="peak learning rate; default: the model's recipe")
-    parser.add_argument("--train-count", type=int, default=30000)
+    parser.add_argument("--train-count", type=int, help="default: 30000 (shapes), 3000 (nodules3d)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-count", type=int, default=2000)
+    parser.add_argument("--eval-count", type=int, help="default: 2000 (shapes), 1000 (nodules3d)")
     parser.add_argument("--out", type=Path, help="where to write the state dict; default: the shipped weights file")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the shipped (or --out) weights")
     parser.add_argument("--figure", type=Path, help="also write a PNG of test scenes with the model's predictions")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="nodules3d_vgg only: k-fold cross-validation on the first --train-count cubes "
+                             "instead of training the shipped weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.model in OTHER_TRAINERS:
+        import importlib
+
+        return int(importlib.import_module(OTHER_TRAINERS[args.model]).run(args))
+    if args.folds:
+        parser.error("--folds is for nodules3d_vgg")
     out = args.out or weights_path(args.model)
     if args.evaluate_only:
         model = load_shapes_model(args.model, weights=out if args.out else None)
     else:
         recipe = RECIPES[args.model]
         model = train(args.model, epochs=args.epochs or int(recipe["epochs"]), lr=args.lr or recipe["lr"],
-                      train_count=args.train_count, batch_size=args.batch_size, seed=args.seed)
+                      train_count=args.train_count or 30000, batch_size=args.batch_size, seed=args.seed)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
-    print(json.dumps({"model": args.model, **evaluate(model, count=args.eval_count)}, indent=1))
+    print(json.dumps({"model": args.model, **evaluate(model, count=args.eval_count or 2000)}, indent=1))
     if args.figure:
         print(f"wrote {example_figure(model, args.figure)}")
     return 0

@@ -1,0 +1,137 @@
+"""Train, evaluate and cross-validate ``nodules3d_vgg`` on CPU (reached through
+``python -m relprop.models.train_shapes --model nodules3d_vgg [--folds 10]``).
+
+As for ``shapes``, everything is seeded (cubes generated from the seed, batch order and flips from a
+seeded generator, torch on one thread). Paper 001 (Nam et al. 2021) reports 10-fold
+cross-validation with accuracy, precision, recall, specificity and F1 (nodule = positive class);
+:func:`cross_validate` does the same on the first ``train_count`` ``nodules3d`` train cubes
+(contiguous folds, each balanced because labels are balanced within every index pair).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.nodules3d import Nodules3DDataset
+from .nodules3d_models import NAME, NODULES_MEAN, NODULES_STD, Nodules3DVGG, weights_path
+
+__all__ = ["binary_scores", "cross_validate", "fit", "predict", "run", "to_batch"]
+
+_KEYS = ("ACC", "PRE", "REC", "SPEC", "F1")
+
+
+def to_batch(vols: np.ndarray) -> Tensor:
+    """(N, 1, D, H, W) raw cubes -> normalised float32 tensor."""
+    return (torch.from_numpy(np.ascontiguousarray(vols)) - NODULES_MEAN) / NODULES_STD
+
+
+@torch.no_grad()
+def predict(model: nn.Module, vols: np.ndarray, batch_size: int = 64) -> Tensor:
+    """Predicted classes (N,) of ``model`` for raw cubes."""
+    model.eval()
+    out = [model(to_batch(vols[i:i + batch_size])).argmax(1) for i in range(0, len(vols), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def binary_scores(pred: Tensor, truth: Tensor) -> dict[str, float]:
+    """Accuracy, precision, recall (sensitivity), specificity and F1 with class 1 (nodule) positive."""
+    p, t = pred.bool(), truth.bool()
+    tp, tn = float((p & t).sum()), float((~p & ~t).sum())
+    fp, fn = float((p & ~t).sum()), float((~p & t).sum())
+    pre = tp / (tp + fp) if tp + fp else float("nan")
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    return {"ACC": (tp + tn) / max(len(p), 1), "PRE": pre, "REC": rec,
+            "SPEC": tn / (tn + fp) if tn + fp else float("nan"),
+            "F1": 2 * pre * rec / (pre + rec) if pre + rec else float("nan")}
+
+
+def fit(vols: np.ndarray, labels: np.ndarray, epochs: int, lr: float, batch_size: int = 32, seed: int = 0,
+        weight_decay: float = 5e-4, log: bool = True) -> nn.Module:
+    """Train a fresh :class:`Nodules3DVGG` with cross-entropy, AdamW, a one-cycle schedule and random
+    flips along the three axes (the classes do not depend on orientation)."""
+    torch.manual_seed(seed)
+    model = Nodules3DVGG().train()
+    n = len(vols)
+    y = torch.from_numpy(labels)
+    steps = epochs * math.ceil(n / batch_size)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.2)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        flips = torch.rand(n, 3, generator=gen) < 0.5
+        total = 0.0
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            x = to_batch(vols[idx.numpy()])
+            for axis in range(3):
+                f = flips[idx, axis]
+                x[f] = x[f].flip(axis + 2)
+            loss = F.cross_entropy(model(x), y[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(idx)
+        if log:
+            print(f"epoch {epoch + 1}/{epochs}: loss {total / n:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
+    return model.eval()
+
+
+def cross_validate(vols: np.ndarray, labels: np.ndarray, folds: int, epochs: int, lr: float, batch_size: int = 32,
+                   seed: int = 0, log: bool = True) -> dict[str, object]:
+    """k-fold cross-validation over contiguous folds; per-fold scores, their mean and standard deviation."""
+    bounds = np.linspace(0, len(vols), folds + 1).round().astype(int)
+    per_fold = []
+    for k in range(folds):
+        test = np.arange(bounds[k], bounds[k + 1])
+        train = np.setdiff1d(np.arange(len(vols)), test)
+        model = fit(vols[train], labels[train], epochs, lr, batch_size, seed + k, log=False)
+        scores = binary_scores(predict(model, vols[test]), torch.from_numpy(labels[test]))
+        per_fold.append(scores)
+        if log:
+            print(f"fold {k + 1}/{folds}: " + ", ".join(f"{key} {v:.3f}" for key, v in scores.items()), flush=True)
+    table = np.array([[f[key] for key in _KEYS] for f in per_fold])
+    return {"folds": per_fold, "mean": dict(zip(_KEYS, np.nanmean(table, 0).tolist())),
+            "std": dict(zip(_KEYS, np.nanstd(table, 0, ddof=1).tolist() if folds > 1 else [0.0] * 5))}
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``train_shapes`` command for ``--model nodules3d_vgg``."""
+    from .nodules3d_models import load_nodules3d_model
+
+    count = args.train_count or 3000
+    epochs = args.epochs or 8
+    lr = args.lr or 3e-3
+    t0 = time.perf_counter()
+    if args.folds:
+        vols, labels, _ = Nodules3DDataset("train", count=count, seed=args.seed).arrays()
+        print(f"generated {count} cubes in {time.perf_counter() - t0:.0f} s", flush=True)
+        result = cross_validate(vols, labels, args.folds, epochs, lr, args.batch_size, args.seed)
+        print(json.dumps({"model": NAME, "folds": args.folds, "cubes": count, "epochs": epochs,
+                          "seconds": round(time.perf_counter() - t0), **result}, indent=1))
+        return 0
+    out = args.out or weights_path()
+    if args.evaluate_only:
+        model = load_nodules3d_model(weights=out if args.out else None)
+    else:
+        vols, labels, _ = Nodules3DDataset("train", count=count, seed=args.seed).arrays()
+        print(f"generated {count} cubes in {time.perf_counter() - t0:.0f} s", flush=True)
+        model = fit(vols, labels, epochs, lr, args.batch_size, args.seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) after {time.perf_counter() - t0:.0f} s")
+    test_vols, test_labels, _ = Nodules3DDataset("test", count=args.eval_count or 1000, seed=args.seed).arrays()
+    scores = binary_scores(predict(model, test_vols), torch.from_numpy(test_labels))
+    print(json.dumps({"model": NAME, "test": scores}, indent=1))
+    return 0
