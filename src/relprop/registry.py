@@ -13,11 +13,16 @@ import torch
 MethodFn = Callable[..., torch.Tensor]
 
 
+#: how a method's maps are meant to be shown: signed (red/blue around 0), positive part, or |R|
+DISPLAYS = ("signed", "positive", "absolute")
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     summary: str
     fn: MethodFn
+    display: str = "signed"
 
     def options(self) -> dict[str, Any]:
         """The method's options with their defaults."""
@@ -28,12 +33,16 @@ class Method:
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, summary: str) -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn(model, x, target, **options)`` under ``name`` with a one-line summary."""
+def register_method(name: str, summary: str, display: str = "signed") -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn(model, x, target, **options)`` under ``name`` with a one-line summary and how its
+    maps are meant to be displayed (``display``: one of :data:`DISPLAYS`)."""
+    if display not in DISPLAYS:
+        raise ValueError(f"display must be one of {DISPLAYS}, got {display!r}")
+
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = Method(name, summary, fn)
+        _METHODS[name] = Method(name, summary, fn, display)
         return fn
     return wrap
 

@@ -153,7 +153,8 @@ class _NegatedTop:
         return self.rule(NegatedLayer(layer), x, -z, r, nonnegative)
 
 
-@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias")
+@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias",
+                 display="positive")
 def excitation_backprop(model, x, target, *, relu=False, record=()):
     """Marginal winning probabilities from ``P = 1`` at the target: ``P_i = sum_j x_i w+_ij /
     sum_i' x_i' w+_i'j P_j`` on every layer, no bias; signed pixels at the input are handled as
@@ -166,7 +167,8 @@ def excitation_backprop(model, x, target, *, relu=False, record=()):
     return _relu(relevance, relu), recorded
 
 
-@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual")
+@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual",
+                 display="positive")
 def contrastive_eb(model, x, target, *, relu=False, record=()):
     """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the
     dual unit), and the difference travels on with excitation backprop. Signed unless ``relu``."""
