@@ -218,9 +218,12 @@ def table(model, cases: Cases, methods: Sequence[str], variants: Sequence[tuple[
 HEDGE_VARIANTS = [("hedge add=proportional (old)", "hedge", {"add": "proportional"}),
                   ("hedge add=equal", "hedge", {"add": "equal"}),
                   ("hedge add=absolute (default)", "hedge", {"add": "absolute"})]
-RAPJ_VARIANTS = [("rap-journal bn_term=literal (old)", "rap-journal", {"bn_term": "literal"}),
+RAPJ_VARIANTS = [("rap-journal add=proportional bn_term=literal (old)", "rap-journal",
+                  {"add": "proportional", "bn_term": "literal"}),
+                 ("rap-journal add=proportional bn_term=scaled", "rap-journal", {"add": "proportional"}),
+                 ("rap-journal bn_term=literal", "rap-journal", {"bn_term": "literal"}),
                  ("rap-journal bn_term=off", "rap-journal", {"bn_term": "off"}),
-                 ("rap-journal bn_term=scaled (default)", "rap-journal", {"bn_term": "scaled"})]
+                 ("rap-journal add=absolute bn_term=scaled (default)", "rap-journal", {})]
 SMOOTHGRAD_VARIANTS = [("smoothgrad samples=16 signed (old)", "smoothgrad", {"samples": 16, "magnitude": "signed"}),
                        ("smoothgrad samples=50 absolute (default)", "smoothgrad", {}),
                        ("smoothgrad samples=50 squared", "smoothgrad", {"magnitude": "squared"})]
