@@ -22,7 +22,7 @@ one is listed below with the reason, never given a looser bound.
 
 The whole efficientnet_lite0 sweep costs several minutes on two CPU cores and is marked slow, as are
 the sampling methods on the shapes models and the randomisation check of methods outside the core
-set; the issue's done-means checks on efficientnet_lite0 (hedge, rap-journal, lrp-cmp, sglrp, clrp,
+set; the targets on efficientnet_lite0 (hedge, rap-journal, lrp-cmp, sglrp, clrp,
 contrastive-eb), every other method on the shapes models and the randomisation check of the core
 methods on shapes_resnet run in CI.
 
@@ -52,7 +52,7 @@ sys.modules.setdefault("faithfulness_bench", bench)
 _spec.loader.exec_module(bench)
 
 METHODS = relprop.methods()
-#: the issue's done-means methods, run on efficientnet_lite0 in CI
+#: the methods with targets on efficientnet_lite0, run in CI
 CORE_LITE0 = ["hedge", "rap-journal", "lrp-cmp", "sglrp", "clrp", "contrastive-eb"]
 
 # -- bounds (measured 2026-12-06, see the module docstring) --------------------------------------------
@@ -188,7 +188,7 @@ def test_lite0_other_methods(rows, method):
     _check(rows("lite0", method), "lite0", method)
 
 
-# -- the done-means targets ---------------------------------------------------------------------
+# -- targets on efficientnet_lite0 -------------------------------------------------------------------
 def test_hedge_and_rap_journal_point_at_least_as_often_as_lrp_cmp(rows):
     reference = rows("lite0", "lrp-cmp").hits
     for method in ("hedge", "rap-journal"):
