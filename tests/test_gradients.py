@@ -274,10 +274,27 @@ def test_smoothgrad_deterministic_and_seeded():
 def test_smoothgrad_without_noise_is_the_gradient():
     model, x = FunctionalNet(), randn(2, 3, 8, 8, seed=14)
     grad = relprop.explain(model, x, target=[3, 4], method="gradient")
-    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=1, noise_level=0.0), grad)
-    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=5, noise_level=0.0), grad)
-    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=1, noise_level=0.0,
-                                 multiply_by_input=True), x * grad)
+    signed = dict(noise_level=0.0, magnitude="signed")
+    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=1, **signed), grad)
+    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=5, **signed), grad)
+    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=1, multiply_by_input=True,
+                                 **signed), x * grad)
+    # the paper's display (default): |mean gradient|; SmoothGrad-Squared: mean of squared gradients
+    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=5, noise_level=0.0),
+                 grad.abs())
+    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=5, noise_level=0.0,
+                                 magnitude="squared"), grad * grad)
+    assert_close(relprop.explain(model, x, target=[3, 4], method="smoothgrad", samples=2, noise_level=0.0,
+                                 magnitude="squared", multiply_by_input=True), (x * grad) ** 2)
+
+
+def test_smoothgrad_defaults_follow_the_paper():
+    """Smilkov et al. 2017: about 50 samples, noise 10-20% of the input range, absolute values shown."""
+    from relprop.registry import get_method
+
+    assert get_method("smoothgrad").display == "positive"
+    options = get_method("smoothgrad").options()
+    assert options["samples"] == 50 and 0.1 <= options["noise_level"] <= 0.2 and options["magnitude"] == "absolute"
 
 
 def test_smoothgrad_equals_the_documented_noise():
@@ -290,17 +307,19 @@ def test_smoothgrad_equals_the_documented_noise():
                    for k in range(samples)) / samples
     for chunk in (None, 2):
         got = relprop.explain(model, x, target=[0, 9], method="smoothgrad", samples=samples, noise_level=level,
-                              seed=seed, internal_batch_size=chunk)
+                              seed=seed, internal_batch_size=chunk, magnitude="signed")
         assert_close(got, expected)
     got = relprop.explain(model, x, target=[0, 9], method="smoothgrad", samples=samples, noise_level=level,
-                          seed=seed, multiply_by_input=True)
+                          seed=seed, multiply_by_input=True, magnitude="signed")
     assert_close(got, x * expected)
+    assert_close(relprop.explain(model, x, target=[0, 9], method="smoothgrad", samples=samples, noise_level=level,
+                                 seed=seed), expected.abs())
 
 
 def test_smoothgrad_bad_options():
     model, x = tiny(), randn(2, 3, 8, 8)
     for options, word in (({"samples": 0}, "samples"), ({"noise_level": -1.0}, "noise_level"),
-                          ({"internal_batch_size": 2.5}, "internal_batch_size")):
+                          ({"internal_batch_size": 2.5}, "internal_batch_size"), ({"magnitude": "abs"}, "magnitude")):
         with pytest.raises(ValueError, match=word):
             relprop.explain(model, x, method="smoothgrad", **options)
 

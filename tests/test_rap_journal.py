@@ -95,14 +95,20 @@ def ref_bias_effect(module: nn.Module, out_shape: tuple[int, ...]) -> torch.Tens
     return (centred.view(-1, 1, 1).expand(out_shape) / area).flatten()
 
 
-def ref_bn(bn: nn.Module, x: torch.Tensor, r: torch.Tensor, flow: str) -> torch.Tensor:
-    """Eq. 11 for a batch: ``R - kappa (S' - mean S') / (w h c)``, ``S' = (BN(z) - z) [R != 0]``."""
+def ref_bn(bn: nn.Module, x: torch.Tensor, r: torch.Tensor, flow: str, term: str = "scaled") -> torch.Tensor:
+    """Eq. 11 for a batch: ``R - kappa T``, ``S' = (BN(z) - z) [R != 0]``; ``T = (S' - mean S') / (w h c)``
+    ("literal") or ``(S' - mean S') sum|R| / sum(|z'| + |S'|)`` ("scaled", ``z' = z [R != 0]``)."""
     out = torch.empty_like(r)
     with torch.no_grad():
         y = bn(x)
     for s in range(x.shape[0]):
-        shift = (y[s] - x[s]) * (r[s] != 0)
-        out[s] = r[s] - KAPPA[flow] * (shift - shift.mean()) / shift.numel()
+        holds = r[s] != 0
+        shift = (y[s] - x[s]) * holds
+        if term == "literal":
+            scale = 1.0 / shift.numel()
+        else:
+            scale = r[s].abs().sum() / ((x[s] * holds).abs() + shift.abs()).sum()
+        out[s] = r[s] - KAPPA[flow] * (shift - shift.mean()) * scale
     return out
 
 
@@ -162,8 +168,14 @@ def test_batchnorm_rule_by_hand():
         y = bn(x)
     assert_close(y, torch.tensor([[3.0, 5.0, 7.0]], dtype=DT))
     r = torch.tensor([[1.0, 0.0, -1.0]], dtype=DT)
-    assert_close(BatchNormFlow("normal")(None, x, y, r), torch.tensor([[1.0, 2 / 3, -5 / 3]], dtype=DT))
-    assert_close(BatchNormFlow("inversion")(None, x, y, r), torch.tensor([[1.0, -2 / 3, -1 / 3]], dtype=DT))
+    assert_close(BatchNormFlow("normal", "literal")(None, x, y, r), torch.tensor([[1.0, 2 / 3, -5 / 3]], dtype=DT))
+    assert_close(BatchNormFlow("inversion", "literal")(None, x, y, r), torch.tensor([[1.0, -2 / 3, -1 / 3]], dtype=DT))
+    # scaled (default): the same centred shift times sum|R| / sum(|z'| + |S'|) = 2 / ((1 + 2) + (3 + 4))
+    assert_close(BatchNormFlow("normal")(None, x, y, r), torch.tensor([[1.0, 0.4, -1.4]], dtype=DT))
+    assert_close(BatchNormFlow("inversion")(None, x, y, r), torch.tensor([[1.0, -0.4, -0.6]], dtype=DT))
+    assert_close(BatchNormFlow("normal", "off")(None, x, y, r), r)
+    with pytest.raises(ValueError, match="bn_term"):
+        BatchNormFlow("normal", "paper")
 
 
 def test_bias_effect_by_hand():
@@ -272,7 +284,8 @@ def chain_model() -> nn.Module:
     return model
 
 
-def ref_chain(model: nn.Module, x: torch.Tensor, t: torch.Tensor, flow: str, center: bool) -> torch.Tensor:
+def ref_chain(model: nn.Module, x: torch.Tensor, t: torch.Tensor, flow: str, center: bool,
+              bn_term: str = "scaled") -> torch.Tensor:
     """Walk ``chain_model`` backwards with the dense references (ReLU and Flatten pass relevance)."""
     acts = [x]
     with torch.no_grad():
@@ -296,7 +309,7 @@ def ref_chain(model: nn.Module, x: torch.Tensor, t: torch.Tensor, flow: str, cen
                 out[s] = finish(c).view(a_in.shape[1:])
             r = out
         elif isinstance(m, nn.BatchNorm2d):
-            r = ref_bn(m, a_in, r, flow)
+            r = ref_bn(m, a_in, r, flow, bn_term) if bn_term != "off" else r
         elif isinstance(m, nn.MaxPool2d):  # winner-take-all: the gradient of the pool
             leaf = a_in.detach().requires_grad_(True)
             r = torch.autograd.grad(m(leaf), leaf, r)[0]
@@ -305,16 +318,17 @@ def ref_chain(model: nn.Module, x: torch.Tensor, t: torch.Tensor, flow: str, cen
     return r
 
 
+@pytest.mark.parametrize("bn_term", ["scaled", "literal", "off"])
 @pytest.mark.parametrize("center", [True, False], ids=["center", "literal"])
-def test_chain_network_matches_layer_by_layer_reference(center):
+def test_chain_network_matches_layer_by_layer_reference(center, bn_term):
     model = chain_model()
     x = signed((2, 3, 8, 8), 24)
     with torch.no_grad():
         t = model(x).argmax(1)
-    explainer = relprop.Explainer(model, "rap-journal", center=center)
+    explainer = relprop.Explainer(model, "rap-journal", center=center, bn_term=bn_term)
     final, rec = explainer.explain(x, target=t, record=["input@normal", "input@inversion"])
-    normal = ref_chain(model, x, t, "normal", center)
-    inversion = ref_chain(model, x, t, "inversion", center)
+    normal = ref_chain(model, x, t, "normal", center, bn_term)
+    inversion = ref_chain(model, x, t, "inversion", center, bn_term)
     assert_close(rec["input@normal"], normal)
     assert_close(rec["input@inversion"], inversion)
     assert_close(final, normal + inversion)  # Eq. 9

@@ -154,3 +154,26 @@ def test_method_grid_wraps_methods_onto_lines(tmp_path) -> None:
     assert hb > 1.8 * ha
     with pytest.raises(ValueError, match="columns"):
         viz.method_grid(rows, tmp_path / "bad.png", columns=0)
+
+
+def test_display_positive_and_absolute() -> None:
+    """A method's ``display``: "positive" drops negative relevance (white), "absolute" shows |R| in red."""
+    rmap = np.array([[1.0, -1.0], [0.0, 0.5]])
+    signed = viz.heatmap_rgb(rmap)
+    positive = viz.heatmap_rgb(rmap, display="positive")
+    absolute = viz.heatmap_rgb(rmap, display="absolute")
+    assert signed[0, 1, 2] > signed[0, 1, 0]  # blue
+    assert tuple(positive[0, 1]) == tuple(positive[1, 0])  # negative shown as zero
+    assert tuple(absolute[0, 1]) == tuple(absolute[0, 0])  # |-1| == |1|
+    with pytest.raises(ValueError, match="display"):
+        viz.heatmap_rgb(rmap, display="abs")
+
+
+def test_method_grid_honours_displays(tmp_path) -> None:
+    from relprop.registry import get_method
+
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    rows = [{"image": image, "label": "x", "maps": {"smoothgrad": np.ones((8, 8)), "gradient": -np.ones((8, 8))}}]
+    out = viz.method_grid(rows, tmp_path / "grid.png",
+                          displays={m: get_method(m).display for m in ("smoothgrad", "gradient")})
+    assert out.exists() and get_method("smoothgrad").display == "positive" and get_method("gradient").display == "signed"

@@ -390,6 +390,16 @@ def _explain_all(
     return timings, failures
 
 
+def _display(method: str) -> str:
+    """How ``method``'s maps are meant to be shown (its registry ``display``; "signed" if unknown)."""
+    from relprop.registry import get_method
+
+    try:
+        return get_method(method).display
+    except ValueError:
+        return "signed"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Explain the bundled demo photos with every method and write a grid PNG."""
     import relprop
@@ -423,6 +433,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         grid,
         title=f"{DEMO_MODEL}: relevance for the top-1 class",
         columns=DEMO_COLUMNS,
+        displays={m: _display(m) for m in methods},
     ))
     print(f"wrote {out}")
     _print_timings(methods, timings, failures)

@@ -54,7 +54,8 @@ class Composite:
     """A rule map for affine layers and the options of the other ops.
 
     ``maxpool``: ``"winner"`` (winner-take-all, the gradient) or ``"proportional"``.
-    ``add``: ``"proportional"`` (zennit's Norm) or ``"equal"``.
+    ``add``: ``"proportional"`` (zennit's Norm), ``"equal"`` or ``"absolute"`` (each term's share in
+    proportion to its magnitude, :class:`relprop.ops.Add`).
     ``batchnorm`` (unfolded batch norms only): ``"identity"``, ``"epsilon"``, or a callable
     ``rule(op, x, y, r) -> relevance at x`` given the batch norm's input ``x``, output ``y`` and the
     relevance ``r`` at its output (methods with their own batch-norm rule, e.g. ``rap-journal``).
@@ -70,7 +71,7 @@ class Composite:
     _checked: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        for option, allowed in (("maxpool", ("winner", "proportional")), ("add", ("proportional", "equal")),
+        for option, allowed in (("maxpool", ("winner", "proportional")), ("add", ("proportional", "equal", "absolute")),
                                 ("batchnorm", ("identity", "epsilon"))):
             if option == "batchnorm" and callable(self.batchnorm):
                 continue

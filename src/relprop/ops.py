@@ -350,6 +350,9 @@ class Add(Op):
 
     ``proportional`` (default, zennit's Norm): each term gets ``R * term / stab(sum)``;
     a constant term absorbs its share like a bias. ``equal``: tensor terms share ``R`` equally.
+    ``absolute``: each term gets ``R * |term| / sum |terms|`` (a constant term counted with its
+    magnitude absorbs its share): conservative, every share has the sign of ``R`` and is at most
+    ``|R|``, however closely two signed terms cancel (hedge's default on residual networks).
     """
 
     keeps_sign = True
@@ -363,10 +366,27 @@ class Add(Op):
         if ctx.add == "equal":
             share = r / len(inputs)
             return [reduce_to_shape(share, x.shape) for x in inputs]
+        if ctx.add == "absolute":
+            return _absolute_shares(inputs, signs, output, r)
         s = normalize(r, output, ctx.norm_epsilon)
         shares = [reduce_to_shape(x * s if sign > 0 else -(x * s), x.shape) for sign, x in zip(signs[:-1], inputs)]
         last = s.mul_(inputs[-1]) if signs[-1] > 0 else s.mul_(inputs[-1]).neg_()
         return shares + [reduce_to_shape(last, inputs[-1].shape)]
+
+
+def _absolute_shares(inputs: Sequence[Tensor], signs: Sequence[float], output: Tensor, r: Tensor) -> list[Tensor]:
+    """``R * |term| / sum |terms|`` for each tensor term of ``output = sum signs * inputs (+ constant)``;
+    a constant term (``output`` minus the signed tensor terms) counts in the denominator with its
+    magnitude. ``0/0 := 0``."""
+    magnitudes = [x.abs() for x in inputs]
+    constant = output.detach().clone()
+    for sign, x in zip(signs, inputs):
+        constant = constant - x if sign > 0 else constant + x
+    total = constant.abs_()
+    for m in magnitudes:
+        total = total + m
+    s = safe_divide(r, total)
+    return [reduce_to_shape(m * s, x.shape) for m, x in zip(magnitudes, inputs)]
 
 
 class Multiply(Op):

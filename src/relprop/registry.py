@@ -15,6 +15,10 @@ from .options import Option
 MethodFn = Callable[..., torch.Tensor]
 
 
+#: how a method's maps are meant to be shown: signed (red/blue around 0), positive part, or |R|
+DISPLAYS = ("signed", "positive", "absolute")
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -22,6 +26,8 @@ class Method:
     fn: MethodFn
     #: what each option may hold (see :mod:`relprop.options`)
     option_specs: dict[str, Option] = field(default_factory=dict)
+    #: how its maps are meant to be shown: one of :data:`DISPLAYS`
+    display: str = "signed"
 
     def options(self) -> dict[str, Any]:
         """The method's options with their defaults."""
@@ -59,13 +65,18 @@ def _inferred(method: str, key: str, default: Any) -> Option:
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, summary: str, **options: Option) -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn(model, x, target, **options)`` under ``name`` with a one-line summary.
+def register_method(name: str, summary: str, display: str = "signed",
+                    **options: Option) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn(model, x, target, **options)`` under ``name`` with a one-line summary and how its
+    maps are meant to be displayed (``display``: one of :data:`DISPLAYS`).
 
     Each keyword option of ``fn`` is declared with an :class:`~relprop.options.Option` (its type
     and range), e.g. ``epsilon=number(low=0)``; an undeclared option whose default is a bool, an int
     or a float gets that type and no range. The defaults must satisfy their declarations.
     """
+    if display not in DISPLAYS:
+        raise ValueError(f"display must be one of {DISPLAYS}, got {display!r}")
+
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
@@ -75,7 +86,7 @@ def register_method(name: str, summary: str, **options: Option) -> Callable[[Met
             raise ValueError(f"method {name!r} declares {', '.join(map(repr, extra))}, which are not options of its function")
         specs = {key: options[key] if key in options else _inferred(name, key, default)
                  for key, default in defaults.items()}
-        method = Method(name, summary, fn, specs)
+        method = Method(name, summary, fn, specs, display)
         method.check_options(defaults)
         _METHODS[name] = method
         return fn

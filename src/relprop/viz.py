@@ -74,24 +74,43 @@ def _normalise(rmap: np.ndarray, symmetric: bool, clip_percentile: float) -> np.
     return np.clip((rmap - low) / (high - low), 0.0, 1.0)
 
 
+#: how a map is shown (a method's ``display``, relprop.registry.DISPLAYS)
+DISPLAYS = ("signed", "positive", "absolute")
+
+
+def display_map(rmap: np.ndarray, display: str = "signed") -> np.ndarray:
+    """The (H, W) map as a method is meant to be shown: ``"signed"`` as is, ``"positive"`` its
+    positive part, ``"absolute"`` its magnitude (the channel sum is taken before, by
+    :func:`relevance_map`)."""
+    if display not in DISPLAYS:
+        raise ValueError(f"display must be one of {DISPLAYS}, got {display!r}")
+    if display == "positive":
+        return np.clip(rmap, 0.0, None)
+    if display == "absolute":
+        return np.abs(rmap)
+    return rmap
+
+
 def heatmap_rgb(
     relevance: ArrayLike,
     *,
     cmap: str = "seismic",
     symmetric: bool = True,
     clip_percentile: float = 99.5,
+    display: str = "signed",
 ) -> np.ndarray:
     """Colour a relevance map as an (H, W, 3) uint8 image.
 
     With the default ``seismic`` colour map positive relevance is red, negative
     relevance blue and zero white. The colour scale is symmetric around zero and
-    saturates at the ``clip_percentile`` of ``|R|``.
+    saturates at the ``clip_percentile`` of ``|R|``. ``display`` (:func:`display_map`):
+    ``"positive"`` and ``"absolute"`` maps run from white (0) to red.
     """
     from matplotlib import colormaps
 
     if not 0.0 < clip_percentile <= 100.0:
         raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
-    rmap = relevance_map(relevance)
+    rmap = display_map(relevance_map(relevance), display)
     values = _normalise(rmap, symmetric, clip_percentile)
     # An odd number of colours puts zero exactly on the colour map's centre.
     rgba = colormaps[cmap].resampled(257)(values)
@@ -170,14 +189,15 @@ def _hide_axes(ax: Any) -> None:
 
 def method_grid(
     rows: Sequence[Mapping[str, Any]], out_path: PathType, *, title: str | None = None,
-    columns: int | None = None,
+    columns: int | None = None, displays: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a PNG grid: one block per image, the photo first, then one heatmap per method.
 
     Each row is ``{"image": ..., "label": str, "maps": {method: relevance}}``. Without ``columns``
     a block is one line and the method names title the first line's tiles; with ``columns`` the
     methods wrap after ``columns`` tiles (a block of several lines, every tile titled by its method).
-    Missing maps leave an empty tile.
+    Missing maps leave an empty tile. ``displays`` maps a method name to how its maps are shown
+    (:func:`display_map`; default ``"signed"``), e.g. ``{m: relprop.get_method(m).display}``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -214,7 +234,7 @@ def method_grid(
             if r == 0 or lines > 1:
                 ax.set_title(name, fontsize=_FONT_SIZE, fontweight="bold")
             if name in maps:
-                ax.imshow(heatmap_rgb(maps[name]))
+                ax.imshow(heatmap_rgb(maps[name], display=(displays or {}).get(name, "signed")))
             else:
                 ax.axis("off")
         for k in range(len(methods), lines * per_line):

@@ -78,7 +78,7 @@ def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = 
 
 @register_method("gradcam-plus-plus",
                  "Grad-CAM++ (Chattopadhay et al. 2018): alpha-weighted positive gradients, exp-score closed form",
-                 layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), epsilon=number(low=0))
+                 layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), epsilon=number(low=0), display="positive")
 def gradcam_plus_plus(model, x, target, *, layer=None, relu=True, interpolation="bilinear", epsilon=1e-6):
     """Grad-CAM++ (Chattopadhay, Sarkar, Howlader & Balasubramanian, *Grad-CAM++: Generalized
     Gradient-based Visual Explanations for Deep Convolutional Networks*, WACV 2018).
@@ -142,6 +142,7 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
 
 @register_method("relevance-cam",
                  "Relevance-CAM (Lee et al. 2021): feature map weighted by its mean z+ relevance per channel",
+                 display="positive",
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS),
                  initial=choice("contrastive", "logit"), maxpool=choice("winner", "proportional"),
                  add=choice("proportional", "equal"), batchnorm=choice("identity", "epsilon"))

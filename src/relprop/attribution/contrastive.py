@@ -159,7 +159,7 @@ class _NegatedTop:
 
 
 @register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias",
-                 relu=flag(), record=names())
+                 relu=flag(), record=names(), display="positive")
 def excitation_backprop(model, x, target, *, relu=False, record=()):
     """Marginal winning probabilities from ``P = 1`` at the target: ``P_i = sum_j x_i w+_ij /
     sum_i' x_i' w+_i'j P_j`` on every layer, no bias; signed pixels at the input are handled as
@@ -173,7 +173,7 @@ def excitation_backprop(model, x, target, *, relu=False, record=()):
 
 
 @register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual",
-                 relu=flag(), record=names())
+                 relu=flag(), record=names(), display="positive")
 def contrastive_eb(model, x, target, *, relu=False, record=()):
     """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the
     dual unit), and the difference travels on with excitation backprop. Signed unless ``relu``."""

@@ -77,7 +77,8 @@ def _resize(t: Tensor, size: tuple[int, ...]) -> Tensor:
 
 
 @register_method("fullgrad",
-                 "FullGrad (Srinivas & Fleuret 2019): input-gradient x input plus normalised bias-gradient maps of every layer")
+                 "FullGrad (Srinivas & Fleuret 2019): input-gradient x input plus normalised bias-gradient maps of every layer",
+                 display="positive")
 def fullgrad(model, x, target):
     """FullGrad (Srinivas & Fleuret, NeurIPS 2019), its FullGrad saliency:
     ``S = sum_c psi(x * df/dx) + sum_l sum_c up(psi(b_l * df/dz_l))`` over the layers ``l`` whose output

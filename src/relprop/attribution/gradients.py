@@ -91,8 +91,10 @@ def _positive_int(name: str, value: object) -> int:
 
 def _weighted_gradient_sum(propagator: Propagator, x: Tensor, indices: Tensor, count: int,
                            make_rows: Callable[[Tensor, Tensor], Tensor], weights: Tensor,
-                           internal_batch_size: int | None) -> Tensor:
-    """``sum_k weights[k] * grad(make_rows(k, b))`` per sample ``b``, over ``count`` values of ``k``.
+                           internal_batch_size: int | None,
+                           transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """``sum_k weights[k] * grad(make_rows(k, b))`` per sample ``b``, over ``count`` values of ``k``
+    (``transform(grad)`` in place of ``grad`` when given, e.g. its square).
 
     The ``count * B`` rows (row ``r`` is step ``r // B`` of sample ``r % B``) run as one batch, or in
     chunks of ``internal_batch_size`` rows; only one chunk of inputs exists at a time.
@@ -106,6 +108,8 @@ def _weighted_gradient_sum(propagator: Propagator, x: Tensor, indices: Tensor, c
         rows = torch.arange(start, min(start + chunk, total), device=x.device)
         step, sample = rows // batch, rows % batch
         grads = _input_gradient(propagator, make_rows(step, sample), indices[sample])
+        if transform is not None:
+            grads = transform(grads)
         result.index_add_(0, sample, grads * weights[step].view(-1, *trailing))
     return result
 
@@ -196,26 +200,42 @@ def integrated_gradients(model, x, target, *, steps=32, baseline=0.0, integratio
 
 
 # -- smoothgrad --------------------------------------------------------------------------------------
-@register_method("smoothgrad", "SmoothGrad (Smilkov et al. 2017): mean gradient over 16 noisy copies, sigma 15% of range",
-                 samples=integer(low=1), noise_level=number(low=0), seed=integer(),
-                 internal_batch_size=integer(low=1, none=True), multiply_by_input=flag())
-def smoothgrad(model, x, target, *, samples=16, noise_level=0.15, seed=0, internal_batch_size=None,
-               multiply_by_input=False):
+#: what SmoothGrad averages and returns: |mean gradient| (paper), mean squared gradient, mean gradient
+SMOOTHGRAD_MAGNITUDES = ("absolute", "squared", "signed")
+
+
+@register_method("smoothgrad", "SmoothGrad (Smilkov et al. 2017): |mean gradient| over 50 noisy copies, sigma 15% of "
+                               "the image's range", display="positive",
+                 samples=integer(low=1), noise_level=number(low=0), magnitude=choice(*SMOOTHGRAD_MAGNITUDES),
+                 seed=integer(), internal_batch_size=integer(low=1, none=True), multiply_by_input=flag())
+def smoothgrad(model, x, target, *, samples=50, noise_level=0.15, magnitude="absolute", seed=0,
+               internal_batch_size=None, multiply_by_input=False):
     """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017):
     ``1/n sum_k grad f(x + eps_k)``, ``eps_k ~ N(0, sigma^2)``, ``sigma = noise_level * (max(x) - min(x))``
     per sample.
+
+    Defaults follow the paper: ``samples=50`` ("the estimated gradient becomes smoother as the sample
+    size n increases ... diminishing returns" beyond about 50), ``noise_level=0.15`` (10-20% of the
+    input range works best; here the range of each image), and ``magnitude="absolute"``: the
+    paper displays the absolute value of the averaged gradient. ``"squared"`` averages squared
+    gradients (SmoothGrad-Squared, Hooker et al. 2019); ``"signed"`` returns the mean gradient itself
+    (Captum's ``NoiseTunnel(Saliency(abs=False))``). A signed map summed over the colour channels
+    cancels (two seeds' maps on efficientnet_lite0 correlate only 0.2-0.3 with 16 samples).
 
     The noise is drawn from a ``torch.Generator`` seeded with ``seed`` (on the CPU, in float64, then
     cast), once as ``samples`` standard-normal images that every sample of the batch shares (scaled
     by its own sigma): the result is deterministic, the same on every device and dtype, and a sample
     gets the same map alone as in a batch. ``multiply_by_input`` multiplies the mean gradient by the
-    clean input ``x`` (Captum's ``NoiseTunnel(InputXGradient)`` instead averages noisy input times
-    gradient). The ``samples * B`` noisy inputs run as one batch or in chunks of
-    ``internal_batch_size`` rows. ``target=None`` is the class predicted at the clean ``x``.
+    clean input ``x`` before the magnitude is taken (Captum's ``NoiseTunnel(InputXGradient)``
+    instead averages noisy input times gradient). The ``samples * B`` noisy inputs run as one batch
+    or in chunks of ``internal_batch_size`` rows. ``target=None`` is the class predicted at the
+    clean ``x``.
     """
     propagator = _propagator(model, x)
     _check_chunk(internal_batch_size)
     samples = _positive_int("samples", samples)
+    if magnitude not in SMOOTHGRAD_MAGNITUDES:
+        raise ValueError(f"magnitude must be one of {SMOOTHGRAD_MAGNITUDES}, got {magnitude!r}")
     try:
         level = float(noise_level)
     except (TypeError, ValueError, RuntimeError):
@@ -235,8 +255,13 @@ def smoothgrad(model, x, target, *, samples=16, noise_level=0.15, seed=0, intern
     def rows(step: Tensor, sample: Tensor) -> Tensor:
         return x[sample] + sigma[sample] * noise[step]
 
+    if magnitude == "squared":  # mean of (x *) grad squared
+        mean = _weighted_gradient_sum(propagator, x, indices, samples, rows, weights, internal_batch_size,
+                                      lambda g: g.mul(g))
+        return x * x * mean if multiply_by_input else mean
     mean = _weighted_gradient_sum(propagator, x, indices, samples, rows, weights, internal_batch_size)
-    return x * mean if multiply_by_input else mean
+    out = x * mean if multiply_by_input else mean
+    return out.abs() if magnitude == "absolute" else out
 
 
 # -- guided backprop ---------------------------------------------------------------------------------
@@ -400,7 +425,7 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
 
 @register_method("gradcam",
                  "Grad-CAM (Selvaraju et al. 2017) at the last feature map, upsampled; cam/C in each channel",
-                 layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS))
+                 layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), display="positive")
 def gradcam(model, x, target, *, layer=None, relu=True, interpolation="bilinear"):
     """Grad-CAM (Selvaraju et al., *Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
     Localization*, ICCV 2017): ``cam = relu(sum_k alpha_k A_k)``, ``alpha_k = mean_hw d y_target / d A_k``,

@@ -11,7 +11,7 @@ from ..composite import Composite, by_type, first
 from ..graph import Graph
 from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
 from ..registry import register_method
-from ..options import flag, name, names, number
+from ..options import choice, flag, name, names, number
 from ..rules import ZBox
 from ..rules.hedge import Hedge, channels_last_suits
 from ..rules.rap import _sum
@@ -68,14 +68,19 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propa
 
 @register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation",
                  gamma=number(low=1, high=2), layer=name(), use_c=flag(), use_a=flag(), use_u=flag(),
-                 use_psi=flag(), record=names())
+                 use_psi=flag(), add=choice("absolute", "proportional", "equal"), record=names())
 def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, use_u=True, use_psi=True,
-          record=()):
+          add="absolute", record=()):
     """Hedged relevance; ``gamma`` in [1, 2] (official default 2: the map sums to gamma - 2 = 0),
     ``layer``: where the initial map lives (default: see :func:`default_layer`), ``use_*``: the
-    terms of Table 2's ablation. Batch norm is the identity (official code); on residual networks
-    the sum is split in proportion to each branch's value and both branches are propagated
-    (the official code drops the skip branch)."""
+    terms of Table 2's ablation. Batch norm is the identity (official code). ``add``: how a
+    residual sum ``a + b`` splits its relevance: ``"absolute"`` (default) in proportion to
+    ``|a|`` and ``|b|``, conservative and bounded however closely ``a`` and ``b`` cancel;
+    ``"proportional"`` in proportion to ``a / (a + b)`` without a stabiliser (unbounded where the
+    signed branches nearly cancel), ``"equal"`` half each. Both branches are propagated; the
+    official code drops the skip branch (docs/methods.md)."""
+    if add not in ("absolute", "proportional", "equal"):
+        raise ValueError(f"add must be 'absolute', 'proportional' or 'equal', got {add!r}")
     if not 1.0 <= gamma <= 2.0:
         raise ValueError(f"gamma must lie in [1, 2], got {gamma}")
     if layer is None:
@@ -87,6 +92,6 @@ def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, us
     rule = Hedge(gamma, use_c, use_a, use_u, use_psi)
     composite = Composite([(first(1), ZBox(None, None, stabilizer=0.0, bias=False)),
                            (by_type("conv", "linear"), rule)],
-                          maxpool="winner", add="proportional", batchnorm="identity", norm_epsilon=0.0,
+                          maxpool="winner", add=add, batchnorm="identity", norm_epsilon=0.0,
                           name="hedge")
     return propagator.backward(cache, r0, composite, record, start=start)

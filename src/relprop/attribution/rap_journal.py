@@ -4,8 +4,9 @@ The target logit is propagated once through the output layer (Eq. 5-6); from the
 over the same forward pass: the normal flow along promoting contributions (Eq. 7) and the inversion
 flow along inhibiting ones with the sign switched (Eq. 8), each with its bias (Eq. 10) and batch-norm
 (Eq. 11) compensation. The explanation is their sum (Eq. 9). Batch norms stay unfolded, since Eq. 11
-needs their own input and output; max pooling is winner-take-all, average pooling, residual sums and
-concatenations are split in proportion to the inputs without epsilon (as relprop's ``rap``).
+needs their own input and output; max pooling is winner-take-all, average pooling and concatenations
+are split in proportion to the inputs without epsilon (as relprop's ``rap``), residual sums in
+proportion to the magnitudes of their terms (``add="absolute"``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..composite import Composite, by_type, last
 from ..propagate import forward_for
 from ..registry import register_method
 from ..options import choice, flag, names
-from ..rules.rap_journal import BatchNormFlow, FirstPropagation, Flow, check_flow
+from ..rules.rap_journal import BN_TERMS, BatchNormFlow, FirstPropagation, Flow, check_flow
 from ..targets import one_hot_logit, resolve_target
 
 Tensor = torch.Tensor
@@ -28,13 +29,19 @@ FLOWS = ("final", "normal", "inversion")
 STARTS = ("logit", "one-hot")
 
 
-def rap_journal_composite(flow: str, bias: bool = True, batchnorm: bool = True, center: bool = True) -> Composite:
+ADDS = ("absolute", "proportional", "equal")
+
+
+def rap_journal_composite(flow: str, bias: bool = True, batchnorm: bool = True, center: bool = True,
+                          bn_term: str = "scaled", add: str = "absolute") -> Composite:
     """The rule map of one flow ("normal" or "inversion"): Eq. 5-6 at the output layer, Eq. 7 or 8
-    with Eq. 10 at the other affine layers, Eq. 11 at batch norms."""
+    with Eq. 10 at the other affine layers, Eq. 11 at batch norms (``bn_term``: see
+    :class:`~relprop.rules.rap_journal.BatchNormFlow`), residual sums split by ``add``
+    (:class:`relprop.ops.Add`)."""
     check_flow(flow)
     rules: list = [(last(1), FirstPropagation(center)), (by_type("conv", "linear"), Flow(flow, bias, center))]
-    return Composite(rules, maxpool="winner", add="proportional",
-                     batchnorm=BatchNormFlow(flow) if batchnorm else "identity", norm_epsilon=0.0,
+    return Composite(rules, maxpool="winner", add=add,
+                     batchnorm=BatchNormFlow(flow, bn_term) if batchnorm and bn_term != "off" else "identity", norm_epsilon=0.0,
                      name=f"rap-journal ({flow})")
 
 
@@ -50,18 +57,27 @@ def _split_record_name(name: str, default: str) -> tuple[str, str]:
 
 @register_method("rap-journal", "Relative Attributing Propagation, journal version: normal and inversion flows "
                                 "with bias and batch-norm handling (paper 001, Eq. 5-11)",
-                 flow=choice(*FLOWS), start=choice(*STARTS), bias=flag(), batchnorm=flag(), center=flag(),
-                 record=names())
+                 flow=choice(*FLOWS), start=choice(*STARTS), bias=flag(), batchnorm=flag(),
+                 bn_term=choice(*BN_TERMS), add=choice(*ADDS), center=flag(), record=names())
 def rap_journal(model, x, target, *, flow: str = "final", start: str = "logit", bias: bool = True,
-                batchnorm: bool = True, center: bool = True, record: Sequence[str] = ()):
+                batchnorm: bool = True, bn_term: str = "scaled", add: str = "absolute", center: bool = True,
+                record: Sequence[str] = ()):
     """RAP (journal). ``flow``: the returned map, ``"final"`` (normal + inversion, Eq. 9), ``"normal"``
     or ``"inversion"`` (paper 001, Fig. 4). ``start``: ``"logit"`` (R = f(x) at the target, paper 001
-    Sec. III-A) or ``"one-hot"`` (R = 1). ``bias`` / ``batchnorm``: apply Eq. 10 / Eq. 11.
+    Sec. III-A) or ``"one-hot"`` (R = 1). ``bias`` / ``batchnorm``: apply Eq. 10 / Eq. 11; ``bn_term``: Eq. 11's term
+    ``"scaled"`` to relevance units (default), ``"literal"`` (as printed) or ``"off"`` (see
+    :class:`~relprop.rules.rap_journal.BatchNormFlow` and docs/methods.md). ``add``: how a residual
+    sum ``a + b`` splits its relevance, ``"absolute"`` (default, ``|a| / (|a| + |b|)``),
+    ``"proportional"`` (``a / (a + b)``, no stabiliser) or ``"equal"``.
     ``center``: the zero-sum step of Eq. 6 after every affine layer. ``record`` names nodes; a name
     ``"node@normal"``, ``"node@inversion"`` or ``"node@final"`` picks that flow's map, a plain name
     the map of ``flow``."""
     if flow not in FLOWS:
         raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
+    if add not in ADDS:
+        raise ValueError(f"add must be one of {ADDS}, got {add!r}")
+    if bn_term not in BN_TERMS:
+        raise ValueError(f"bn_term must be one of {BN_TERMS}, got {bn_term!r}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     requests = [(name, *_split_record_name(name, flow)) for name in record]
@@ -85,7 +101,7 @@ def rap_journal(model, x, target, *, flow: str = "final", start: str = "logit", 
     maps: dict[str, Tensor] = {}
     recorded: dict[str, dict[str, Tensor]] = {}
     for k, name in enumerate(passes):
-        composite = rap_journal_composite(name, bias, batchnorm, center)
+        composite = rap_journal_composite(name, bias, batchnorm, center, bn_term, add)
         maps[name], recorded[name] = propagator.backward(cache, initial, composite, bases,
                                                          release=k == len(passes) - 1)
     if "final" in wanted:

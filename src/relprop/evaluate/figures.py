@@ -57,11 +57,14 @@ def _grid(path: Path, tiles: list[list[tuple[Optional[np.ndarray], str]]], title
     fig.savefig(path)
 
 
-def _map(r: Tensor) -> np.ndarray:
+def _map(r: Tensor, method: str | None = None) -> np.ndarray:
+    """The heatmap of ``r``, shown as ``method`` is meant to be displayed (its registry ``display``)."""
+    from ..registry import get_method
+
     m = r.detach().double().sum(0) if r.dim() == 3 else r.detach().double()
     if not bool(torch.isfinite(m).all()) or float(m.abs().max()) == 0:
         m = torch.zeros_like(m)
-    return heatmap_rgb(m.cpu().numpy())
+    return heatmap_rgb(m.cpu().numpy(), display=get_method(method).display if method else "signed")
 
 
 def _layers(model: nn.Module, count: int = 3) -> list[str]:
@@ -134,7 +137,7 @@ def write_figures(model: nn.Module, images: Tensor, labels: list[list[int]], cla
             row: list[tuple[Optional[np.ndarray], str]] = [(_image(images[i], mean, std), f"class: {name(c)}")]
             for m in ("lrp-alpha1beta0", "clrp", "sglrp", "guided-gradcam"):
                 r = Explainer(model, m).explain(x, t)
-                row.append((_map(r[k]), m))  # type: ignore[index]
+                row.append((_map(r[k], m), m))  # type: ignore[index]
             tiles.append(row)
         path = out / f"{tag}_004_fig6_contrast.png"
         _grid(path, tiles, "one image, two classes: is the map class-discriminative?")

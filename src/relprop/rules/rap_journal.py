@@ -121,26 +121,50 @@ class Flow:
         return _zero_sum(c) if self.center else c
 
 
+#: how Eq. 11's batch-norm term enters: as printed, rescaled to relevance units, or not at all
+BN_TERMS = ("scaled", "literal", "off")
+
+
 @dataclass(frozen=True)
 class BatchNormFlow:
     """Batch norm in either flow (paper 001, Eq. 11), for ``Composite(batchnorm=...)``.
 
-    ``S = BN(z) - z``; ``S'`` is ``S`` with 0 where ``R`` is 0; ``R' = R - kappa (S' - mean(S')) /
-    (w x h x c)``, the mean and the size taken over all units of the layer, per sample. ``R'`` sums to
-    what ``R`` sums to.
+    ``S = BN(z) - z``; ``S'`` is ``S`` with 0 where ``R`` is 0; ``R' = R - kappa T``, with
+
+    - ``term="literal"``: ``T = (S' - mean(S')) / (w x h x c)`` as printed, the mean and the size
+      taken over all units of the layer, per sample. ``S`` is in activation units, so on networks
+      with many batch norms (EfficientNet) ``|T|`` is several times ``|R|`` and the map shows the
+      batch-norm shifts rather than the class evidence (docs/methods.md).
+    - ``term="scaled"`` (default): ``T = (S' - mean(S')) * sum|R| / sum(|z'| + |S'|)``: the same
+      centred shift, converted from activation into relevance units with the layer's own ratio of
+      relevance to activation (``z'``: the batch norm's input where ``R`` is nonzero), so each unit's
+      compensation is its shift's share of what the unit carries; ``sum|T| <= 2 sum|R|``.
+    - ``term="off"``: ``R' = R``.
+
+    ``R'`` sums to what ``R`` sums to in every case.
     """
 
     flow: str = "normal"
+    term: str = "scaled"
 
     def __post_init__(self) -> None:
         check_flow(self.flow)
+        if self.term not in BN_TERMS:
+            raise ValueError(f"bn_term must be one of {BN_TERMS}, got {self.term!r}")
 
     def __call__(self, op: Any, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
+        if self.term == "off":
+            return r
         kappa = KAPPA[self.flow]
-        shift = (y - x).mul_(r != 0)
-        size = shift[0].numel()
+        holds = r != 0
+        shift = (y - x).mul_(holds)
         mean = shift.flatten(1).mean(1).view(-1, *([1] * (shift.dim() - 1)))
-        return r - kappa / size * (shift - mean)
+        centred = shift - mean
+        if self.term == "literal":
+            return r - kappa / shift[0].numel() * centred
+        carried = (x.abs().mul_(holds) + shift.abs()).flatten(1).sum(1)
+        ratio = safe_divide(r.abs().flatten(1).sum(1), carried).view(-1, *([1] * (r.dim() - 1)))
+        return r - kappa * ratio * centred
 
 
-__all__ = ["BatchNormFlow", "FirstPropagation", "Flow", "KAPPA", "bias_effect", "check_flow"]
+__all__ = ["BN_TERMS", "BatchNormFlow", "FirstPropagation", "Flow", "KAPPA", "bias_effect", "check_flow"]
