@@ -221,6 +221,8 @@ class Selection:
 
     def gradient(self, output: Tensor) -> Tensor:
         """``d score / d output``: the 0/1 selection of a class or region, the gradient of a callable."""
+        if self.indices is not None:
+            return torch.zeros_like(output).scatter_(1, self.indices.view(-1, 1), 1.0)
         if self.fn is None:
             assert self.weights is not None
             return self.weights
@@ -235,6 +237,8 @@ class Selection:
         """LRP's initial relevance ``output * d score / d output``: the selected logits (one-hot
         logit, or the class inside the region), or for a callable the first-order Taylor terms of
         its score at the output."""
+        if self.indices is not None:
+            return one_hot_logit(output, self.indices)
         return output.detach() * self.gradient(output)
 
 
