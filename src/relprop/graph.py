@@ -210,6 +210,9 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
         ) from error
     modules = dict(model.named_modules())
     _redirect_uses_after_in_place_ops(fx_graph, modules)
+    if output is not None:
+        _select_output(next(n for n in fx_graph.nodes if n.op == "output"), output, type(model).__name__)
+        _drop_unused(fx_graph)
     nodes: list[Node] = []
     position: dict[fx.Node, int] = {}
     output_seen = False
@@ -225,7 +228,7 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
             position[node] = 0
             continue
         if node.op == "output":
-            result = _select_output(node, output, type(model).__name__)
+            result = node.args[0] if output is not None else _select_output(node, None, type(model).__name__)
             if not isinstance(result, fx.Node) or result not in position:
                 kind = type(result).__name__ if not isinstance(result, fx.Node) else "a value computed without the input"
                 raise UnsupportedOperationError(
@@ -300,6 +303,21 @@ def _select_output(node: fx.Node, output: str | int | None, model_name: str) -> 
     selected = result[output]
     node.args = (selected,)
     return selected
+
+
+def _drop_unused(fx_graph: fx.Graph) -> None:
+    """Remove the nodes the output does not depend on (the unselected entries, e.g. an auxiliary
+    head), so that they are not computed and rule maps by position (``last(1)``) see the selected
+    head only. Runs after :func:`_redirect_uses_after_in_place_ops`, so in-place ops that later
+    readers depend on are kept."""
+    nodes = list(fx_graph.nodes)
+    needed = {nodes[-1]}
+    for node in reversed(nodes):
+        if node in needed:
+            needed.update(node.all_input_nodes)
+    for node in reversed(nodes):
+        if node not in needed and node.op != "placeholder":
+            fx_graph.erase_node(node)
 
 
 def _entry_names(result: dict | tuple | list) -> str:
