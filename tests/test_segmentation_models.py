@@ -7,7 +7,8 @@
 * A batch equals its samples one by one; a class index, a full-image region and a linear callable
   agree; the model is never changed.
 * Every registered method runs on FCN with a region target, or refuses it with a ValueError that
-  says why; bad selectors are refused naming the problem.
+  says why; bad selectors are refused naming the problem. The paper variants of SGLRP and CLRP
+  start from their per-pixel contrast over the class axis.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ def test_lrp_z_conserves_the_region_logits(name, side, batch):
     expected = region_logits(model, x, 2, mask)
     assert (expected != 0).all()
     torch.testing.assert_close(sums, expected, rtol=1e-6, atol=0)
+
+
+def test_class_index_on_a_classifier_starts_from_its_logit():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 5, bias=False)).to(F64).eval()
+    x = randn(2, 3, 8, 8, dtype=F64)
+    relevance = relprop.explain(model, x, [1, 3], method="lrp-z")
+    with torch.no_grad():
+        expected = model(x).gather(1, torch.tensor([[1], [3]])).view(-1)
+    torch.testing.assert_close(relevance.flatten(1).sum(1), expected, rtol=1e-9, atol=0)
 
 
 def test_interpolation_conserves_relevance():
@@ -137,8 +148,10 @@ def test_every_method_runs_or_refuses_a_region(fcn, method):
     try:
         relevance = relprop.explain(fcn, x, target, method=method, **options)
     except ValueError as error:
-        assert "needs one class per sample of a (batch, classes) output" in str(error)
-        assert repr(method) in str(error)
+        reasons = ("needs one class per sample of a (batch, classes) output",  # names the method
+                   "RAP's first propagation needs a linear output layer")      # rap's start="one-hot"
+        assert any(reason in str(error) for reason in reasons), str(error)
+        assert repr(method) in str(error) or method == "rap"
         return
     assert relevance.shape == x.shape
     assert torch.isfinite(relevance).all()
@@ -147,8 +160,9 @@ def test_every_method_runs_or_refuses_a_region(fcn, method):
 def test_model_unchanged(fcn):
     before = snapshot(fcn)
     x = randn(1, 3, 32, 32, seed=6)
-    for method in ("lrp-cmp", "rap", "gradient"):
+    for method in ("lrp-cmp", "sglrp", "gradient"):
         relprop.explain(fcn, x, Output("out", Region(1, box(32))), method=method)
+    relprop.explain(fcn, x, Output("out", Region(1, box(32))), method="rap", start="logit")
     with pytest.raises(ValueError):
         relprop.explain(fcn, x, Output("out", Region(9, box(32))), method="lrp-z")
     assert_unchanged(fcn, before)
@@ -204,6 +218,46 @@ def test_region_on_a_classifier_is_refused():
     with pytest.raises(ValueError, match="a Region needs an output with spatial dimensions"):
         relprop.explain(model, torch.randn(1, 3, 2, 2), Region(0, torch.ones(2, 2, dtype=torch.bool)),
                         method="lrp-z")
+
+
+def test_rap_logit_start_runs_on_a_region(fcn):
+    x = randn(1, 3, 32, 32)
+    relevance = relprop.explain(fcn, x, Output("out", Region(2, box(32))), method="rap", start="logit")
+    assert relevance.shape == x.shape and torch.isfinite(relevance).all()
+
+
+def test_region_sglrp_and_clrp_start_per_pixel():
+    """Per pixel of the region the contrast runs over the class axis: SGLRP from the softmax gradient
+    (Eq. 10), CLRP from z_c and -z_c / (N - 1) (Eq. 7); both conserve their start with zero biases
+    in the signed variant (z+ and z^B without bias conserve)."""
+    from relprop.attribution.contrastive import _region_clrp, _region_sglrp
+
+    logits = randn(1, CLASSES, 4, 4, dtype=F64)
+    weights = torch.zeros_like(logits)
+    weights[0, 1, :2] = 1
+    sg = _region_sglrp(logits, weights)
+    p = logits.softmax(1)
+    torch.testing.assert_close(sg[0, 1, 0, 0], p[0, 1, 0, 0] * (1 - p[0, 1, 0, 0]))
+    torch.testing.assert_close(sg[0, 3, 1, 2], -p[0, 1, 1, 2] * p[0, 3, 1, 2])
+    assert (sg[:, :, 2:] == 0).all()
+    cl = _region_clrp(logits, weights)
+    torch.testing.assert_close(cl[0, 1, :2], logits[0, 1, :2])
+    torch.testing.assert_close(cl[0, 0, :2], -logits[0, 1, :2] / (CLASSES - 1))
+    assert (cl[:, :, 2:] == 0).all() and abs(float(cl.sum())) < 1e-12
+
+
+@pytest.mark.parametrize("method,options,message", [
+    ("sglrp", {"variant": "official"}, "use variant='paper' for a region"),
+    ("clrp", {"variant": "official-type1"}, "use variant='paper' for a region"),
+])
+def test_official_contrastive_variants_refuse_a_region(fcn, method, options, message):
+    with pytest.raises(ValueError, match=message):
+        relprop.explain(fcn, randn(1, 3, 32, 32), Output("out", Region(1, box(32))), method=method, **options)
+
+
+def test_contrastive_methods_refuse_a_callable(fcn):
+    with pytest.raises(ValueError, match="cannot start from a callable score"):
+        relprop.explain(fcn, randn(1, 3, 32, 32), Output("out", lambda z: z[:, 0].sum((1, 2))), method="clrp")
 
 
 def test_rap_one_hot_refuses_a_callable(fcn):
