@@ -267,8 +267,9 @@ def resolve_selection(target: Target, output: Tensor) -> Selection:
     if isinstance(target, Region):
         return Selection(weights=_region_weights(target, output))
     if target is None:
-        raise ValueError(f"target=None (the predicted class) is ambiguous for an output of shape "
-                         f"{tuple(output.shape)}; pass a class index or relprop.targets.Region(class, mask)")
+        raise ValueError(f"target=None (the predicted class) needs class scores shaped (batch, classes), but the "
+                         f"output has shape {tuple(output.shape)}, where it is ambiguous; pass a class index or "
+                         "relprop.targets.Region(class, mask)")
     pooled = output.flatten(2).sum(2)  # a class index selects the class at every position
     indices = resolve_target(target, pooled)
     weights = torch.zeros_like(output)
