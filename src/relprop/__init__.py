@@ -17,7 +17,10 @@ _EXPORTS = {
     "UnsupportedOperationError": "graph",
     "load_model": "models", "model_names": "models",
     "method_summary": "registry", "methods": "registry", "register_method": "registry",
+    "Output": "targets", "Region": "targets",
 }
+#: submodules reachable as attributes without an import of their own (``relprop.targets.Region``)
+_SUBMODULES = ("targets",)
 
 __all__ = sorted(_EXPORTS)
 
@@ -27,6 +30,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'relprop' has no attribute {name!r}")
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 from .attribution.lrp import propagate_lrp
 from .composite import Composite
 from .registry import get_method
-from .targets import Target, check_input, check_target
+from .targets import Target, check_input, check_target, selecting, split_output
 
 Tensor = torch.Tensor
 
@@ -42,7 +42,9 @@ class Explainer:
         """Relevance shaped like ``x``; with ``record``, also ``{node name: relevance at its output}``."""
         check_input(x)
         check_target(target)
-        with torch.inference_mode(False):
+        output, target = split_output(target)
+        name = self.composite.name if self.composite is not None else self.method.name
+        with torch.inference_mode(False), selecting(output, name):
             return self._explain(_outside_inference(x), _outside_inference(target), record)
 
     def _explain(self, x: Tensor, target: Target,
@@ -73,6 +75,9 @@ def explain(model: nn.Module, x: Tensor, target: Target = None, method: str | Co
             **options: Any) -> Tensor:
     """Explain ``model``'s decision for the batch ``x``: relevance shaped like ``x``.
 
-    ``target``: None (the predicted class), an int, or one class index per sample.
+    ``target``: None (the predicted class), an int, or one class index per sample; or an output
+    selector: :class:`relprop.targets.Region` (a class inside a region of a segmentation output),
+    :class:`relprop.targets.Output` (an entry of a dict or tuple output) or a callable
+    ``output -> score per sample`` (see docs/methods.md, Output selectors).
     """
     return Explainer(model, method, **options).explain(x, target)  # type: ignore[return-value]

@@ -82,6 +82,7 @@ _LEAF_TYPES: tuple[type, ...] = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten,
     nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d,
     nn.StochasticDepth if hasattr(nn, "StochasticDepth") else nn.Identity,
 )
 
@@ -168,6 +169,8 @@ def _module_op(module: nn.Module, path: str) -> tuple[ops.Op, bool | None]:
         return ops.Identity(), None
     if isinstance(module, nn.Flatten):
         return ops.Reshape(module), None
+    if isinstance(module, nn.Upsample):  # also UpsamplingBilinear2d and UpsamplingNearest2d
+        return ops.Interpolate(module), None
     if isinstance(module, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d,
                            nn.ConstantPad2d, nn.ConstantPad3d)):
         return ops.Pad(module, tuple(module.padding), float(module.value)), None
@@ -186,9 +189,14 @@ def _where(node: fx.Node) -> str:
     return f"node {node.name!r}"
 
 
-def trace(model: nn.Module) -> Graph:
+def trace(model: nn.Module, output: str | int | None = None) -> Graph:
     """Trace ``model`` into a :class:`Graph` of typed operations. The model is traced as it is
-    (relprop traces an eval-mode copy, see :func:`relprop.structure.inference_copy`)."""
+    (relprop traces an eval-mode copy, see :func:`relprop.structure.inference_copy`).
+
+    ``output`` names the entry of a dict (``ModelOutput``) or the position in a tuple that the graph
+    ends in, for models with several outputs (torchvision's segmentation models return
+    ``{"out": ..., "aux": ...}``); the other entries are computed but receive no relevance.
+    """
     tracer = _Tracer()
     try:
         with _TRACE_LOCK:
@@ -202,6 +210,9 @@ def trace(model: nn.Module) -> Graph:
         ) from error
     modules = dict(model.named_modules())
     _redirect_uses_after_in_place_ops(fx_graph, modules)
+    if output is not None:
+        _select_output(next(n for n in fx_graph.nodes if n.op == "output"), output, type(model).__name__)
+        _drop_unused(fx_graph)
     nodes: list[Node] = []
     position: dict[fx.Node, int] = {}
     output_seen = False
@@ -217,12 +228,13 @@ def trace(model: nn.Module) -> Graph:
             position[node] = 0
             continue
         if node.op == "output":
-            result = node.args[0]
+            result = node.args[0] if output is not None else _select_output(node, None, type(model).__name__)
             if not isinstance(result, fx.Node) or result not in position:
                 kind = type(result).__name__ if not isinstance(result, fx.Node) else "a value computed without the input"
                 raise UnsupportedOperationError(
                     "forward must return one tensor of shape (batch, classes) (the class scores), "
-                    f"but {type(model).__name__}.forward returns {kind}"
+                    f"but {type(model).__name__}.forward returns {kind}; for models with several outputs "
+                    "pass target=relprop.targets.Output(name, ...)"
                 )
             nodes.append(Node(name="output", op=ops.Identity(), inputs=[position[result]]))
             position[node] = len(nodes) - 1
@@ -263,6 +275,55 @@ def trace(model: nn.Module) -> Graph:
         for j in n.inputs:
             nodes[j].users.append(i)
     return Graph(nodes, fx_graph, position)
+
+
+def _select_output(node: fx.Node, output: str | int | None, model_name: str) -> Any:
+    """The value the graph ends in: the model's result, or its entry ``output`` (a dict key or a
+    tuple position); the result's other entries are left out of the graph's output."""
+    result = node.args[0]
+    if output is None:
+        if isinstance(result, (dict, tuple, list)):
+            kind = f"a {'dict' if isinstance(result, dict) else type(result).__name__} with entries {_entry_names(result)}"
+            raise UnsupportedOperationError(
+                "forward must return one tensor of shape (batch, classes); for models with several "
+                f"outputs pass target=relprop.targets.Output(name, ...) ({model_name}.forward returns {kind})"
+            )
+        return result
+    if isinstance(result, dict):
+        if output not in result:
+            raise ValueError(f"Output({output!r}): {model_name}.forward returns no entry {output!r}; "
+                             f"its entries are {_entry_names(result)}")
+    elif isinstance(result, (tuple, list)):
+        if isinstance(output, bool) or not isinstance(output, int) or not -len(result) <= output < len(result):
+            raise ValueError(f"Output({output!r}): {model_name}.forward returns a {type(result).__name__} "
+                             f"of {len(result)} entries; name one by its position 0..{len(result) - 1}")
+    else:
+        raise ValueError(f"Output({output!r}) names an entry of the model's output, but "
+                         f"{model_name}.forward returns one tensor; pass the target without Output")
+    selected = result[output]
+    node.args = (selected,)
+    return selected
+
+
+def _drop_unused(fx_graph: fx.Graph) -> None:
+    """Remove the nodes the output does not depend on (the unselected entries, e.g. an auxiliary
+    head), so that they are not computed and rule maps by position (``last(1)``) see the selected
+    head only. Runs after :func:`_redirect_uses_after_in_place_ops`, so in-place ops that later
+    readers depend on are kept."""
+    nodes = list(fx_graph.nodes)
+    needed = {nodes[-1]}
+    for node in reversed(nodes):
+        if node in needed:
+            needed.update(node.all_input_nodes)
+    for node in reversed(nodes):
+        if node not in needed and node.op != "placeholder":
+            fx_graph.erase_node(node)
+
+
+def _entry_names(result: dict | tuple | list) -> str:
+    if isinstance(result, dict):
+        return ", ".join(repr(k) for k in result)
+    return f"0..{len(result) - 1}"
 
 
 def _mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -349,6 +410,8 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return ops.AvgPool(None), None
         if target is F.pad:
             return ops.Pad(None, None, None), None
+        if target in (F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest):
+            return ops.Interpolate(None), None
         if target is getattr:
             return None, None
     if node.op == "call_method":

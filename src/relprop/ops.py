@@ -345,6 +345,23 @@ class AvgPool(Op):
         return [x * self._linear_vjp(inputs, args, kwargs, 0, s)]
 
 
+class Interpolate(AvgPool):
+    """Resizing (``F.interpolate``, ``nn.Upsample``): linear in its input for every mode, so relevance
+    follows the proportional rule as for average pooling, ``x * J^T (r / stab(z))``, which conserves
+    it (zennit's Norm rule for linear maps without bias; Montavon et al. 2019)."""
+
+    def __init__(self, module: nn.Module | None) -> None:
+        super().__init__(module)
+        mode = getattr(module, "mode", None)
+        self.keeps_sign = mode is None or mode not in ("bicubic",)
+
+    def bind(self, node: fx.Node, tensor_args: Sequence[fx.Node]) -> None:
+        super().bind(node, tensor_args)
+        if self.module is None:
+            mode = node.args[3] if len(node.args) > 3 else node.kwargs.get("mode", "nearest")
+            self.keeps_sign = mode != "bicubic"
+
+
 class Add(Op):
     """Sum of tensors (residual connections; also ``x + constant`` and ``x - constant``).
 

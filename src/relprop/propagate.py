@@ -29,6 +29,7 @@ from .composite import Composite
 from .graph import Graph, trace
 from .structure import check_forward_hooks, fingerprint, inference_copy, owned_objects, placeholder_parameters
 from .rules import AffineRule
+from .targets import selected_output
 
 Tensor = torch.Tensor
 
@@ -74,12 +75,12 @@ class _Context:
 class Propagator:
     """A traced, canonized model that runs relevance propagation for any :class:`Composite`."""
 
-    def __init__(self, model: nn.Module, fold_batchnorm: bool = True) -> None:
+    def __init__(self, model: nn.Module, fold_batchnorm: bool = True, output: str | int | None = None) -> None:
         self.model_ref = weakref.ref(model)
         check_forward_hooks(model)
         module_tree = inference_copy(model)
         with placeholder_parameters(module_tree):
-            self.graph: Graph = trace(module_tree)
+            self.graph: Graph = trace(module_tree, output)
         #: facts learnt about the model while using this trace (e.g. hedge's "nchw_only"); they
         #: go with the trace when the model changes
         self.notes: dict[str, object] = {}
@@ -337,7 +338,7 @@ class _Traces:
     #: the submodules, parameters and buffers the fingerprint names, kept alive so that no new
     #: object can reuse one of their identities while the fingerprint is compared against
     owned: list[object]
-    propagators: dict[bool, Propagator]
+    propagators: dict[tuple[bool, str | int | None], Propagator]
 
 
 _PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, _Traces]" = weakref.WeakKeyDictionary()
@@ -359,7 +360,8 @@ def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
 
 
 def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:
-    """The (cached) propagator of ``model`` for this folding choice.
+    """The (cached) propagator of ``model`` for this folding choice, ending in the model-output
+    entry that the explanation under way selects (:func:`relprop.targets.selected_output`).
 
     The model is traced again whenever its structural fingerprint changed since the last trace
     (a replaced module, parameter or buffer, a changed type, dtype, device or layer setting, a new
@@ -371,11 +373,12 @@ def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:
         if entry is None or entry.fingerprint != current:
             entry = _Traces(current, owned_objects(model), {})
             _PROPAGATORS[model] = entry
-        found = entry.propagators.get(fold_batchnorm)
+        key = (fold_batchnorm, selected_output())
+        found = entry.propagators.get(key)
     if found is None:
-        found = Propagator(model, fold_batchnorm)
+        found = Propagator(model, *key)
         with _CACHE_LOCK:
-            found = entry.propagators.setdefault(fold_batchnorm, found)
+            found = entry.propagators.setdefault(key, found)
     return found
 
 

@@ -19,7 +19,7 @@ from ..registry import register_method
 from ..options import bound, choice, flag, names
 from ..rules import AlphaBeta, Contrastive, ZBox
 from ..rules.lrp import Bound
-from ..targets import resolve_target
+from ..targets import Region, resolve_selection, resolve_target
 
 Tensor = torch.Tensor
 _ALL = by_type("conv", "linear")
@@ -40,6 +40,42 @@ def _deep_taylor(name: str, low: Bound, high: Bound, bias: bool | str = False, t
 def _forward(model: nn.Module, x: Tensor):
     propagator, cache = forward_for(model, x)
     return propagator, cache, cache.outputs[-1]
+
+
+def _region_weights(target, logits: Tensor, method: str, variant: str = "paper") -> Tensor | None:
+    """For a :class:`Region` or a class of a spatial (B, C, H, W) output: 1 at the class inside the
+    region, 0 elsewhere (the contrast then runs over the class axis at each selected position).
+    None for one class per sample of a (B, C) output (the methods' own path)."""
+    if logits.dim() == 2 and not isinstance(target, Region) and not callable(target):
+        return None
+    if callable(target) and not isinstance(target, (Tensor, type)):
+        raise ValueError(f"method {method!r} contrasts one class against the others and cannot start "
+                         "from a callable score; pass a class index or a Region")
+    if variant != "paper":
+        raise ValueError(f"method {method!r} with variant={variant!r} needs one class per sample of a "
+                         "(batch, classes) output; use variant='paper' for a region or a spatial output")
+    selection = resolve_selection(target, logits)
+    assert selection.weights is not None
+    return selection.weights
+
+
+def _region_sglrp(logits: Tensor, weights: Tensor) -> Tensor:
+    """Eq. 10 at every selected position: ``p_c (1 - p_c)`` at the class, ``-p_c p_n`` at the others
+    (softmax over the class axis), zero outside the region."""
+    p = logits.softmax(dim=1)
+    inside = weights.sum(1, keepdim=True)
+    p_c = (p * weights).sum(1, keepdim=True)
+    return inside * p_c * (weights - p)
+
+
+def _region_clrp(logits: Tensor, weights: Tensor) -> Tensor:
+    """Eq. 7 at every selected position: ``z_c`` at the class, ``-z_c / (N - 1)`` at the others."""
+    classes = logits.shape[1]
+    if classes < 2:
+        raise ValueError("CLRP needs a model with at least two classes")
+    inside = weights.sum(1, keepdim=True)
+    z_c = (logits * weights).sum(1, keepdim=True)
+    return inside * z_c * (weights - (1 - weights) / (classes - 1))
 
 
 def _per_sample_sum(r: Tensor) -> Tensor:
@@ -86,6 +122,11 @@ def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, 
     if variant not in ("paper", "official"):
         raise ValueError(f"variant must be 'paper' or 'official', got {variant!r}")
     propagator, cache, logits = _forward(model, x)
+    region = _region_weights(target, logits, "sglrp", variant)
+    if region is not None:
+        relevance, recorded = propagator.backward(cache, _region_sglrp(logits, region),
+                                                  _deep_taylor("sglrp", low, high), record)
+        return _relu(relevance, True if relu is None else relu), recorded
     indices = resolve_target(target, logits)
     if variant == "paper":
         composite = _deep_taylor("sglrp", low, high)
@@ -121,6 +162,11 @@ def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, r
     if variant not in variants:
         raise ValueError(f"variant must be one of {variants}, got {variant!r}")
     propagator, cache, logits = _forward(model, x)
+    region = _region_weights(target, logits, "clrp", variant)
+    if region is not None:
+        relevance, recorded = propagator.backward(cache, _region_clrp(logits, region),
+                                                  _deep_taylor("clrp", low, high), record)
+        return _relu(relevance, relu), recorded
     indices = resolve_target(target, logits)
     index = indices.view(-1, 1)
     z_t = logits.gather(1, index)
@@ -165,9 +211,8 @@ def excitation_backprop(model, x, target, *, relu=False, record=()):
     sum_i' x_i' w+_i'j P_j`` on every layer, no bias; signed pixels at the input are handled as
     alpha1beta0 does (``x+ w+`` and ``x- w-`` are the excitatory contributions)."""
     propagator, cache, logits = _forward(model, x)
-    indices = resolve_target(target, logits)
     composite = Composite([(_ALL, AlphaBeta(1.0, 0.0, STABILIZER, bias=False))], name="excitation-backprop")
-    initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    initial = _one_hot(target, logits, "excitation-backprop")
     relevance, recorded = propagator.backward(cache, initial, composite, record)
     return _relu(relevance, relu), recorded
 
@@ -178,12 +223,20 @@ def contrastive_eb(model, x, target, *, relu=False, record=()):
     """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the
     dual unit), and the difference travels on with excitation backprop. Signed unless ``relu``."""
     propagator, cache, logits = _forward(model, x)
-    indices = resolve_target(target, logits)
     zplus = AlphaBeta(1.0, 0.0, STABILIZER, bias=False)
     composite = Composite([(last(1), Contrastive(zplus)), (_ALL, zplus)], name="contrastive-eb")
-    initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    initial = _one_hot(target, logits, "contrastive-eb")
     relevance, recorded = propagator.backward(cache, initial, composite, record)
     return _relu(relevance, relu), recorded
+
+
+def _one_hot(target, logits: Tensor, method: str) -> Tensor:
+    """``P = 1`` at the target class (inside the region for a Region or a spatial output)."""
+    region = _region_weights(target, logits, method)
+    if region is not None:
+        return region.clone()
+    indices = resolve_target(target, logits)
+    return torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
 
 
 def _relu(relevance: Tensor, relu: bool) -> Tensor:

@@ -26,7 +26,7 @@ from .. import ops
 from ..propagate import Propagator, propagator_for
 from ..registry import register_method
 from ..options import bound, choice, flag, integer, name, number
-from ..targets import Target, check_rank, resolve_target
+from ..targets import Selection, Target, check_rank, resolve_selection
 
 Tensor = torch.Tensor
 ActivationOverride = Callable[[ops.Op, Tensor, Tensor], Tensor]
@@ -45,15 +45,19 @@ def _propagator(model: nn.Module, x: Tensor) -> Propagator:
     return propagator
 
 
-def _predicted_targets(propagator: Propagator, x: Tensor, target: Target) -> Tensor:
-    """Per-sample class indices; ``None`` resolves to the prediction at ``x`` (not at perturbed inputs)."""
+def _predicted_targets(propagator: Propagator, x: Tensor, target: Target) -> Selection:
+    """What the target selects per sample; ``None`` resolves to the prediction at ``x`` (not at
+    perturbed inputs)."""
     with torch.no_grad():
         logits, _ = propagator.forward_differentiable(x)
-    return resolve_target(target, logits)
+    return resolve_selection(target, logits)
 
 
-def _score(logits: Tensor, indices: Tensor) -> Tensor:
-    """Sum over the batch of each sample's target logit (rows are independent in eval mode)."""
+def _score(logits: Tensor, indices: Tensor | Selection) -> Tensor:
+    """Sum over the batch of each sample's target logit, or of its selected score (a region's
+    logits, a callable's score); rows are independent in eval mode."""
+    if isinstance(indices, Selection):
+        return indices.score(logits).sum()
     return logits.gather(1, indices.view(-1, 1)).sum()
 
 
@@ -72,7 +76,7 @@ def _input_gradient(propagator: Propagator, inputs: Tensor, target: Target,
     leaf = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, _ = propagator.forward_differentiable(leaf, activation)
-        indices = resolve_target(target, logits.detach())
+        indices = resolve_selection(target, logits.detach())
         return _grad(_score(logits, indices), leaf)
 
 
@@ -89,7 +93,7 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-def _weighted_gradient_sum(propagator: Propagator, x: Tensor, indices: Tensor, count: int,
+def _weighted_gradient_sum(propagator: Propagator, x: Tensor, indices: Selection, count: int,
                            make_rows: Callable[[Tensor, Tensor], Tensor], weights: Tensor,
                            internal_batch_size: int | None,
                            transform: Callable[[Tensor], Tensor] | None = None) -> Tensor:
@@ -408,7 +412,7 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, kept = propagator.forward_differentiable(leaf, keep=keep)
-        indices = resolve_target(target, logits.detach())
+        indices = resolve_selection(target, logits.detach())
         name = layer if layer is not None else _pick_layer(kept, x, propagator)
         features = kept[name]
         if features.dim() < 3:

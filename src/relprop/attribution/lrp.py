@@ -18,7 +18,7 @@ from ..registry import register_method
 from ..options import bound, choice, integer, names, number
 from ..rules import AlphaBeta, Epsilon, Flat, ZBox, ZRule
 from ..rules.lrp import Bound
-from ..targets import Target, one_hot_logit, resolve_target
+from ..targets import Target, resolve_selection
 
 Tensor = torch.Tensor
 _ALL = by_type("conv", "linear")
@@ -29,11 +29,12 @@ COMMON = {"maxpool": choice("winner", "proportional"), "add": choice("proportion
 
 def propagate_lrp(model: nn.Module, x: Tensor, target: Target, composite: Composite,
                   record: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
-    """Relevance of ``x`` for ``target`` under ``composite``, starting from one-hot times logit."""
+    """Relevance of ``x`` for ``target`` under ``composite``, starting from one-hot times logit (or,
+    for an output selector, :meth:`relprop.targets.Selection.initial_relevance`)."""
     propagator, cache = forward_for(model, x)
     logits = cache.outputs[-1]
-    indices = resolve_target(target, logits)
-    return propagator.backward(cache, one_hot_logit(logits, indices), composite, record)
+    initial = resolve_selection(target, logits).initial_relevance(logits)
+    return propagator.backward(cache, initial, composite, record)
 
 
 def _composite(name: str, rules: list, maxpool: str, add: str, batchnorm: str,

@@ -16,7 +16,7 @@ from ..registry import register_method
 from ..options import choice, names
 from ..rules import ZBox
 from ..rules.rap import RAPHidden, RAPOutput
-from ..targets import one_hot_logit, resolve_target
+from ..targets import resolve_selection
 
 
 def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
@@ -43,9 +43,12 @@ def rap(model, x, target, *, start="one-hot", one_by_one="rap", record=()):
     composite = rap_composite(start, one_by_one)
     propagator, cache = forward_for(model, x, fold_batchnorm=False)
     logits = cache.outputs[-1]
-    indices = resolve_target(target, logits)
-    if start == "one-hot":
-        initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    selection = resolve_selection(target, logits)
+    if selection.fn is not None and start == "one-hot":
+        raise ValueError("method 'rap' with start='one-hot' starts from relevance 1 at a class or region; "
+                         "a callable target needs start='logit'")
+    if start == "one-hot":  # 1 at the target class (inside the region for a Region target)
+        initial = selection.gradient(logits).clone()
     else:
-        initial = one_hot_logit(logits, indices)
+        initial = selection.initial_relevance(logits)
     return propagator.backward(cache, initial, composite, record)
