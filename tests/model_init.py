@@ -24,3 +24,22 @@ def randomize_parameters(model: nn.Module, g: torch.Generator) -> nn.Module:
                 m.weight.uniform_(0.5, 1.5, generator=g)
                 m.bias.normal_(0.0, 0.1, generator=g)
     return model
+
+
+def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal tensor (independent of the global random state)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """In place: random running statistics and affine parameters of every batch norm. Returns ``model``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                shape = m.running_mean.shape
+                m.running_mean.copy_(torch.randn(shape, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(shape, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
+    return model

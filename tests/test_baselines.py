@@ -15,26 +15,12 @@ from relprop.rules import Epsilon
 from relprop.attribution.cam import gradcam_plus_plus_map, relevance_cam_map
 from relprop.attribution.deeplift import deeplift_reference
 from relprop.attribution.fullgrad import fullgrad_parts, postprocess
+from model_init import randn, randomise_batch_norms
 
 F64 = torch.float64
 NEW_METHODS = ["gradcam-plus-plus", "relevance-cam", "deeplift", "fullgrad"]
 
 
-def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                shape = m.running_mean.shape
-                m.running_mean.copy_(torch.randn(shape, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(shape, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
-    return model
 
 
 def cnn(classes: int = 10, seed: int = 0, bias: bool = True, maxpool: bool = True, batchnorm: bool = True) -> nn.Module:

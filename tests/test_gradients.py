@@ -14,6 +14,7 @@ from torch import nn
 
 import relprop
 from relprop.attribution.gradients import integration_points
+from model_init import randn, randomise_batch_norms
 
 F64 = torch.float64
 GRADIENT_METHODS = ["gradient", "input-x-gradient", "integrated-gradients", "smoothgrad", "guided-backprop",
@@ -21,21 +22,6 @@ GRADIENT_METHODS = ["gradient", "input-x-gradient", "integrated-gradients", "smo
 
 
 # -- models ----------------------------------------------------------------------------------------
-def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                shape = m.running_mean.shape
-                m.running_mean.copy_(torch.randn(shape, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(shape, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
-    return model
 
 
 def tiny(classes: int = 10, seed: int = 0, act: type[nn.Module] = nn.ReLU) -> nn.Module:
