@@ -32,7 +32,8 @@ def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> tor
 
 
 def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """In place: random running statistics and affine parameters of every batch norm. Returns ``model``."""
+    """In place: non-trivial batch-norm statistics and affine parameters (signed mean and shift).
+    Returns ``model``."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -40,6 +41,7 @@ def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 shape = m.running_mean.shape
                 m.running_mean.copy_(torch.randn(shape, generator=gen) * 0.2)
                 m.running_var.copy_(torch.rand(shape, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
+                if m.affine:
+                    m.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
     return model

@@ -35,6 +35,7 @@ from torch import nn
 import relprop
 from relprop.data.photos import load_photo
 from relprop.registry import get_method
+from model_init import randomise_batch_norms
 
 F64 = torch.float64
 METHODS = relprop.methods()
@@ -76,19 +77,6 @@ def make_conservative(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial batch-norm statistics and affine parameters (signed mean and shift). In place."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                shape = module.running_mean.shape
-                module.running_mean.copy_(torch.randn(shape, generator=gen) * 0.2)
-                module.running_var.copy_(torch.rand(shape, generator=gen) * 1.5 + 0.5)
-                if module.affine:
-                    module.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
-                    module.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
-    return model
 
 
 def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
