@@ -27,7 +27,8 @@ from relprop.attribution.contrastive import _deep_taylor, softmax_gradient
 from relprop.ops import Affine
 from relprop.propagate import propagator_for
 from relprop.rules.hedge import Hedge
-from relprop.rules.rap import RAPHidden, RAPOutput, uniform_shift
+from relprop.numerics import uniform_shift
+from relprop.rules.rap import RAPHidden, RAPOutput
 
 from dense_reference import dense  # noqa: E402
 

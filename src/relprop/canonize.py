@@ -26,7 +26,7 @@ def fold_batch_norms(graph: Graph) -> int:
             continue  # batch statistics at eval time: not a fixed affine map, keep it unfolded
         producer.op.bn = bn
         producer.op.forget_cache()
-        node.op.folded = True
+        node.op.fold()
         folded += 1
     return folded
 
@@ -44,11 +44,11 @@ def fold_zero_padding(graph: Graph) -> int:
             continue
         consumer = graph.nodes[node.users[0]]
         pad = node.op.zero_padding()
-        if pad is None or not isinstance(consumer.op, Affine) or consumer.op.kind != "conv":
+        if pad is None or not isinstance(consumer.op, Affine) or consumer.op.layer_type != "conv":
             continue
         if consumer.op.pre_pad is not None or len(pad) != 2 * consumer.op.nd:
             continue
         consumer.op.pre_pad = pad
-        node.op.folded = True
+        node.op.fold()
         folded += 1
     return folded

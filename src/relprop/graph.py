@@ -93,7 +93,7 @@ class _Tracer(fx.Tracer):
     backward)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if type(m).__name__ == "StochasticDepth":
+        if type(m).__name__ == "StochasticDepth" or _registered_op(m, module_qualified_name) is not None:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -148,8 +148,56 @@ _IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "to", "
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose"}
 
 
+#: module classes that users registered as operations of their own kind, with their op factory
+_LEAF_OPS: dict[type, type[ops.Op]] = {}
+_LEAF_VERSION = [0]
+
+
+def register_module(module_class: type, op_class: type[ops.Op]) -> None:
+    """Trace instances of ``module_class`` as one operation, ``op_class(module)``: a subclass of
+    :class:`relprop.ops.Op` whose ``kind`` names the operation kind its rules apply to (a new kind,
+    or one of :data:`relprop.ops.KINDS`). A new kind has no default rule: every composite used with
+    it gives it one (docs/extending.md). Models traced before are traced again."""
+    if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
+        raise ValueError(f"register_module needs a torch.nn.Module subclass, got {module_class!r}")
+    if not (isinstance(op_class, type) and issubclass(op_class, ops.Op)):
+        raise ValueError(f"register_module needs a relprop.ops.Op subclass, got {op_class!r}")
+    with _TRACE_LOCK:
+        _LEAF_OPS[module_class] = op_class
+        _LEAF_VERSION[0] += 1
+
+
+def known_kinds() -> tuple[str, ...]:
+    """The built-in operation kinds and those of registered modules."""
+    return ops.KINDS + tuple(sorted({c.kind for c in _LEAF_OPS.values()} - set(ops.KINDS)))
+
+
+def unregister_module(module_class: type) -> None:
+    """Undo :func:`register_module` (models traced before are traced again)."""
+    with _TRACE_LOCK:
+        if _LEAF_OPS.pop(module_class, None) is not None:
+            _LEAF_VERSION[0] += 1
+
+
+def registrations() -> int:
+    """A counter that changes with every (un)registration: part of the key of cached traces."""
+    return _LEAF_VERSION[0]
+
+
+def _registered_op(module: nn.Module, path: str) -> ops.Op | None:
+    op_class = next((c for cls, c in _LEAF_OPS.items() if isinstance(module, cls)), None)
+    if op_class is None:
+        return None
+    op = op_class(module)  # type: ignore[call-arg]
+    op.path = path
+    return op
+
+
 def _module_op(module: nn.Module, path: str) -> tuple[ops.Op, bool | None]:
     """Map a leaf module onto an op; the flag is True/False for activations (non-negative output)."""
+    registered = _registered_op(module, path)
+    if registered is not None:
+        return registered, None
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return ops.Affine.from_module(module, path), None
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):

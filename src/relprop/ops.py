@@ -18,74 +18,35 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .numerics import vjp
+
 Tensor = torch.Tensor
 
-#: stabiliser of the proportional rules for pooling and sums (as zennit's ``Norm``)
-NORM_EPSILON = 1e-6
-
-
-def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (paper 003, Eq. 2)."""
-    if epsilon == 0:
-        return z
-    return _signed_epsilon(z, epsilon).add_(z)
-
-
-def _signed_epsilon(z: Tensor, epsilon: float) -> Tensor:
-    plus = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
-    return torch.where(z >= 0, plus, -plus)
-
-
-def normalize(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    """``r / stabilize(z, epsilon)``; with ``epsilon = 0``, ``r / z`` with ``0/0 := 0``."""
-    if epsilon == 0:
-        return safe_divide(r, z)
-    denominator = stabilize(z, epsilon)
-    if denominator.shape != r.shape or denominator.dtype != r.dtype:
-        return r / denominator
-    return torch.div(r, denominator, out=denominator)
-
-
-def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """``numerator / denominator`` with 0 where the denominator is exactly 0 (LRP-0 convention)."""
-    zero = denominator == 0
-    if torch.is_grad_enabled() and (numerator.requires_grad or denominator.requires_grad):
-        # keep the gradient finite where the denominator is 0
-        return torch.where(zero, torch.zeros((), dtype=numerator.dtype, device=numerator.device),
-                           numerator / torch.where(zero, torch.ones_like(denominator), denominator))
-    return torch.div(numerator, denominator).masked_fill_(zero, 0)
-
-
-def vjp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
-    """Vector-Jacobian product ``v^T d fn(x) / dx`` for ops that are linear in ``x`` (or piecewise)."""
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        out = fn(leaf)
-    return torch.autograd.grad(out, leaf, v)[0]
-
-
-def reduce_to_shape(r: Tensor, shape: torch.Size) -> Tensor:
-    """Sum relevance over broadcast dimensions so that it has ``shape``."""
-    if r.shape == shape:
-        return r
-    while r.dim() > len(shape):
-        r = r.sum(0)
-    dims = [i for i, (a, b) in enumerate(zip(r.shape, shape)) if b == 1 and a != 1]
-    return r.sum(dim=dims, keepdim=True) if dims else r
+#: the operation kinds a rule can apply to (see :mod:`relprop.rules.base`): every op has one
+KINDS = ("input", "identity", "activation", "scale", "reshape", "getitem", "pad", "maxpool", "avgpool",
+         "resize", "add", "multiply", "concat", "batchnorm", "affine")
 
 
 class Op:
-    """Base class: forward evaluation of an fx node and the relevance rule of its kind."""
+    """Base class: forward evaluation of an fx node and its trace metadata.
 
+    ``kind`` names the operation kind (one of :data:`KINDS`) by which a composite chooses its
+    relevance rule (:mod:`relprop.rules`)."""
+
+    kind = "identity"
     #: output is non-negative whenever all tensor inputs are
     keeps_sign = False
     fx_node: fx.Node
     module: nn.Module | None = None
+    #: the module path of a module call, the node name of a function or method call
+    path: str = ""
 
     def bind(self, node: fx.Node, tensor_args: Sequence[fx.Node]) -> None:
         """Attach the fx node; in-place targets are replaced by their out-of-place twins, because
         the backward pass needs every cached value as it was (e.g. a pre-activation)."""
         self.fx_node = node
+        if not self.path:
+            self.path = str(node.target) if node.op == "call_module" else node.name
         self.tensor_arg_nodes = list(tensor_args)
         self.target = _OUT_OF_PLACE.get(node.target, node.target)
         self.out_of_place_kwargs = "inplace" in node.kwargs
@@ -108,13 +69,8 @@ class Op:
         return self.target(*args, **kwargs)  # type: ignore[operator]
 
     def forward_with_state(self, args: tuple, kwargs: dict) -> tuple[Tensor, Any]:
-        """Forward value and whatever the relevance rule wants kept from it (``ctx.state``)."""
+        """Forward value and whatever a relevance rule may want kept from it (``Step.state``)."""
         return self.forward(args, kwargs), None
-
-    def relevance(self, inputs: list[Tensor], args: tuple, kwargs: dict, output: Tensor,
-                  r: Tensor, ctx: Any) -> list[Tensor | None]:
-        """Relevance of each tensor input given relevance ``r`` at the output."""
-        raise NotImplementedError
 
     def _replace_input(self, args: tuple, kwargs: dict, k: int, value: Tensor) -> tuple[tuple, dict]:
         """Arguments with the k-th tensor input replaced (for vector-Jacobian products)."""
@@ -134,8 +90,9 @@ class Op:
         new_kwargs = {k2: swap(v, self.fx_node.kwargs[k2]) for k2, v in kwargs.items()}
         return new_args, new_kwargs
 
-    def _linear_vjp(self, inputs: list[Tensor], args: tuple, kwargs: dict, k: int, v: Tensor) -> Tensor:
-        """Gradient of this op w.r.t. its k-th tensor input, applied to ``v``."""
+    def input_vjp(self, inputs: list[Tensor], args: tuple, kwargs: dict, k: int, v: Tensor) -> Tensor:
+        """Gradient of this op with respect to its k-th tensor input, applied to ``v`` (the
+        relevance map of any op that is linear in that input)."""
         def fn(t: Tensor) -> Tensor:
             a, kw = self._replace_input(args, kwargs, k, t)
             return self.forward(a, kw)
@@ -153,10 +110,13 @@ _OUT_OF_PLACE: dict[Any, Any] = {
 class Input(Op):
     """The model input."""
 
+    kind = "input"
+
 
 class Identity(Op):
-    """Identity, dropout and stochastic depth in eval mode: relevance passes unchanged."""
+    """Identity, dropout and stochastic depth in eval mode (and the graph's output node)."""
 
+    kind = "identity"
     keeps_sign = True
 
     def forward(self, args: tuple, kwargs: dict) -> Tensor:
@@ -164,15 +124,11 @@ class Identity(Op):
             return args[0]
         return super().forward(args, kwargs)
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        if inputs[0].shape != r.shape or inputs[0].dtype != r.dtype:
-            return [self._linear_vjp(inputs, args, kwargs, 0, r)]
-        return [r] + [None] * (len(inputs) - 1)
-
 
 class Activation(Identity):
-    """Element-wise activation module (ReLU, ReLU6, SiLU, ...): relevance passes unchanged."""
+    """Element-wise activation module (ReLU, ReLU6, SiLU, ...)."""
 
+    kind = "activation"
     keeps_sign = False
 
     def __init__(self, module: nn.Module) -> None:
@@ -180,8 +136,9 @@ class Activation(Identity):
 
 
 class FunctionalActivation(Identity):
-    """Functional activation (F.relu, torch.sigmoid, Tensor.relu, ...): relevance passes unchanged."""
+    """Functional activation (F.relu, torch.sigmoid, Tensor.relu, ...)."""
 
+    kind = "activation"
     keeps_sign = False
 
     def __init__(self, target: Any) -> None:
@@ -189,33 +146,33 @@ class FunctionalActivation(Identity):
 
 
 class Reshape(Op):
-    """Flatten, view, reshape, permute, ...: relevance is moved back to where each value came from."""
+    """Flatten, view, reshape, permute, ...: every output value is one input value, moved."""
 
+    kind = "reshape"
     keeps_sign = True
 
     def __init__(self, module: nn.Module | None) -> None:
         self.module = module
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        if r.numel() == inputs[0].numel() and self.fx_node.target in (
+    def keeps_order(self) -> bool:
+        """Whether the values keep their (row-major) order, so that relevance moves back by a reshape."""
+        return self.fx_node.target in (
             "view", "reshape", "flatten", "squeeze", "unsqueeze", torch.flatten, torch.reshape,
             torch.squeeze, torch.unsqueeze,
-        ) or isinstance(self.module, nn.Flatten):
-            return [r.reshape(inputs[0].shape)]
-        return [self._linear_vjp(inputs, args, kwargs, 0, r)]
+        ) or isinstance(self.module, nn.Flatten)
 
 
 class GetItem(Op):
-    """Indexing/slicing of a tensor: relevance is scattered back into the indexed positions."""
+    """Indexing/slicing of a tensor."""
 
+    kind = "getitem"
     keeps_sign = True
-
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        return [self._linear_vjp(inputs, args, kwargs, 0, r)]
 
 
 class Pad(Op):
-    """Constant padding: relevance of padded positions is dropped (they carry no input)."""
+    """Constant padding; a zero padding folded into the next convolution acts as the identity."""
+
+    kind = "pad"
 
     def __init__(self, module: nn.Module | None, padding: tuple | None, value: float | None) -> None:
         self.module = module
@@ -223,6 +180,11 @@ class Pad(Op):
         self.value = value
         self.keeps_sign = value is None or value >= 0
         self.folded = False
+
+    def fold(self) -> None:
+        """The padding was moved into the next convolution: this op is the identity from now on."""
+        self.folded = True
+        self.kind = "identity"
 
     def zero_padding(self) -> tuple[int, ...] | None:
         """The padding amounts if this is a constant zero padding known at trace time."""
@@ -243,19 +205,12 @@ class Pad(Op):
             return args[0]
         return super().forward(args, kwargs)
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        if self.folded:
-            return [r]
-        return [self._linear_vjp(inputs, args, kwargs, 0, r)]
-
 
 class MaxPool(Op):
-    """Max pooling: winner-take-all (the gradient, default) or proportional to the inputs.
+    """Max pooling. 2-D max pools keep their argmax indices from the forward pass (``Step.state``),
+    so the winner-take-all rule costs one scatter and no recomputation."""
 
-    2-D max pools keep their argmax indices from the forward pass, so the winner-take-all rule
-    costs one scatter and no recomputation.
-    """
-
+    kind = "maxpool"
     keeps_sign = True
 
     def __init__(self, module: nn.Module | None) -> None:
@@ -285,20 +240,27 @@ class MaxPool(Op):
         out, indices = torch.ops.aten.max_pool2d_with_indices(args[0], **params)
         return out, (params, indices)
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        x = inputs[0]
-        if ctx.maxpool == "winner":
-            if ctx.state is not None:
-                params, indices = ctx.state
-                if x.is_contiguous() and not r.is_contiguous():  # e.g. channels-last from a hedge rule:
-                    r = r.contiguous()  # one copy of the small side, not two inside the kernel
-                return [torch.ops.aten.max_pool2d_with_indices_backward(
-                    r, x, params["kernel_size"], params["stride"], params["padding"], params["dilation"],
-                    params["ceil_mode"], indices)]
-            return [self._linear_vjp(inputs, args, kwargs, 0, r)]
-        pool = _matching_sum_pool(self, args, kwargs)
-        z = pool(x)
-        return [x * vjp(pool, x, normalize(r, z, ctx.norm_epsilon))]
+    def sum_pool(self, args: tuple, kwargs: dict) -> Callable[[Tensor], Tensor]:
+        """An average pool over the same windows (for rules that split in proportion to the inputs)."""
+        m = self.module
+        name = type(m).__name__ if m is not None else self.fx_node.target.__name__  # type: ignore[union-attr]
+        nd = int(name.rstrip("d")[-1])
+        if "daptive" in name:
+            size = m.output_size if m is not None else (args[1] if len(args) > 1 else kwargs["output_size"])
+            avg = getattr(F, f"adaptive_avg_pool{nd}d")
+            return lambda t: avg(t, size)
+        if m is not None:
+            params = {k: getattr(m, k) for k in _MAXPOOL_PARAMS}
+        else:
+            params = dict(zip(_MAXPOOL_PARAMS, args[1:]))
+            params.update({k: v for k, v in kwargs.items() if k in _MAXPOOL_PARAMS})
+        dilation = params.get("dilation", 1)
+        if any(d != 1 for d in (dilation if isinstance(dilation, (tuple, list)) else (dilation,))):
+            raise ValueError(f"the proportional max-pool rule does not support dilation (at {self.fx_node.name!r})")
+        avg = getattr(F, f"avg_pool{nd}d")
+        kernel = params["kernel_size"]
+        stride = params.get("stride") or kernel
+        return lambda t: avg(t, kernel, stride, params.get("padding", 0), params.get("ceil_mode", False), True)
 
 
 def _pair(v: Any) -> list[int]:
@@ -308,47 +270,20 @@ def _pair(v: Any) -> list[int]:
 _MAXPOOL_PARAMS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 
-def _matching_sum_pool(op: Op, args: tuple, kwargs: dict) -> Callable[[Tensor], Tensor]:
-    """An average pool over the same windows as a max pool (for the proportional rule)."""
-    m = op.module
-    name = type(m).__name__ if m is not None else op.fx_node.target.__name__  # type: ignore[union-attr]
-    nd = int(name.rstrip("d")[-1])
-    if "daptive" in name:
-        size = m.output_size if m is not None else (args[1] if len(args) > 1 else kwargs["output_size"])
-        avg = getattr(F, f"adaptive_avg_pool{nd}d")
-        return lambda t: avg(t, size)
-    if m is not None:
-        params = {k: getattr(m, k) for k in _MAXPOOL_PARAMS}
-    else:
-        params = dict(zip(_MAXPOOL_PARAMS, args[1:]))
-        params.update({k: v for k, v in kwargs.items() if k in _MAXPOOL_PARAMS})
-    dilation = params.get("dilation", 1)
-    if any(d != 1 for d in (dilation if isinstance(dilation, (tuple, list)) else (dilation,))):
-        raise ValueError(f"the proportional max-pool rule does not support dilation (at {op.fx_node.name!r})")
-    avg = getattr(F, f"avg_pool{nd}d")
-    kernel = params["kernel_size"]
-    stride = params.get("stride") or kernel
-    return lambda t: avg(t, kernel, stride, params.get("padding", 0), params.get("ceil_mode", False), True)
-
-
 class AvgPool(Op):
-    """Average pooling (also adaptive, also ``mean`` over dims): proportional rule (zennit's Norm)."""
+    """Average pooling (also adaptive, also ``mean`` over dims): linear in its input, no bias."""
 
+    kind = "avgpool"
     keeps_sign = True
 
     def __init__(self, module: nn.Module | None) -> None:
         self.module = module
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        x = inputs[0]
-        s = normalize(r, output, ctx.norm_epsilon)
-        return [x * self._linear_vjp(inputs, args, kwargs, 0, s)]
-
 
 class Interpolate(AvgPool):
-    """Resizing (``F.interpolate``, ``nn.Upsample``): linear in its input for every mode, so relevance
-    follows the proportional rule as for average pooling, ``x * J^T (r / stab(z))``, which conserves
-    it (zennit's Norm rule for linear maps without bias; Montavon et al. 2019)."""
+    """Resizing (``F.interpolate``, ``nn.Upsample``): linear in its input for every mode."""
+
+    kind = "resize"
 
     def __init__(self, module: nn.Module | None) -> None:
         super().__init__(module)
@@ -363,100 +298,64 @@ class Interpolate(AvgPool):
 
 
 class Add(Op):
-    """Sum of tensors (residual connections; also ``x + constant`` and ``x - constant``).
+    """Sum of tensors (residual connections; also ``x + constant`` and ``x - constant``)."""
 
-    ``proportional`` (default, zennit's Norm): each term gets ``R * term / stab(sum)``;
-    a constant term absorbs its share like a bias. ``equal``: tensor terms share ``R`` equally.
-    ``absolute``: each term gets ``R * |term| / sum |terms|`` (a constant term counted with its
-    magnitude absorbs its share): conservative, every share has the sign of ``R`` and is at most
-    ``|R|``, however closely two signed terms cancel (hedge's default on residual networks).
-    """
-
+    kind = "add"
     keeps_sign = True
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
+    def signs(self, count: int) -> list[float]:
+        """The sign of each tensor term: ``-1`` for the subtrahend of ``a - b``."""
         node = self.fx_node
         subtract = node.target in ("sub", "sub_") or getattr(node.target, "__name__", "") in ("sub",)
-        signs = [1.0] * len(inputs)
-        if subtract and len(inputs) == 2:
+        signs = [1.0] * count
+        if subtract and count == 2:
             signs[1] = -1.0
-        if ctx.add == "equal":
-            share = r / len(inputs)
-            return [reduce_to_shape(share, x.shape) for x in inputs]
-        if ctx.add == "absolute":
-            return _absolute_shares(inputs, signs, output, r)
-        s = normalize(r, output, ctx.norm_epsilon)
-        shares = [reduce_to_shape(x * s if sign > 0 else -(x * s), x.shape) for sign, x in zip(signs[:-1], inputs)]
-        last = s.mul_(inputs[-1]) if signs[-1] > 0 else s.mul_(inputs[-1]).neg_()
-        return shares + [reduce_to_shape(last, inputs[-1].shape)]
-
-
-def _absolute_shares(inputs: Sequence[Tensor], signs: Sequence[float], output: Tensor, r: Tensor) -> list[Tensor]:
-    """``R * |term| / sum |terms|`` for each tensor term of ``output = sum signs * inputs (+ constant)``;
-    a constant term (``output`` minus the signed tensor terms) counts in the denominator with its
-    magnitude. ``0/0 := 0``."""
-    magnitudes = [x.abs() for x in inputs]
-    constant = output.detach().clone()
-    for sign, x in zip(signs, inputs):
-        constant = constant - x if sign > 0 else constant + x
-    total = constant.abs_()
-    for m in magnitudes:
-        total = total + m
-    s = safe_divide(r, total)
-    return [reduce_to_shape(m * s, x.shape) for m, x in zip(magnitudes, inputs)]
+        return signs
 
 
 class Multiply(Op):
-    """Product: by a constant (relevance passes) or by a gate such as squeeze-excitation.
+    """Product: by a constant or of two tensors. ``gate``: which factor (0 or 1) of a product of two
+    tensors was produced by a sigmoid or hard-sigmoid (as in squeeze-excitation), found at trace
+    time; None when neither was."""
 
-    For a product of two tensors, a gate (a factor produced by a sigmoid or hard-sigmoid) is
-    treated as a constant weight: all relevance flows to the other factor. Two factors without a
-    gate share the relevance equally (each half summed back to its factor's shape).
-    """
-
+    kind = "multiply"
     keeps_sign = True
-
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        if len(inputs) == 1:  # product with a constant
-            return [r]
-        if len(inputs) != 2:
-            return [r / len(inputs)] * len(inputs)
-        gate = ctx.gate_index(self)
-        if gate is None:
-            return [reduce_to_shape(r / 2, x.shape) for x in inputs]
-        out: list[Tensor | None] = [None, None]
-        out[1 - gate] = reduce_to_shape(r, inputs[1 - gate].shape)
-        return out
+    gate: int | None = None
 
 
 class ScaleByConstant(Identity):
-    """Division by a constant: relevance passes unchanged (keeps the sign for a positive constant)."""
+    """Division by a constant (keeps the sign for a positive constant)."""
 
+    kind = "scale"
     keeps_sign = True
 
 
 class Concat(Op):
-    """Concatenation: relevance is split back along the concatenated dimension."""
+    """Concatenation."""
 
+    kind = "concat"
     keeps_sign = True
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-        sizes = [x.shape[dim] for x in inputs]
-        return list(torch.split(r, sizes, dim=dim))
+    @staticmethod
+    def dim(args: tuple, kwargs: dict) -> int:
+        """The concatenated dimension."""
+        return args[1] if len(args) > 1 else kwargs.get("dim", 0)
 
 
 class BatchNorm(Op):
     """Batch norm with inference semantics (running statistics, never updated), whatever the
-    module's training flag, that could not be folded into an affine layer.
+    module's training flag, that could not be folded into an affine layer."""
 
-    ``identity`` (default, as zennit's Pass): relevance passes unchanged. ``epsilon``: the
-    per-channel affine map ``y = a*x + c`` is treated as a layer with the epsilon rule.
-    """
+    kind = "batchnorm"
 
     def __init__(self, module: nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d) -> None:
         self.module = module
         self.folded = False
+
+    def fold(self) -> None:
+        """The batch norm was folded into the preceding affine layer: the identity from now on."""
+        self.folded = True
+        self.kind = "identity"
 
     def forward(self, args: tuple, kwargs: dict) -> Tensor:
         if self.folded:
@@ -467,17 +366,13 @@ class BatchNorm(Op):
         return F.batch_norm(args[0], bn.running_mean, bn.running_var, bn.weight, bn.bias,
                             batch_statistics, 0.0, bn.eps)
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        if self.folded or ctx.batchnorm == "identity":
-            return [r]
-        if callable(ctx.batchnorm):  # a method's own batch-norm rule (see Composite.batchnorm)
-            return [ctx.batchnorm(self, inputs[0], output, r)]
-        x = inputs[0]
-        scale = _bn_scale(self.module).view(1, -1, *([1] * (x.dim() - 2)))
-        return [x * scale * normalize(r, output, ctx.epsilon_batchnorm)]
+    def scale(self, like: Tensor) -> Tensor:
+        """The per-channel factor ``a`` of ``y = a x + c``, shaped to broadcast against ``like``."""
+        return batch_norm_scale(self.module).view(1, -1, *([1] * (like.dim() - 2)))
 
 
-def _bn_scale(bn: nn.Module) -> Tensor:
+def batch_norm_scale(bn: nn.Module) -> Tensor:
+    """``weight / sqrt(running_var + eps)`` of an inference-mode batch norm."""
     if bn.running_var is None:
         raise ValueError(f"batch norm {bn} has no running statistics; relprop needs eval-mode statistics")
     scale = torch.rsqrt(bn.running_var + bn.eps)
@@ -491,17 +386,19 @@ class Affine(Op):
     derived tensors (positive/negative parts, ...) until any source parameter changes.
     """
 
-    def __init__(self, module: nn.Module, path: str, kind: str, nd: int) -> None:
+    kind = "affine"
+
+    def __init__(self, module: nn.Module, path: str, layer_type: str, nd: int) -> None:
         self.module = module
         self.path = path
-        self.kind = kind  # "linear" or "conv"
+        self.layer_type = layer_type  # "linear" or "conv"
         self.nd = nd
         self.bn: nn.Module | None = None
         self.pre_pad: tuple[int, ...] | None = None  # a folded zero padding (F.pad order)
         #: (state of the source tensors, derived tensors): replaced as a whole, never cleared in
         #: place, so that concurrent callers each see one consistent pair
         self._cache: tuple[tuple, dict[str, Tensor]] = ((), {})
-        if kind == "conv":
+        if layer_type == "conv":
             if module.padding_mode != "zeros":
                 raise ValueError(
                     f"unsupported layer at {path!r}: convolution padding_mode={module.padding_mode!r} "
@@ -560,7 +457,7 @@ class Affine(Op):
         return self.cached("bias", self._fold_bias)
 
     def _bn_factor(self) -> Tensor:
-        return _bn_scale(self.bn)
+        return batch_norm_scale(self.bn)
 
     def _fold_weight(self) -> Tensor:
         w = self.module.weight
@@ -577,17 +474,37 @@ class Affine(Op):
         shift = self.bn.bias if self.bn.bias is not None else 0.0
         return (b - self.bn.running_mean) * self._bn_factor() + shift
 
+    @property
+    def positive_weight(self) -> Tensor:
+        """``max(W, 0)`` of the effective weight (cached)."""
+        return self.cached("w+", lambda: self.weight.clamp(min=0))
+
+    @property
+    def negative_weight(self) -> Tensor:
+        """``min(W, 0)`` of the effective weight (cached)."""
+        return self.cached("w-", lambda: self.weight.clamp(max=0))
+
+    @property
+    def positive_bias(self) -> Tensor | None:
+        """``max(b, 0)`` of the effective bias (cached); None without a bias."""
+        return None if self.bias is None else self.cached("b+", lambda: self.bias.clamp(min=0))
+
+    @property
+    def negative_bias(self) -> Tensor | None:
+        """``min(b, 0)`` of the effective bias (cached); None without a bias."""
+        return None if self.bias is None else self.cached("b-", lambda: self.bias.clamp(max=0))
+
     def broadcast_bias(self, z: Tensor) -> Tensor:
         """The effective bias shaped to broadcast against the output ``z``."""
         b = self.bias
         if b is None:
             return torch.zeros((), dtype=z.dtype, device=z.device)
-        return b if self.kind == "linear" else b.view(1, -1, *([1] * self.nd))
+        return b if self.layer_type == "linear" else b.view(1, -1, *([1] * self.nd))
 
     # -- linear maps ---------------------------------------------------------------------------
     def apply(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The layer's linear map with the given parameters."""
-        if self.kind == "linear":
+        if self.layer_type == "linear":
             return F.linear(x, weight, bias)
         if self.pre_pad is not None:
             x = F.pad(x, self.pre_pad)
@@ -596,7 +513,7 @@ class Affine(Op):
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         """Transposed map: ``W^T s`` shaped like the input ``x`` (vector-Jacobian product)."""
-        if self.kind == "linear":
+        if self.layer_type == "linear":
             return s.matmul(weight)
         if self._pointwise():  # a 1x1 convolution is a matrix product per sample (faster than its vjp)
             matrix = weight.reshape(weight.shape[0], -1)
@@ -616,18 +533,19 @@ class Affine(Op):
             s, x, weight, None, list(self.stride), list(self.padding), list(self.dilation), False,
             [0] * self.nd, self.groups, [True, False, False])[0]
 
+    @property
+    def unit_kernel(self) -> bool:
+        """A convolution with a 1 x 1 (x 1) kernel (any stride, padding or groups)."""
+        return self.layer_type == "conv" and all(k == 1 for k in self.module.kernel_size)
+
     def _pointwise(self) -> bool:
         """A 1x1 convolution with stride 1, no padding and one group (input and output positions agree)."""
-        m = self.module
-        return (self.groups == 1 and self.pre_pad is None and all(k == 1 for k in m.kernel_size)
+        return (self.unit_kernel and self.groups == 1 and self.pre_pad is None
                 and all(v == 1 for v in self.stride) and all(v == 0 for v in self.padding))
 
     def forward(self, args: tuple, kwargs: dict) -> Tensor:
         return self.apply(args[0], self.weight, self.bias)
 
-    def relevance(self, inputs, args, kwargs, output, r, ctx):
-        rule = ctx.rule(self)
-        return [rule(self, inputs[0], output, r, ctx.nonnegative_input(self))]
 
 
 def is_channels_last(t: Tensor) -> bool:

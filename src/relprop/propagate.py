@@ -26,9 +26,9 @@ import torch.nn as nn
 from . import ops
 from .canonize import fold_batch_norms, fold_zero_padding
 from .composite import Composite
-from .graph import Graph, trace
+from .graph import Graph, registrations, trace
 from .structure import check_forward_hooks, fingerprint, inference_copy, owned_objects, placeholder_parameters
-from .rules import AffineRule
+from .rules import Rule, Step
 from .targets import selected_output
 
 Tensor = torch.Tensor
@@ -46,32 +46,6 @@ class ForwardCache:
     leaf: tuple[int, Tensor] | None = None
 
 
-class _Context:
-    """What ops need during the backward pass: the rule map and per-node facts."""
-
-    def __init__(self, propagator: "Propagator", composite: Composite) -> None:
-        self.graph = propagator.graph
-        self.maxpool = composite.maxpool
-        self.add = composite.add
-        self.batchnorm = composite.batchnorm
-        self.norm_epsilon = composite.norm_epsilon
-        self.epsilon_batchnorm = composite.epsilon_batchnorm
-        self._rules = propagator.rules_for(composite)
-        self._nonneg = {id(n.op): all(self.graph.nodes[i].nonnegative for i in n.inputs)
-                        for n in self.graph.nodes}
-        self._gates = propagator.gates
-        self.state: object = None  # what the current node kept from its forward pass
-
-    def rule(self, layer: ops.Affine) -> AffineRule:
-        return self._rules[id(layer)]
-
-    def nonnegative_input(self, op: ops.Op) -> bool:
-        return self._nonneg[id(op)]
-
-    def gate_index(self, op: ops.Op) -> int | None:
-        return self._gates.get(id(op))
-
-
 class Propagator:
     """A traced, canonized model that runs relevance propagation for any :class:`Composite`."""
 
@@ -87,30 +61,55 @@ class Propagator:
         self.folded = fold_batch_norms(self.graph) if fold_batchnorm else 0
         fold_zero_padding(self.graph)
         self.affine = [n.op for n in self.graph.nodes if isinstance(n.op, ops.Affine)]
-        self.gates = self._find_gates()
+        #: whether all tensor inputs of each node are known to be non-negative
+        self.nonnegative_inputs = [all(self.graph.nodes[i].nonnegative for i in n.inputs) for n in self.graph.nodes]
+        _mark_gates(self.graph)
 
     # -- set-up -------------------------------------------------------------------------------
-    def _find_gates(self) -> dict[int, int | None]:
-        """For each product of two tensors, which factor is the gate (see ``ops.Multiply``)."""
-        gates: dict[int, int | None] = {}
-        gate_kinds = (torch.sigmoid, "sigmoid", torch.nn.functional.sigmoid, torch.nn.functional.hardsigmoid)
-        for node in self.graph.nodes:
-            if not isinstance(node.op, ops.Multiply) or len(node.inputs) != 2:
-                continue
-            found = None
-            for k, i in enumerate(node.inputs):
-                producer = self.graph.nodes[i].op
-                if isinstance(producer, ops.Activation) and isinstance(
-                        producer.module, (nn.Sigmoid, nn.Hardsigmoid)):
-                    found = k
-                if isinstance(producer, ops.FunctionalActivation) and producer.activation in gate_kinds:
-                    found = k
-            gates[id(node.op)] = found
-        return gates
+    def check_input(self, x: Tensor) -> None:
+        """Match the rank of ``x`` to the first layer (e.g. 4-D for Conv2d models)."""
+        from .targets import check_rank
 
-    def rules_for(self, composite: Composite) -> dict[int, AffineRule]:
-        """The rule of every affine layer under ``composite`` (keyed by ``id`` of the layer op)."""
-        return composite.assign(self.affine)
+        first_layer = self.affine[0] if self.affine else None
+        expected = first_layer.nd + 2 if first_layer is not None and first_layer.layer_type == "conv" else None
+        model = self.model_ref()
+        check_rank(x, expected, type(model).__name__ if model is not None else "the model")
+
+    def rules_for(self, composite: Composite) -> dict[int, Rule]:
+        """The rule of every operation under ``composite`` (keyed by ``id`` of the op)."""
+        return composite.assign([n.op for n in self.graph.nodes])
+
+    # -- the interpreter ----------------------------------------------------------------------
+    def _walk(self, x: Tensor, evaluate: Callable[[int, ops.Op, tuple, dict], object],
+              known: Callable[[int], object] | None = None) -> object:
+        """Evaluate the traced graph on ``x`` and return its output: ``evaluate(position, op, args,
+        kwargs)`` gives each node's value; ``known(position)`` may give it without evaluation (a
+        cached value; None to evaluate). Shape arithmetic and other non-tensor helpers are evaluated
+        as fx would."""
+        model = self.model_ref()
+        if model is None:
+            raise RuntimeError("the model of this propagator no longer exists")
+        graph = self.graph
+        env: dict[fx.Node, object] = {}
+        for fx_node in graph.fx_graph.nodes:
+            if fx_node.op == "placeholder":
+                env[fx_node] = x
+                continue
+            pos = graph.position.get(fx_node)
+            if known is not None and pos is not None:
+                value = known(pos)
+                if value is not None:
+                    env[fx_node] = value
+                    continue
+            args = fx.node.map_arg(fx_node.args, lambda a: env[a])
+            if fx_node.op == "output":
+                return args[0]
+            kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
+            if pos is None:
+                env[fx_node] = _evaluate(fx_node, args, kwargs, model)
+            else:
+                env[fx_node] = evaluate(pos, graph.nodes[pos].op, args, kwargs)
+        raise RuntimeError("the traced graph has no output")
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: Tensor, differentiable_from: str | None = None) -> ForwardCache:
@@ -120,39 +119,22 @@ class Propagator:
         it are evaluated with autograd, so that :meth:`gradient_at` at that node needs no second
         forward pass of them.
         """
-        model = self.model_ref()
-        if model is None:
-            raise RuntimeError("the model of this propagator no longer exists")
-        graph = self.graph
-        n = len(graph.nodes)
+        n = len(self.graph.nodes)
         cache = ForwardCache([None] * n, [None] * n, [None] * n, [None] * n)
-        start = graph.find(differentiable_from) if differentiable_from is not None else None
-        env: dict[fx.Node, object] = {}
+        start = self.graph.find(differentiable_from) if differentiable_from is not None else None
+        cache.outputs[0] = x
+
+        def evaluate(pos: int, op: ops.Op, args: tuple, kwargs: dict) -> Tensor:
+            with torch.set_grad_enabled(start is not None and pos > start):
+                out, cache.state[pos] = op.forward_with_state(args, kwargs)
+            if pos == start:
+                out = out.detach().requires_grad_(True)
+                cache.leaf = (pos, out)
+            cache.args[pos], cache.kwargs[pos], cache.outputs[pos] = args, kwargs, out
+            return out
+
         with torch.no_grad():
-            for fx_node in graph.fx_graph.nodes:
-                if fx_node.op == "placeholder":
-                    env[fx_node] = x
-                    cache.outputs[0] = x
-                    continue
-                args = fx.node.map_arg(fx_node.args, lambda a: env[a])
-                kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
-                pos = graph.position.get(fx_node)
-                if fx_node.op == "output":
-                    cache.outputs[pos] = args[0]
-                    continue
-                if pos is None:  # shape arithmetic and other non-tensor helpers
-                    env[fx_node] = _evaluate(fx_node, args, kwargs, model)
-                    continue
-                if start is not None and pos > start:
-                    with torch.enable_grad():
-                        out, cache.state[pos] = graph.nodes[pos].op.forward_with_state(args, kwargs)
-                else:
-                    out, cache.state[pos] = graph.nodes[pos].op.forward_with_state(args, kwargs)
-                if pos == start:
-                    out = out.detach().requires_grad_(True)
-                    cache.leaf = (pos, out)
-                env[fx_node] = out
-                cache.args[pos], cache.kwargs[pos], cache.outputs[pos] = args, kwargs, out
+            cache.outputs[n - 1] = self._walk(x, evaluate)  # type: ignore[assignment]
         return cache
 
     def forward_differentiable(self, x: Tensor, activation: Callable[[ops.Op, Tensor, Tensor], Tensor] | None = None,
@@ -164,38 +146,21 @@ class Propagator:
         ``keep`` names nodes whose outputs are returned too (e.g. for Grad-CAM).
         Returns the model output and ``{name: output}`` of the kept nodes.
         """
-        model = self.model_ref()
-        if model is None:
-            raise RuntimeError("the model of this propagator no longer exists")
-        graph = self.graph
-        wanted = {graph.find(name): name for name in keep}
+        wanted = {self.graph.find(name): name for name in keep}
         kept: dict[str, Tensor] = {}
-        env: dict[fx.Node, object] = {}
-        result: Tensor | None = None
-        for fx_node in graph.fx_graph.nodes:
-            if fx_node.op == "placeholder":
-                env[fx_node] = x
-                continue
-            args = fx.node.map_arg(fx_node.args, lambda a: env[a])
-            kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
-            pos = graph.position.get(fx_node)
-            if fx_node.op == "output":
-                result = args[0]
-                continue
-            if pos is None:
-                env[fx_node] = _evaluate(fx_node, args, kwargs, model)
-                continue
-            op = graph.nodes[pos].op
+
+        def evaluate(pos: int, op: ops.Op, args: tuple, kwargs: dict) -> Tensor:
             out = op.forward(args, kwargs)
-            if activation is not None and isinstance(op, (ops.Activation, ops.FunctionalActivation)):
+            if activation is not None and op.kind == "activation":
                 out = activation(op, args[0], out)
-            env[fx_node] = out
             if pos in wanted:
                 kept[wanted[pos]] = out
+            return out
+
+        result = self._walk(x, evaluate)
         if 0 in wanted:
             kept[wanted[0]] = x
-        assert result is not None
-        return result, kept
+        return result, kept  # type: ignore[return-value]
 
     def gradient_at(self, cache: ForwardCache, name: str, output_gradient: Tensor) -> tuple[Tensor, Tensor]:
         """Value of node ``name`` and the gradient of ``<output, output_gradient>`` with respect to it.
@@ -203,38 +168,18 @@ class Propagator:
         Only the part of the graph after the node is recomputed (with autograd), from the cached
         forward pass, which must not have been released yet.
         """
-        model = self.model_ref()
-        graph = self.graph
-        start = graph.find(name)
+        start = self.graph.find(name)
         if cache.leaf is not None and cache.leaf[0] == start and cache.outputs[-1] is not None:
             return self._gradient_from_leaf(cache, output_gradient)
         if cache.outputs[start] is None:
             raise RuntimeError("gradient_at needs the forward cache before any backward pass released it")
         leaf = cache.outputs[start].detach().requires_grad_(True)
-        env: dict[fx.Node, object] = {}
-        result: Tensor | None = None
+
+        def known(pos: int) -> object:
+            return leaf if pos == start else cache.outputs[pos] if pos < start else None
+
         with torch.enable_grad():
-            for fx_node in graph.fx_graph.nodes:
-                pos = graph.position.get(fx_node)
-                if fx_node.op == "placeholder":
-                    env[fx_node] = cache.outputs[0]
-                    continue
-                args = fx.node.map_arg(fx_node.args, lambda a: env[a])
-                if fx_node.op == "output":
-                    result = args[0]
-                    continue
-                if pos is not None and pos < start:
-                    env[fx_node] = cache.outputs[pos]
-                    continue
-                if pos == start:
-                    env[fx_node] = leaf
-                    continue
-                kwargs = fx.node.map_arg(fx_node.kwargs, lambda a: env[a])
-                if pos is None:
-                    env[fx_node] = _evaluate(fx_node, args, kwargs, model)
-                else:
-                    env[fx_node] = graph.nodes[pos].op.forward(args, kwargs)
-        assert result is not None
+            result = self._walk(cache.outputs[0], lambda pos, op, args, kwargs: op.forward(args, kwargs), known)
         gradient, = torch.autograd.grad(result, leaf, output_gradient)
         return leaf.detach(), gradient
 
@@ -278,7 +223,7 @@ class Propagator:
         forward pass can serve several backward passes.
         """
         graph = self.graph
-        ctx = _Context(self, composite)
+        rules = self.rules_for(composite)
         wanted = {graph.find(name): name for name in record}
         recorded: dict[str, Tensor] = {}
         rel: list[Tensor | None] = [None] * len(graph.nodes)
@@ -301,13 +246,13 @@ class Propagator:
                     if release:
                         cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = cache.state[pos] = None
                     continue
-                inputs = [cache.outputs[i] for i in node.inputs]
-                if pos == len(graph.nodes) - 1:
+                if pos == len(graph.nodes) - 1:  # the output node hands on the initial relevance
                     results: list[Tensor | None] = [r]
                 else:
-                    ctx.state = cache.state[pos]
-                    results = node.op.relevance(inputs, cache.args[pos], cache.kwargs[pos],
-                                                cache.outputs[pos], r, ctx)
+                    step = Step(node.op, [cache.outputs[i] for i in node.inputs], cache.args[pos],
+                                cache.kwargs[pos], cache.outputs[pos], cache.state[pos], self.nonnegative_inputs[pos])
+                    results = rules[id(node.op)].relevance(step, r)
+                    del step
                 if release:
                     cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = cache.state[pos] = None
                 for i, ri in zip(node.inputs, results):
@@ -319,6 +264,23 @@ class Propagator:
         if 0 in wanted:
             recorded[wanted[0]] = result
         return result, recorded
+
+
+def _mark_gates(graph: Graph) -> None:
+    """For each product of two tensors, which factor is a gate (produced by a sigmoid or a
+    hard-sigmoid): trace metadata of :class:`relprop.ops.Multiply` used by its rule."""
+    gate_kinds = (torch.sigmoid, "sigmoid", torch.nn.functional.sigmoid, torch.nn.functional.hardsigmoid)
+    for node in graph.nodes:
+        if not isinstance(node.op, ops.Multiply) or len(node.inputs) != 2:
+            continue
+        found = None
+        for k, i in enumerate(node.inputs):
+            producer = graph.nodes[i].op
+            if isinstance(producer, ops.Activation) and isinstance(producer.module, (nn.Sigmoid, nn.Hardsigmoid)):
+                found = k
+            if isinstance(producer, ops.FunctionalActivation) and producer.activation in gate_kinds:
+                found = k
+        node.op.gate = found
 
 
 def _evaluate(node: fx.Node, args: tuple, kwargs: dict, model: nn.Module) -> object:
@@ -338,7 +300,7 @@ class _Traces:
     #: the submodules, parameters and buffers the fingerprint names, kept alive so that no new
     #: object can reuse one of their identities while the fingerprint is compared against
     owned: list[object]
-    propagators: dict[tuple[bool, str | int | None], Propagator]
+    propagators: dict[tuple[bool, str | int | None, int], Propagator]
 
 
 _PROPAGATORS: "weakref.WeakKeyDictionary[nn.Module, _Traces]" = weakref.WeakKeyDictionary()
@@ -350,12 +312,8 @@ def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
     """The model's propagator and its cached forward pass for ``x``, after checking ``x``'s rank
     against the first layer (e.g. 4-D for Conv2d models); ``differentiable_from``: see
     :meth:`Propagator.forward`."""
-    from .targets import check_rank
-
     propagator = propagator_for(model, fold_batchnorm)
-    first_layer = propagator.affine[0] if propagator.affine else None
-    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
-    check_rank(x, expected, type(model).__name__)
+    propagator.check_input(x)
     return propagator, propagator.forward(x, differentiable_from)
 
 
@@ -373,10 +331,10 @@ def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:
         if entry is None or entry.fingerprint != current:
             entry = _Traces(current, owned_objects(model), {})
             _PROPAGATORS[model] = entry
-        key = (fold_batchnorm, selected_output())
+        key = (fold_batchnorm, selected_output(), registrations())
         found = entry.propagators.get(key)
     if found is None:
-        found = Propagator(model, *key)
+        found = Propagator(model, *key[:2])
         with _CACHE_LOCK:
             found = entry.propagators.setdefault(key, found)
     return found

@@ -17,7 +17,7 @@ from ..composite import Composite, by_type, first, last
 from ..propagate import forward_for
 from ..registry import register_method
 from ..options import bound, choice, flag, names
-from ..rules import AlphaBeta, Contrastive, ZBox
+from ..rules import AffineRule, AlphaBeta, Contrastive, ZBox
 from ..rules.lrp import Bound
 from ..targets import Region, resolve_selection, resolve_target
 
@@ -193,7 +193,7 @@ def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, r
     return _relu(relevance, relu), recorded
 
 
-class _NegatedTop:
+class _NegatedTop(AffineRule):
     """Apply a rule to the output layer with negated weights (CLRP type 2's dual)."""
 
     def __init__(self, rule) -> None:

@@ -40,7 +40,7 @@ def _propagator(model: nn.Module, x: Tensor) -> Propagator:
     """The model's propagator, after checking the input rank against its first layer."""
     propagator = propagator_for(model)
     first_layer = propagator.affine[0] if propagator.affine else None
-    expected = first_layer.nd + 2 if first_layer is not None and first_layer.kind == "conv" else None
+    expected = first_layer.nd + 2 if first_layer is not None and first_layer.layer_type == "conv" else None
     check_rank(x, expected, type(model).__name__)
     return propagator
 
@@ -353,7 +353,7 @@ def _global_pool_input(propagator: Propagator) -> list[str]:
             name = nodes[node.inputs[0]].name
             if name not in names:
                 names.append(name)
-    convs = [i for i, n in enumerate(nodes) if isinstance(n.op, ops.Affine) and n.op.kind == "conv"]
+    convs = [i for i, n in enumerate(nodes) if isinstance(n.op, ops.Affine) and n.op.layer_type == "conv"]
     if convs:
         last = convs[-1]
         after = [n.name for n in nodes[last + 1:]

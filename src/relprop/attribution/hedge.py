@@ -14,7 +14,7 @@ from ..registry import register_method
 from ..options import choice, flag, name, names, number
 from ..rules import ZBox
 from ..rules.hedge import Hedge, channels_last_suits
-from ..rules.rap import _sum
+from ..numerics import per_sample_sum
 from ..targets import Target, resolve_target
 
 
@@ -47,7 +47,7 @@ def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> to
     spatial = tuple(range(2, activation.dim()))
     alpha = gradient.mean(dim=spatial, keepdim=True) if spatial else gradient
     r0 = activation * alpha
-    total = _sum(r0).abs().view(-1, *([1] * (r0.dim() - 1)))
+    total = per_sample_sum(r0).abs().view(-1, *([1] * (r0.dim() - 1)))
     return torch.where(total == 0, torch.zeros_like(r0), r0 / torch.where(total == 0, torch.ones_like(total), total))
 
 

@@ -1,7 +1,20 @@
-"""Per-layer relevance rules, one module per family."""
+"""Relevance rules, one module per family; every rule keeps the contract of :mod:`relprop.rules.base`.
 
-from .lrp import AffineRule, AlphaBeta, Contrastive, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus, ZRule
+Affine layers: the LRP family (:mod:`.lrp`), RAP (:mod:`.rap`, :mod:`.rap_journal`), hedging
+(:mod:`.hedge`), RSP (:mod:`.rsp`). The other operation kinds: :mod:`.structural` (activations,
+reshapes, concatenation), :mod:`.pooling`, :mod:`.sums`, :mod:`.products`, :mod:`.batchnorm`.
+"""
+
+from .base import AffineRule, Rule, Step
+from .batchnorm import BatchNormEpsilon
+from .lrp import AlphaBeta, Contrastive, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus, ZRule
+from .pooling import Proportional, ProportionalPool, WinnerTakeAll
+from .products import GateProduct
+from .structural import MoveBack, PassThrough, SplitConcat
+from .sums import AbsoluteSum, EqualSum, ProportionalSum
 
 __all__ = [
-    "AffineRule", "AlphaBeta", "Contrastive", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule",
+    "AbsoluteSum", "AffineRule", "AlphaBeta", "BatchNormEpsilon", "Contrastive", "Epsilon", "EqualSum", "Flat",
+    "Gamma", "GateProduct", "MoveBack", "Pass", "PassThrough", "Proportional", "ProportionalPool",
+    "ProportionalSum", "Rule", "SplitConcat", "Step", "WSquare", "WinnerTakeAll", "ZBox", "ZPlus", "ZRule",
 ]

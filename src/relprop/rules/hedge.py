@@ -20,15 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..numerics import per_sample_sum, quotient_, shift_excess_
 from ..ops import Affine
 from ..options import check_rule_field, flag, number
-from .rap import _sum, quotient_, shift_excess_
+from .base import AffineRule
 
 Tensor = torch.Tensor
-
-
-def _per_sample(t: Tensor) -> Tensor:
-    return t.sum(tuple(range(1, t.dim())), keepdim=True)
 
 
 def channels_last_suits(x: Tensor) -> bool:
@@ -41,7 +38,7 @@ def channels_last_suits(x: Tensor) -> bool:
 def _channels_last(layer: Affine, x: Tensor) -> bool:
     """Whether this layer's five convolutions run channels-last (:func:`channels_last_suits`). The
     relevance handed on stays channels-last, so the next layer does not convert it back."""
-    return layer.kind == "conv" and channels_last_suits(x)
+    return layer.layer_type == "conv" and channels_last_suits(x)
 
 
 def _normalized(part: Tensor, total: Tensor) -> Tensor:
@@ -57,7 +54,7 @@ def _ones_response(layer: Affine, x: Tensor, w: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Hedge:
+class Hedge(AffineRule):
     """One hedged layer; ``use_c``, ``use_a``, ``use_u``, ``use_psi`` switch the terms (Table 2)."""
 
     gamma: float = 2.0
@@ -72,7 +69,7 @@ class Hedge:
             check_rule_field(self, name, flag())
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        one_by_one = layer.kind == "conv" and all(k == 1 for k in layer.module.kernel_size)
+        one_by_one = layer.unit_kernel
         if _channels_last(layer, x):
             cl = torch.channels_last
             x, r = x.contiguous(memory_format=cl), r.contiguous(memory_format=cl)
@@ -81,8 +78,8 @@ class Hedge:
             w = layer.cached("|w|", lambda: layer.weight.abs())
         t = r.clamp(min=0)
         o = r.clamp(max=0)
-        _normalized(t, _per_sample(t))
-        _normalized(o, _per_sample(o).abs_())
+        _normalized(t, per_sample_sum(t, keepdim=True))
+        _normalized(o, per_sample_sum(o, keepdim=True).abs_())
         out = buffer = None
         if self.use_c:
             xp = x if nonnegative else x.clamp(min=0)
@@ -92,7 +89,7 @@ class Hedge:
             del weighted
             if self.use_psi and not one_by_one:
                 buffer = torch.empty_like(x)
-                out = shift_excess_(out, _sum(t), buffer)
+                out = shift_excess_(out, per_sample_sum(t), buffer)
         if self.use_a or self.use_u:
             if buffer is None:
                 buffer = torch.empty_like(x)

@@ -13,11 +13,13 @@ conventions follow zennit so that its composites can be matched number for numbe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Union
 
 import torch
 
-from ..ops import Affine, is_channels_last, normalize
+from ..numerics import normalize
+from ..ops import Affine, is_channels_last
+from .base import AffineRule
 from ..options import bound, check_rule_field, flag, number
 
 Tensor = torch.Tensor
@@ -25,21 +27,9 @@ Bound = Union[float, Tensor, None]
 _NON_NEGATIVE = number(low=0)
 
 
-class AffineRule(Protocol):
-    """A relevance rule for an affine layer."""
-
-    def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor: ...
-
-
 def _parts(layer: Affine) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Positive and negative parts of the effective weight and bias (cached per layer)."""
-    wp = layer.cached("w+", lambda: layer.weight.clamp(min=0))
-    wn = layer.cached("w-", lambda: layer.weight.clamp(max=0))
-    if layer.bias is None:
-        return wp, wn, None, None
-    bp = layer.cached("b+", lambda: layer.bias.clamp(min=0))
-    bn = layer.cached("b-", lambda: layer.bias.clamp(max=0))
-    return wp, wn, bp, bn
+    return layer.positive_weight, layer.negative_weight, layer.positive_bias, layer.negative_bias
 
 
 def _split(x: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor | None]:
@@ -50,7 +40,7 @@ def _split(x: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor | None]:
 
 
 @dataclass(frozen=True)
-class Epsilon:
+class Epsilon(AffineRule):
     """LRP-epsilon: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j`` (paper 003, Eq. 2).
 
     ``epsilon=0`` is LRP-0 (the z rule, paper 003 Eq. 1) with ``0/0 := 0``.
@@ -71,7 +61,7 @@ def ZRule() -> Epsilon:
 
 
 @dataclass(frozen=True)
-class AlphaBeta:
+class AlphaBeta(AffineRule):
     """LRP-alpha-beta, ``alpha - beta = 1`` with ``beta >= 0`` (paper 003, Eq. 3).
 
     Paper 003 writes ``R_i = sum_j (alpha z+_ij / z+_j + beta z-_ij / z-_j) R_j`` with
@@ -146,7 +136,7 @@ def ZPlus(stabilizer: float = 1e-6) -> AlphaBeta:
 
 
 @dataclass(frozen=True)
-class Gamma:
+class Gamma(AffineRule):
     """Generalised LRP-gamma (Montavon et al. 2019; Andeol et al. 2021; zennit's ``Gamma``).
 
     Where ``z_j > 0`` the relevance follows ``x+ (w + gamma w+) + x- (w + gamma w-)``, where
@@ -175,7 +165,7 @@ class Gamma:
 
 
 @dataclass(frozen=True)
-class Flat:
+class Flat(AffineRule):
     """LRP-flat (LRP_b, paper 003): relevance spread uniformly over each output's receptive field.
 
     All weights are set to 1 and the bias to 0, and the inputs to 1: ``R_i = sum_j R_j / n_j``
@@ -196,7 +186,7 @@ class Flat:
 
 
 @dataclass(frozen=True)
-class WSquare:
+class WSquare(AffineRule):
     """LRP-w^2 (Montavon et al. 2017): ``R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j``.
 
     As zennit's ``WSquare``, the squared bias joins the denominator unless ``zero_bias``.
@@ -218,7 +208,7 @@ class WSquare:
 
 
 @dataclass(frozen=True)
-class ZBox:
+class ZBox(AffineRule):
     """DTD z^B rule for inputs bounded by ``low <= x <= high`` (Montavon et al. 2017).
 
     ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z^B_j R_j``. ``low``/``high``: numbers,
@@ -262,13 +252,13 @@ class ZBox:
         if not self.bias:
             bias = layer.broadcast_bias(z) if layer.bias is not None else None
         else:
-            bias = None if bp is None else (bp + bn if layer.kind == "linear" else (bp + bn).view(
+            bias = None if bp is None else (bp + bn if layer.layer_type == "linear" else (bp + bn).view(
                 1, -1, *([1] * layer.nd)))
         zb = z - bias if bias is not None else z.clone()
         _subtract_bound_response(layer, _subtract_bound_response(layer, zb, x, low, "w+", wp), x, high, "w-", wn)
         s = normalize(r, zb, self.stabilizer)
         del zb
-        if layer.kind == "conv" and layer.groups == 1:
+        if layer.layer_type == "conv" and layer.groups == 1:
             # the three transposed maps in one call, with [W, W+, W-] stacked along the input channels
             stacked = layer.cached("[w,w+,w-]:in", lambda: torch.cat([layer.weight, wp, wn], 1))
             channels = x.shape[1]
@@ -314,9 +304,15 @@ class NegatedLayer:
     def cached(self, key: str, make):
         return self._layer.cached("negated:" + key, make)
 
+    # the parts of the negated weight and bias, cached under the negated keys
+    positive_weight = Affine.positive_weight
+    negative_weight = Affine.negative_weight
+    positive_bias = Affine.positive_bias
+    negative_bias = Affine.negative_bias
+
 
 @dataclass(frozen=True)
-class Contrastive:
+class Contrastive(AffineRule):
     """``rule(W) - rule(-W)``: the target's relevance minus that of its negated "dual" unit.
 
     For the output layer of contrastive excitation backprop (Zhang et al. 2016) and CLRP's second
@@ -332,7 +328,7 @@ class Contrastive:
 
 
 @dataclass(frozen=True)
-class Pass:
+class Pass(AffineRule):
     """Relevance passes unchanged (only for layers whose input and output shapes agree)."""
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
@@ -341,4 +337,4 @@ class Pass:
         return r
 
 
-__all__ = ["AffineRule", "AlphaBeta", "Contrastive", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule"]
+__all__ = ["AlphaBeta", "Contrastive", "Epsilon", "Flat", "Gamma", "Pass", "WSquare", "ZBox", "ZPlus", "ZRule"]

@@ -12,43 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..numerics import per_sample_sum, quotient_, safe_divide, shift_excess_
+from ..ops import Affine
 from ..options import check_rule_field, choice
-from ..ops import Affine, safe_divide
+from .base import AffineRule
 
 Tensor = torch.Tensor
-
-
-def uniform_shift(c: Tensor, total: Tensor) -> Tensor:
-    """Psi (paper 000, Eq. 8-9): subtract ``(sum c - total) / #nonzero`` from every nonzero entry,
-    per sample, so that each sample's relevance sums to ``total`` (shape (B,))."""
-    return shift_excess_(c.clone(), c.flatten(1).sum(1) - total)
-
-
-def shift_excess_(c: Tensor, excess: Tensor, buffer: Tensor | None = None) -> Tensor:
-    """Psi in place: subtract ``excess / #nonzero`` (``excess`` of shape (B,)) from every nonzero
-    entry of ``c``, per sample; ``c`` is overwritten and returned (``buffer``: scratch space like ``c``)."""
-    # a 0/1 mask in c's dtype: faster to count and to apply than a boolean one
-    nonzero = torch.ne(c, 0, out=torch.empty_like(c) if buffer is None else buffer)
-    dims = tuple(range(1, c.dim()))  # not flatten(1): that copies a channels-last tensor
-    if c[0].numel() <= 2.0 / torch.finfo(c.dtype).eps:  # counting in c's dtype is exact
-        count = nonzero.sum(dims)
-    else:
-        count = torch.count_nonzero(c, dim=dims).to(c.dtype)
-    shift = safe_divide(excess, count).view(-1, *([1] * (c.dim() - 1)))
-    return c.addcmul_(nonzero, shift, value=-1)
-
-
-def quotient_(numerator: Tensor, denominator: Tensor, out: Tensor | None = None) -> Tensor:
-    """``numerator / denominator`` with 0 where the denominator is 0 (``safe_divide``), written into
-    ``out`` (default: ``numerator``). The infinities and NaNs of a division by zero are replaced by 0
-    in one pass, which is faster than masking; the denominators of these rules are sums of
-    non-negative terms, so a nonzero one gives a finite quotient."""
-    return torch.div(numerator, denominator, out=numerator if out is None else out).nan_to_num_(0.0, 0.0, 0.0)
-
-
-def _sum(r: Tensor) -> Tensor:
-    """Per-sample sum, (B,)."""
-    return r.sum(tuple(range(1, r.dim()))) if r.dim() > 1 else r
 
 
 def _stacked(layer: Affine) -> Tensor:
@@ -83,7 +52,7 @@ def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) ->
 
 
 @dataclass(frozen=True)
-class RAPOutput:
+class RAPOutput(AffineRule):
     """The first propagation at the output layer (paper 000, Eq. 5-6; official_methods.md 1.2).
 
     The target unit's input contributions ``c_i = x_i w_ti`` receive the bias in proportion to the
@@ -92,7 +61,7 @@ class RAPOutput:
     """
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        if layer.kind != "linear" or x.dim() != 2:
+        if layer.layer_type != "linear" or x.dim() != 2:
             raise ValueError(f"RAP's first propagation needs a linear output layer, got {layer.path!r}")
         target = r.abs().argmax(dim=1)
         w = layer.weight[target]  # (B, in)
@@ -114,7 +83,7 @@ class RAPOutput:
 
 
 @dataclass(frozen=True)
-class RAPHidden:
+class RAPHidden(AffineRule):
     """RAP for hidden linear and convolution layers (official_methods.md 1.3-1.4), then Psi.
 
     Linear: ``C_i = x+_i [sum_j w+_ij R_j / z+_j + sum_j |w-_ij| R_j / (z+_j + z-_j)]``.
@@ -129,8 +98,7 @@ class RAPHidden:
         check_rule_field(self, "one_by_one", choice("rap", "abs"))
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        if layer.kind == "conv" and self.one_by_one == "abs" and all(
-                k == 1 for k in layer.module.kernel_size):
+        if self.one_by_one == "abs" and layer.unit_kernel:
             w_abs = layer.cached("|w|", lambda: layer.weight.abs())
             xa = x.abs()
             return layer.transpose(safe_divide(r, layer.apply(xa, w_abs)), w_abs, x).mul_(xa)
@@ -140,7 +108,7 @@ class RAPHidden:
         stacked = r.new_empty((r.shape[0], 2, *r.shape[1:]))
         to_positive, to_negative = stacked[:, 0], stacked[:, 1]
         total = torch.add(zp, zn)
-        if layer.kind == "linear":
+        if layer.layer_type == "linear":
             quotient_(r, total, out=to_negative)
             quotient_(r, zp, out=to_positive)
         else:
@@ -149,14 +117,14 @@ class RAPHidden:
             quotient_(torch.clamp(r, max=0, out=to_negative), zn).add_(relative)
             del relative
         del total, zp, zn
-        if layer.kind == "conv" and layer.groups != 1:  # stacking would mix the groups
+        if layer.layer_type == "conv" and layer.groups != 1:  # stacking would mix the groups
             c = layer.transpose(to_positive, _positive(layer), xp)
             c.add_(layer.transpose(to_negative, _abs_negative(layer), xp))
         else:
             c = layer.transpose(stacked.flatten(1, 2), _stacked(layer), xp)
         del stacked, to_positive, to_negative
         c.mul_(xp)
-        return shift_excess_(c, c.flatten(1).sum(1) - _sum(r))
+        return shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r))
 
 
-__all__ = ["RAPHidden", "RAPOutput", "quotient_", "shift_excess_", "uniform_shift"]
+__all__ = ["RAPHidden", "RAPOutput"]

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from ..ops import Affine, safe_divide
-from .rap import uniform_shift
+from ..numerics import per_sample, per_sample_sum, safe_divide, uniform_shift
+from ..ops import Affine
+from .base import AffineRule, Rule, Step
 
 Tensor = torch.Tensor
 
@@ -33,12 +34,6 @@ def check_flow(flow: str) -> float:
     return KAPPA[flow]
 
 
-def _weight_parts(layer: Affine) -> tuple[Tensor, Tensor]:
-    wp = layer.cached("w+", lambda: layer.weight.clamp(min=0))
-    wn = layer.cached("w-", lambda: layer.weight.clamp(max=0))
-    return wp, wn
-
-
 def _share(layer: Affine, x: Tensor, nonnegative: bool, r: Tensor, promoting: bool) -> Tensor:
     """``sum_j z_ij / sum_i' z_i'j * r_j`` over the promoting (or inhibiting) contributions ``z_ij``.
 
@@ -47,7 +42,7 @@ def _share(layer: Affine, x: Tensor, nonnegative: bool, r: Tensor, promoting: bo
     ``r_j`` add up to ``r_j`` wherever the denominator is nonzero. For ``m >= 0`` the ``m-`` terms
     are skipped.
     """
-    wp, wn = _weight_parts(layer)
+    wp, wn = layer.positive_weight, layer.negative_weight
     w_plus, w_minus = (wp, wn) if promoting else (wn, wp)
     if nonnegative:
         s = safe_divide(r, layer.apply(x, w_plus))
@@ -76,7 +71,7 @@ def bias_effect(layer: Affine, r: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class FirstPropagation:
+class FirstPropagation(AffineRule):
     """The first propagation from the prediction node (paper 001, Eq. 5-6).
 
     ``R_i = sum_j (z+_ij / sum_i z+_ij - z-_ij / sum_i z-_ij) R_j``: the promoting contributions
@@ -93,7 +88,7 @@ class FirstPropagation:
 
 
 @dataclass(frozen=True)
-class Flow:
+class Flow(AffineRule):
     """A hidden affine layer in the normal (Eq. 7) or inversion (Eq. 8) flow, with Eq. 10 first.
 
     Bias (Eq. 10): ``R'_j = R_j - kappa (b_c - mean(b)) / (w x h)`` at every unit ``j`` of feature
@@ -126,8 +121,9 @@ BN_TERMS = ("scaled", "literal", "off")
 
 
 @dataclass(frozen=True)
-class BatchNormFlow:
-    """Batch norm in either flow (paper 001, Eq. 11), for ``Composite(batchnorm=...)``.
+class BatchNormFlow(Rule):
+    """Batch norm in either flow (paper 001, Eq. 11), a rule for the ``batchnorm`` kind
+    (``Composite(batchnorm=BatchNormFlow(...))``).
 
     ``S = BN(z) - z``; ``S'`` is ``S`` with 0 where ``R`` is 0; ``R' = R - kappa T``, with
 
@@ -144,6 +140,8 @@ class BatchNormFlow:
     ``R'`` sums to what ``R`` sums to in every case.
     """
 
+    kinds = ("batchnorm",)
+
     flow: str = "normal"
     term: str = "scaled"
 
@@ -152,7 +150,11 @@ class BatchNormFlow:
         if self.term not in BN_TERMS:
             raise ValueError(f"bn_term must be one of {BN_TERMS}, got {self.term!r}")
 
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        return [self(step.op, step.inputs[0], step.output, r)]
+
     def __call__(self, op: Any, x: Tensor, y: Tensor, r: Tensor) -> Tensor:
+        """``R'`` at the batch norm's input ``x`` given its output ``y`` and the relevance ``r`` there."""
         if self.term == "off":
             return r
         kappa = KAPPA[self.flow]
@@ -162,8 +164,8 @@ class BatchNormFlow:
         centred = shift - mean
         if self.term == "literal":
             return r - kappa / shift[0].numel() * centred
-        carried = (x.abs().mul_(holds) + shift.abs()).flatten(1).sum(1)
-        ratio = safe_divide(r.abs().flatten(1).sum(1), carried).view(-1, *([1] * (r.dim() - 1)))
+        carried = per_sample_sum(x.abs().mul_(holds) + shift.abs())
+        ratio = per_sample(safe_divide(per_sample_sum(r.abs()), carried), r)
         return r - kappa * ratio * centred
 
 

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops import Affine, safe_divide
+from ..numerics import safe_divide
+from ..ops import Affine
+from .base import AffineRule
 
 Tensor = torch.Tensor
 
 
 def _weight_gradient(layer: Affine, x: Tensor, r: Tensor) -> Tensor:
     """``d <layer(x), r> / dW`` for one sample (batch of one)."""
-    if layer.kind == "linear":
+    if layer.layer_type == "linear":
         return r.transpose(0, 1).matmul(x)
     weight = layer.weight
     if layer.pre_pad is not None:
@@ -34,12 +36,12 @@ def _weight_gradient(layer: Affine, x: Tensor, r: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class RSPRule:
+class RSPRule(AffineRule):
     """One RSP layer (per sample; the official code runs a batch of one)."""
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         xp = x if nonnegative else x.clamp(min=0)
-        one_by_one = layer.kind == "conv" and all(k == 1 for k in layer.module.kernel_size)
+        one_by_one = layer.unit_kernel
         outputs = [self._sample(layer, xp[b:b + 1], r[b:b + 1], one_by_one) for b in range(x.shape[0])]
         return torch.cat(outputs, dim=0)
 

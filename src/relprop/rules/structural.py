@@ -1,0 +1,63 @@
+"""Rules for the operations that only move values: relevance goes back to where each value came from.
+
+These operations neither create nor mix evidence, so relevance is conserved exactly: element-wise
+activations and the identity pass it unchanged (Montavon et al. 2019
+[Montavon2019-LRP]), reshapes, indexing and padding move it back (padded positions receive nothing),
+and concatenations split it back along the concatenated dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Rule, Step
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class PassThrough(Rule):
+    """``R_in = R_out`` for element-wise operations (activations, identity, dropout, division by a
+    constant, a batch norm left unfolded as zennit's ``Pass``). An operation that changes the shape
+    or dtype on the way (e.g. ``.to(dtype)``, ``expand``) moves relevance back with its own
+    vector-Jacobian product; extra tensor arguments (e.g. a clamp bound) receive nothing."""
+
+    kinds = ("identity", "activation", "scale", "batchnorm")
+
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        x = step.inputs[0]
+        if x.shape != r.shape or x.dtype != r.dtype:
+            return [step.input_vjp(0, r)]
+        return [r] + [None] * (len(step.inputs) - 1)
+
+
+@dataclass(frozen=True)
+class MoveBack(Rule):
+    """Reshape, permute, indexing, slicing and constant padding: each output value is one input value
+    (or a padded constant), so its relevance goes back to that input position: the operation's
+    vector-Jacobian product, or a plain reshape when the values keep their order."""
+
+    kinds = ("reshape", "getitem", "pad")
+
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        x = step.inputs[0]
+        keeps_order = getattr(step.op, "keeps_order", None)
+        if keeps_order is not None and r.numel() == x.numel() and keeps_order():
+            return [r.reshape(x.shape)]
+        return [step.input_vjp(0, r)]
+
+
+@dataclass(frozen=True)
+class SplitConcat(Rule):
+    """Concatenation: relevance is split back along the concatenated dimension."""
+
+    kinds = ("concat",)
+
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        dim = step.op.dim(step.args, step.kwargs)
+        return list(torch.split(r, [x.shape[dim] for x in step.inputs], dim=dim))
+
+
+__all__ = ["MoveBack", "PassThrough", "SplitConcat"]
