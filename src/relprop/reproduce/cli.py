@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser, sizes: Optional[Sequence[str]
     when the command runs if not given)."""
     parser.add_argument("--store", required=True, help="SQLite store (created or continued)")
     parser.add_argument("--size", default="small", choices=sizes,
-                        help="how many images: small or full (default small)")
+                        help="how many images: a size of relprop.reproduce.protocols.SIZES, e.g. small or full "
+                             "(default small)")
     parser.add_argument("--out", default="docs/results.md", help="the document (default docs/results.md)")
     parser.add_argument("--images", default=None, help="folder of its PNGs (default <out folder>/images/results)")
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma separated (default {DEFAULT_MODELS})")
