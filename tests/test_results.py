@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from relprop.evaluate import protocols as P
-from relprop.evaluate.paper_orders import Order, verdict
-from relprop.evaluate.results import write_results
+from relprop.reproduce import protocols as P
+from relprop.reproduce.paper_orders import Order, verdict
+from relprop.reproduce.results import write_results
 from relprop.evaluate.runner import Evaluation, EvaluationConfig, run_evaluation
 from relprop.evaluate.store import Store
 
@@ -205,6 +205,23 @@ def test_jobs_cover_every_protocol() -> None:
     assert only and all(j.config.methods == ["sglrp"] for j in only)
 
 
+def test_reproduce_is_a_subcommand() -> None:
+    from relprop.cli import build_parser
+
+    args = build_parser().parse_args(["reproduce", "--store", "r.sqlite", "--size", "small"])
+    assert args.store == "r.sqlite" and args.size == "small" and args.models.startswith("shapes_vgg")
+    args = build_parser().parse_args(["report", "r.sqlite", "--results", "out.md"])
+    assert args.results == "out.md"
+
+
+def test_reproduce_command_checks_the_size(tmp_path, capsys) -> None:
+    from relprop.cli import main
+
+    assert main(["reproduce", "--store", str(tmp_path / "r.sqlite"), "--size", "huge"]) == 2
+    assert "unknown size 'huge'; known: full, small" in capsys.readouterr().err
+    assert not (tmp_path / "r.sqlite").exists()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
 
@@ -225,7 +242,7 @@ def test_share_model_reuses_model_and_explainers() -> None:
 
 
 def test_verdict_reasons_follow_the_data() -> None:
-    from relprop.evaluate.paper_orders import DATA_PHOTOS, ORDERS
+    from relprop.reproduce.paper_orders import DATA_PHOTOS, ORDERS
 
     order = ORDERS["002-map"]
     ours = {"rsp": 0.1, "hedge": 0.9, "clrp": 0.5, "contrastive-eb": 0.2}

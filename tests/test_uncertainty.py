@@ -168,7 +168,7 @@ def test_bootstrap_of_500_values_is_fast() -> None:
 
 
 def test_verdict_counts_agree_reversed_undecided_after_holm() -> None:
-    from relprop.evaluate.paper_orders import Order, decide, verdict
+    from relprop.reproduce.paper_orders import Order, decide, verdict
 
     order = Order("test", (("a",), ("b",), ("c",)), why="reason")
     ours = {"a": 3.0, "b": 1.0, "c": 2.0}  # a > b holds, a > c holds, b > c reversed
@@ -192,7 +192,8 @@ def test_verdict_counts_agree_reversed_undecided_after_holm() -> None:
 
 
 def test_results_items_give_tests_and_intervals() -> None:
-    from relprop.evaluate.results import _ci, intervals, pair_p_values
+    from relprop.reproduce.document import fmt_ci
+    from relprop.reproduce.rundata import intervals, pair_p_values
 
     # 20 images; "good" hits every class, "bad" misses; "same" equals "good"
     good = [(f"i{k}", c, 1.0, 1.0) for k in range(20) for c in (0, 1)]
@@ -202,7 +203,7 @@ def test_results_items_give_tests_and_intervals() -> None:
     assert p[("good", "bad")] < 0.001 and p[("good", "same")] == 1.0 and ("good", "none") not in p
     iv = intervals(items)
     assert "none" not in iv and iv["good"].estimate == 1.0 and (iv["good"].low, iv["good"].high) == (1.0, 1.0)
-    assert _ci(0.5, iv["good"], 1, 100) == "0.5 [100.0, 100.0]" and _ci(math.nan, iv["good"]) == "–"
+    assert fmt_ci(0.5, iv["good"], 1, 100) == "0.5 [100.0, 100.0]" and fmt_ci(math.nan, iv["good"]) == "–"
     # pooled ratio items (sum, count): 4/4 and 0/4 pool to 0.5, as the segmentation table does
     pooled = intervals({"m": [("a", 0, 4.0, 4.0), ("b", 0, 0.0, 4.0)]})["m"]
     assert pooled.estimate == 0.5 and (pooled.low, pooled.high) == (0.0, 1.0)

@@ -1,4 +1,4 @@
-"""Command line interface: ``relprop methods | explain | demo | evaluate | report``.
+"""Command line interface: ``relprop methods | explain | demo | evaluate | report | reproduce``.
 
 The library is imported inside the commands so that ``relprop --help`` stays fast.
 """
@@ -459,7 +459,8 @@ def _print_timings(methods: list[str], timings: dict[str, list[float]], failures
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the ``methods``, ``explain`` and ``demo`` subcommands."""
+    """The argument parser with the ``methods``, ``explain``, ``demo``, ``evaluate``, ``report`` and
+    ``reproduce`` subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Explain image classifiers by relevance propagation."
     )
@@ -502,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     from relprop.evaluate.cli import add_parsers as add_evaluation_parsers
 
     add_evaluation_parsers(sub)  # evaluate, report
+
+    from relprop.reproduce.cli import add_parsers as add_reproduce_parsers
+
+    add_reproduce_parsers(sub)  # reproduce, and report --results
     return parser
 
 

@@ -6,16 +6,16 @@ import argparse
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["add_parsers", "cmd_evaluate", "cmd_report"]
+__all__ = ["add_parsers", "cmd_evaluate", "cmd_report", "on_stores"]
 
 _EPILOG = """examples:
   relprop evaluate --dataset shapes --dataset-option count=200 --model shapes_vgg \\
       --methods all --metrics pointing_game,mu,energy_pointing_game,aopc_morf --store shapes.sqlite
   torchrun --nproc_per_node 2 -m relprop.cli evaluate ... (same options: shards the samples)
   relprop report shapes.sqlite --out shapes-report
-  relprop report results.sqlite --results docs/results.md   (the papers' tables: benchmarks/reproduce.py)
+  relprop report results.sqlite --results docs/results.md   (the papers' tables: relprop reproduce)
 
 Killed and started again with the same options, it continues where it stopped.
 Option values are JSON where they parse: --metric-option aopc_morf.counts=[0,10,20]
@@ -88,9 +88,6 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("report", help="tables (markdown, CSV) and plots of an evaluation store")
     p.add_argument("store", nargs="+", help="SQLite file(s) written by `relprop evaluate` (several with --results)")
     p.add_argument("--out", default=None, help="output folder (default: <store name>-report)")
-    p.add_argument("--results", default=None, metavar="FILE.md",
-                   help="instead, write the papers' tables and figures (docs/results.md layout; PNGs in "
-                        "<FILE folder>/images/results) from the store(s) of benchmarks/reproduce.py")
     p.add_argument("--html", default=None, metavar="DIR",
                    help="write the report into DIR with index.html: summary, plots and a gallery of the "
                         "(image, class) pairs sorted by a chosen method and metric (self-contained, no server)")
@@ -164,12 +161,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the tables and plots of a store."""
+    return on_stores(args, _report)
+
+
+def on_stores(args: argparse.Namespace, write: Callable[[argparse.Namespace, list[Path]], int]) -> int:
+    """Run ``write(args, stores)`` on the stores ``args.store`` once they exist; a store found damaged
+    while reading is reported as a :class:`ValueError`."""
     stores = [Path(s) for s in args.store]
     for store in stores:
         if not store.exists():
             raise ValueError(f"evaluation store not found: {store}")
     try:
-        return _report(args, stores)
+        return write(args, stores)
     except sqlite3.DatabaseError as err:  # damage found past the checks on opening
         raise ValueError(f"store {' '.join(args.store)} is not a readable relprop store ({err})") from None
 
@@ -177,12 +180,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, stores: list[Path]) -> int:
     from .report import write_report
 
-    if args.results is not None:
-        from .results import write_results
-
-        files = write_results(stores, args.results)
-        print(f"wrote {files[0]} and {len(files) - 1} figures")
-        return 0
     if len(stores) > 1:
         raise ValueError("several stores are read only with --results")
     store = stores[0]

@@ -1,4 +1,6 @@
-"""The metrics an evaluation can compute, wired to :mod:`relprop.metrics` with the inputs each needs.
+"""The metrics an evaluation can compute: every metric of :data:`relprop.metrics.METRICS`, computed
+from the :class:`~relprop.metrics.Wiring` it was registered with (the inputs it needs, the function
+called, how its result is stored); nothing here names a metric except :data:`DEFAULT_METRICS`.
 
 Every metric is computed for a batch of explained (sample, class) pairs from one method's maps
 (relevance summed over channels, at the model's input resolution) and yields, per pair, a headline
@@ -27,17 +29,15 @@ the class, so values do not depend on batching or on how the data are sharded.
 
 from __future__ import annotations
 
+import difflib
 import inspect
-import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .. import metrics as M
-from ..metrics.perturbation import _rise_counts, region_ids
 from .store import variant_key
 
 __all__ = ["NO_METHOD", "PairBatch", "MetricSpec", "metric_spec", "metric_names", "pair_seed"]
@@ -92,27 +92,6 @@ def pair_seed(sample_key: str, target: int, base: int = 0) -> int:
     return zlib.crc32(f"{sample_key}\x00{int(target)}\x00{int(base)}".encode()) & 0x7FFFFFFF
 
 
-def _floats(t: Tensor) -> list:
-    return t.detach().to(torch.float64).cpu().tolist()
-
-
-def _scalars(values: Tensor) -> list[tuple[float, Any]]:
-    v = _floats(values)
-    return [(x, x) for x in v]
-
-
-def _vectors(values: Tensor) -> list[tuple[float, Any]]:
-    """Rows of a (N, K) tensor; the scalar is the row mean (NaN if any entry is NaN)."""
-    rows = _floats(values)
-    return [(math.fsum(r) / len(r) if r and not any(math.isnan(x) for x in r) else math.nan, r)
-            for r in rows]
-
-
-def _curves(curves: M.PerturbationCurves, scalar: Tensor) -> list[tuple[float, Any]]:
-    scores, correct, s = _floats(curves.scores), curves.correct.to(torch.int64).cpu().tolist(), _floats(scalar)
-    return [(s[i], {"scores": scores[i], "correct": correct[i]}) for i in range(len(s))]
-
-
 def _seeds(batch: PairBatch, options: dict) -> list[int]:
     base = options.get("seed", 0)
     if not isinstance(base, int):
@@ -120,138 +99,29 @@ def _seeds(batch: PairBatch, options: dict) -> list[int]:
     return [zlib.crc32(f"{s}\x00{base}".encode()) & 0x7FFFFFFF for s in batch.seeds]
 
 
-def _with(options: dict, **defaults: Any) -> dict:
-    out = dict(defaults)
-    out.update(options)
-    return out
-
-
 def _tupled(options: dict) -> dict:
     """JSON lists become tuples (sequence options, ``("percentile", q)`` thresholds)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
 
 
-# ------------------------------------------------------------------------------------------------
-# adapters
-
-
-def _map_mask(fn: Callable) -> Compute:
-    return lambda b, maps, o: _scalars(fn(maps, b.masks, **_tupled(o)))
-
-
-def _map_only(fn: Callable) -> Compute:
-    return lambda b, maps, o: _scalars(fn(maps, **_tupled(o)))
-
-
-def _energy(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    return _vectors(M.energy_pointing_game(maps, b.masks, **_tupled(o)))
-
-
-def _topk(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    return _vectors(M.topk_distance(maps, **_tupled(o)))
-
-
-def _aopc(order: str) -> Compute:
-    def compute(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-        opts = _tupled(_with(o, counts=tuple(range(0, 101))))
-        opts["seed"] = _seeds(b, o)
-        curves = M.region_perturbation(b.model, b.images, maps, b.targets, order=order, **opts)
-        return _curves(curves, curves.aopc())
-    return compute
-
-
-def _blurred(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    curves = M.blurred_insertion(b.model, b.images, maps, b.targets, **_tupled(o))
-    return _curves(curves, curves.auc())
-
-
-def _rise(kind: str) -> Compute:
-    fn = M.rise_deletion if kind == "deletion" else M.rise_insertion
+def _compute(info: M.MetricInfo) -> Compute:
+    """The runner's computation of a registered metric, from its :class:`~relprop.metrics.Wiring`."""
+    wiring = info.wiring
+    fn = wiring.call or info.fn
 
     def compute(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-        curves = fn(b.model, b.images, maps, b.targets, **_tupled(o))
-        return _curves(curves, curves.auc())
+        args = []
+        for name in wiring.inputs:
+            value = maps if name == "maps" else getattr(b, name)
+            if name == "explain" and value is None:
+                raise ValueError(f"{info.name} needs the method's explain function")
+            args.append(value)
+        opts = _tupled(dict(wiring.defaults, **o))
+        if wiring.seeded:
+            opts["seed"] = _seeds(b, o)
+        return wiring.result(fn(*args, **opts, **wiring.fixed))
     return compute
 
-
-def _patch(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    opts = _tupled(o)
-    opts["seed"] = _seeds(b, o)
-    res = M.maximal_patch_masking(b.model, b.images, maps, b.targets, **opts)
-    rows = _vectors(res.change)
-    clean, nopos = _floats(res.clean), res.no_positive.cpu().tolist()
-    return [(s, {"change": v, "clean": clean[i], "no_positive": bool(nopos[i])})
-            for i, (s, v) in enumerate(rows)]
-
-
-def _seg_counts(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    rows = M.segmentation_counts(maps, b.masks, **_tupled(o)).cpu().tolist()
-    fields = M.segmentation.COUNT_FIELDS
-    return [(r[0] / r[1] if r[1] else math.nan, {k: int(v) for k, v in zip(fields, r)}) for r in rows]
-
-
-def _occlusion(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    out = M.object_context_occlusion(b.model, b.images, b.masks, b.targets, **_tupled(o))
-    rows = _floats(out)
-    # scalar: object minus context; negative when occluding the object hurts more (paper 003, Fig. 2)
-    return [(r[0] - r[1], {"object": r[0], "context": r[1]}) for r in rows]
-
-
-def _target_score(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    return _scalars(M.target_score(b.model, b.images, b.targets, **o))
-
-
-def _randomisation(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
-    if b.explain is None:
-        raise ValueError("cascading_randomisation needs the method's explain function")
-    res = M.cascading_randomisation(b.model, b.images, b.targets, b.explain, **_tupled(o))
-    sa, sg, ss = _floats(res.spearman_abs), _floats(res.spearman), _floats(res.ssim)
-    out = []
-    for i in range(len(sa)):
-        last = sa[i][-1] if sa[i] else math.nan
-        out.append((last, {"layers": list(res.layers), "spearman_abs": sa[i], "spearman": sg[i],
-                           "ssim": ss[i]}))
-    return out
-
-
-@dataclass(frozen=True)
-class _Wiring:
-    compute: Compute
-    needs_mask: bool
-    needs_map: bool = True
-    accepts: Optional[Callable] = None  # the function whose keyword arguments are the options
-    fixed: tuple[str, ...] = ()  # options the runner sets itself
-
-
-_WIRING: dict[str, _Wiring] = {
-    "pointing_game": _Wiring(_map_mask(M.pointing_game), True),
-    "energy_pointing_game": _Wiring(_energy, True, accepts=M.energy_pointing_game, fixed=("return_counts",)),
-    "outside_inside_ratio": _Wiring(_map_mask(M.outside_inside_ratio), True),
-    "normalised_outside_inside_ratio": _Wiring(_map_mask(M.normalised_outside_inside_ratio), True),
-    "mu": _Wiring(_map_mask(M.inside_total_ratio), True),
-    "mu_w": _Wiring(_map_mask(M.weighted_inside_total_ratio), True),
-    "positive_ratio": _Wiring(_map_only(M.positive_ratio), False),
-    "top_k_intersection": _Wiring(_map_mask(M.top_k_intersection), True),
-    "relevance_rank_accuracy": _Wiring(_map_mask(M.relevance_rank_accuracy), True),
-    "relevance_mass_accuracy": _Wiring(_map_mask(M.relevance_mass_accuracy), True),
-    "pixel_accuracy": _Wiring(_map_mask(M.pixel_accuracy), True),
-    "image_iou": _Wiring(_map_mask(M.image_iou), True),
-    "segmentation_counts": _Wiring(_seg_counts, True, accepts=M.segmentation_counts),
-    "stacked_map": _Wiring(_map_mask(M.stacked_average_precision), True),
-    "foreground_ap": _Wiring(_map_mask(M.foreground_average_precision), True),
-    "topk_distance": _Wiring(_topk, False, accepts=M.topk_distance),
-    "aopc_morf": _Wiring(_aopc("morf"), False, accepts=M.region_perturbation, fixed=("order",)),
-    "aopc_lerf": _Wiring(_aopc("lerf"), False, accepts=M.region_perturbation, fixed=("order",)),
-    "blurred_insertion": _Wiring(_blurred, False, accepts=M.blurred_insertion),
-    "rise_deletion_auc": _Wiring(_rise("deletion"), False, accepts=M.rise_deletion),
-    "rise_insertion_auc": _Wiring(_rise("insertion"), False, accepts=M.rise_insertion),
-    "maximal_patch_masking": _Wiring(_patch, False, accepts=M.maximal_patch_masking),
-    "object_context_occlusion": _Wiring(_occlusion, True, needs_map=False,
-                                        accepts=M.object_context_occlusion),
-    "target_score": _Wiring(_target_score, False, needs_map=False, accepts=M.target_score),
-    "cascading_randomisation": _Wiring(_randomisation, False, accepts=M.cascading_randomisation,
-                                       fixed=("return_maps",)),
-}
 
 #: the metrics computed when none are named: cheap map metrics and one perturbation curve
 DEFAULT_METRICS = ("pointing_game", "energy_pointing_game", "mu", "mu_w", "outside_inside_ratio",
@@ -260,62 +130,39 @@ DEFAULT_METRICS = ("pointing_game", "energy_pointing_game", "mu", "mu_w", "outsi
 
 def metric_names() -> list[str]:
     """Names the runner can compute (every entry of :data:`relprop.metrics.METRICS`)."""
-    return sorted(_WIRING)
+    return sorted(M.METRICS)
 
 
-def _keywords(fn: Callable) -> set[str]:
-    params = list(inspect.signature(fn).parameters.values())
-    return {p.name for p in params if p.default is not p.empty or p.kind is p.KEYWORD_ONLY}
-
-
-def _x_axis(name: str, options: dict, size: int) -> tuple[Optional[list], Optional[str]]:
-    """The x axis of a vector- or curve-valued metric for ``size`` x ``size`` inputs."""
-    sig = lambda fn, arg: inspect.signature(fn).parameters[arg].default  # noqa: E731
-    if name == "energy_pointing_game":
-        return list(options.get("energies", sig(M.energy_pointing_game, "energies"))), "energy"
-    if name == "topk_distance":
-        return list(options.get("ks", sig(M.topk_distance, "ks"))), "K"
-    if name in ("aopc_morf", "aopc_lerf"):
-        counts = [int(c) for c in options.get("counts", range(0, 101))]
-        if not counts or counts[0] != 0:
-            counts = [0] + counts
-        unit = "pixels" if int(options.get("patch_size", 1)) == 1 else "regions"
-        return counts, f"{unit} removed"
-    if name == "blurred_insertion":
-        fr = [float(f) for f in options.get("fractions", sig(M.blurred_insertion, "fractions"))]
-        _, nreg, _ = region_ids(size, size, int(options.get("patch_size", 1)))
-        counts = [int(math.floor(f * nreg + 0.5)) for f in fr]
-        if not counts or counts[0] != 0:
-            counts = [0] + counts  # step 0 (the blurred image) is prepended by the metric
-        return [c / nreg for c in counts], "fraction inserted"
-    if name in ("rise_deletion_auc", "rise_insertion_auc"):
-        step = int(options.get("step", 224))
-        n = size * size
-        return [c / n for c in _rise_counts(n, step)], ("fraction deleted" if "deletion" in name
-                                                        else "fraction inserted")
-    if name == "maximal_patch_masking":
-        return [int(p) for p in options.get("patch_sizes", sig(M.maximal_patch_masking, "patch_sizes"))], \
-            "patch size"
-    return None, None
+def _options(info: M.MetricInfo) -> set[str]:
+    """The options of a metric: keyword arguments of the function called, less its inputs and the
+    arguments the runner sets."""
+    wiring = info.wiring
+    params = list(inspect.signature(wiring.call or info.fn).parameters.values())
+    inputs = {p.name for p in params[:len(wiring.inputs)]}
+    named = {p.name for p in params if p.default is not p.empty or p.kind is p.KEYWORD_ONLY}
+    return named - inputs - set(wiring.fixed)
 
 
 def metric_spec(name: str, options: Optional[dict] = None, size: int = 224) -> MetricSpec:
     """The metric ``name`` with ``options`` (keyword arguments of its :mod:`relprop.metrics` function)."""
     options = dict(options or {})
-    if name not in _WIRING:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(metric_names())}")
-    wiring = _WIRING[name]
+    if name not in M.METRICS:
+        close = difflib.get_close_matches(name, metric_names(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown metric {name!r}{hint}; known: {', '.join(metric_names())}")
     info = M.METRICS[name]
-    allowed = _keywords(wiring.accepts or info.fn) - set(wiring.fixed) - {"targets", "explain"}
+    wiring = info.wiring
+    allowed = _options(info)
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"metric {name!r} has no option {', '.join(map(repr, unknown))}; "
                          f"its options are: {', '.join(sorted(allowed)) or 'none'}")
-    x, x_label = _x_axis(name, options, size)
+    x, x_label = wiring.x_axis(dict(wiring.defaults, **options), size) if wiring.x_axis else (None, None)
     return MetricSpec(name=name, options=options, key=variant_key(name, options),
-                      needs_mask=wiring.needs_mask, needs_map=wiring.needs_map,
+                      needs_mask="masks" in wiring.inputs,
+                      needs_map="maps" in wiring.inputs or "explain" in wiring.inputs,
                       higher_is_better=info.higher_is_better, category=info.category,
-                      compute=wiring.compute, x=x, x_label=x_label)
+                      compute=_compute(info), x=x, x_label=x_label)
 
 
 def check_metric_specs(specs: Sequence[MetricSpec]) -> None:

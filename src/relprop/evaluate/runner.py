@@ -83,7 +83,7 @@ class EvaluationConfig:
     #: the progress bar's text (default "evaluate <dataset>"); does not enter the run's identity
     progress_label: Optional[str] = None
     #: keep the model and its prepared explainers in this process for later evaluations of the same
-    #: model (benchmarks/reproduce.py runs many jobs on one model: preparing an explainer of a large
+    #: model (relprop reproduce runs many jobs on one model: preparing an explainer of a large
     #: model costs seconds); does not enter the run's identity
     share_model: bool = False
 

@@ -4,16 +4,17 @@ Maps are ``(B, H, W)`` float tensors, masks ``(B, H, W)`` binary tensors; every 
 per-sample values with NaN where the value is undefined, and :mod:`relprop.metrics.aggregate`
 averages them NaN-aware, reporting how many samples counted. :data:`METRICS` maps each metric's
 name to a :class:`MetricInfo` with the function, its direction (``higher_is_better``: True, False,
-or None for descriptive statistics) and its source (paper file and equation in
-``../shared/papers``). See ``docs/metrics.md``.
+or None for descriptive statistics), its source (paper file and equation in ``../shared/papers``)
+and its :class:`Wiring` (how ``relprop evaluate`` computes it); each metric is declared once, with
+:func:`register` next to its function (:mod:`.registry`). See ``docs/metrics.md`` and
+``docs/extending.md``.
 """
 
 from __future__ import annotations
 
-from . import (aggregate, distance, localisation, patch, perturbation, pointing, randomisation,
+from . import (aggregate, distance, localisation, patch, perturbation, pointing, randomisation, registry,
                segmentation)
-from ._common import (METRICS, SIGNS, MetricInfo, apply_sign, check_maps, check_masks, check_pair,
-                      reduce_channels)
+from ._common import SIGNS, apply_sign, check_maps, check_masks, check_pair, reduce_channels
 from .aggregate import (Aggregate, ClassAggregate, CurveAggregate, aggregate_curves, binned_mean,
                         per_class_mean)
 from .aggregate import aggregate as aggregate_values
@@ -29,13 +30,16 @@ from .pointing import PointingPairs, PointingReport, pointing_game_report, point
 from .perturbation import (PerturbationCurves, aopc, blurred_insertion, gaussian_blur,
                            region_perturbation, rise_deletion, rise_insertion, trapezoid_auc)
 from .randomisation import cascading_randomisation, spearman, ssim
+from .registry import (INPUTS, METRICS, MetricInfo, Wiring, register, scalar_records, unregister,
+                       vector_records)
 from .segmentation import (SegmentationAccumulator, average_precision, foreground_average_precision,
                            image_iou, otsu_thresholds, percentile_thresholds, pixel_accuracy,
                            pooled_segmentation, segmentation_counts, stacked_average_precision,
                            threshold_maps)
 
 __all__ = [
-    "METRICS", "MetricInfo", "SIGNS", "Aggregate", "ClassAggregate", "CurveAggregate",
+    "METRICS", "MetricInfo", "Wiring", "INPUTS", "register", "unregister", "scalar_records", "vector_records",
+    "SIGNS", "Aggregate", "ClassAggregate", "CurveAggregate",
     "PerturbationCurves", "SegmentationAccumulator", "PointingPairs", "PointingReport",
     "aggregate", "aggregate_values", "aggregate_curves", "per_class_mean", "binned_mean",
     "apply_sign", "check_maps", "check_masks", "check_pair", "reduce_channels",
@@ -52,5 +56,6 @@ __all__ = [
     "rise_insertion", "gaussian_blur",
     "maximal_patch_masking", "ranked_classes", "topk_distance", "object_context_occlusion", "target_score",
     "cascading_randomisation", "spearman", "ssim",
-    "distance", "localisation", "patch", "perturbation", "pointing", "randomisation", "segmentation",
+    "distance", "localisation", "patch", "perturbation", "pointing", "randomisation", "registry",
+    "segmentation",
 ]

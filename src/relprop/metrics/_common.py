@@ -1,4 +1,4 @@
-"""Shared validation, sign handling, ranking and the metric registry for :mod:`relprop.metrics`.
+"""Shared validation, sign handling and ranking for :mod:`relprop.metrics` (the registry: :mod:`.registry`).
 
 Conventions used by every metric (see ``docs/metrics.md``):
 
@@ -19,8 +19,7 @@ Conventions used by every metric (see ``docs/metrics.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,53 +27,6 @@ from torch import Tensor
 
 SIGNS = ("positive", "absolute", "signed", "negative")
 RESIZES = (None, "map", "mask")
-
-
-# --------------------------------------------------------------------------------------------
-# registry
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """Metadata of a registered metric.
-
-    ``higher_is_better`` is True or False, or None for descriptive statistics that have no preferred
-    direction (e.g. the positive ratio). ``source`` names the paper file and equation/figure in
-    ``../shared/papers`` (or the anchor implementation) that the metric follows.
-    """
-
-    name: str
-    fn: Callable
-    higher_is_better: Optional[bool]
-    source: str
-    category: str
-
-    @property
-    def direction(self) -> str:
-        return {True: "higher", False: "lower", None: "none"}[self.higher_is_better]
-
-
-METRICS: dict[str, MetricInfo] = {}
-
-
-def register(name: str, *, higher_is_better: Optional[bool], source: str, category: str,
-             fn: Optional[Callable] = None):
-    """Register ``fn`` (or decorate a function) under ``name`` in :data:`METRICS`."""
-
-    def deco(f: Callable) -> Callable:
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} registered twice")
-        METRICS[name] = MetricInfo(name, f, higher_is_better, source, category)
-        if not hasattr(f, "higher_is_better"):
-            try:
-                f.higher_is_better = higher_is_better  # type: ignore[attr-defined]
-                f.source = source  # type: ignore[attr-defined]
-            except AttributeError:  # pragma: no cover - builtins / partials without __dict__
-                pass
-        return f
-
-    return deco(fn) if fn is not None else deco
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,13 +7,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._common import apply_sign, check_maps, register, stable_order
+from ._common import apply_sign, check_maps, stable_order
+from .registry import register, vector_records
 
 __all__ = ["topk_distance"]
 
 
 @register("topk_distance", higher_is_better=None,
-          source="001_1cdcfe426f0a1465.txt Eq. 12, Fig. 7b", category="distribution")
+          source="001_1cdcfe426f0a1465.txt Eq. 12, Fig. 7b", category="distribution",
+          inputs=("maps",), result=vector_records,
+          x_axis=lambda options, side: (list(options.get("ks", (10, 100, 1000))), "K"))
 def topk_distance(maps, ks: Sequence[int] = (10, 100, 1000), *, squared: bool = False,
                   normalise: bool = False, fewer: str = "nan", sign: str = "signed") -> Tensor:
     """``D_K = (1/K) sum_{n=1..K} ||r_1 - r_n||`` over the K largest positive pixels (B, len(ks)).

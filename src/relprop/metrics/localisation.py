@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import (apply_sign, as_tensor, check_include, check_masks, check_maps, check_pair, check_sign,
-                      first_argmax, is_constant, register, stable_order)
+                      first_argmax, is_constant, stable_order)
 from .aggregate import Aggregate, BinnedAggregate, aggregate, binned_mean
+from .registry import register, vector_records
 
 __all__ = [
     "max_points", "pointing_hits", "pointing_game", "energy_pointing_game", "outside_inside_ratio",
@@ -151,7 +152,9 @@ DEFAULT_ENERGIES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
 @register("energy_pointing_game", higher_is_better=True,
-          source="004_b4d3a8d9f0a147ed.txt Eq. 11-12, Fig. 13", category="localisation")
+          source="004_b4d3a8d9f0a147ed.txt Eq. 11-12, Fig. 13", category="localisation",
+          result=vector_records, fixed={"return_counts": False},
+          x_axis=lambda options, side: (list(options.get("energies", DEFAULT_ENERGIES)), "energy"))
 def energy_pointing_game(maps, masks, energies: Sequence[float] = DEFAULT_ENERGIES, *,
                          sign: str = "positive", resize: Optional[str] = None,
                          return_counts: bool = False):
@@ -308,7 +311,7 @@ def box_fraction(masks) -> Tensor:
 
 
 @register("positive_ratio", higher_is_better=None,
-          source="002_05952c533db6d0f8.txt Table 1 (PR)", category="localisation")
+          source="002_05952c533db6d0f8.txt Table 1 (PR)", category="localisation", inputs=("maps",))
 def positive_ratio(maps) -> Tensor:
     """Positive ratio PR (paper 002, Table 1): fraction of pixels with ``R > 0``.
 

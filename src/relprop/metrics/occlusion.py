@@ -15,14 +15,21 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from ._common import check_finite, check_images, check_masks, check_targets, register
+from ._common import check_finite, check_images, check_masks, check_targets
 from .perturbation import chunk_size, forward_in_chunks, model_scores
+from .registry import Records, as_floats, register, scalar_records
 
 __all__ = ["object_context_occlusion", "target_score"]
 
 
+def _object_minus_context(out: Tensor) -> Records:
+    """Per pair: object minus context (negative when occluding the object hurts more, paper 003, Fig. 2)."""
+    return [(r[0] - r[1], {"object": r[0], "context": r[1]}) for r in as_floats(out)]
+
+
 @register("object_context_occlusion", higher_is_better=None,
-          source="003_3ffc2cf8b3d12167.txt Sec. IV-A, Fig. 2", category="sanity")
+          source="003_3ffc2cf8b3d12167.txt Sec. IV-A, Fig. 2", category="sanity",
+          inputs=("model", "images", "masks", "targets"), result=_object_minus_context)
 def object_context_occlusion(model: Callable, images, masks, targets, *,
                              fill: Union[float, Tensor] = 0.0, score: str = "logit",
                              internal_batch_size: Optional[int] = None) -> Tensor:
@@ -65,7 +72,8 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
 
 
 @register("target_score", higher_is_better=None,
-          source="002_05952c533db6d0f8.txt Sec. 5.3.1 (P: predicted classes)", category="model")
+          source="002_05952c533db6d0f8.txt Sec. 5.3.1 (P: predicted classes)", category="model",
+          inputs=("model", "images", "targets"), result=scalar_records)
 def target_score(model: Callable, images, targets, *, score: str = "logit") -> Tensor:
     """(B,) the model's ``score`` (``"logit"``, ``"softmax"``, ``"log_softmax"``) of the target class on
     the clean image; tells which explained classes the model predicts (paper 002, Table 1, "P")."""

@@ -14,8 +14,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._common import apply_sign, as_seeds, check_finite, first_argmax, is_constant, register
+from ._common import apply_sign, as_seeds, check_finite, first_argmax, is_constant
 from .perturbation import check_perturbation_inputs, chunk_size, forward_in_chunks, model_scores
+from .registry import Records, as_floats, register, vector_records
 
 __all__ = ["PatchMaskingResult", "maximal_patch_masking", "ranked_classes", "patch_window"]
 
@@ -61,8 +62,20 @@ def patch_window(center: int, p: int, size: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, size)
 
 
+def _change_records(res: PatchMaskingResult) -> Records:
+    """Per pair: the change per patch size, the clean score and whether the map has a positive value;
+    the scalar is the mean change."""
+    rows = vector_records(res.change)
+    clean, nopos = as_floats(res.clean), res.no_positive.cpu().tolist()
+    return [(s, {"change": v, "clean": clean[i], "no_positive": bool(nopos[i])})
+            for i, (s, v) in enumerate(rows)]
+
+
 @register("maximal_patch_masking", higher_is_better=False,
-          source="004_b4d3a8d9f0a147ed.txt Sec. 5.3.1-5.3.2, Fig. 11", category="perturbation")
+          source="004_b4d3a8d9f0a147ed.txt Sec. 5.3.1-5.3.2, Fig. 11", category="perturbation",
+          inputs=("model", "images", "maps", "targets"), seeded=True, result=_change_records,
+          x_axis=lambda options, side: ([int(p) for p in options.get("patch_sizes", (1, 3, 5, 7, 9))],
+                                        "patch size"))
 def maximal_patch_masking(model: Callable, images, maps, targets, *,
                           patch_sizes: Sequence[int] = (1, 3, 5, 7, 9),
                           fill: Union[float, Tensor] = 0.0, location: str = "max",

@@ -24,6 +24,7 @@ with the smaller row-major index comes first, in MoRF (descending) and LeRF (asc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
@@ -32,9 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import (as_seeds, as_tensor, check_counts, check_finite, check_images, check_maps,
-                      check_target_range, check_targets, register, stable_order)
+                      check_target_range, check_targets, stable_order)
 from .aggregate import CurveAggregate, aggregate_curves
 from .incremental import IncrementalForward
+from .registry import Records, as_floats, register
 
 __all__ = ["PerturbationCurves", "region_perturbation", "blurred_insertion", "rise_deletion",
            "rise_insertion", "aopc", "trapezoid_auc", "gaussian_blur", "gaussian_kernel",
@@ -605,9 +607,38 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
                    mode="deletion", incremental=incremental)
 
 
+def curve_records(curves: PerturbationCurves, scalar: Tensor) -> Records:
+    """Per pair: ``{"scores": curve, "correct": top-1 == target per step}`` with ``scalar`` (B,)."""
+    scores, s = as_floats(curves.scores), as_floats(scalar)
+    correct = curves.correct.to(torch.int64).cpu().tolist()
+    return [(s[i], {"scores": scores[i], "correct": correct[i]}) for i in range(len(s))]
+
+
+def _aopc_records(curves: PerturbationCurves) -> Records:
+    return curve_records(curves, curves.aopc())
+
+
+def _auc_records(curves: PerturbationCurves) -> Records:
+    return curve_records(curves, curves.auc())
+
+
+def _removal_axis(options: dict, side: int) -> tuple[list, str]:
+    """Regions removed at each step of :func:`region_perturbation` (step 0 prepended)."""
+    counts = [int(c) for c in options["counts"]]
+    if not counts or counts[0] != 0:
+        counts = [0] + counts
+    unit = "pixels" if int(options.get("patch_size", 1)) == 1 else "regions"
+    return counts, f"{unit} removed"
+
+
+#: the runner's AOPC: the whole curve stored, per-pair seeds, Samek's 100 steps unless given
+_AOPC = dict(call=region_perturbation, inputs=("model", "images", "maps", "targets"), seeded=True,
+             defaults={"counts": tuple(range(0, 101))}, result=_aopc_records, x_axis=_removal_axis)
+
+
 @register("aopc_morf", higher_is_better=True,
           source="Samek et al. 2017 AOPC; MoRF removal of 001_1cdcfe426f0a1465.txt Table I",
-          category="perturbation")
+          category="perturbation", fixed={"order": "morf"}, **_AOPC)
 def aopc_morf(model, images, maps, targets=None, **kwargs) -> Tensor:
     """(B,) AOPC of a MoRF :func:`region_perturbation` curve (keyword arguments passed on; Samek's
     setup: ``patch_size=9, counts=range(101), removal="noise"``). Higher is better."""
@@ -617,16 +648,27 @@ def aopc_morf(model, images, maps, targets=None, **kwargs) -> Tensor:
 
 @register("aopc_lerf", higher_is_better=False,
           source="Samek et al. 2017 AOPC; LeRF removal of 000_e02107f5a303aa1b.txt Fig. 7",
-          category="perturbation")
+          category="perturbation", fixed={"order": "lerf"}, **_AOPC)
 def aopc_lerf(model, images, maps, targets=None, **kwargs) -> Tensor:
     """(B,) AOPC of a LeRF :func:`region_perturbation` curve. Lower is better."""
     kwargs.setdefault("counts", range(0, 101))
     return region_perturbation(model, images, maps, targets, order="lerf", **kwargs).aopc()
 
 
+def _insertion_axis(options: dict, side: int) -> tuple[list, str]:
+    """Fraction of the regions inserted at each step of :func:`blurred_insertion` (step 0 prepended)."""
+    fr = [float(f) for f in options.get("fractions", PAPER_002_INSERTION_FRACTIONS)]
+    _, nreg, _ = region_ids(side, side, int(options.get("patch_size", 1)))
+    counts = [int(math.floor(f * nreg + 0.5)) for f in fr]
+    if not counts or counts[0] != 0:
+        counts = [0] + counts  # step 0 (the blurred image) is prepended by the metric
+    return [c / nreg for c in counts], "fraction inserted"
+
+
 @register("blurred_insertion", higher_is_better=True,
           source="002_05952c533db6d0f8.txt Fig. 9 (MoRF insertion into a blurred image)",
-          category="perturbation")
+          category="perturbation", inputs=("model", "images", "maps", "targets"), result=_auc_records,
+          x_axis=_insertion_axis)
 def blurred_insertion(model: Callable, images, maps, targets=None, *,
                       fractions: Sequence[float] = PAPER_002_INSERTION_FRACTIONS,
                       patch_size: int = 1, kernel_size: int = 11, sigma: float = 5.0,
@@ -701,14 +743,25 @@ def rise_insertion(model: Callable, images, maps, targets=None, *, step: int = 2
                    clean=x if targets is None else None, incremental=incremental)
 
 
+def _rise_axis(kind: str) -> Callable[[dict, int], tuple[list, str]]:
+    def axis(options: dict, side: int) -> tuple[list, str]:
+        n = side * side
+        return [c / n for c in _rise_counts(n, int(options.get("step", 224)))], f"fraction {kind}"
+    return axis
+
+
 register("rise_deletion_auc", higher_is_better=False,
          source="RISE (Petsiuk et al. 2018) evaluation.py, deletion AUC", category="perturbation",
          fn=lambda model, images, maps, targets=None, **kw: rise_deletion(
-             model, images, maps, targets, **kw).auc())
+             model, images, maps, targets, **kw).auc(),
+         call=rise_deletion, inputs=("model", "images", "maps", "targets"), result=_auc_records,
+         x_axis=_rise_axis("deleted"))
 register("rise_insertion_auc", higher_is_better=True,
          source="RISE (Petsiuk et al. 2018) evaluation.py, insertion AUC", category="perturbation",
          fn=lambda model, images, maps, targets=None, **kw: rise_insertion(
-             model, images, maps, targets, **kw).auc())
+             model, images, maps, targets, **kw).auc(),
+         call=rise_insertion, inputs=("model", "images", "maps", "targets"), result=_auc_records,
+         x_axis=_rise_axis("inserted"))
 
 
 #: the default chunk on the CPU holds about this many pixels (8 images of 224 x 224): per image, forward

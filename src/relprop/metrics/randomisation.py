@@ -12,6 +12,7 @@ An explanation that passes the check changes (similarities fall) as layers are r
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import check_maps, register
+from ._common import check_maps
+from .registry import Records, as_floats, register
 
 __all__ = ["spearman", "ssim", "execution_order", "RandomisationResult", "cascading_randomisation"]
 
@@ -161,8 +163,21 @@ class RandomisationResult:
     maps: Optional[Tensor] = field(default=None)
 
 
+def _similarity_records(res: RandomisationResult) -> Records:
+    """Per pair: the similarities per layer; the scalar is the rank correlation of |R| after the last layer."""
+    sa, sg, ss = as_floats(res.spearman_abs), as_floats(res.spearman), as_floats(res.ssim)
+    out = []
+    for i in range(len(sa)):
+        last = sa[i][-1] if sa[i] else math.nan
+        out.append((last, {"layers": list(res.layers), "spearman_abs": sa[i], "spearman": sg[i],
+                           "ssim": ss[i]}))
+    return out
+
+
 @register("cascading_randomisation", higher_is_better=False,
-          source="002_05952c533db6d0f8.txt Sec. 5.2.2, Fig. 6; Adebayo et al. 2018", category="sanity")
+          source="002_05952c533db6d0f8.txt Sec. 5.2.2, Fig. 6; Adebayo et al. 2018", category="sanity",
+          inputs=("model", "images", "targets", "explain"), fixed={"return_maps": False},
+          result=_similarity_records)
 def cascading_randomisation(model: nn.Module, images: Tensor, targets,
                             explain: Callable[[nn.Module, Tensor, Tensor], Tensor], *,
                             order: str = "top_down", independent: bool = False,

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ._common import (apply_sign, as_tensor, check_maps, check_masks, check_pair, check_sign, is_constant,
-                      register, stable_order)
+                      stable_order)
+from .registry import Records, register
 
 __all__ = ["threshold_maps", "threshold_values", "otsu_thresholds", "percentile_thresholds",
            "pixel_accuracy", "image_iou", "segmentation_counts", "pooled_segmentation", "average_precision", "stacked_average_precision",
@@ -189,10 +190,16 @@ def image_iou(maps, masks, *, threshold: Threshold = "mean", sign: str = "signed
 COUNT_FIELDS = ("correct", "pixels", "intersection_bg", "union_bg", "intersection_fg", "union_fg")
 
 
+def _count_records(counts: Tensor) -> Records:
+    """Per image: the counts by name; the scalar is the pixel accuracy (correct / pixels)."""
+    return [(r[0] / r[1] if r[1] else math.nan, {k: int(v) for k, v in zip(COUNT_FIELDS, r)})
+            for r in counts.cpu().tolist()]
+
+
 @register("segmentation_counts", higher_is_better=None,
           source="counts of 000_e02107f5a303aa1b.txt Table 1 (PIX ACC, mIOU pooled over the data set); "
                  "Chefer et al. imagenet_seg_eval.py",
-          category="segmentation")
+          category="segmentation", result=_count_records)
 def segmentation_counts(maps, masks, *, threshold: Threshold = "mean", sign: str = "signed",
                         resize: Optional[str] = None) -> Tensor:
     """(B, 6) int64 per-image counts of the thresholded map against the mask, columns

@@ -3,7 +3,7 @@
 One module says what is computed (:func:`jobs`: :class:`~relprop.evaluate.runner.EvaluationConfig`
 objects for :func:`relprop.evaluate.runner.run_evaluation`) and where the tables find it
 (:data:`OI_ALL`, :data:`TABLE_I_COUNTS`, ... : method and metric keys of the store), so that
-``benchmarks/reproduce.py`` and :mod:`relprop.evaluate.results` cannot drift apart.
+the reproduction (:mod:`.run`) and the document (:mod:`.results`) cannot drift apart.
 
 Pixel counts and distances of the papers refer to 224 x 224 inputs; they are scaled to the model's
 input side ``s``: counts by the area ratio ``s^2 / 224^2`` (:func:`scaled_count`), distances (the
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 from ..data.base import Dataset, Object, Sample
-from .runner import EvaluationConfig
-from .store import variant_key
+from ..evaluate.runner import EvaluationConfig
+from ..evaluate.store import variant_key
 
 __all__ = ["PAPER_SIDE", "SIZES", "Job", "Size", "boxes_only", "jobs", "scaled_count", "input_side",
            "default_dataset", "M000", "M001", "M002", "M003", "M004", "HEDGE_ABLATION", "HEDGE_GAMMAS", "CMP_VARIANTS",
@@ -99,7 +99,7 @@ class _BoxesOnly:
 
 def boxes_only(dataset: str = "shapes", **options: Any) -> Dataset:
     """The registered data set ``dataset`` (with ``options``) scored against boxes instead of masks;
-    used as ``--dataset relprop.evaluate.protocols:boxes_only --dataset-option dataset=shapes``."""
+    used as ``--dataset relprop.reproduce.protocols:boxes_only --dataset-option dataset=shapes``."""
     from ..data.registry import get_dataset
 
     return _BoxesOnly(get_dataset(dataset, **options))  # type: ignore[return-value]
@@ -234,7 +234,7 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
         labels = "predicted" if dataset in ("photos", "imagenet-seg") else "labels"
         names, method_options = localisation_methods()
         out.append(Job(("000", "002", "003", "004"), f"{model}: localisation (boxes)", EvaluationConfig(
-            dataset="relprop.evaluate.protocols:boxes_only", dataset_options={"dataset": dataset},
+            dataset="relprop.reproduce.protocols:boxes_only", dataset_options={"dataset": dataset},
             methods=names, method_options=method_options, targets=labels, limit=limit,
             metrics=["pointing_game", "positive_ratio", "outside_inside_ratio", "mu", "mu_w",
                      "energy_pointing_game", "target_score", "object_context_occlusion"],
@@ -242,7 +242,7 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
         if shapes:  # hedge's ablation and gamma sweep: pointing game only, into the same run
             hv = (sz.hedge_variants or {}).get(model, limit)
             out.append(Job(("002",), f"{model}: hedge ablation and gamma", EvaluationConfig(
-                dataset="relprop.evaluate.protocols:boxes_only", dataset_options={"dataset": dataset},
+                dataset="relprop.reproduce.protocols:boxes_only", dataset_options={"dataset": dataset},
                 methods=["hedge"], method_options={"hedge": hedge_variants()}, targets=labels,
                 limit=hv if limit is None or hv is None else min(hv, limit),
                 metrics=["pointing_game", "target_score"],

@@ -6,7 +6,7 @@
   (:func:`relprop.metrics.cascading_randomisation` with ``return_maps=True``);
 * paper 004, Fig. 6: LRP, CLRP, SGLRP and guided Grad-CAM for each of the two classes of an image.
 
-Written by ``benchmarks/reproduce.py`` next to the tables; :mod:`relprop.evaluate.results` links the
+Written by the reproduction (:mod:`.run`) next to the tables; :mod:`.results` links the
 files it finds (:data:`FIGURES`).
 """
 
