@@ -441,8 +441,8 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return ops.Multiply(), None
         if target in (operator.truediv, torch.div) and _is_constant(node.args[1], position):
             return ops.ScaleByConstant(), None
-        if target in (operator.sub, torch.sub) and _is_constant(node.args[1], position):
-            return ops.Add(), None
+        if target in (operator.sub, torch.sub):  # a - b of two tensors can be negative
+            return ops.Add(), None if _is_constant(node.args[1], position) else False
         if target in (torch.cat, torch.concat):
             return ops.Concat(), None
         if target in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
