@@ -34,7 +34,7 @@ from torch import nn
 
 import relprop
 from relprop.data.photos import load_photo
-from relprop.registry import get_method
+from relprop.attribution.registry import get_method
 from model_init import randomise_batch_norms
 
 F64 = torch.float64
