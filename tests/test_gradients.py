@@ -276,7 +276,7 @@ def test_smoothgrad_without_noise_is_the_gradient():
 
 def test_smoothgrad_defaults_follow_the_paper():
     """Smilkov et al. 2017: about 50 samples, noise 10-20% of the input range, absolute values shown."""
-    from relprop.registry import get_method
+    from relprop.attribution.registry import get_method
 
     assert get_method("smoothgrad").display == "positive"
     options = get_method("smoothgrad").options()

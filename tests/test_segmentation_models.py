@@ -21,9 +21,9 @@ from torchvision.models import segmentation
 
 import relprop
 from relprop.targets import Output, Region
-from test_engine import CHEAP_OPTIONS, make_conservative, randn
+from engine_checks import CHEAP_OPTIONS, make_conservative, randn
 from misuse.model_state import assert_unchanged, snapshot
-from relprop.registry import get_method
+from relprop.attribution.registry import get_method
 
 F64 = torch.float64
 CLASSES = 5

@@ -170,7 +170,7 @@ def test_display_positive_and_absolute() -> None:
 
 
 def test_method_grid_honours_displays(tmp_path) -> None:
-    from relprop.registry import get_method
+    from relprop.attribution.registry import get_method
 
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     rows = [{"image": image, "label": "x", "maps": {"smoothgrad": np.ones((8, 8)), "gradient": -np.ones((8, 8))}}]

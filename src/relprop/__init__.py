@@ -16,7 +16,8 @@ _EXPORTS = {
     "last": "composite",
     "UnsupportedOperationError": "graph",
     "load_model": "models", "model_names": "models",
-    "method_summary": "registry", "methods": "registry", "register_method": "registry",
+    "get_method": "attribution.registry", "method_summary": "attribution.registry",
+    "methods": "attribution.registry", "register_method": "attribution.registry",
     "Output": "targets", "Region": "targets",
 }
 #: submodules reachable as attributes without an import of their own (``relprop.targets.Region``)

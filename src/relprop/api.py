@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 
 from .attribution.lrp import propagate_lrp
+from .attribution.registry import get_method
+from .checks import check_input, check_target
 from .composite import Composite
-from .registry import get_method
-from .targets import Target, check_input, check_target, selecting, split_output
+from .targets import Target, selecting, split_output
 
 Tensor = torch.Tensor
 
@@ -54,12 +55,12 @@ class Explainer:
         else:
             options = dict(self.options)
             if record is not None:
-                if "record" not in self.method.options():
+                if not self.method.records():
                     raise ValueError(f"method {self.method.name!r} cannot record intermediate relevance")
                 self.method.check_options({"record": record})
                 options["record"] = record
-            result = self.method.fn(self.model, x, target, **options)
-            relevance, recorded = result if isinstance(result, tuple) else (result, {})
+            attribution = self.method(self.model, x, target, **options)
+            relevance, recorded = attribution.relevance, dict(attribution.recorded)
         relevance = relevance.to(dtype=x.dtype, device=x.device)
         return (relevance, recorded) if record is not None else relevance
 

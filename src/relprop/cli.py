@@ -392,7 +392,7 @@ def _explain_all(
 
 def _display(method: str) -> str:
     """How ``method``'s maps are meant to be shown (its registry ``display``; "signed" if unknown)."""
-    from relprop.registry import get_method
+    from relprop.attribution.registry import get_method
 
     try:
         return get_method(method).display

@@ -29,6 +29,7 @@ from .composite import Composite
 from .graph import Graph, registrations, trace
 from .structure import check_forward_hooks, fingerprint, inference_copy, owned_objects, placeholder_parameters
 from .rules import Rule, Step
+from .checks import check_rank
 from .targets import selected_output
 
 Tensor = torch.Tensor
@@ -68,8 +69,6 @@ class Propagator:
     # -- set-up -------------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
         """Match the rank of ``x`` to the first layer (e.g. 4-D for Conv2d models)."""
-        from .targets import check_rank
-
         first_layer = self.affine[0] if self.affine else None
         expected = first_layer.nd + 2 if first_layer is not None and first_layer.layer_type == "conv" else None
         model = self.model_ref()

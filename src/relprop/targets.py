@@ -1,11 +1,13 @@
-"""Checks of inputs and targets shared by every method, and the output selectors.
+"""What an explanation explains: targets, the output selectors and the initial relevance they give.
 
 A target is a class index (or one per sample, or None for the predicted class), or an output
 selector: :class:`Region` (a class inside a region of a segmentation output), :class:`Output` (a
 named entry of a dict / ``ModelOutput``, or a position in a tuple) or a callable
 ``output -> score per sample``. :func:`resolve_selection` turns any of them into a
 :class:`Selection` of the output; :func:`resolve_target` accepts class indices only, for the methods
-that need one class per sample of a (batch, classes) output.
+that need one class per sample of a (batch, classes) output. :func:`one_hot` and
+:func:`one_hot_logit` are the one-hot initial relevances. Checks of inputs and of a target's type
+are in :mod:`relprop.checks`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
+
+from .checks import check_target
 
 Tensor = torch.Tensor
 
@@ -88,54 +92,6 @@ def split_output(target: Target) -> tuple[str | int | None, Target]:
     return None, target
 
 
-def check_input(x: Tensor) -> None:
-    """Reject what no method can explain: non-tensors, integer tensors, NaN/inf, missing batch dim."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"the input must be a torch.Tensor batch, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"the input must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() < 2:
-        raise ValueError(f"the input must be a batch with a leading batch dimension, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("the input batch is empty")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"the input contains {bad} NaN or infinite values")
-
-
-def check_rank(x: Tensor, expected: int | None, model_name: str) -> None:
-    """Match the input rank to the first layer (e.g. 4-D for Conv2d models)."""
-    if expected is None or x.dim() == expected:
-        return
-    hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == expected - 1 else ""
-    raise ValueError(
-        f"{model_name} expects a {expected}-D input batch, got shape {tuple(x.shape)}{hint}"
-    )
-
-
-def check_target(target: Target) -> None:
-    """Refuse a target of the wrong type (a str, a float, ...), naming what is expected."""
-    if target is None or isinstance(target, (torch.Tensor, Region, Output, Selection)):
-        return
-    if callable(target) and not isinstance(target, type):
-        return
-    if isinstance(target, bool):
-        raise ValueError("target must be a class index, not a bool")
-    if isinstance(target, int) or (isinstance(target, np.integer)):
-        return
-    if isinstance(target, np.ndarray):
-        return
-    if isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
-        if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in target):
-            return
-    shown = repr(target) if len(repr(target)) <= 60 else repr(target)[:57] + "..."
-    raise ValueError(
-        "target must be None (the predicted class), an int class index, a sequence of ints or an "
-        "integer tensor (one class per sample), a relprop.targets.Region, a relprop.targets.Output or a "
-        f"callable output -> score per sample, got {type(target).__name__} {shown}"
-    )
-
-
 def _refuse_selector(what: str) -> None:
     method = _METHOD.get()
     who = f"method {method!r}" if method else "this method"
@@ -187,11 +143,15 @@ def resolve_target(target: Target, logits: Tensor) -> Tensor:
     return indices
 
 
+def one_hot(output: Tensor, indices: Tensor, value: Tensor | float = 1.0) -> Tensor:
+    """Zeros shaped like ``output`` (B, C, ...) with ``value`` at each sample's class ``indices`` (B,):
+    the one-hot initial relevance (``value``: a number, or one per sample shaped (B, 1))."""
+    return torch.zeros_like(output).scatter_(1, indices.view(-1, 1), value)
+
+
 def one_hot_logit(logits: Tensor, target: Tensor) -> Tensor:
     """Initial relevance: the target logit at the target class, zero elsewhere (paper 003, Sec. II)."""
-    relevance = torch.zeros_like(logits)
-    index = target.view(-1, 1)
-    return relevance.scatter_(1, index, logits.gather(1, index))
+    return one_hot(logits, target, logits.gather(1, target.view(-1, 1)))
 
 
 @dataclass(frozen=True)
@@ -222,7 +182,7 @@ class Selection:
     def gradient(self, output: Tensor) -> Tensor:
         """``d score / d output``: the 0/1 selection of a class or region, the gradient of a callable."""
         if self.indices is not None:
-            return torch.zeros_like(output).scatter_(1, self.indices.view(-1, 1), 1.0)
+            return one_hot(output, self.indices)
         if self.fn is None:
             assert self.weights is not None
             return self.weights

@@ -74,7 +74,7 @@ def _normalise(rmap: np.ndarray, symmetric: bool, clip_percentile: float) -> np.
     return np.clip((rmap - low) / (high - low), 0.0, 1.0)
 
 
-#: how a map is shown (a method's ``display``, relprop.registry.DISPLAYS)
+#: how a map is shown (a method's ``display``, relprop.attribution.method.DISPLAYS)
 DISPLAYS = ("signed", "positive", "absolute")
 
 

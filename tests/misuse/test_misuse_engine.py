@@ -26,7 +26,7 @@ from torch import nn
 
 import relprop
 from model_state import assert_tensor_unchanged, assert_unchanged, snapshot
-from relprop.registry import get_method
+from relprop.attribution.registry import get_method
 
 METHODS = relprop.methods()
 CHEAP = {"steps": 4, "samples": 3}

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import torch
 
+import torch.nn as nn
+
 from ..composite import Composite, by_type
+from ..feature_maps import INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map, upsample
 from ..options import choice, flag, name, number
 from ..propagate import forward_for
-from ..registry import register_method
+from .registry import register_method
 from ..rules import AlphaBeta
-from ..targets import Target, resolve_target
-from .gradients import (INTERPOLATIONS, _global_pool_input, _grad, _interpolation_mode, _pick_layer,
-                        _propagator, _score, upsample)
+from ..targets import Target, one_hot_logit, resolve_target
+from ..traced_gradient import checked_propagator, gradient_or_zeros, target_score
+from .method import Attribution
 
 Tensor = torch.Tensor
 
@@ -26,7 +29,7 @@ def _check_layer(x: Tensor, layer: str | None, interpolation: str, what: str) ->
         raise ValueError(f"{what} needs inputs with spatial dimensions, got shape {tuple(x.shape)}")
     if layer is not None and not isinstance(layer, str):
         raise ValueError(f"layer must be a node or module name (a string), got {type(layer).__name__}")
-    _interpolation_mode(interpolation, x.dim() - 2)
+    interpolation_mode(interpolation, x.dim() - 2)
 
 
 def _spatial_features(features: Tensor, name: str, what: str) -> Tensor:
@@ -62,15 +65,15 @@ def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = 
                           epsilon: float = 1e-6) -> tuple[Tensor, Tensor]:
     """The Grad-CAM++ map at the layer's resolution before the ReLU, ``sum_k w_k A_k`` (B, 1, ...),
     and the resolved targets."""
-    propagator = _propagator(model, x)
-    keep = [layer] if layer is not None else _global_pool_input(propagator)
+    propagator = checked_propagator(model, x)
+    keep = [layer] if layer is not None else feature_map_candidates(propagator)
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, kept = propagator.forward_differentiable(leaf, keep=keep)
         indices = resolve_target(target, logits.detach())
-        chosen = layer if layer is not None else _pick_layer(kept, x, propagator)
+        chosen = layer if layer is not None else pick_feature_map(kept, x, propagator)
         features = _spatial_features(kept[chosen], chosen, "Grad-CAM++")
-        grads = _grad(_score(logits, indices), features)
+        grads = gradient_or_zeros(target_score(logits, indices), features)
     features = features.detach()
     weights = gradcam_plus_plus_weights(features, grads, epsilon)
     return (weights * features).sum(dim=1, keepdim=True), indices
@@ -79,7 +82,8 @@ def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = 
 @register_method("gradcam-plus-plus",
                  "Grad-CAM++ (Chattopadhay et al. 2018): alpha-weighted positive gradients, exp-score closed form",
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), epsilon=number(low=0), display="positive")
-def gradcam_plus_plus(model, x, target, *, layer=None, relu=True, interpolation="bilinear", epsilon=1e-6):
+def gradcam_plus_plus(model: nn.Module, x: Tensor, target: Target, *,
+                      layer=None, relu=True, interpolation="bilinear", epsilon=1e-6) -> Attribution:
     """Grad-CAM++ (Chattopadhay, Sarkar, Howlader & Balasubramanian, *Grad-CAM++: Generalized
     Gradient-based Visual Explanations for Deep Convolutional Networks*, WACV 2018).
 
@@ -93,7 +97,7 @@ def gradcam_plus_plus(model, x, target, *, layer=None, relu=True, interpolation=
     """
     _check_layer(x, layer, interpolation, "Grad-CAM++")
     cam, _ = gradcam_plus_plus_map(model, x, target, layer, epsilon)
-    return _as_input(cam, x, relu, interpolation)
+    return Attribution(_as_input(cam, x, relu, interpolation))
 
 
 # -- relevance-cam ---------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def relevance_cam_initial(logits: Tensor, indices: Tensor, initial: str) -> Tens
         relevance = torch.full_like(logits, -1.0 / logits.shape[1])
         return relevance.scatter_(1, index, 1.0)
     if initial == "logit":
-        return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index))
+        return one_hot_logit(logits, indices)
     raise ValueError(f"initial must be 'contrastive' or 'logit', got {initial!r}")
 
 
@@ -124,8 +128,8 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
     propagator, cache = forward_for(model, x.detach())
     graph = propagator.graph
     if layer is None:
-        candidates = {n: cache.outputs[graph.find(n)] for n in _global_pool_input(propagator)}
-        layer = _pick_layer({k: v for k, v in candidates.items() if v is not None}, x, propagator)
+        candidates = {n: cache.outputs[graph.find(n)] for n in feature_map_candidates(propagator)}
+        layer = pick_feature_map({k: v for k, v in candidates.items() if v is not None}, x, propagator)
     features = cache.outputs[graph.find(layer)]
     if features is None:
         raise ValueError(f"Relevance-CAM: node {layer!r} keeps no output")
@@ -146,8 +150,9 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS),
                  initial=choice("contrastive", "logit"), maxpool=choice("winner", "proportional"),
                  add=choice("proportional", "equal"), batchnorm=choice("identity", "epsilon"))
-def relevance_cam(model, x, target, *, layer=None, relu=True, interpolation="bilinear", initial="contrastive",
-                  maxpool="winner", add="proportional", batchnorm="identity"):
+def relevance_cam(model: nn.Module, x: Tensor, target: Target, *,
+                  layer=None, relu=True, interpolation="bilinear", initial="contrastive",
+                  maxpool="winner", add="proportional", batchnorm="identity") -> Attribution:
     """Relevance-CAM (Lee, Kim, Park, Eo & Hwang, *Relevance-CAM: Your Model Already Knows Where to
     Look*, CVPR 2021): ``L = relu(sum_k alpha_k A_k)``, ``alpha_k = 1/(HW) sum_ij R_ij^k``,
     where ``R`` is the LRP relevance of the layer's output ``A`` propagated from the output with the
@@ -161,4 +166,4 @@ def relevance_cam(model, x, target, *, layer=None, relu=True, interpolation="bil
     """
     _check_layer(x, layer, interpolation, "Relevance-CAM")
     cam, _ = relevance_cam_map(model, x, target, layer, initial, maxpool, add, batchnorm)
-    return _as_input(cam, x, relu, interpolation)
+    return Attribution(_as_input(cam, x, relu, interpolation))

@@ -14,12 +14,14 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type, first, last
+from ..numerics import per_sample_sum, safe_divide
 from ..propagate import forward_for
-from ..registry import register_method
+from .registry import register_method
 from ..options import bound, choice, flag, names
 from ..rules import AffineRule, AlphaBeta, Contrastive, ZBox
 from ..rules.lrp import Bound
-from ..targets import Region, resolve_selection, resolve_target
+from ..targets import Region, Target, one_hot, resolve_selection, resolve_target
+from .method import Attribution
 
 Tensor = torch.Tensor
 _ALL = by_type("conv", "linear")
@@ -78,14 +80,6 @@ def _region_clrp(logits: Tensor, weights: Tensor) -> Tensor:
     return inside * z_c * (weights - (1 - weights) / (classes - 1))
 
 
-def _per_sample_sum(r: Tensor) -> Tensor:
-    return r.flatten(1).sum(1).view(-1, *([1] * (r.dim() - 1)))
-
-
-def _safe_ratio(a: Tensor, b: Tensor) -> Tensor:
-    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
-
-
 def softmax_gradient(logits: Tensor, target: Tensor) -> Tensor:
     """d p_t / d z_n: ``p_t (1 - p_t)`` at the target, ``-p_t p_n`` elsewhere (paper 004, Eq. 10)."""
     scaled, p_t = _softmax_gradient_over_p_t(logits, target)
@@ -112,7 +106,8 @@ def _scaled(t: Tensor, factor: Tensor) -> Tensor:
 @register_method("sglrp", "Softmax-gradient LRP (paper 004, Eq. 9-10): softmax-gradient initial relevance, z+ / z^B",
                  variant=choice("paper", "official"), relu=flag(none=True), low=bound(), high=bound(),
                  record=names())
-def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, record=()):
+def sglrp(model: nn.Module, x: Tensor, target: Target, *,
+          variant="paper", relu=None, low=None, high=None, record=()) -> Attribution:
     """SGLRP. ``variant="paper"``: one pass from the signed softmax gradient (Eq. 10), then
     ``max(., 0)`` (Eq. 9; ``relu=False`` keeps the signed map). ``variant="official"``: the
     authors' code: softmax over ReLU'd logits, a target pass from ``p_t (1 - p_t) + 1e-8`` and a
@@ -126,34 +121,35 @@ def sglrp(model, x, target, *, variant="paper", relu=None, low=None, high=None, 
     if region is not None:
         relevance, recorded = propagator.backward(cache, _region_sglrp(logits, region),
                                                   _deep_taylor("sglrp", low, high), record)
-        return _relu(relevance, True if relu is None else relu), recorded
+        return Attribution(_relu(relevance, True if relu is None else relu), recorded)
     indices = resolve_target(target, logits)
     if variant == "paper":
         composite = _deep_taylor("sglrp", low, high)
         initial, p_t = _softmax_gradient_over_p_t(logits, indices)
         relevance, recorded = propagator.backward(cache, initial, composite, record)
         recorded = {k: _scaled(v, p_t) for k, v in recorded.items()}
-        return _relu(_scaled(relevance, p_t), True if relu is None else relu), recorded
+        return Attribution(_relu(_scaled(relevance, p_t), True if relu is None else relu), recorded)
     composite = _deep_taylor("sglrp-official", low, high, bias="full")
     positive = logits.clamp(min=0)
     p = positive.softmax(dim=1)
     p_t = p.gather(1, indices.view(-1, 1))
     active = (logits > 0).to(logits.dtype)
-    target_r = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), p_t * (1 - p_t) + 1e-8) * active
+    target_r = one_hot(logits, indices, p_t * (1 - p_t) + 1e-8) * active
     # the dual map enters only through A_o * sum(A_t) / sum(A_o), so its scale p_t cancels: starting
     # from p_j alone (where p_t > 0) avoids subnormal floats when p_t is small (see softmax_gradient)
     dual_r = (p * (p_t > 0)).scatter(1, indices.view(-1, 1), 0.0) * active
     a_t, recorded = propagator.backward(cache, target_r, composite, record, release=False)
     a_o, recorded_dual = propagator.backward(cache, dual_r, composite, record)
-    scale = _safe_ratio(_per_sample_sum(a_t), _per_sample_sum(a_o))
+    scale = safe_divide(per_sample_sum(a_t, keepdim=True), per_sample_sum(a_o, keepdim=True))
     recorded = {k: v - recorded_dual[k] * scale.view(-1, *([1] * (v.dim() - 1))) for k, v in recorded.items()}
-    return _relu(a_t - a_o * scale, False if relu is None else relu), recorded
+    return Attribution(_relu(a_t - a_o * scale, False if relu is None else relu), recorded)
 
 
 @register_method("clrp", "Contrastive LRP (paper 004, Eq. 6-7): target minus uniform dual classes, z+ / z^B",
                  variant=choice("paper", "official-type1", "official-type2"), relu=flag(), low=bound(),
                  high=bound(), record=names())
-def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, record=()):
+def clrp(model: nn.Module, x: Tensor, target: Target, *,
+         variant="paper", relu=True, low=None, high=None, record=()) -> Attribution:
     """CLRP. ``variant="paper"``: one pass from ``z_t`` at the target and ``-z_t / (N - 1)`` at every
     other class (Eq. 7), then ``max(., 0)`` (Eq. 6). ``"official-type1"``: separate passes from
     ``|z_t|`` and from the dual ``|z_j|`` (j != t), output ``A_t / sum A_t - A_d / sum A_d``.
@@ -166,7 +162,7 @@ def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, r
     if region is not None:
         relevance, recorded = propagator.backward(cache, _region_clrp(logits, region),
                                                   _deep_taylor("clrp", low, high), record)
-        return _relu(relevance, relu), recorded
+        return Attribution(_relu(relevance, relu), recorded)
     indices = resolve_target(target, logits)
     index = indices.view(-1, 1)
     z_t = logits.gather(1, index)
@@ -177,9 +173,9 @@ def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, r
         initial = torch.full_like(logits, 0.0) - z_t / (classes - 1)
         initial.scatter_(1, index, z_t)
         relevance, recorded = propagator.backward(cache, initial, _deep_taylor("clrp", low, high), record)
-        return _relu(relevance, relu), recorded
+        return Attribution(_relu(relevance, relu), recorded)
     composite = _deep_taylor("clrp", low, high)
-    target_r = torch.zeros_like(logits).scatter_(1, index, z_t.abs())
+    target_r = one_hot(logits, index, z_t.abs())
     if variant == "official-type1":
         dual_r, dual_composite = logits.abs().scatter(1, index, 0.0), composite
     else:
@@ -188,9 +184,9 @@ def clrp(model, x, target, *, variant="paper", relu=True, low=None, high=None, r
         dual_composite = _deep_taylor("clrp-type2", low, high, top=_NegatedTop(top))
     a_t, recorded = propagator.backward(cache, target_r, composite, record, release=False)
     a_d, recorded_dual = propagator.backward(cache, dual_r, dual_composite, record)
-    relevance = _safe_ratio(a_t, _per_sample_sum(a_t)) - _safe_ratio(a_d, _per_sample_sum(a_d))
+    relevance = safe_divide(a_t, per_sample_sum(a_t, keepdim=True)) - safe_divide(a_d, per_sample_sum(a_d, keepdim=True))
     recorded = {k: v - recorded_dual[k] for k, v in recorded.items()}
-    return _relu(relevance, relu), recorded
+    return Attribution(_relu(relevance, relu), recorded)
 
 
 class _NegatedTop(AffineRule):
@@ -206,7 +202,7 @@ class _NegatedTop(AffineRule):
 
 @register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias",
                  relu=flag(), record=names(), display="positive")
-def excitation_backprop(model, x, target, *, relu=False, record=()):
+def excitation_backprop(model: nn.Module, x: Tensor, target: Target, *, relu=False, record=()) -> Attribution:
     """Marginal winning probabilities from ``P = 1`` at the target: ``P_i = sum_j x_i w+_ij /
     sum_i' x_i' w+_i'j P_j`` on every layer, no bias; signed pixels at the input are handled as
     alpha1beta0 does (``x+ w+`` and ``x- w-`` are the excitatory contributions)."""
@@ -214,12 +210,12 @@ def excitation_backprop(model, x, target, *, relu=False, record=()):
     composite = Composite([(_ALL, AlphaBeta(1.0, 0.0, STABILIZER, bias=False))], name="excitation-backprop")
     initial = _one_hot(target, logits, "excitation-backprop")
     relevance, recorded = propagator.backward(cache, initial, composite, record)
-    return _relu(relevance, relu), recorded
+    return Attribution(_relu(relevance, relu), recorded)
 
 
 @register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual",
                  relu=flag(), record=names(), display="positive")
-def contrastive_eb(model, x, target, *, relu=False, record=()):
+def contrastive_eb(model: nn.Module, x: Tensor, target: Target, *, relu=False, record=()) -> Attribution:
     """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the
     dual unit), and the difference travels on with excitation backprop. Signed unless ``relu``."""
     propagator, cache, logits = _forward(model, x)
@@ -227,7 +223,7 @@ def contrastive_eb(model, x, target, *, relu=False, record=()):
     composite = Composite([(last(1), Contrastive(zplus)), (_ALL, zplus)], name="contrastive-eb")
     initial = _one_hot(target, logits, "contrastive-eb")
     relevance, recorded = propagator.backward(cache, initial, composite, record)
-    return _relu(relevance, relu), recorded
+    return Attribution(_relu(relevance, relu), recorded)
 
 
 def _one_hot(target, logits: Tensor, method: str) -> Tensor:
@@ -236,7 +232,7 @@ def _one_hot(target, logits: Tensor, method: str) -> Tensor:
     if region is not None:
         return region.clone()
     indices = resolve_target(target, logits)
-    return torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+    return one_hot(logits, indices)
 
 
 def _relu(relevance: Tensor, relu: bool) -> Tensor:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
 from ..options import bound, choice, number
-from ..registry import register_method
-from ..targets import resolve_target
-from .gradients import _grad, _propagator, _score
+from .registry import register_method
+from ..targets import Target, resolve_target
+from ..traced_gradient import checked_propagator, gradient_or_zeros, target_score
+from .method import Attribution
 
 Tensor = torch.Tensor
 REFERENCES = ("zero", "blur", "mean")
@@ -89,7 +91,8 @@ def deeplift_reference(x: Tensor, reference: str = "zero", baseline=None, blur_s
 @register_method("deeplift",
                  "DeepLIFT (Shrikumar et al. 2017), rescale rule: multipliers from input and reference, zero reference",
                  reference=choice(*REFERENCES), baseline=bound(), blur_sigma=number(low=0))
-def deeplift(model, x, target, *, reference="zero", baseline=None, blur_sigma=5.0):
+def deeplift(model: nn.Module, x: Tensor, target: Target, *,
+             reference="zero", baseline=None, blur_sigma=5.0) -> Attribution:
     """DeepLIFT with the rescale rule (Shrikumar, Greenside & Kundaje, *Learning Important Features
     Through Propagating Activation Differences*, ICML 2017): ``C = (x - x0) * m``, where the multipliers
     ``m = C / dx`` (Sec. 3.1) chain like gradients (its chain rule for multipliers), linear layers
@@ -108,7 +111,7 @@ def deeplift(model, x, target, *, reference="zero", baseline=None, blur_sigma=5.
     ``"mean"`` (each sample's per-channel mean). With the zero reference on a ReLU network without
     biases this is LRP-0 (``lrp-z``) and gradient x input (Ancona et al., ICLR 2018).
     """
-    propagator = _propagator(model, x)
+    propagator = checked_propagator(model, x)
     x = x.detach()
     x0 = deeplift_reference(x, reference, baseline, blur_sigma).detach()
     batch = x.shape[0]
@@ -116,5 +119,5 @@ def deeplift(model, x, target, *, reference="zero", baseline=None, blur_sigma=5.
     with torch.enable_grad():
         logits, _ = propagator.forward_differentiable(leaf, _rescale)
         indices = resolve_target(target, logits[:batch].detach())
-        multipliers = _grad(_score(logits[:batch], indices), leaf)[:batch]
-    return (x - x0) * multipliers
+        multipliers = gradient_or_zeros(target_score(logits[:batch], indices), leaf)[:batch]
+    return Attribution((x - x0) * multipliers)

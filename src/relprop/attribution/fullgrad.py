@@ -4,12 +4,14 @@ NeurIPS 2019): input-gradient x input plus the bias-gradients of every layer."""
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..registry import register_method
+from .registry import register_method
 from ..targets import Target, resolve_target
-from .gradients import _grad, _propagator, _score
+from ..traced_gradient import checked_propagator, gradient_or_zeros, target_score
+from .method import Attribution
 
 Tensor = torch.Tensor
 #: the stabiliser of the per-map normalisation (the authors' ``_postProcess``)
@@ -41,20 +43,20 @@ def fullgrad_parts(model, x: Tensor, target: Target) -> tuple[Tensor, dict[str, 
     ``x * df/dx``, ``{node name: b * df/dz}`` for every layer output ``z`` with a bias ``b`` (shaped
     like ``z``, the bias broadcast over positions), and the resolved targets. On networks of
     piecewise-linear activations, max/average pools and linear layers the parts sum to ``f(x)``."""
-    propagator = _propagator(model, x)
+    propagator = checked_propagator(model, x)
     biases = _bias_nodes(propagator)
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, kept = propagator.forward_differentiable(leaf, keep=list(biases))
         indices = resolve_target(target, logits.detach())
-        score = _score(logits, indices)
+        score = target_score(logits, indices)
         names = [name for name in biases if name in kept]
         wrt = [leaf] + [kept[name] for name in names]
         if score.requires_grad:
             grads = torch.autograd.grad(score, wrt, allow_unused=True)
             grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
         else:
-            grads = [_grad(score, t) for t in wrt]
+            grads = [gradient_or_zeros(score, t) for t in wrt]
     parts: dict[str, Tensor] = {}
     for name, grad in zip(names, grads[1:]):
         bias = biases[name].to(grad.dtype)
@@ -79,7 +81,7 @@ def _resize(t: Tensor, size: tuple[int, ...]) -> Tensor:
 @register_method("fullgrad",
                  "FullGrad (Srinivas & Fleuret 2019): input-gradient x input plus normalised bias-gradient maps of every layer",
                  display="positive")
-def fullgrad(model, x, target):
+def fullgrad(model: nn.Module, x: Tensor, target: Target) -> Attribution:
     """FullGrad (Srinivas & Fleuret, NeurIPS 2019), its FullGrad saliency:
     ``S = sum_c psi(x * df/dx) + sum_l sum_c up(psi(b_l * df/dz_l))`` over the layers ``l`` whose output
     ``z_l`` is a feature map of the input's rank, ``psi`` = abs, minus the sample's minimum, divided by
@@ -99,4 +101,4 @@ def fullgrad(model, x, target):
     for part in parts.values():
         if part.dim() == x.dim():
             saliency = saliency + _resize(postprocess(part), size).sum(dim=1, keepdim=True)
-    return (saliency / x.shape[1]).expand_as(x).clone()
+    return Attribution((saliency / x.shape[1]).expand_as(x).clone())

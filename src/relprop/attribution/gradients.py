@@ -23,50 +23,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..propagate import Propagator, propagator_for
-from ..registry import register_method
+from ..feature_maps import INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map, upsample
 from ..options import bound, choice, flag, integer, name, number
-from ..targets import Selection, Target, check_rank, resolve_selection
+from ..propagate import Propagator
+from ..targets import Selection, Target, resolve_selection
+from ..traced_gradient import checked_propagator, gradient_or_zeros, target_score
+from .method import Attribution
+from .registry import register_method
 
 Tensor = torch.Tensor
 ActivationOverride = Callable[[ops.Op, Tensor, Tensor], Tensor]
 
 IG_METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
-INTERPOLATIONS = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area")
 
 
 # -- shared helpers ---------------------------------------------------------------------------------
-def _propagator(model: nn.Module, x: Tensor) -> Propagator:
-    """The model's propagator, after checking the input rank against its first layer."""
-    propagator = propagator_for(model)
-    first_layer = propagator.affine[0] if propagator.affine else None
-    expected = first_layer.nd + 2 if first_layer is not None and first_layer.layer_type == "conv" else None
-    check_rank(x, expected, type(model).__name__)
-    return propagator
-
-
 def _predicted_targets(propagator: Propagator, x: Tensor, target: Target) -> Selection:
     """What the target selects per sample; ``None`` resolves to the prediction at ``x`` (not at
     perturbed inputs)."""
     with torch.no_grad():
         logits, _ = propagator.forward_differentiable(x)
     return resolve_selection(target, logits)
-
-
-def _score(logits: Tensor, indices: Tensor | Selection) -> Tensor:
-    """Sum over the batch of each sample's target logit, or of its selected score (a region's
-    logits, a callable's score); rows are independent in eval mode."""
-    if isinstance(indices, Selection):
-        return indices.score(logits).sum()
-    return logits.gather(1, indices.view(-1, 1)).sum()
-
-
-def _grad(score: Tensor, wrt: Tensor) -> Tensor:
-    """d score / d wrt, zeros where the score does not depend on ``wrt``."""
-    if not score.requires_grad:
-        return torch.zeros_like(wrt)
-    (grad,) = torch.autograd.grad(score, wrt, allow_unused=True)
-    return torch.zeros_like(wrt) if grad is None else grad
 
 
 def _input_gradient(propagator: Propagator, inputs: Tensor, target: Target,
@@ -77,7 +54,7 @@ def _input_gradient(propagator: Propagator, inputs: Tensor, target: Target,
     with torch.enable_grad():
         logits, _ = propagator.forward_differentiable(leaf, activation)
         indices = resolve_selection(target, logits.detach())
-        return _grad(_score(logits, indices), leaf)
+        return gradient_or_zeros(target_score(logits, indices), leaf)
 
 
 def _check_chunk(internal_batch_size: int | None) -> None:
@@ -120,17 +97,17 @@ def _weighted_gradient_sum(propagator: Propagator, x: Tensor, indices: Selection
 
 # -- gradient and input x gradient -------------------------------------------------------------------
 @register_method("gradient", "Gradient of the target logit w.r.t. the input (Simonyan et al. 2014); signed, no abs")
-def gradient(model, x, target):
+def gradient(model: nn.Module, x: Tensor, target: Target) -> Attribution:
     """Vanilla gradient ``d y_target / d x`` (saliency of Simonyan, Vedaldi & Zisserman, *Deep Inside
     Convolutional Networks*, ICLR workshop 2014), signed: unlike the paper's saliency map and Captum's
     ``Saliency(abs=True)`` default, no absolute value is taken."""
-    return _input_gradient(_propagator(model, x), x, target)
+    return Attribution(_input_gradient(checked_propagator(model, x), x, target))
 
 
 @register_method("input-x-gradient", "Input times gradient of the target logit (Shrikumar et al. 2016)")
-def input_x_gradient(model, x, target):
+def input_x_gradient(model: nn.Module, x: Tensor, target: Target) -> Attribution:
     """``x * d y_target / d x`` (Shrikumar et al., *Not Just a Black Box*, 2016; Ancona et al., ICLR 2018)."""
-    return x * gradient(model, x, target)
+    return Attribution(x * gradient(model, x, target).relevance)
 
 
 # -- integrated gradients ----------------------------------------------------------------------------
@@ -170,8 +147,9 @@ def integration_points(steps: int, integration: str = "riemann_right") -> tuple[
                  "Integrated Gradients (Sundararajan et al. 2017), batched over steps; baseline 0, 32 steps",
                  steps=integer(low=1), baseline=bound(none=False), integration=choice(*IG_METHODS),
                  internal_batch_size=integer(low=1, none=True))
-def integrated_gradients(model, x, target, *, steps=32, baseline=0.0, integration="riemann_right",
-                         internal_batch_size=None):
+def integrated_gradients(model: nn.Module, x: Tensor, target: Target, *,
+                         steps=32, baseline=0.0, integration="riemann_right",
+                         internal_batch_size=None) -> Attribution:
     """Integrated Gradients (Sundararajan, Taly & Yan, *Axiomatic Attribution for Deep Networks*,
     ICML 2017): ``(x - x') * sum_k w_k grad f(x' + alpha_k (x - x'))``, which approximates the path
     integral, so that the attributions of a sample sum to about ``f(x) - f(x')`` (completeness).
@@ -182,7 +160,7 @@ def integrated_gradients(model, x, target, *, steps=32, baseline=0.0, integratio
     explanation method in :func:`relprop.explain`). All ``steps * B`` interpolated inputs run as one batch, or in chunks of
     ``internal_batch_size`` rows. ``target=None`` is the class predicted at ``x``.
     """
-    propagator = _propagator(model, x)
+    propagator = checked_propagator(model, x)
     _check_chunk(internal_batch_size)
     alphas, weights = integration_points(steps, integration)
     alphas, weights = alphas.to(x.device, x.dtype), weights.to(x.device, x.dtype)
@@ -200,7 +178,8 @@ def integrated_gradients(model, x, target, *, steps=32, baseline=0.0, integratio
     def rows(step: Tensor, sample: Tensor) -> Tensor:
         return base[sample] + alphas[step].view(-1, *trailing) * diff[sample]
 
-    return diff * _weighted_gradient_sum(propagator, x, indices, len(alphas), rows, weights, internal_batch_size)
+    return Attribution(diff * _weighted_gradient_sum(propagator, x, indices, len(alphas), rows, weights,
+                                                     internal_batch_size))
 
 
 # -- smoothgrad --------------------------------------------------------------------------------------
@@ -212,8 +191,9 @@ SMOOTHGRAD_MAGNITUDES = ("absolute", "squared", "signed")
                                "the image's range", display="positive",
                  samples=integer(low=1), noise_level=number(low=0), magnitude=choice(*SMOOTHGRAD_MAGNITUDES),
                  seed=integer(), internal_batch_size=integer(low=1, none=True), multiply_by_input=flag())
-def smoothgrad(model, x, target, *, samples=50, noise_level=0.15, magnitude="absolute", seed=0,
-               internal_batch_size=None, multiply_by_input=False):
+def smoothgrad(model: nn.Module, x: Tensor, target: Target, *,
+               samples=50, noise_level=0.15, magnitude="absolute", seed=0,
+               internal_batch_size=None, multiply_by_input=False) -> Attribution:
     """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017):
     ``1/n sum_k grad f(x + eps_k)``, ``eps_k ~ N(0, sigma^2)``, ``sigma = noise_level * (max(x) - min(x))``
     per sample.
@@ -235,7 +215,7 @@ def smoothgrad(model, x, target, *, samples=50, noise_level=0.15, magnitude="abs
     or in chunks of ``internal_batch_size`` rows. ``target=None`` is the class predicted at the
     clean ``x``.
     """
-    propagator = _propagator(model, x)
+    propagator = checked_propagator(model, x)
     _check_chunk(internal_batch_size)
     samples = _positive_int("samples", samples)
     if magnitude not in SMOOTHGRAD_MAGNITUDES:
@@ -262,10 +242,10 @@ def smoothgrad(model, x, target, *, samples=50, noise_level=0.15, magnitude="abs
     if magnitude == "squared":  # mean of (x *) grad squared
         mean = _weighted_gradient_sum(propagator, x, indices, samples, rows, weights, internal_batch_size,
                                       lambda g: g.mul(g))
-        return x * x * mean if multiply_by_input else mean
+        return Attribution(x * x * mean if multiply_by_input else mean)
     mean = _weighted_gradient_sum(propagator, x, indices, samples, rows, weights, internal_batch_size)
     out = x * mean if multiply_by_input else mean
-    return out.abs() if magnitude == "absolute" else out
+    return Attribution(out.abs() if magnitude == "absolute" else out)
 
 
 # -- guided backprop ---------------------------------------------------------------------------------
@@ -326,7 +306,7 @@ def _guided_gradient(propagator: Propagator, x: Tensor, target: Target) -> Tenso
 
 @register_method("guided-backprop",
                  "Guided backprop (Springenberg et al. 2015): only positive gradients through active ReLUs")
-def guided_backprop(model, x, target):
+def guided_backprop(model: nn.Module, x: Tensor, target: Target) -> Attribution:
     """Guided backpropagation (Springenberg, Dosovitskiy, Brox & Riedmiller, *Striving for Simplicity:
     The All Convolutional Net*, ICLR workshop 2015): the gradient of the target logit in which every
     rectifier passes back ``grad.clamp(min=0) * (input > 0)``.
@@ -336,68 +316,16 @@ def guided_backprop(model, x, target):
     ``min_val=0``, and ``F.relu6``) passes back ``grad.clamp(min=0) * (0 < input < upper)``. Other
     activations (SiLU, GELU, LeakyReLU, sigmoid, tanh, ...) keep their ordinary gradient, as in Captum.
     """
-    return _guided_gradient(_propagator(model, x), x, target)
+    return Attribution(_guided_gradient(checked_propagator(model, x), x, target))
 
 
 # -- grad-cam ----------------------------------------------------------------------------------------
-def _global_pool_input(propagator: Propagator) -> list[str]:
-    """Candidate layers for Grad-CAM, best first: the inputs of the pooling nodes (last first), then
-    the output of the last convolution's activation (or the last convolution)."""
-    nodes = propagator.graph.nodes
-    names: list[str] = []
-    for node in reversed(nodes):
-        op = node.op
-        adaptive_max = isinstance(op, ops.MaxPool) and "daptive" in (
-            type(op.module).__name__ if op.module is not None else getattr(op.fx_node.target, "__name__", ""))
-        if (isinstance(op, ops.AvgPool) or adaptive_max) and node.inputs:
-            name = nodes[node.inputs[0]].name
-            if name not in names:
-                names.append(name)
-    convs = [i for i, n in enumerate(nodes) if isinstance(n.op, ops.Affine) and n.op.layer_type == "conv"]
-    if convs:
-        last = convs[-1]
-        after = [n.name for n in nodes[last + 1:]
-                 if isinstance(n.op, (ops.Activation, ops.FunctionalActivation))]
-        for name in ([after[0]] if after else []) + [nodes[last].name]:
-            if name not in names:
-                names.append(name)
-    return names
-
-
 def default_gradcam_layer(model: nn.Module, x: Tensor) -> str:
     """The node Grad-CAM uses by default for ``model`` and inputs shaped like ``x``."""
-    propagator = _propagator(model, x)
+    propagator = checked_propagator(model, x)
     with torch.no_grad():
-        _, kept = propagator.forward_differentiable(x, keep=_global_pool_input(propagator))
-    return _pick_layer(kept, x, propagator)
-
-
-def _pick_layer(kept: dict[str, Tensor], x: Tensor, propagator: Propagator) -> str:
-    """The first candidate (in the order of :func:`_global_pool_input`) that is a feature map."""
-    for name in _global_pool_input(propagator):
-        value = kept.get(name)
-        if value is not None and value.dim() == x.dim() and value.dim() >= 3:
-            return name
-    raise ValueError(
-        f"Grad-CAM found no feature map of rank {x.dim()} in {type(propagator.model_ref()).__name__} "
-        "(no pooling over one and no convolution); name one with layer=...")
-
-
-def _interpolation_mode(interpolation: str, spatial: int) -> str:
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
-    if interpolation in ("linear", "bilinear", "trilinear"):  # the linear mode of the input's rank
-        return {1: "linear", 2: "bilinear", 3: "trilinear"}.get(spatial, interpolation)
-    return interpolation
-
-
-def upsample(cam: Tensor, size: tuple[int, ...], interpolation: str = "bilinear") -> Tensor:
-    """Resize ``cam`` (B, 1, *spatial) to ``size`` (as Captum's ``LayerAttribution.interpolate``)."""
-    if tuple(cam.shape[2:]) == tuple(size):
-        return cam
-    mode = _interpolation_mode(interpolation, len(size))
-    align = False if mode in ("linear", "bilinear", "bicubic", "trilinear") else None
-    return F.interpolate(cam, size=tuple(size), mode=mode, align_corners=align)
+        _, kept = propagator.forward_differentiable(x, keep=feature_map_candidates(propagator))
+    return pick_feature_map(kept, x, propagator)
 
 
 def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str | None, relu: bool,
@@ -407,18 +335,18 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
         raise ValueError(f"Grad-CAM needs inputs with spatial dimensions, got shape {tuple(x.shape)}")
     if layer is not None and not isinstance(layer, str):
         raise ValueError(f"layer must be a node or module name (a string), got {type(layer).__name__}")
-    _interpolation_mode(interpolation, x.dim() - 2)  # validate before the forward pass
-    keep = [layer] if layer is not None else _global_pool_input(propagator)
+    interpolation_mode(interpolation, x.dim() - 2)  # validate before the forward pass
+    keep = [layer] if layer is not None else feature_map_candidates(propagator)
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, kept = propagator.forward_differentiable(leaf, keep=keep)
         indices = resolve_selection(target, logits.detach())
-        name = layer if layer is not None else _pick_layer(kept, x, propagator)
+        name = layer if layer is not None else pick_feature_map(kept, x, propagator)
         features = kept[name]
         if features.dim() < 3:
             raise ValueError(
                 f"Grad-CAM needs a layer with spatial dimensions, but {name!r} outputs shape {tuple(features.shape)}")
-        grads = _grad(_score(logits, indices), features)
+        grads = gradient_or_zeros(target_score(logits, indices), features)
     spatial = tuple(range(2, features.dim()))
     weights = grads.mean(dim=spatial, keepdim=True)            # alpha_k: global-average-pooled gradients
     cam = (weights * features).sum(dim=1, keepdim=True).detach()
@@ -430,7 +358,8 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
 @register_method("gradcam",
                  "Grad-CAM (Selvaraju et al. 2017) at the last feature map, upsampled; cam/C in each channel",
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), display="positive")
-def gradcam(model, x, target, *, layer=None, relu=True, interpolation="bilinear"):
+def gradcam(model: nn.Module, x: Tensor, target: Target, *,
+            layer=None, relu=True, interpolation="bilinear") -> Attribution:
     """Grad-CAM (Selvaraju et al., *Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
     Localization*, ICCV 2017): ``cam = relu(sum_k alpha_k A_k)``, ``alpha_k = mean_hw d y_target / d A_k``,
     upsampled to the input size (``interpolation``, as ``F.interpolate``; as Captum's
@@ -442,18 +371,18 @@ def gradcam(model, x, target, *, layer=None, relu=True, interpolation="bilinear"
     ``relu=False`` keeps the signed map. The result is shaped like ``x``: every channel holds
     ``cam / C``, so that the sum over channels is the cam.
     """
-    propagator = _propagator(model, x)
+    propagator = checked_propagator(model, x)
     cam, _ = _gradcam_map(propagator, x, target, layer, relu, interpolation)
-    return (cam / x.shape[1]).expand_as(x).clone()
+    return Attribution((cam / x.shape[1]).expand_as(x).clone())
 
 
 @register_method("guided-gradcam", "Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times upsampled Grad-CAM",
                  layer=name(), interpolation=choice(*INTERPOLATIONS))
-def guided_gradcam(model, x, target, *, layer=None, interpolation="bilinear"):
+def guided_gradcam(model: nn.Module, x: Tensor, target: Target, *, layer=None, interpolation="bilinear") -> Attribution:
     """Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop multiplied, pixel by pixel and
     in every channel, by the upsampled Grad-CAM (with ReLU; ``layer`` and ``interpolation`` as for
     ``gradcam``; Captum's ``GuidedGradCam`` upsamples with ``"nearest"``)."""
-    propagator = _propagator(model, x)
+    propagator = checked_propagator(model, x)
     x = x.detach()
     cam, indices = _gradcam_map(propagator, x, target, layer, True, interpolation)
-    return _guided_gradient(propagator, x, indices) * cam
+    return Attribution(_guided_gradient(propagator, x, indices) * cam)

@@ -6,40 +6,20 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
+import torch.nn as nn
+
 from ..composite import Composite, by_type, first
-from ..graph import Graph
+from ..layer_gradient import default_layer, gradient_at_layer
 from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
-from ..registry import register_method
+from .registry import register_method
 from ..options import choice, flag, name, names, number
 from ..rules import ZBox
 from ..rules.hedge import Hedge, channels_last_suits
-from ..numerics import per_sample_sum
-from ..targets import Target, resolve_target
+from ..numerics import per_sample_sum, safe_divide
+from ..targets import Target
+from .method import Attribution
 
-
-def default_layer(graph: Graph) -> str:
-    """The input of the last pooling node (VGG: the last ReLU before the final max pool; ResNet,
-    Inception, DenseNet, EfficientNet: the input of global average pooling)."""
-    pooling = (ops.MaxPool, ops.AvgPool)
-    pools = [n for n in graph.nodes if isinstance(n.op, pooling)]
-    if not pools:
-        raise ValueError("hedge needs a pooling layer to find its default start layer; pass layer=")
-    node = graph.nodes[pools[-1].inputs[0]]
-    while isinstance(node.op, pooling) and node.inputs:  # VGG: avgpool follows the last max pool
-        node = graph.nodes[node.inputs[0]]
-    return node.name
-
-
-def gradient_at_layer(propagator: Propagator, cache: ForwardCache, layer: str | None,
-                      target: Target) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """``(layer name, activation A, dz_t/dA)`` at ``layer`` (default: :func:`default_layer`)."""
-    start = layer if layer is not None else default_layer(propagator.graph)
-    logits = cache.outputs[-1]
-    indices = resolve_target(target, logits)
-    one_hot = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
-    activation, gradient = propagator.gradient_at(cache, start, one_hot)
-    return start, activation, gradient
+Tensor = torch.Tensor
 
 
 def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -47,8 +27,7 @@ def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> to
     spatial = tuple(range(2, activation.dim()))
     alpha = gradient.mean(dim=spatial, keepdim=True) if spatial else gradient
     r0 = activation * alpha
-    total = per_sample_sum(r0).abs().view(-1, *([1] * (r0.dim() - 1)))
-    return torch.where(total == 0, torch.zeros_like(r0), r0 / torch.where(total == 0, torch.ones_like(total), total))
+    return safe_divide(r0, per_sample_sum(r0, keepdim=True).abs())
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propagator, ForwardCache]:
@@ -69,8 +48,9 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propa
 @register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation",
                  gamma=number(low=1, high=2), layer=name(), use_c=flag(), use_a=flag(), use_u=flag(),
                  use_psi=flag(), add=choice("absolute", "proportional", "equal"), record=names())
-def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, use_u=True, use_psi=True,
-          add="absolute", record=()):
+def hedge(model: nn.Module, x: Tensor, target: Target, *,
+          gamma=2.0, layer=None, use_c=True, use_a=True, use_u=True, use_psi=True,
+          add="absolute", record=()) -> Attribution:
     """Hedged relevance; ``gamma`` in [1, 2] (official default 2: the map sums to gamma - 2 = 0),
     ``layer``: where the initial map lives (default: see :func:`default_layer`), ``use_*``: the
     terms of Table 2's ablation. Batch norm is the identity (official code). ``add``: how a
@@ -94,4 +74,4 @@ def hedge(model, x, target, *, gamma=2.0, layer=None, use_c=True, use_a=True, us
                            (by_type("conv", "linear"), rule)],
                           maxpool="winner", add=add, batchnorm="identity", norm_epsilon=0.0,
                           name="hedge")
-    return propagator.backward(cache, r0, composite, record, start=start)
+    return Attribution(*propagator.backward(cache, r0, composite, record, start=start))

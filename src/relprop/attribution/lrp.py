@@ -14,11 +14,12 @@ import torch.nn as nn
 
 from ..composite import Composite, by_type, first
 from ..propagate import forward_for
-from ..registry import register_method
+from .registry import register_method
 from ..options import bound, choice, integer, names, number
 from ..rules import AlphaBeta, Epsilon, Flat, ZBox, ZRule
 from ..rules.lrp import Bound
 from ..targets import Target, resolve_selection
+from .method import Attribution
 
 Tensor = torch.Tensor
 _ALL = by_type("conv", "linear")
@@ -43,32 +44,35 @@ def _composite(name: str, rules: list, maxpool: str, add: str, batchnorm: str,
 
 
 @register_method("lrp-z", "LRP-0 on every layer (paper 003, Eq. 1); equals gradient x input on ReLU nets", **COMMON)
-def lrp_z(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity", record=()):
+def lrp_z(model: nn.Module, x: Tensor, target: Target, *,
+          maxpool="winner", add="proportional", batchnorm="identity", record=()) -> Attribution:
     composite = _composite("lrp-z", [(_ALL, ZRule())], maxpool, add, batchnorm, norm_epsilon=0.0)
-    return propagate_lrp(model, x, target, composite, record)
+    return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
 @register_method("lrp-epsilon", "LRP-epsilon on every layer (paper 003, Eq. 2), epsilon=0.25", epsilon=number(low=0),
                  **COMMON)
-def lrp_epsilon(model, x, target, *, epsilon=0.25, maxpool="winner", add="proportional",
-                batchnorm="identity", record=()):
+def lrp_epsilon(model: nn.Module, x: Tensor, target: Target, *, epsilon=0.25, maxpool="winner", add="proportional",
+                batchnorm="identity", record=()) -> Attribution:
     composite = _composite("lrp-epsilon", [(_ALL, Epsilon(epsilon))], maxpool, add, batchnorm)
-    return propagate_lrp(model, x, target, composite, record)
+    return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
 @register_method("lrp-alpha1beta0", "LRP-alpha1beta0 (z+) on every layer (paper 003, Eq. 3)", **COMMON)
-def lrp_alpha1beta0(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity",
-                    record=()):
+def lrp_alpha1beta0(model: nn.Module, x: Tensor, target: Target, *,
+                    maxpool="winner", add="proportional", batchnorm="identity",
+                    record=()) -> Attribution:
     composite = _composite("lrp-alpha1beta0", [(_ALL, AlphaBeta(1.0, 0.0))], maxpool, add, batchnorm)
-    return propagate_lrp(model, x, target, composite, record)
+    return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
 @register_method("lrp-alpha2beta1", "LRP-alpha2beta1 on every layer (paper 003, Eq. 3; its alpha=2, beta=-1)",
                  **COMMON)
-def lrp_alpha2beta1(model, x, target, *, maxpool="winner", add="proportional", batchnorm="identity",
-                    record=()):
+def lrp_alpha2beta1(model: nn.Module, x: Tensor, target: Target, *,
+                    maxpool="winner", add="proportional", batchnorm="identity",
+                    record=()) -> Attribution:
     composite = _composite("lrp-alpha2beta1", [(_ALL, AlphaBeta(2.0, 1.0))], maxpool, add, batchnorm)
-    return propagate_lrp(model, x, target, composite, record)
+    return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
 def cmp_composite(alpha: float = 1.0, epsilon: float = 0.1, first_rule: str = "flat", n_first: int = 1,
@@ -97,23 +101,28 @@ def cmp_composite(alpha: float = 1.0, epsilon: float = 0.1, first_rule: str = "f
 @register_method("lrp-cmp", "LRP_CMP composite (paper 003): epsilon dense, alpha-beta conv, flat first layer",
                  alpha=number(low=1), epsilon=number(low=0), first_rule=choice("flat", "zb", "none"),
                  n_first=integer(low=1), low=bound(), high=bound(), **COMMON)
-def lrp_cmp(model, x, target, *, alpha=1.0, epsilon=0.1, first_rule="flat", n_first=1, low=None, high=None,
-            maxpool="winner", add="proportional", batchnorm="identity", record=()):
+def lrp_cmp(model: nn.Module, x: Tensor, target: Target, *,
+            alpha=1.0, epsilon=0.1, first_rule="flat", n_first=1, low=None, high=None,
+            maxpool="winner", add="proportional", batchnorm="identity", record=()) -> Attribution:
     composite = cmp_composite(alpha, epsilon, first_rule, n_first, low, high, maxpool, add, batchnorm)
-    return propagate_lrp(model, x, target, composite, record)
+    return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
 @register_method("lrp-preset-a", "LRP preset A (paper 001, Sec. V): epsilon dense, alpha1beta0 conv",
                  epsilon=number(low=0), **COMMON)
-def lrp_preset_a(model, x, target, *, epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
-                 record=()):
+def lrp_preset_a(model: nn.Module, x: Tensor, target: Target, *,
+                 epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
+                 record=()) -> Attribution:
     rules = [(by_type("linear"), Epsilon(epsilon)), (by_type("conv"), AlphaBeta(1.0, 0.0))]
-    return propagate_lrp(model, x, target, _composite("lrp-preset-a", rules, maxpool, add, batchnorm), record)
+    return Attribution(*propagate_lrp(model, x, target, _composite("lrp-preset-a", rules, maxpool, add, batchnorm),
+                                      record))
 
 
 @register_method("lrp-preset-b", "LRP preset B (paper 001, Sec. V): epsilon dense, alpha2beta1 conv",
                  epsilon=number(low=0), **COMMON)
-def lrp_preset_b(model, x, target, *, epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
-                 record=()):
+def lrp_preset_b(model: nn.Module, x: Tensor, target: Target, *,
+                 epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
+                 record=()) -> Attribution:
     rules = [(by_type("linear"), Epsilon(epsilon)), (by_type("conv"), AlphaBeta(2.0, 1.0))]
-    return propagate_lrp(model, x, target, _composite("lrp-preset-b", rules, maxpool, add, batchnorm), record)
+    return Attribution(*propagate_lrp(model, x, target, _composite("lrp-preset-b", rules, maxpool, add, batchnorm),
+                                      record))

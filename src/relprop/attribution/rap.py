@@ -9,14 +9,18 @@ winner-take-all max pooling, and proportional average pooling and residual sums 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from ..composite import Composite, by_type, first, last
 from ..propagate import forward_for
-from ..registry import register_method
+from .registry import register_method
 from ..options import choice, names
 from ..rules import ZBox
 from ..rules.rap import RAPHidden, RAPOutput
-from ..targets import resolve_selection
+from ..targets import Target, resolve_selection
+from .method import Attribution
+
+Tensor = torch.Tensor
 
 
 def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
@@ -35,7 +39,7 @@ def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
 
 @register_method("rap", "Relative Attributing Propagation (paper 000, Eq. 5-10), as the official code computes it",
                  start=choice("one-hot", "logit"), one_by_one=choice("rap", "abs"), record=names())
-def rap(model, x, target, *, start="one-hot", one_by_one="rap", record=()):
+def rap(model: nn.Module, x: Tensor, target: Target, *, start="one-hot", one_by_one="rap", record=()) -> Attribution:
     """RAP. ``start="one-hot"`` (default, official): relevance 1 at the target and the absolute-
     influence normalisation at the output layer (Eq. 5-6); ``"logit"``: one-hot times logit with the
     hidden rule at the output (the AGF copy). ``one_by_one="abs"``: the AGF copy's 1x1 rule.
@@ -51,4 +55,4 @@ def rap(model, x, target, *, start="one-hot", one_by_one="rap", record=()):
         initial = selection.gradient(logits).clone()
     else:
         initial = selection.initial_relevance(logits)
-    return propagator.backward(cache, initial, composite, record)
+    return Attribution(*propagator.backward(cache, initial, composite, record))

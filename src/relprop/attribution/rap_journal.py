@@ -14,13 +14,15 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn as nn
 
 from ..composite import Composite, by_type, last
 from ..propagate import forward_for
-from ..registry import register_method
+from .registry import register_method
 from ..options import choice, flag, names
 from ..rules.rap_journal import BN_TERMS, BatchNormFlow, FirstPropagation, Flow, check_flow
-from ..targets import one_hot_logit, resolve_target
+from ..targets import Target, one_hot, one_hot_logit, resolve_target
+from .method import Attribution
 
 Tensor = torch.Tensor
 
@@ -59,9 +61,10 @@ def _split_record_name(name: str, default: str) -> tuple[str, str]:
                                 "with bias and batch-norm handling (paper 001, Eq. 5-11)",
                  flow=choice(*FLOWS), start=choice(*STARTS), bias=flag(), batchnorm=flag(),
                  bn_term=choice(*BN_TERMS), add=choice(*ADDS), center=flag(), record=names())
-def rap_journal(model, x, target, *, flow: str = "final", start: str = "logit", bias: bool = True,
+def rap_journal(model: nn.Module, x: Tensor, target: Target, *,
+                flow: str = "final", start: str = "logit", bias: bool = True,
                 batchnorm: bool = True, bn_term: str = "scaled", add: str = "absolute", center: bool = True,
-                record: Sequence[str] = ()):
+                record: Sequence[str] = ()) -> Attribution:
     """RAP (journal). ``flow``: the returned map, ``"final"`` (normal + inversion, Eq. 9), ``"normal"``
     or ``"inversion"`` (paper 001, Fig. 4). ``start``: ``"logit"`` (R = f(x) at the target, paper 001
     Sec. III-A) or ``"one-hot"`` (R = 1). ``bias`` / ``batchnorm``: apply Eq. 10 / Eq. 11; ``bn_term``: Eq. 11's term
@@ -96,7 +99,7 @@ def rap_journal(model, x, target, *, flow: str = "final", start: str = "logit", 
     if start == "logit":
         initial = one_hot_logit(logits, indices)
     else:
-        initial = torch.zeros_like(logits).scatter_(1, indices.view(-1, 1), 1.0)
+        initial = one_hot(logits, indices)
 
     maps: dict[str, Tensor] = {}
     recorded: dict[str, dict[str, Tensor]] = {}
@@ -107,4 +110,4 @@ def rap_journal(model, x, target, *, flow: str = "final", start: str = "logit", 
     if "final" in wanted:
         maps["final"] = maps["normal"] + maps["inversion"]  # Eq. 9
         recorded["final"] = {b: recorded["normal"][b] + recorded["inversion"][b] for b in bases}
-    return maps[flow], {name: recorded[f][name_of[node_of[base]]] for name, base, f in requests}
+    return Attribution(maps[flow], {name: recorded[f][name_of[node_of[base]]] for name, base, f in requests})

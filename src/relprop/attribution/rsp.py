@@ -10,19 +10,25 @@ proportion to each branch's value, and both branches are propagated.
 
 from __future__ import annotations
 
+import torch
+import torch.nn as nn
 
 from ..composite import Composite, by_type, first
+from ..layer_gradient import gradient_at_layer
 from ..propagate import forward_for
-from ..registry import register_method
+from .registry import register_method
 from ..options import name, names
 from ..rules import ZBox
 from ..rules.rsp import RSPRule
-from .hedge import gradient_at_layer
+from ..targets import Target
+from .method import Attribution
+
+Tensor = torch.Tensor
 
 
 @register_method("rsp", "Relative Sectional Propagation (official code): comparative-gradient propagation from a Grad-CAM map",
                  layer=name(), record=names())
-def rsp(model, x, target, *, layer=None, record=()):
+def rsp(model: nn.Module, x: Tensor, target: Target, *, layer=None, record=()) -> Attribution:
     """RSP; ``layer``: where the initial Grad-CAM-weighted map lives (default: the input of the last
     pooling node)."""
     propagator, cache = forward_for(model, x, fold_batchnorm=False)
@@ -35,4 +41,4 @@ def rsp(model, x, target, *, layer=None, record=()):
                            (by_type("conv", "linear"), RSPRule())],
                           maxpool="winner", add="proportional", batchnorm="identity", norm_epsilon=0.0,
                           name="rsp")
-    return propagator.backward(cache, r0, composite, record, start=start)
+    return Attribution(*propagator.backward(cache, r0, composite, record, start=start))

@@ -96,7 +96,7 @@ def add_parsers(sub: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~relprop.evaluate.runner.EvaluationConfig` of parsed ``evaluate`` arguments."""
-    from ..registry import methods
+    from ..attribution.registry import methods
     from .metricset import DEFAULT_METRICS, metric_names
     from .runner import EvaluationConfig
     from .specs import parse_options

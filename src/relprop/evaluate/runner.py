@@ -155,7 +155,7 @@ class Evaluation:
     # -- setup ----------------------------------------------------------------------------------
 
     def _methods(self) -> list[tuple[str, str, dict, Explainer]]:
-        from ..registry import methods as known
+        from ..attribution.registry import methods as known
 
         names = list(dict.fromkeys(self.config.methods))
         unused = sorted(set(self.config.method_options) - set(names))

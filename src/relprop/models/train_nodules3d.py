@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from ..data.nodules3d import Nodules3DDataset
 from .nodules3d_models import NAME, NODULES_MEAN, NODULES_STD, Nodules3DVGG, weights_path
+from .training import train_epochs
 
 __all__ = ["binary_scores", "cross_validate", "fit", "predict", "run", "to_batch"]
 
@@ -59,32 +59,15 @@ def fit(vols: np.ndarray, labels: np.ndarray, epochs: int, lr: float, batch_size
     flips along the three axes (the classes do not depend on orientation)."""
     torch.manual_seed(seed)
     model = Nodules3DVGG().train()
-    n = len(vols)
-    y = torch.from_numpy(labels)
-    steps = epochs * math.ceil(n / batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.2)
-    gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        flips = torch.rand(n, 3, generator=gen) < 0.5
-        total = 0.0
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            x = to_batch(vols[idx.numpy()])
-            for axis in range(3):
-                f = flips[idx, axis]
-                x[f] = x[f].flip(axis + 2)
-            loss = F.cross_entropy(model(x), y[idx])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(idx)
+
+    def report(epoch: int, loss: float) -> None:
         if log:
-            print(f"epoch {epoch + 1}/{epochs}: loss {total / n:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    train_epochs(model, lambda idx: to_batch(vols[idx.numpy()]), torch.from_numpy(labels), F.cross_entropy,
+                 epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
+                 pct_start=0.2, flip_dims=(2, 3, 4), on_epoch=report)
     return model.eval()
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from ..data.shapes import SHAPE_CLASSES, ShapesDataset
 from ..metrics.segmentation import average_precision
 from .shapes_models import SHAPES_MEAN, SHAPES_SIZE, SHAPES_STD, load_shapes_model, weights_path
+from .training import train_epochs
 
 __all__ = ["evaluate", "example_figure", "main", "mean_average_precision", "to_batch", "train"]
 
@@ -98,32 +98,18 @@ def train(name: str, epochs: int, lr: float, train_count: int = 30000, batch_siz
     val_images, val_targets = ShapesDataset("val", size=SHAPES_SIZE, count=1000, seed=seed).arrays()
     if log:
         print(f"generated {train_count} training images in {time.perf_counter() - t0:.0f} s", flush=True)
-    y = torch.from_numpy(targets)
-    steps = epochs * math.ceil(train_count / batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(train_count, generator=gen)
-        flips = torch.rand(train_count, generator=gen) < 0.5
-        total = 0.0
-        for i in range(0, train_count, batch_size):
-            idx = order[i:i + batch_size]
-            x = to_batch(images[idx.numpy()])
-            f = flips[idx]
-            x[f] = x[f].flip(-1)  # every class is mirror-symmetric as a class
-            x = x.contiguous(memory_format=torch.channels_last)
-            loss = F.binary_cross_entropy_with_logits(model(x), y[idx])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(idx)
+
+    def report(epoch: int, loss: float) -> None:
         if log:
             val = mean_average_precision(predict(model, val_images), torch.from_numpy(val_targets))
-            print(f"epoch {epoch + 1}/{epochs}: loss {total / train_count:.4f}, val mAP {val:.4f}, "
+            print(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val mAP {val:.4f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+    # horizontal flips: every class is mirror-symmetric as a class
+    train_epochs(model, lambda idx: to_batch(images[idx.numpy()]), torch.from_numpy(targets),
+                 F.binary_cross_entropy_with_logits, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                 weight_decay=weight_decay, pct_start=0.15, flip_dims=(-1,), memory_format=torch.channels_last,
+                 on_epoch=report)
     return model.to(memory_format=torch.contiguous_format).eval()
 
 

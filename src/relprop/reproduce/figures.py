@@ -59,7 +59,7 @@ def _grid(path: Path, tiles: list[list[tuple[Optional[np.ndarray], str]]], title
 
 def _map(r: Tensor, method: str | None = None) -> np.ndarray:
     """The heatmap of ``r``, shown as ``method`` is meant to be displayed (its registry ``display``)."""
-    from ..registry import get_method
+    from ..attribution.registry import get_method
 
     m = r.detach().double().sum(0) if r.dim() == 3 else r.detach().double()
     if not bool(torch.isfinite(m).all()) or float(m.abs().max()) == 0:

@@ -1,0 +1,89 @@
+"""Every registered method gives finite maps shaped like the input on the zoo models and on
+EfficientNet-Lite0 with its real weights, and a batch gives the same maps as its samples."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from relprop.data.photos import load_photo
+from engine_checks import F64, METHODS, ZOO_TINY, assert_unchanged, check_map, explain, randn, snapshot
+
+
+# -- every method on every model -------------------------------------------------------------------
+@pytest.mark.parametrize("name,size,method", [(n, s, m) for n, s in ZOO_TINY for m in METHODS],
+                         ids=[f"{n}-{s}-{m}" for n, s in ZOO_TINY for m in METHODS])
+def test_every_method_gives_finite_maps_on_the_zoo(zoo, name, size, method):
+    model = zoo.get(name, "f32")
+    x = randn(1, 3, size, size, seed=3)
+    before = snapshot(model)
+    relevance = explain(model, x, method)
+    check_map(relevance, x, method)
+    assert_unchanged(model, before)
+
+
+@pytest.fixture(scope="module")
+def chelsea(lite0):
+    _, preprocess = lite0
+    return preprocess(load_photo("chelsea").image())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_finite_maps_on_efficientnet_lite0(lite0, chelsea, method):
+    model, _ = lite0
+    assert chelsea.shape == (1, 3, 224, 224)
+    with torch.no_grad():
+        predicted = int(model(chelsea).argmax())
+    assert 281 <= predicted <= 285  # a cat: the real weights are in use
+    relevance = explain(model, chelsea, method)
+    check_map(relevance, chelsea, method)
+    assert relevance.abs().sum() > 0, "the map of the predicted class of a real photo is all zero"
+
+
+def _assert_batch_equals_samples(model, x, method, rtol):
+    with torch.no_grad():
+        target = model(x).argmax(dim=1)
+    batched = explain(model, x, method, target=target)
+    check_map(batched, x, method)
+    for b in range(x.shape[0]):
+        single = explain(model, x[b:b + 1], method, target=int(target[b]))
+        scale = single.abs().max()
+        torch.testing.assert_close(batched[b:b + 1], single, rtol=rtol, atol=rtol * float(scale),
+                                   msg=lambda m: f"sample {b} of the batch differs from its own call: {m}")
+
+
+@pytest.fixture(scope="module")
+def resnet50_small_f64(resnet50_small):
+    return copy.deepcopy(resnet50_small).to(F64).eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_equals_samples_resnet50_small(resnet50_small_f64, method):
+    # float64: in float32 the epsilon rules amplify rounding where a residual sum nearly cancels
+    # (its 1e-6 stabiliser), so batch and single calls differ by up to ~1e-3 of the map's maximum
+    x = randn(3, 3, 32, 32, dtype=F64, seed=5)
+    _assert_batch_equals_samples(resnet50_small_f64, x, method, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def three_photos(lite0):
+    """Three real photos, preprocessed at 224 and then downsized to 64 to keep the test fast."""
+    _, preprocess = lite0
+    x = torch.cat([preprocess(load_photo(n).image()) for n in ("chelsea", "coffee", "motorcycle")])
+    return F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).to(F64)
+
+
+@pytest.fixture(scope="module")
+def lite0_f64(lite0):
+    return copy.deepcopy(lite0[0]).to(F64).eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_equals_samples_efficientnet_lite0(lite0_f64, three_photos, method):
+    # float64: in float32 on these real weights, SGLRP (p_t (1 - p_t) of a confident prediction)
+    # and RAP move by 1e-4..1e-3 of the map's maximum with the summation order of the
+    # two-thread convolutions, which differs between a batch of three and a batch of one
+    _assert_batch_equals_samples(lite0_f64, three_photos, method, rtol=1e-9)
