@@ -39,7 +39,7 @@ def rap_journal_composite(flow: str, bias: bool = True, batchnorm: bool = True, 
     """The rule map of one flow ("normal" or "inversion"): Eq. 5-6 at the output layer, Eq. 7 or 8
     with Eq. 10 at the other affine layers, Eq. 11 at batch norms (``bn_term``: see
     :class:`~relprop.rules.rap_journal.BatchNormFlow`), residual sums split by ``add``
-    (:class:`relprop.ops.Add`)."""
+    (:mod:`relprop.rules.sums`)."""
     check_flow(flow)
     rules: list = [(last(1), FirstPropagation(center)), (by_type("conv", "linear"), Flow(flow, bias, center))]
     return Composite(rules, maxpool="winner", add=add,
