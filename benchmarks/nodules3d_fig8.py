@@ -1,4 +1,4 @@
-"""Paper 001's Fig. 8 (Nam et al. 2021, RAP journal version) on the synthetic ``nodules3d`` cubes:
+"""Fig. 8 of the RAP journal version (Nam, Choi and Lee [Nam-RAP-Journal]) on the synthetic ``nodules3d`` cubes:
 for several test cubes, one axial slice of the input and of RAP's positive and negative relevance
 for the predicted class, with the nodule's exact mask outlined.
 

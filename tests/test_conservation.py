@@ -1,5 +1,5 @@
 """Conservation on the model zoo: with LRP-0 (``lrp-z``) and every bias and batch-norm shift set to
-zero, the input relevance of every sample sums to its target logit (paper 003, Sec. II), on VGG-16
+zero, the input relevance of every sample sums to its target logit (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. II), on VGG-16
 (+BN), ResNet-50, Inception-v3, DenseNet-121 and AlexNet in float64, with batch norms whose running
 variance and scale are random positive numbers, so that folding them is not the identity."""
 

@@ -67,12 +67,12 @@ CORR_BOUND = {"lite0": 0.45, "shapes_vgg": 0.20, "shapes_resnet": 0.10}
 TOP1_BOUND = {"lite0": 0.30, "shapes_vgg": 0.42, "shapes_resnet": 0.33}
 
 _LRP_CONVS = ("alpha-beta on the convolutions passes mostly positive evidence shared by all classes; LRP's "
-              "class insensitivity on deep networks is what CLRP and SGLRP (paper 004, Fig. 6) address")
+              "class insensitivity on deep networks is what CLRP and SGLRP (Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 6) address")
 #: (models, reason) of the methods whose maps are not meant to change (much) with the class: documented
 #: exceptions to CORR_BOUND, measured mean correlation in brackets
 CLASS_AGNOSTIC = {
     "rap": (("lite0", "shapes_vgg", "shapes_resnet"),
-            "the first propagation hands out |x w| (paper 000, Eq. 5-6): every unit gets relevance of one sign "
+            "the first propagation hands out |x w| (Nam et al. 2020 [Nam2020-RAP], Eq. 5-6): every unit gets relevance of one sign "
             "whatever the class; lite0 0.96, shapes_vgg 0.77, shapes_resnet 0.88 (docs/methods.md)"),
     "excitation-backprop": (("lite0", "shapes_vgg", "shapes_resnet"),
                             "z+ everywhere: excitatory paths shared by all classes (Zhang et al. 2016, the reason "

@@ -294,7 +294,7 @@ def test_outside_inside_ratio_hand_computed() -> None:
     same(L.outside_inside_ratio(R1, S1, sign="positive"), [1 / 6])
     same(L.outside_inside_ratio(R1, S1, sign="absolute"), [1 / 3])
     assert math.isnan(L.outside_inside_ratio(R1, S1, sign="negative").item())  # no |R-| inside
-    # negative relevance inside the box increases mu (paper 000, text after Eq. 11)
+    # negative relevance inside the box increases mu (Nam et al. 2020 [Nam2020-RAP], text after Eq. 11)
     maps = t([[[2.0, -3.0], [1.0, 0.0]]])
     masks = t([[[1, 1], [0, 0]]], torch.bool)
     same(L.outside_inside_ratio(maps, masks), [2.0])  # (0.5 + 1.5) / (1 + 0)

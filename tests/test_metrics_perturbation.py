@@ -428,7 +428,7 @@ def test_metrics_run_on_cuda() -> None:
 
 
 def test_paper_pixel_counts_and_chunking() -> None:
-    """Paper 001 Table I counts, with a model that records every input: step k holds exactly the first
+    """Nam, Choi and Lee [Nam-RAP-Journal] Table I counts, with a model that records every input: step k holds exactly the first
     counts[k] pixels in MoRF order set to the image minimum, and no call sees more than the chunk."""
     g = torch.Generator().manual_seed(12)
     x = torch.rand(2, 3, 70, 80, generator=g, dtype=torch.float64)  # 5,600 pixels

@@ -126,7 +126,7 @@ def test_bug_attribution_localisation_weight_is_inverted(data) -> None:
     size_in = data[2].reshape(B, -1).sum(1)
     # Quantus: mu * S_in / size with size = x_batch[2:].size = (B - 2) * C * H * W
     np.testing.assert_allclose(ref, mu * size_in / ((B - 2) * C * H * W), rtol=1e-8)
-    # paper 003, Eq. 5: mu * S_tot / S_in
+    # Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 5: mu * S_tot / S_in
     np.testing.assert_allclose(ours(M.weighted_inside_total_ratio, data), mu * (H * W) / size_in, rtol=1e-12)
 
 

@@ -203,7 +203,7 @@ def test_otsu_and_percentile_match_skimage_and_numpy() -> None:
 
 
 def test_paper_000_threshold_cases() -> None:
-    """Paper 000: positive relevance -> mean threshold; signed relevance -> zero threshold."""
+    """Nam et al. 2020 [Nam2020-RAP]: positive relevance -> mean threshold; signed relevance -> zero threshold."""
     r = torch.tensor([[[-2.0, 1.0], [3.0, 0.0]]])
     mask = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.bool)
     # positive part: R+ = [[0, 1], [3, 0]], mean 1 -> only 3 is foreground

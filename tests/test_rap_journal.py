@@ -1,4 +1,4 @@
-"""``rap-journal``: Relative Attributing Propagation, journal version (paper 001, Eq. 5-11).
+"""``rap-journal``: Relative Attributing Propagation, journal version (Nam, Choi and Lee [Nam-RAP-Journal], Eq. 5-11).
 
 References are independent of the code under test: hand-computed numbers on 2x2 layers (the paper's
 Fig. 2), and for random layers the dense per-sample matrix ``M`` of each torch module (from its

@@ -4,7 +4,7 @@ Each op evaluates its forward value from already-evaluated arguments and, for th
 maps the relevance at its output onto its tensor inputs. Affine ops (linear and convolution layers,
 with any folded batch norm) delegate their relevance to a rule from :mod:`relprop.rules`.
 Defaults follow zennit: winner-take-all max-pool, proportional ("Norm") average pooling and sums,
-pass-through activations (paper 003, Sec. II).
+pass-through activations (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. II).
 """
 
 from __future__ import annotations

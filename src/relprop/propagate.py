@@ -2,7 +2,7 @@
 
 :class:`Propagator` traces a model once, folds its batch norms in relprop's own graph, and then,
 for every call, runs the forward pass under ``torch.no_grad`` keeping each node's arguments and
-output, and walks the nodes in reverse applying each node's rule (paper 003, Sec. II: relevance is conserved layer by layer up to the
+output, and walks the nodes in reverse applying each node's rule (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. II: relevance is conserved layer by layer up to the
 bias and stabiliser terms).
 
 relprop explains the model's inference-mode function whatever its training flags: it traces and

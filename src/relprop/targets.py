@@ -150,7 +150,7 @@ def one_hot(output: Tensor, indices: Tensor, value: Tensor | float = 1.0) -> Ten
 
 
 def one_hot_logit(logits: Tensor, target: Tensor) -> Tensor:
-    """Initial relevance: the target logit at the target class, zero elsewhere (paper 003, Sec. II)."""
+    """Initial relevance: the target logit at the target class, zero elsewhere (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. II)."""
     return one_hot(logits, target, logits.gather(1, target.view(-1, 1)))
 
 

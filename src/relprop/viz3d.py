@@ -1,4 +1,4 @@
-"""Slices of volumetric explanations, as in Fig. 8 of paper 001 (Nam et al. 2021, RAP journal version):
+"""Slices of volumetric explanations, as in Fig. 8 of the RAP journal version (Nam, Choi and Lee [Nam-RAP-Journal]):
 for a CT cube, one axial slice of the input and of the positive and negative parts of its relevance."""
 
 from __future__ import annotations

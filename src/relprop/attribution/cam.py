@@ -80,7 +80,7 @@ def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = 
 
 
 @register_method("gradcam-plus-plus",
-                 "Grad-CAM++ (Chattopadhay et al. 2018): alpha-weighted positive gradients, exp-score closed form",
+                 "Grad-CAM++ (Chattopadhay et al. 2018 [Chattopadhay2018-GradCAMpp]): alpha-weighted positive gradients, exp-score closed form",
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), epsilon=number(low=0), display="positive")
 def gradcam_plus_plus(model: nn.Module, x: Tensor, target: Target, *,
                       layer=None, relu=True, interpolation="bilinear", epsilon=1e-6) -> Attribution:
@@ -145,7 +145,7 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
 
 
 @register_method("relevance-cam",
-                 "Relevance-CAM (Lee et al. 2021): feature map weighted by its mean z+ relevance per channel",
+                 "Relevance-CAM (Lee et al. 2021 [Lee2021-RelevanceCAM]): feature map weighted by its mean z+ relevance per channel",
                  display="positive",
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS),
                  initial=choice("contrastive", "logit"), maxpool=choice("winner", "proportional"),

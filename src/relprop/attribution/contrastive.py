@@ -1,7 +1,7 @@
 """Class-contrastive relevance: SGLRP, CLRP, excitation backprop and contrastive excitation backprop.
 
 The rules underneath are deep-Taylor style: z+ without bias on every hidden and output layer
-(paper 004, Eq. 1) and z^B on the input layer (paper 004, Eq. 2), with per-image bounds unless
+(Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 1) and z^B on the input layer (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 2), with per-image bounds unless
 ``low``/``high`` are given. Because these rules are linear in the relevance for a fixed forward
 pass, a signed initial relevance in one pass equals the difference of separate target and dual passes.
 """
@@ -81,7 +81,7 @@ def _region_clrp(logits: Tensor, weights: Tensor) -> Tensor:
 
 
 def softmax_gradient(logits: Tensor, target: Tensor) -> Tensor:
-    """d p_t / d z_n: ``p_t (1 - p_t)`` at the target, ``-p_t p_n`` elsewhere (paper 004, Eq. 10)."""
+    """d p_t / d z_n: ``p_t (1 - p_t)`` at the target, ``-p_t p_n`` elsewhere (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 10)."""
     scaled, p_t = _softmax_gradient_over_p_t(logits, target)
     return scaled * p_t
 
@@ -103,7 +103,7 @@ def _scaled(t: Tensor, factor: Tensor) -> Tensor:
     return t * factor.view(-1, *([1] * (t.dim() - 1)))
 
 
-@register_method("sglrp", "Softmax-gradient LRP (paper 004, Eq. 9-10): softmax-gradient initial relevance, z+ / z^B",
+@register_method("sglrp", "Softmax-gradient LRP (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 9-10): softmax-gradient initial relevance, z+ / z^B",
                  variant=choice("paper", "official"), relu=flag(none=True), low=bound(), high=bound(),
                  record=names())
 def sglrp(model: nn.Module, x: Tensor, target: Target, *,
@@ -145,7 +145,7 @@ def sglrp(model: nn.Module, x: Tensor, target: Target, *,
     return Attribution(_relu(a_t - a_o * scale, False if relu is None else relu), recorded)
 
 
-@register_method("clrp", "Contrastive LRP (paper 004, Eq. 6-7): target minus uniform dual classes, z+ / z^B",
+@register_method("clrp", "Contrastive LRP (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 6-7): target minus uniform dual classes, z+ / z^B",
                  variant=choice("paper", "official-type1", "official-type2"), relu=flag(), low=bound(),
                  high=bound(), record=names())
 def clrp(model: nn.Module, x: Tensor, target: Target, *,
@@ -200,7 +200,7 @@ class _NegatedTop(AffineRule):
         return self.rule(NegatedLayer(layer), x, -z, r, nonnegative)
 
 
-@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016): marginal winning probability, z+ without bias",
+@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016 [Zhang2016-EB]): marginal winning probability, z+ without bias",
                  relu=flag(), record=names(), display="positive")
 def excitation_backprop(model: nn.Module, x: Tensor, target: Target, *, relu=False, record=()) -> Attribution:
     """Marginal winning probabilities from ``P = 1`` at the target: ``P_i = sum_j x_i w+_ij /
@@ -213,7 +213,7 @@ def excitation_backprop(model: nn.Module, x: Tensor, target: Target, *, relu=Fal
     return Attribution(_relu(relevance, relu), recorded)
 
 
-@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016): target MWP minus its negated-weight dual",
+@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016 [Zhang2016-EB]): target MWP minus its negated-weight dual",
                  relu=flag(), record=names(), display="positive")
 def contrastive_eb(model: nn.Module, x: Tensor, target: Target, *, relu=False, record=()) -> Attribution:
     """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the

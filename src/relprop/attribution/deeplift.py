@@ -89,7 +89,7 @@ def deeplift_reference(x: Tensor, reference: str = "zero", baseline=None, blur_s
 
 
 @register_method("deeplift",
-                 "DeepLIFT (Shrikumar et al. 2017), rescale rule: multipliers from input and reference, zero reference",
+                 "DeepLIFT (Shrikumar et al. 2017 [Shrikumar2017-DeepLIFT]), rescale rule: multipliers from input and reference, zero reference",
                  reference=choice(*REFERENCES), baseline=bound(), blur_sigma=number(low=0))
 def deeplift(model: nn.Module, x: Tensor, target: Target, *,
              reference="zero", baseline=None, blur_sigma=5.0) -> Attribution:
@@ -109,7 +109,7 @@ def deeplift(model: nn.Module, x: Tensor, target: Target, *,
     The reference ``x0``: ``baseline`` (a number or a tensor broadcastable to ``x``) when given, else
     ``reference``: ``"zero"`` (default), ``"blur"`` (Gaussian blur of ``x``, ``blur_sigma`` pixels) or
     ``"mean"`` (each sample's per-channel mean). With the zero reference on a ReLU network without
-    biases this is LRP-0 (``lrp-z``) and gradient x input (Ancona et al., ICLR 2018).
+    biases this is LRP-0 (``lrp-z``) and gradient x input (Ancona et al., ICLR 2018 [Ancona2018-Gradients]).
     """
     propagator = checked_propagator(model, x)
     x = x.detach()

@@ -79,10 +79,10 @@ def _resize(t: Tensor, size: tuple[int, ...]) -> Tensor:
 
 
 @register_method("fullgrad",
-                 "FullGrad (Srinivas & Fleuret 2019): input-gradient x input plus normalised bias-gradient maps of every layer",
+                 "FullGrad (Srinivas & Fleuret 2019 [Srinivas2019-FullGrad]): input-gradient x input plus normalised bias-gradient maps of every layer",
                  display="positive")
 def fullgrad(model: nn.Module, x: Tensor, target: Target) -> Attribution:
-    """FullGrad (Srinivas & Fleuret, NeurIPS 2019), its FullGrad saliency:
+    """FullGrad (Srinivas & Fleuret, NeurIPS 2019 [Srinivas2019-FullGrad]), its FullGrad saliency:
     ``S = sum_c psi(x * df/dx) + sum_l sum_c up(psi(b_l * df/dz_l))`` over the layers ``l`` whose output
     ``z_l`` is a feature map of the input's rank, ``psi`` = abs, minus the sample's minimum, divided by
     its maximum (+1e-6), ``up`` = (bi/tri)linear resizing with ``align_corners=True`` (the authors'

@@ -96,7 +96,7 @@ def _weighted_gradient_sum(propagator: Propagator, x: Tensor, indices: Selection
 
 
 # -- gradient and input x gradient -------------------------------------------------------------------
-@register_method("gradient", "Gradient of the target logit w.r.t. the input (Simonyan et al. 2014); signed, no abs")
+@register_method("gradient", "Gradient of the target logit w.r.t. the input (Simonyan et al. 2014 [Simonyan2014-Saliency]); signed, no abs")
 def gradient(model: nn.Module, x: Tensor, target: Target) -> Attribution:
     """Vanilla gradient ``d y_target / d x`` (saliency of Simonyan, Vedaldi & Zisserman, *Deep Inside
     Convolutional Networks*, ICLR workshop 2014), signed: unlike the paper's saliency map and Captum's
@@ -104,9 +104,9 @@ def gradient(model: nn.Module, x: Tensor, target: Target) -> Attribution:
     return Attribution(_input_gradient(checked_propagator(model, x), x, target))
 
 
-@register_method("input-x-gradient", "Input times gradient of the target logit (Shrikumar et al. 2016)")
+@register_method("input-x-gradient", "Input times gradient of the target logit (Shrikumar et al. 2016 [Shrikumar2016-GxI])")
 def input_x_gradient(model: nn.Module, x: Tensor, target: Target) -> Attribution:
-    """``x * d y_target / d x`` (Shrikumar et al., *Not Just a Black Box*, 2016; Ancona et al., ICLR 2018)."""
+    """``x * d y_target / d x`` (Shrikumar et al., *Not Just a Black Box*, 2016 [Shrikumar2016-GxI]; Ancona et al., ICLR 2018 [Ancona2018-Gradients])."""
     return Attribution(x * gradient(model, x, target).relevance)
 
 
@@ -144,7 +144,7 @@ def integration_points(steps: int, integration: str = "riemann_right") -> tuple[
 
 
 @register_method("integrated-gradients",
-                 "Integrated Gradients (Sundararajan et al. 2017), batched over steps; baseline 0, 32 steps",
+                 "Integrated Gradients (Sundararajan et al. 2017 [Sundararajan2017-IG]), batched over steps; baseline 0, 32 steps",
                  steps=integer(low=1), baseline=bound(none=False), integration=choice(*IG_METHODS),
                  internal_batch_size=integer(low=1, none=True))
 def integrated_gradients(model: nn.Module, x: Tensor, target: Target, *,
@@ -187,14 +187,14 @@ def integrated_gradients(model: nn.Module, x: Tensor, target: Target, *,
 SMOOTHGRAD_MAGNITUDES = ("absolute", "squared", "signed")
 
 
-@register_method("smoothgrad", "SmoothGrad (Smilkov et al. 2017): |mean gradient| over 50 noisy copies, sigma 15% of "
+@register_method("smoothgrad", "SmoothGrad (Smilkov et al. 2017 [Smilkov2017-SmoothGrad]): |mean gradient| over 50 noisy copies, sigma 15% of "
                                "the image's range", display="positive",
                  samples=integer(low=1), noise_level=number(low=0), magnitude=choice(*SMOOTHGRAD_MAGNITUDES),
                  seed=integer(), internal_batch_size=integer(low=1, none=True), multiply_by_input=flag())
 def smoothgrad(model: nn.Module, x: Tensor, target: Target, *,
                samples=50, noise_level=0.15, magnitude="absolute", seed=0,
                internal_batch_size=None, multiply_by_input=False) -> Attribution:
-    """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017):
+    """SmoothGrad (Smilkov et al., *SmoothGrad: removing noise by adding noise*, 2017 [Smilkov2017-SmoothGrad]):
     ``1/n sum_k grad f(x + eps_k)``, ``eps_k ~ N(0, sigma^2)``, ``sigma = noise_level * (max(x) - min(x))``
     per sample.
 
@@ -202,7 +202,7 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Target, *,
     size n increases ... diminishing returns" beyond about 50), ``noise_level=0.15`` (10-20% of the
     input range works best; here the range of each image), and ``magnitude="absolute"``: the
     paper displays the absolute value of the averaged gradient. ``"squared"`` averages squared
-    gradients (SmoothGrad-Squared, Hooker et al. 2019); ``"signed"`` returns the mean gradient itself
+    gradients (SmoothGrad-Squared, Hooker et al. 2019 [Hooker2019-ROAR]); ``"signed"`` returns the mean gradient itself
     (Captum's ``NoiseTunnel(Saliency(abs=False))``). A signed map summed over the colour channels
     cancels (two seeds' maps on efficientnet_lite0 correlate only 0.2-0.3 with 16 samples).
 
@@ -305,7 +305,7 @@ def _guided_gradient(propagator: Propagator, x: Tensor, target: Target) -> Tenso
 
 
 @register_method("guided-backprop",
-                 "Guided backprop (Springenberg et al. 2015): only positive gradients through active ReLUs")
+                 "Guided backprop (Springenberg et al. 2015 [Springenberg2015-GuidedBP]): only positive gradients through active ReLUs")
 def guided_backprop(model: nn.Module, x: Tensor, target: Target) -> Attribution:
     """Guided backpropagation (Springenberg, Dosovitskiy, Brox & Riedmiller, *Striving for Simplicity:
     The All Convolutional Net*, ICLR workshop 2015): the gradient of the target logit in which every
@@ -356,7 +356,7 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
 
 
 @register_method("gradcam",
-                 "Grad-CAM (Selvaraju et al. 2017) at the last feature map, upsampled; cam/C in each channel",
+                 "Grad-CAM (Selvaraju et al. 2017 [Selvaraju2017-GradCAM]) at the last feature map, upsampled; cam/C in each channel",
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS), display="positive")
 def gradcam(model: nn.Module, x: Tensor, target: Target, *,
             layer=None, relu=True, interpolation="bilinear") -> Attribution:
@@ -376,10 +376,10 @@ def gradcam(model: nn.Module, x: Tensor, target: Target, *,
     return Attribution((cam / x.shape[1]).expand_as(x).clone())
 
 
-@register_method("guided-gradcam", "Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times upsampled Grad-CAM",
+@register_method("guided-gradcam", "Guided Grad-CAM (Selvaraju et al. 2017 [Selvaraju2017-GradCAM]): guided backprop times upsampled Grad-CAM",
                  layer=name(), interpolation=choice(*INTERPOLATIONS))
 def guided_gradcam(model: nn.Module, x: Tensor, target: Target, *, layer=None, interpolation="bilinear") -> Attribution:
-    """Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop multiplied, pixel by pixel and
+    """Guided Grad-CAM (Selvaraju et al., ICCV 2017 [Selvaraju2017-GradCAM]): guided backprop multiplied, pixel by pixel and
     in every channel, by the upsampled Grad-CAM (with ReLU; ``layer`` and ``interpolation`` as for
     ``gradcam``; Captum's ``GuidedGradCam`` upsamples with ``"nearest"``)."""
     propagator = checked_propagator(model, x)

@@ -1,4 +1,4 @@
-"""Gradient hedging ("Attribution Equilibrium", paper 002): gradient-weighted initial map at an inner
+"""Gradient hedging ("Attribution Equilibrium", Nam et al. [Nam-Hedge]): gradient-weighted initial map at an inner
 layer (Eq. 4-5) and hedged propagation down to the input (Eq. 6-13, Algorithm 1).
 """
 
@@ -45,7 +45,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propa
     return forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
 
 
-@register_method("hedge", "Gradient hedging (paper 002, Eq. 4-13): gradient-weighted inner map, hedged propagation",
+@register_method("hedge", "Gradient hedging (Nam et al. [Nam-Hedge], Eq. 4-13): gradient-weighted inner map, hedged propagation",
                  gamma=number(low=1, high=2), layer=name(), use_c=flag(), use_a=flag(), use_u=flag(),
                  use_psi=flag(), add=choice("absolute", "proportional", "equal"), record=names())
 def hedge(model: nn.Module, x: Tensor, target: Target, *,

@@ -1,8 +1,8 @@
-"""LRP methods: initial relevance at the target logit plus a rule map (papers 003 and 001).
+"""LRP methods: initial relevance at the target logit plus a rule map (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP]; Nam, Choi and Lee [Nam-RAP-Journal]).
 
 Each method is a configuration of the engine in :mod:`relprop.propagate`. Dense-layer epsilon
 defaults: 0.25 for network-wide ``lrp-epsilon``; 0.1 on the dense layers of the composites and
-presets (the value of iNNvestigate's presets A and B, which paper 001 compares against).
+presets (the value of iNNvestigate's presets A and B, which Nam, Choi and Lee [Nam-RAP-Journal] compare against).
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ def _composite(name: str, rules: list, maxpool: str, add: str, batchnorm: str,
     return Composite(rules, maxpool=maxpool, add=add, batchnorm=batchnorm, name=name, norm_epsilon=norm_epsilon)
 
 
-@register_method("lrp-z", "LRP-0 on every layer (paper 003, Eq. 1); equals gradient x input on ReLU nets", **COMMON)
+@register_method("lrp-z", "LRP-0 on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 1); equals gradient x input on ReLU nets", **COMMON)
 def lrp_z(model: nn.Module, x: Tensor, target: Target, *,
           maxpool="winner", add="proportional", batchnorm="identity", record=()) -> Attribution:
     composite = _composite("lrp-z", [(_ALL, ZRule())], maxpool, add, batchnorm, norm_epsilon=0.0)
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-epsilon", "LRP-epsilon on every layer (paper 003, Eq. 2), epsilon=0.25", epsilon=number(low=0),
+@register_method("lrp-epsilon", "LRP-epsilon on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 2), epsilon=0.25", epsilon=number(low=0),
                  **COMMON)
 def lrp_epsilon(model: nn.Module, x: Tensor, target: Target, *, epsilon=0.25, maxpool="winner", add="proportional",
                 batchnorm="identity", record=()) -> Attribution:
@@ -58,7 +58,7 @@ def lrp_epsilon(model: nn.Module, x: Tensor, target: Target, *, epsilon=0.25, ma
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-alpha1beta0", "LRP-alpha1beta0 (z+) on every layer (paper 003, Eq. 3)", **COMMON)
+@register_method("lrp-alpha1beta0", "LRP-alpha1beta0 (z+) on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 3)", **COMMON)
 def lrp_alpha1beta0(model: nn.Module, x: Tensor, target: Target, *,
                     maxpool="winner", add="proportional", batchnorm="identity",
                     record=()) -> Attribution:
@@ -66,7 +66,7 @@ def lrp_alpha1beta0(model: nn.Module, x: Tensor, target: Target, *,
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-alpha2beta1", "LRP-alpha2beta1 on every layer (paper 003, Eq. 3; its alpha=2, beta=-1)",
+@register_method("lrp-alpha2beta1", "LRP-alpha2beta1 on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 3; its alpha=2, beta=-1)",
                  **COMMON)
 def lrp_alpha2beta1(model: nn.Module, x: Tensor, target: Target, *,
                     maxpool="winner", add="proportional", batchnorm="identity",
@@ -78,7 +78,7 @@ def lrp_alpha2beta1(model: nn.Module, x: Tensor, target: Target, *,
 def cmp_composite(alpha: float = 1.0, epsilon: float = 0.1, first_rule: str = "flat", n_first: int = 1,
                   low: Bound = None, high: Bound = None, maxpool: str = "winner", add: str = "proportional",
                   batchnorm: str = "identity") -> Composite:
-    """LRP_CMP (paper 003, Sec. II): epsilon on dense layers, alpha-beta on convolutions, and
+    """LRP_CMP (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. II): epsilon on dense layers, alpha-beta on convolutions, and
     flat on the first ``n_first`` affine layers (``first_rule="flat"``), z^B on the input layer
     (``"zb"``, bounds ``low``/``high``, per image when None) or nothing special (``"none"``)."""
     if alpha not in (1, 2) and alpha < 1:
@@ -98,7 +98,7 @@ def cmp_composite(alpha: float = 1.0, epsilon: float = 0.1, first_rule: str = "f
     return _composite("lrp-cmp", rules, maxpool, add, batchnorm)
 
 
-@register_method("lrp-cmp", "LRP_CMP composite (paper 003): epsilon dense, alpha-beta conv, flat first layer",
+@register_method("lrp-cmp", "LRP_CMP composite (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP]): epsilon dense, alpha-beta conv, flat first layer",
                  alpha=number(low=1), epsilon=number(low=0), first_rule=choice("flat", "zb", "none"),
                  n_first=integer(low=1), low=bound(), high=bound(), **COMMON)
 def lrp_cmp(model: nn.Module, x: Tensor, target: Target, *,
@@ -108,7 +108,7 @@ def lrp_cmp(model: nn.Module, x: Tensor, target: Target, *,
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-preset-a", "LRP preset A (paper 001, Sec. V): epsilon dense, alpha1beta0 conv",
+@register_method("lrp-preset-a", "LRP preset A (Nam, Choi and Lee [Nam-RAP-Journal], Sec. V): epsilon dense, alpha1beta0 conv",
                  epsilon=number(low=0), **COMMON)
 def lrp_preset_a(model: nn.Module, x: Tensor, target: Target, *,
                  epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
@@ -118,7 +118,7 @@ def lrp_preset_a(model: nn.Module, x: Tensor, target: Target, *,
                                       record))
 
 
-@register_method("lrp-preset-b", "LRP preset B (paper 001, Sec. V): epsilon dense, alpha2beta1 conv",
+@register_method("lrp-preset-b", "LRP preset B (Nam, Choi and Lee [Nam-RAP-Journal], Sec. V): epsilon dense, alpha2beta1 conv",
                  epsilon=number(low=0), **COMMON)
 def lrp_preset_b(model: nn.Module, x: Tensor, target: Target, *,
                  epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",

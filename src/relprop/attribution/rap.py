@@ -1,4 +1,4 @@
-"""Relative Attributing Propagation, conference version (paper 000; official code behaviour).
+"""Relative Attributing Propagation, conference version (Nam et al. 2020 [Nam2020-RAP]; official code behaviour).
 
 Rules (``relprop.rules.rap``): the first propagation at the output layer, the hidden linear and
 convolution rules with the uniform shift, z^B at the input with per-image bounds and no bias, batch
@@ -37,7 +37,7 @@ def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
                      name="rap")
 
 
-@register_method("rap", "Relative Attributing Propagation (paper 000, Eq. 5-10), as the official code computes it",
+@register_method("rap", "Relative Attributing Propagation (Nam et al. 2020 [Nam2020-RAP], Eq. 5-10), as the official code computes it",
                  start=choice("one-hot", "logit"), one_by_one=choice("rap", "abs"), record=names())
 def rap(model: nn.Module, x: Tensor, target: Target, *, start="one-hot", one_by_one="rap", record=()) -> Attribution:
     """RAP. ``start="one-hot"`` (default, official): relevance 1 at the target and the absolute-

@@ -1,4 +1,4 @@
-"""Relative Attributing Propagation, journal version (paper 001, Sec. IV-B, Eq. 5-11).
+"""Relative Attributing Propagation, journal version (Nam, Choi and Lee [Nam-RAP-Journal], Sec. IV-B, Eq. 5-11).
 
 The target logit is propagated once through the output layer (Eq. 5-6); from there two flows run
 over the same forward pass: the normal flow along promoting contributions (Eq. 7) and the inversion
@@ -58,7 +58,7 @@ def _split_record_name(name: str, default: str) -> tuple[str, str]:
 
 
 @register_method("rap-journal", "Relative Attributing Propagation, journal version: normal and inversion flows "
-                                "with bias and batch-norm handling (paper 001, Eq. 5-11)",
+                                "with bias and batch-norm handling (Nam, Choi and Lee [Nam-RAP-Journal], Eq. 5-11)",
                  flow=choice(*FLOWS), start=choice(*STARTS), bias=flag(), batchnorm=flag(),
                  bn_term=choice(*BN_TERMS), add=choice(*ADDS), center=flag(), record=names())
 def rap_journal(model: nn.Module, x: Tensor, target: Target, *,
@@ -66,7 +66,7 @@ def rap_journal(model: nn.Module, x: Tensor, target: Target, *,
                 batchnorm: bool = True, bn_term: str = "scaled", add: str = "absolute", center: bool = True,
                 record: Sequence[str] = ()) -> Attribution:
     """RAP (journal). ``flow``: the returned map, ``"final"`` (normal + inversion, Eq. 9), ``"normal"``
-    or ``"inversion"`` (paper 001, Fig. 4). ``start``: ``"logit"`` (R = f(x) at the target, paper 001
+    or ``"inversion"`` (Nam, Choi and Lee [Nam-RAP-Journal], Fig. 4). ``start``: ``"logit"`` (R = f(x) at the target, Nam, Choi and Lee [Nam-RAP-Journal]
     Sec. III-A) or ``"one-hot"`` (R = 1). ``bias`` / ``batchnorm``: apply Eq. 10 / Eq. 11; ``bn_term``: Eq. 11's term
     ``"scaled"`` to relevance units (default), ``"literal"`` (as printed) or ``"off"`` (see
     :class:`~relprop.rules.rap_journal.BatchNormFlow` and docs/methods.md). ``add``: how a residual

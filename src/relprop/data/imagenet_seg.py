@@ -1,4 +1,4 @@
-"""ImageNet segmentation (Guillaumin et al. 2014): 4,276 ImageNet images with foreground masks.
+"""ImageNet segmentation (Guillaumin et al. 2014 [Guillaumin2014-ImageNetSeg]): 4,276 ImageNet images with foreground masks.
 
 The data come as one MATLAB v7.3 file, ``gtsegs_ijcv.mat`` (HDF5), laid out as MATLAB writes cell
 arrays: ``/value/img`` holds N object references, each to an image stored transposed (3, W, H) uint8;
@@ -26,7 +26,7 @@ __all__ = ["ImageNetSegmentation"]
 
 FILE_NAME = "gtsegs_ijcv.mat"
 HOW_TO_GET = ("Download gtsegs_ijcv.mat from http://calvin-vision.net/bigstuff/proj-imagenet/data/gtsegs_ijcv.mat "
-              "(the ImageNet segmentation ground truth of Guillaumin et al., as used by Chefer et al.).")
+              "(the ImageNet segmentation ground truth of Guillaumin et al., as used by Chefer et al. [Chefer2021-Transformer]).")
 
 
 def _h5py() -> Any:

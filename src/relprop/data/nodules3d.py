@@ -1,6 +1,6 @@
 """``nodules3d``: synthetic 32^3 "CT" cubes with or without a lung nodule, generated in code.
 
-A stand-in for the LUNA 2016 nodule candidates of paper 001 (Nam et al. 2021, RAP journal version,
+A stand-in for the LUNA 2016 nodule candidates of the RAP journal version (Nam, Choi and Lee [Nam-RAP-Journal],
 3-D CT application): no CT data is stored or downloaded. Every cube holds textured tissue (smooth
 3-D noise) crossed by vessel-like tubes (random smooth 3-D curves with a radius). In the positive
 class (label 1) a nodule is added: a sphere or a lobulated union of spheres of random size,

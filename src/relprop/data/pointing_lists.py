@@ -1,4 +1,4 @@
-"""The pointing game's "difficult" subsets as TorchRay ships them (paper 002; Zhang et al., EBP).
+"""The pointing game's "difficult" subsets as TorchRay ships them (Nam et al. [Nam-Hedge]; Zhang et al., EBP [Zhang2016-EB]).
 
 ``pointing_game_ebp_voc07_difficult.txt`` and ``pointing_game_ebp_coco_difficult.txt`` (TorchRay,
 ``torchray/benchmark/``) have one tab-separated row per image: the image stem (``000001``,

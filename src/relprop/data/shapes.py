@@ -20,7 +20,7 @@ different streams; sizes are drawn as fractions of ``size`` so that other resolu
 kind of scene.
 
 The "difficult" subset (``difficult=True``, ``shapes`` only) follows the difficult set of the
-pointing game (Zhang et al., excitation backprop; paper 002, Table 1, "DIF"): every image holds a
+pointing game (Zhang et al., excitation backprop [Zhang2016-EB]; Nam et al. [Nam-Hedge], Table 1, "DIF"): every image holds a
 *small* object (``objects[0]``, box side at most :data:`SMALL_MAX` of the image side, so well under a
 quarter of the image) right next to a larger *distractor* of another class (``objects[1]``; the masks
 are between :data:`MIN_GAP` and :data:`NEAR_GAP` pixels apart). ``Object.difficult`` keeps its VOC

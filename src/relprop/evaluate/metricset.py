@@ -13,9 +13,9 @@ Every metric is computed for a batch of explained (sample, class) pairs from one
   AOPC (``aopc_morf``, ``aopc_lerf``) or the trapezoid AUC of the scores (``blurred_insertion``,
   ``rise_deletion_auc``, ``rise_insertion_auc``) as the scalar;
 * ``segmentation_counts`` stores the per-image counts ``{"correct", "pixels", "intersection_bg",
-  "union_bg", "intersection_fg", "union_fg"}`` (summed over a data set they give paper 000's pooled
+  "union_bg", "intersection_fg", "union_fg"}`` (summed over a data set they give Nam et al.'s [Nam2020-RAP] pooled
   pixel accuracy and mIoU) and the per-image pixel accuracy as the scalar;
-* ``maximal_patch_masking`` stores the change per patch size (paper 004, Fig. 11);
+* ``maximal_patch_masking`` stores the change per patch size (Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11);
 * ``object_context_occlusion`` does not depend on the explanation: it is computed once per pair and
   stored under the method ``-``;
 * ``target_score`` (the model's logit of the explained class, which tells whether the model

@@ -6,12 +6,12 @@ Written to the output folder:
   samples that counted (``n``) out of those evaluated, the direction of each metric, and the
   errors (corrupt samples with their files, failed methods);
 * ``summary.csv``: one row per (run, method, metric, statistic) with mean, its 95% bootstrap
-  interval (``ci_low``, ``ci_high``: percentile bootstrap over images, Efron & Tibshirani 1993),
+  interval (``ci_low``, ``ci_high``: percentile bootstrap over images, Efron & Tibshirani 1993 [Efron1993-Bootstrap]),
   std, count, total and the ``model_digest`` of the weights the records belong to (report.md lists
   the digests per model).
   Statistics: ``mean`` (over pairs); for the pointing game also ``class_macro`` and
-  ``difficult_class_macro`` (the mean of per-class accuracies, TorchRay / paper 002 Table 1); for
-  mu also ``box<=0.25`` and ``box<=0.5`` (paper 003, Table I);
+  ``difficult_class_macro`` (the mean of per-class accuracies, TorchRay / Nam et al. [Nam-Hedge] Table 1); for
+  mu also ``box<=0.25`` and ``box<=0.5`` (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I);
 * ``pairs.csv``: per run and metric with a headline scalar (the cells' mean), every pair of methods
   with the paired permutation test of their mean difference over the (image, class) pairs both have (images swapped whole), the
   Holm (1979) adjusted p-value within the metric and whether they are significantly apart at 5%;
@@ -20,7 +20,7 @@ Written to the output folder:
   top-1 accuracy per step, pointing accuracy per energy level, change per patch size, ...);
 * ``errors.csv``: every recorded error;
 * PNG plots per run: ``<run>_curve_<metric>.png`` (perturbation curves, pointing accuracy against
-  energy, ...) and ``<run>_mu_by_box_size.png`` (mu against the relative box size, paper 003 Fig. 3).
+  energy, ...) and ``<run>_mu_by_box_size.png`` (mu against the relative box size, Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP] Fig. 3).
 
 Means skip NaN (undefined values) and report the count (:mod:`relprop.metrics.aggregate`). Intervals
 and tests resample or swap images, with a fixed seed: the report is deterministic.

@@ -10,12 +10,12 @@ processes (:mod:`relprop.evaluate.distributed`).
 Explained classes (``targets``):
 
 * ``"labels"``: every ground-truth class of the image (the pointing-game protocol of TorchRay and
-  paper 002, "L"); the mask is the union of the class's objects (difficult ones included), a class
+  Nam et al. [Nam-Hedge], "L"); the mask is the union of the class's objects (difficult ones included), a class
   whose objects are all marked difficult is skipped; classes without objects use the segmentation
   map (``segmentation == class``) or an empty mask;
 * ``"predicted"``: the top-1 class; the mask is the foreground (all objects, or ``segmentation > 0``),
-  as in the ImageNet-segmentation protocol of Chefer et al.;
-* ``"second"``: the second most probable class (paper 004, Fig. 11 b); mask as for ``"labels"``.
+  as in the ImageNet-segmentation protocol of Chefer et al. [Chefer2021-Transformer];
+* ``"second"``: the second most probable class (Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11 b); mask as for ``"labels"``.
 
 A pair is "difficult" (pointing game) when the data set's difficult list flags it (TorchRay's files
 for VOC07 and COCO, ``difficult_classes(key)``; an image missing from the list keeps its pairs), or,
@@ -393,7 +393,7 @@ class Evaluation:
 def _variants(options: dict | list) -> list[dict]:
     """The option sets of one method or metric: a dict is one variant, a list of dicts several
     (each is evaluated and stored under its own key, e.g. ``outside_inside_ratio`` with
-    ``[{}, {"sign": "positive"}]``: paper 000's ALL and POS from the same maps)."""
+    ``[{}, {"sign": "positive"}]``: Nam et al.'s [Nam2020-RAP] ALL and POS from the same maps)."""
     if isinstance(options, dict):
         return [dict(options)]
     if isinstance(options, (list, tuple)) and options and all(isinstance(o, dict) for o in options):

@@ -4,7 +4,7 @@ Maps are ``(B, H, W)`` float tensors, masks ``(B, H, W)`` binary tensors; every 
 per-sample values with NaN where the value is undefined, and :mod:`relprop.metrics.aggregate`
 averages them NaN-aware, reporting how many samples counted. :data:`METRICS` maps each metric's
 name to a :class:`MetricInfo` with the function, its direction (``higher_is_better``: True, False,
-or None for descriptive statistics), its source (paper file and equation in ``../shared/papers``)
+or None for descriptive statistics), its source (reference key of ``docs/references.md`` and equation)
 and its :class:`Wiring` (how ``relprop evaluate`` computes it); each metric is declared once, with
 :func:`register` next to its function (:mod:`.registry`). See ``docs/metrics.md`` and
 ``docs/extending.md``.

@@ -6,7 +6,7 @@ with ``np.mean``) or, worse, silently count it as 0. Every function here skips N
 number of values that counted (``count``) next to the number given (``total``).
 
 Uncertainty (:func:`bootstrap_interval`, :func:`paired_bootstrap`, :func:`paired_test`,
-:func:`holm`): percentile bootstrap intervals over images (Efron & Tibshirani 1993), resampled
+:func:`holm`): percentile bootstrap intervals over images (Efron & Tibshirani 1993 [Efron1993-Bootstrap]), resampled
 jointly for methods evaluated on the same images, paired permutation tests of the difference
 between two methods, and the Holm (1979) step-down correction over a family of tests. Each works
 on :class:`Sums`: per image (group) sums and counts of the finite values, so that a statistic is a
@@ -206,7 +206,7 @@ def binned_mean(values, x, bins: int = 100, range: tuple[float, float] = (0.0, 1
                 include=None) -> BinnedAggregate:
     """NaN-aware mean of ``values`` in ``bins`` equal-width bins of the covariate ``x``.
 
-    Used for mu as a function of the relative box size (paper 003, Fig. 3: 100 uniform bins).
+    Used for mu as a function of the relative box size (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Fig. 3: 100 uniform bins).
     Bin ``i`` holds ``edges[i] <= x < edges[i+1]``; the last bin also holds ``x == range[1]``.
     """
     v = _values(values).to(torch.float64)
@@ -329,7 +329,7 @@ def _weight_chunks(groups: int, resamples: int, seed: int):
 
 def resample_weights(groups: int, resamples: int = RESAMPLES, seed: int = 0) -> Tensor:
     """``(resamples, groups)`` float64 counts of each group in bootstrap resamples of the groups
-    (Efron & Tibshirani 1993): each row draws ``groups`` groups with replacement. Deterministic for
+    (Efron & Tibshirani 1993 [Efron1993-Bootstrap]): each row draws ``groups`` groups with replacement. Deterministic for
     a ``seed`` (a private torch generator; the global RNG is untouched). Drawn in chunks of at most
     :data:`CHUNK` entries, as :func:`bootstrap_sums` uses them (memory stays bounded for large data sets)."""
     return torch.cat(list(_weight_chunks(groups, resamples, seed)), 0)
@@ -351,7 +351,7 @@ class Interval:
 
 
 def _percentile(replicates: Tensor, estimate: float, n: int, confidence: float) -> Interval:
-    """The percentile interval (Efron & Tibshirani 1993, Sec. 13.3) of bootstrap ``replicates``."""
+    """The percentile interval (Efron & Tibshirani 1993 [Efron1993-Bootstrap], Sec. 13.3) of bootstrap ``replicates``."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     r = replicates[~torch.isnan(replicates)]
@@ -383,7 +383,7 @@ def bootstrap_sums(samples: Sequence[Sums], confidence: float = CONFIDENCE, resa
                    seed: int = 0) -> PairedBootstrap:
     """Percentile bootstrap intervals of the statistics of ``samples`` (all with the same groups in
     the same rows), resampling the groups once for all of them: the intervals of differences are
-    paired (Efron & Tibshirani 1993, Sec. 13.3 and Ch. 6)."""
+    paired (Efron & Tibshirani 1993 [Efron1993-Bootstrap], Sec. 13.3 and Ch. 6)."""
     if not samples:
         return PairedBootstrap([], torch.zeros(resamples, 0, dtype=torch.float64), confidence)
     g = samples[0].groups
@@ -397,7 +397,7 @@ def bootstrap_sums(samples: Sequence[Sums], confidence: float = CONFIDENCE, resa
 
 def bootstrap_interval(values, groups: Optional[Sequence[Hashable]] = None, confidence: float = CONFIDENCE,
                        resamples: int = RESAMPLES, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval (Efron & Tibshirani 1993, Sec. 13.3) of the NaN-aware mean of
+    """Percentile bootstrap interval (Efron & Tibshirani 1993 [Efron1993-Bootstrap], Sec. 13.3) of the NaN-aware mean of
     ``values`` (N,). ``groups``: image ids: pairs of one image are resampled together (cluster
     bootstrap); default: each value is its own image. NaN values are skipped (``n`` counts the
     images with a finite value). The percentile interval, not BCa: it is transformation-respecting,

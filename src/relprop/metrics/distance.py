@@ -1,4 +1,4 @@
-"""Mean distance of the top-K positive attributions from the top-1 (paper 001, Eq. 12, Fig. 7b)."""
+"""Mean distance of the top-K positive attributions from the top-1 (Nam, Choi and Lee [Nam-RAP-Journal], Eq. 12, Fig. 7b)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["topk_distance"]
 
 
 @register("topk_distance", higher_is_better=None,
-          source="001_1cdcfe426f0a1465.txt Eq. 12, Fig. 7b", category="distribution",
+          source="[Nam-RAP-Journal] Eq. 12, Fig. 7b", category="distribution",
           inputs=("maps",), result=vector_records,
           x_axis=lambda options, side: (list(options.get("ks", (10, 100, 1000))), "K"))
 def topk_distance(maps, ks: Sequence[int] = (10, 100, 1000), *, squared: bool = False,
@@ -29,7 +29,7 @@ def topk_distance(maps, ks: Sequence[int] = (10, 100, 1000), *, squared: bool = 
 
     Undefined: no positive pixel -> NaN; fewer than K positive pixels -> NaN (``fewer="nan"``,
     Eq. 12 requires K < L) or the mean over all positives (``fewer="all"``). Descriptive: a small
-    ``D_K`` means positive relevance concentrated around the top-1 (paper 001 does not call it better).
+    ``D_K`` means positive relevance concentrated around the top-1 (Nam, Choi and Lee [Nam-RAP-Journal] do not call it better).
     """
     if fewer not in ("nan", "all"):
         raise ValueError(f"fewer must be 'nan' or 'all', got {fewer!r}")

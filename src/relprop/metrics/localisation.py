@@ -1,8 +1,8 @@
 """Localisation metrics: how well an attribution map falls on the annotated object.
 
 All functions take ``maps`` (B, H, W) and binary ``masks`` (B, H, W) (a box union or a segmentation
-of the explained class) and return per-sample values, NaN where undefined. Paper files are those in
-``../shared/papers`` (see its README); see ``docs/metrics.md`` for the differences from the anchor
+of the explained class) and return per-sample values, NaN where undefined. Citations in brackets are keys of
+``docs/references.md``; see ``docs/metrics.md`` for the differences from the anchor
 implementations (TorchRay, Quantus).
 """
 
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 _PG_SOURCE = ("TorchRay PointingGame protocol (benchmark/pointing_game.py); pointing game of "
-              "002_05952c533db6d0f8.txt Table 1")
+              "[Nam-Hedge] Table 1")
 
 
 def _flat(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,7 +110,7 @@ def _dilate(masks: Tensor, tolerance: int, strict: bool) -> Tensor:
 @register("pointing_game", higher_is_better=True, source=_PG_SOURCE, category="localisation")
 def pointing_game(maps, masks, *, tolerance: int = 15, strict: bool = True, ties: str = "first",
                   sign: str = "signed", constant_map: str = "nan", resize: Optional[str] = None) -> Tensor:
-    """Pointing game (Zhang et al. 2016) with TorchRay's protocol; per sample 1.0 hit / 0.0 miss / NaN.
+    """Pointing game (Zhang et al. 2016 [Zhang2016-EB]) with TorchRay's protocol; per sample 1.0 hit / 0.0 miss / NaN.
 
     The point is the maximum of the (sign-transformed) map. ``ties="first"`` (default, TorchRay):
     the first maximum in row-major order; ``ties="any"`` (Quantus): a hit if *any* tied maximum
@@ -126,7 +126,7 @@ def pointing_game(maps, masks, *, tolerance: int = 15, strict: bool = True, ties
 
     Report per-class accuracies and their macro mean with
     :func:`relprop.metrics.aggregate.per_class_mean`; "difficult" subsets and the choice of the
-    explained classes (predicted "P" or all labels "L", paper 002 Table 1) are data concerns: pass
+    explained classes (predicted "P" or all labels "L", Nam et al. [Nam-Hedge] Table 1) are data concerns: pass
     one (map, mask) pair per explained (image, class) and select samples with ``include=``.
     """
     if ties not in ("first", "any"):
@@ -152,13 +152,13 @@ DEFAULT_ENERGIES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
 @register("energy_pointing_game", higher_is_better=True,
-          source="004_b4d3a8d9f0a147ed.txt Eq. 11-12, Fig. 13", category="localisation",
+          source="[Iwana2019-SGLRP] Eq. 11-12, Fig. 13", category="localisation",
           result=vector_records, fixed={"return_counts": False},
           x_axis=lambda options, side: (list(options.get("energies", DEFAULT_ENERGIES)), "energy"))
 def energy_pointing_game(maps, masks, energies: Sequence[float] = DEFAULT_ENERGIES, *,
                          sign: str = "positive", resize: Optional[str] = None,
                          return_counts: bool = False):
-    """Energy-based pointing game of paper 004 (Eq. 11-12): (B, len(energies)) pointing accuracies.
+    """Energy-based pointing game of Iwana et al. 2019 [Iwana2019-SGLRP] (Eq. 11-12): (B, len(energies)) pointing accuracies.
 
     For an energy level ``E`` in (0, 1], the threshold ``tau`` is chosen so that
     ``E = #(R >= tau) / #(R > 0)`` (Eq. 12): ``k = ceil(E * #(R > 0))`` and ``tau`` is the k-th largest
@@ -210,12 +210,12 @@ def _inside_outside_means(t: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @register("outside_inside_ratio", higher_is_better=False,
-          source="000_e02107f5a303aa1b.txt Eq. 11 (signed, 'ALL'); Lapuschkin et al. 2016 ('POS')",
+          source="[Nam2020-RAP] Eq. 11 (signed, 'ALL'); Lapuschkin et al. 2016 [Lapuschkin2016-Fisher] ('POS')",
           category="localisation")
 def outside_inside_ratio(maps, masks, *, sign: str = "signed", resize: Optional[str] = None) -> Tensor:
-    """Outside-inside relevance ratio (Lapuschkin et al. 2016) and its signed extension (paper 000).
+    """Outside-inside relevance ratio (Lapuschkin et al. 2016 [Lapuschkin2016-Fisher]) and its signed extension (Nam et al. 2020 [Nam2020-RAP]).
 
-    ``sign="signed"`` is paper 000, Eq. 11 (Table 1 "ALL")::
+    ``sign="signed"`` is Nam et al. 2020 [Nam2020-RAP], Eq. 11 (Table 1 "ALL")::
 
         mu = (mean_out R+ + mean_in |R-|) / (mean_in R+ + mean_out |R-|)
 
@@ -244,9 +244,9 @@ def outside_inside_ratio(maps, masks, *, sign: str = "signed", resize: Optional[
 
 
 @register("normalised_outside_inside_ratio", higher_is_better=False,
-          source="002_05952c533db6d0f8.txt Eq. 14, Table 3", category="localisation")
+          source="[Nam-Hedge] Eq. 14, Table 3", category="localisation")
 def normalised_outside_inside_ratio(maps, masks, *, resize: Optional[str] = None) -> Tensor:
-    """Normalised outside-inside ratio of paper 002 (Eq. 14): ``mean_out N(R) / mean_in N(R)``.
+    """Normalised outside-inside ratio of Nam et al. [Nam-Hedge] (Eq. 14): ``mean_out N(R) / mean_in N(R)``.
 
     ``N`` maps each map to [0, 1] by per-sample min-max normalisation ("normalization in the scope of
     [0, 1]"), so negative relevance counts as low rather than being discarded. Lower is better.
@@ -276,10 +276,10 @@ def _mu(maps, masks, sign: str, resize) -> tuple[Tensor, Tensor, int]:
     return mu, nin, m.shape[1]
 
 
-@register("mu", higher_is_better=True, source="003_3ffc2cf8b3d12167.txt Eq. 5 (mu)",
+@register("mu", higher_is_better=True, source="[Kohlbrenner2020-LRP] Eq. 5 (mu)",
           category="localisation")
 def inside_total_ratio(maps, masks, *, sign: str = "positive", resize: Optional[str] = None) -> Tensor:
-    """Inside-total relevance ratio ``mu = R_in / R_tot`` (paper 003, Eq. 5). Higher is better.
+    """Inside-total relevance ratio ``mu = R_in / R_tot`` (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 5). Higher is better.
 
     ``R_in``: positive relevance inside the mask, ``R_tot``: positive relevance in the image (the
     paper's definition, ``sign="positive"``; other sign options transform the map first). Unlike
@@ -291,10 +291,10 @@ def inside_total_ratio(maps, masks, *, sign: str = "positive", resize: Optional[
 
 
 @register("mu_w", higher_is_better=True,
-          source="003_3ffc2cf8b3d12167.txt Eq. 5 (mu_w = mu * S_tot / S_in)", category="localisation")
+          source="[Kohlbrenner2020-LRP] Eq. 5 (mu_w = mu * S_tot / S_in)", category="localisation")
 def weighted_inside_total_ratio(maps, masks, *, sign: str = "positive",
                                 resize: Optional[str] = None) -> Tensor:
-    """Size-weighted inside-total ratio ``mu_w = mu * S_tot / S_in`` (paper 003, Eq. 5).
+    """Size-weighted inside-total ratio ``mu_w = mu * S_tot / S_in`` (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 5).
 
     ``S_tot``: image size in pixels, ``S_in``: mask size. A uniform map scores 1 (chance level);
     small objects are emphasised. (Quantus's ``weighted=True`` multiplies by the *inverse* of this
@@ -311,11 +311,11 @@ def box_fraction(masks) -> Tensor:
 
 
 @register("positive_ratio", higher_is_better=None,
-          source="002_05952c533db6d0f8.txt Table 1 (PR)", category="localisation", inputs=("maps",))
+          source="[Nam-Hedge] Table 1 (PR)", category="localisation", inputs=("maps",))
 def positive_ratio(maps) -> Tensor:
-    """Positive ratio PR (paper 002, Table 1): fraction of pixels with ``R > 0``.
+    """Positive ratio PR (Nam et al. [Nam-Hedge], Table 1): fraction of pixels with ``R > 0``.
 
-    Descriptive (no preferred direction in general; paper 002 presents a low PR together with a high
+    Descriptive (no preferred direction in general; Nam et al. [Nam-Hedge] present a low PR together with a high
     pointing accuracy as concentrated evidence). Always defined; an all-zero map gives 0.
     """
     r = check_maps(maps).flatten(1)
@@ -324,7 +324,7 @@ def positive_ratio(maps) -> Tensor:
 
 @dataclass(frozen=True)
 class InsideTotalSummary:
-    """Paper 003 Table I / Fig. 3 in one object: aggregates of mu, mu_w, mu on small boxes, and mu
+    """Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP] Table I / Fig. 3 in one object: aggregates of mu, mu_w, mu on small boxes, and mu
     binned by relative box size; plus the per-sample tensors they came from."""
 
     mu: Aggregate
@@ -339,7 +339,7 @@ class InsideTotalSummary:
 
 def inside_total_summary(maps, masks, *, sign: str = "positive", resize: Optional[str] = None,
                          bins: int = 100, include=None) -> InsideTotalSummary:
-    """mu, mu_w, mu_{<=0.25}, mu_{<=0.5} and mu by box size (paper 003, Eq. 5, Table I, Fig. 3).
+    """mu, mu_w, mu_{<=0.25}, mu_{<=0.5} and mu by box size (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 5, Table I, Fig. 3).
 
     ``mu_le_025`` averages mu over samples whose mask covers at most 25% of the image (``<=``);
     ``mu_le_05`` likewise for 50%. ``by_box_size`` bins mu over ``bins`` equal intervals of the box
@@ -372,7 +372,7 @@ def _ranks_desc(r: Tensor) -> Tensor:
 
 
 @register("top_k_intersection", higher_is_better=True,
-          source="Quantus TopKIntersection (Theiner et al. 2021)", category="localisation")
+          source="Quantus TopKIntersection (Theiner et al. 2022 [Theiner2022-TKI])", category="localisation")
 def top_k_intersection(maps, masks, k: int = 1000, *, concept_influence: bool = False,
                        sign: str = "signed", resize: Optional[str] = None) -> Tensor:
     """Fraction of the ``k`` highest-ranked pixels that lie in the mask (``k`` capped at H*W).
@@ -395,7 +395,7 @@ def top_k_intersection(maps, masks, k: int = 1000, *, concept_influence: bool = 
 
 
 @register("relevance_rank_accuracy", higher_is_better=True,
-          source="Quantus RelevanceRankAccuracy (Arras et al. 2022)", category="localisation")
+          source="Quantus RelevanceRankAccuracy (Arras et al. 2022 [Arras2022-CLEVRXAI])", category="localisation")
 def relevance_rank_accuracy(maps, masks, *, sign: str = "signed", resize: Optional[str] = None) -> Tensor:
     """Fraction of the ``K = |S|`` highest-ranked pixels that lie in the mask. NaN for an empty mask."""
     maps, masks = check_pair(maps, masks, resize)
@@ -408,7 +408,7 @@ def relevance_rank_accuracy(maps, masks, *, sign: str = "signed", resize: Option
 
 
 @register("relevance_mass_accuracy", higher_is_better=True,
-          source="Quantus RelevanceMassAccuracy (Arras et al. 2022)", category="localisation")
+          source="Quantus RelevanceMassAccuracy (Arras et al. 2022 [Arras2022-CLEVRXAI])", category="localisation")
 def relevance_mass_accuracy(maps, masks, *, sign: str = "signed", resize: Optional[str] = None) -> Tensor:
     """``sum(S * R) / sum(R)`` of the sign-transformed map (Quantus default: signed).
 

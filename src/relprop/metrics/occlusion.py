@@ -1,4 +1,4 @@
-"""Object-versus-context occlusion check (paper 003, Sec. IV-A, Fig. 2).
+"""Object-versus-context occlusion check (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. IV-A, Fig. 2).
 
 Verifies the assumption behind mu / mu_w that the model relies on the object more than on its
 context: the object area (inside the class's boxes) or the context (outside) is replaced by the
@@ -23,12 +23,12 @@ __all__ = ["object_context_occlusion", "target_score"]
 
 
 def _object_minus_context(out: Tensor) -> Records:
-    """Per pair: object minus context (negative when occluding the object hurts more, paper 003, Fig. 2)."""
+    """Per pair: object minus context (negative when occluding the object hurts more, Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Fig. 2)."""
     return [(r[0] - r[1], {"object": r[0], "context": r[1]}) for r in as_floats(out)]
 
 
 @register("object_context_occlusion", higher_is_better=None,
-          source="003_3ffc2cf8b3d12167.txt Sec. IV-A, Fig. 2", category="sanity",
+          source="[Kohlbrenner2020-LRP] Sec. IV-A, Fig. 2", category="sanity",
           inputs=("model", "images", "masks", "targets"), result=_object_minus_context)
 def object_context_occlusion(model: Callable, images, masks, targets, *,
                              fill: Union[float, Tensor] = 0.0, score: str = "logit",
@@ -36,7 +36,7 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
     """(B, 2) ``[Delta f with the object occluded, Delta f with the context occluded]``.
 
     ``fill``: the data-set mean per pixel in the model's input space - a number, a (C,) tensor or a
-    (C, H, W) tensor (paper 003: "mean color values per corresponding pixel and dataset"). ``score``:
+    (C, H, W) tensor (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP]: "mean color values per corresponding pixel and dataset"). ``score``:
     ``"logit"`` (the paper) or ``"softmax"``. NaN: object column for an empty mask, context column
     for a mask covering the whole image. A model using the object should give object < context.
     """
@@ -72,11 +72,11 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
 
 
 @register("target_score", higher_is_better=None,
-          source="002_05952c533db6d0f8.txt Sec. 5.3.1 (P: predicted classes)", category="model",
+          source="[Nam-Hedge] Sec. 5.3.1 (P: predicted classes)", category="model",
           inputs=("model", "images", "targets"), result=scalar_records)
 def target_score(model: Callable, images, targets, *, score: str = "logit") -> Tensor:
     """(B,) the model's ``score`` (``"logit"``, ``"softmax"``, ``"log_softmax"``) of the target class on
-    the clean image; tells which explained classes the model predicts (paper 002, Table 1, "P")."""
+    the clean image; tells which explained classes the model predicts (Nam et al. [Nam-Hedge], Table 1, "P")."""
     x = check_images(images)
     t = check_targets(targets, x.shape[0], x.device)
     if t is None:

@@ -1,4 +1,4 @@
-"""Maximal patch masking (paper 004, Sec. 5.3.1-5.3.2, Fig. 11).
+"""Maximal patch masking (Iwana et al. 2019 [Iwana2019-SGLRP], Sec. 5.3.1-5.3.2, Fig. 11).
 
 A ``p x p`` patch around the maximum of the map is replaced by the data-set mean and the change of
 the target's output is measured; a random-location baseline masks the same patch at a random centre.
@@ -72,7 +72,7 @@ def _change_records(res: PatchMaskingResult) -> Records:
 
 
 @register("maximal_patch_masking", higher_is_better=False,
-          source="004_b4d3a8d9f0a147ed.txt Sec. 5.3.1-5.3.2, Fig. 11", category="perturbation",
+          source="[Iwana2019-SGLRP] Sec. 5.3.1-5.3.2, Fig. 11", category="perturbation",
           inputs=("model", "images", "maps", "targets"), seeded=True, result=_change_records,
           x_axis=lambda options, side: ([int(p) for p in options.get("patch_sizes", (1, 3, 5, 7, 9))],
                                         "patch size"))
@@ -84,7 +84,7 @@ def maximal_patch_masking(model: Callable, images, maps, targets, *,
     """Change of the target's output when the ``p x p`` patch at the map's maximum is masked.
 
     ``location="max"``: centre at the first maximum (row-major tie rule) of the sign-transformed map;
-    ``"random"``: a uniformly random pixel per image from ``seed`` (paper 004's Random baseline; the
+    ``"random"``: a uniformly random pixel per image from ``seed`` (Iwana et al.'s [Iwana2019-SGLRP] Random baseline; the
     map is ignored). ``fill``: the data-set mean per channel in the model's input space, a number or a
     (C,) tensor (0 for mean/std-normalised inputs). ``score``: ``"softmax"`` (``y_hat_t``, the
     default) or ``"logit"``. Lower change is better. NaN rows for a constant map with ``"max"``; an

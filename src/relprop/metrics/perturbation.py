@@ -1,13 +1,13 @@
 """Perturbation metrics: how the model's score changes when pixels are removed or inserted by rank.
 
-* :func:`region_perturbation` - MoRF / LeRF / random region perturbation (Samek et al. 2017) with
-  removal by the image minimum (paper 001 Table I), zero (paper 000 Fig. 7), mean, blur, uniform
-  noise, any fixed value or substrate, or random shuffling of the selected pixels (paper 001
+* :func:`region_perturbation` - MoRF / LeRF / random region perturbation (Samek et al. 2017 [Samek2017-Perturbation]) with
+  removal by the image minimum (Nam, Choi and Lee [Nam-RAP-Journal] Table I), zero (Nam et al. 2020 [Nam2020-RAP] Fig. 7), mean, blur, uniform
+  noise, any fixed value or substrate, or random shuffling of the selected pixels (Nam, Choi and Lee [Nam-RAP-Journal]
   Table I, in parentheses); per-step scores, accuracy and AOPC.
 * :func:`blurred_insertion` - MoRF insertion of original pixels into a Gaussian-blurred image in 1%
-  steps up to 20% (paper 002, Fig. 9).
+  steps up to 20% (Nam et al. [Nam-Hedge], Fig. 9).
 * :func:`rise_deletion` / :func:`rise_insertion` - RISE's causal deletion and insertion curves and
-  their AUC (Petsiuk et al. 2018, official ``evaluation.py``).
+  their AUC (Petsiuk et al. 2018 [Petsiuk2018-RISE], official ``evaluation.py``).
 
 Every perturbed copy is built from the *original* image (removal values never drift), and copies of
 all samples and steps are pushed through the model together in chunks of ``internal_batch_size``:
@@ -43,13 +43,13 @@ __all__ = ["PerturbationCurves", "region_perturbation", "blurred_insertion", "ri
            "region_ids", "model_scores", "PAPER_000_LERF_COUNTS", "PAPER_001_POSITIVE_COUNTS",
            "PAPER_001_NEGATIVE_COUNTS", "PAPER_002_INSERTION_FRACTIONS"]
 
-#: paper 001, Table I, positive removal: pixels removed in MoRF order (add H*W for "All")
+#: Nam, Choi and Lee [Nam-RAP-Journal], Table I, positive removal: pixels removed in MoRF order (add H*W for "All")
 PAPER_001_POSITIVE_COUNTS = (0, 250, 500, 1000, 2000, 4000)
-#: paper 001, Table I, negative removal: pixels removed in LeRF order (add H*W for "All")
+#: Nam, Choi and Lee [Nam-RAP-Journal], Table I, negative removal: pixels removed in LeRF order (add H*W for "All")
 PAPER_001_NEGATIVE_COUNTS = (0, 2000, 4000, 6000, 8000, 10000)
-#: paper 000, Fig. 7: 100 pixels per step in LeRF order, 4,000 in all, set to zero
+#: Nam et al. 2020 [Nam2020-RAP], Fig. 7: 100 pixels per step in LeRF order, 4,000 in all, set to zero
 PAPER_000_LERF_COUNTS = tuple(range(0, 4001, 100))
-#: paper 002, Fig. 9: 1% .. 20% of the pixels in 1% steps
+#: Nam et al. [Nam-Hedge], Fig. 9: 1% .. 20% of the pixels in 1% steps
 PAPER_002_INSERTION_FRACTIONS = tuple(round(0.01 * i, 2) for i in range(1, 21))
 
 SCORES = ("logit", "softmax", "log_softmax")
@@ -89,7 +89,7 @@ class PerturbationCurves:
         return self.scores[:, :1] - self.scores
 
     def aopc(self) -> Tensor:
-        """(B,) AOPC terms (Samek et al.): mean over k = 0..L of ``f(x^(0)) - f(x^(k))``.
+        """(B,) AOPC terms (Samek et al. [Samek2017-Perturbation]): mean over k = 0..L of ``f(x^(0)) - f(x^(k))``.
 
         Average over samples (e.g. with :func:`relprop.metrics.aggregate.aggregate`) for the data-set
         AOPC. Higher is better for MoRF, lower for LeRF.
@@ -112,7 +112,7 @@ class PerturbationCurves:
 
 def aopc(scores) -> Tensor:
     """(B,) ``1/(L+1) * sum_{k=0..L} (f(x^(0)) - f(x^(k)))`` from (B, L+1) score curves (step 0 =
-    unperturbed), as in Samek et al. 2017 (Eq. 12 there)."""
+    unperturbed), as in Samek et al. 2017 [Samek2017-Perturbation] (Eq. 12 there)."""
     s = as_tensor(scores, "scores")
     if s.dim() != 2 or s.shape[1] < 1:
         raise ValueError(f"scores must be (B, L+1), got {tuple(s.shape)}")
@@ -561,31 +561,31 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
                         noise_range: Optional[tuple[float, float]] = None,
                         internal_batch_size: Optional[int] = None,
                         incremental: Optional[bool] = None) -> PerturbationCurves:
-    """Region perturbation curves (Samek et al. 2017; paper 001 Table I; paper 000 Fig. 7).
+    """Region perturbation curves (Samek et al. 2017 [Samek2017-Perturbation]; Nam, Choi and Lee [Nam-RAP-Journal] Table I; Nam et al. 2020 [Nam2020-RAP] Fig. 7).
 
     ``images`` (B, C, H, W), ``maps`` (B, H, W), ``targets`` (B,) class indices (None: the class
     predicted on the clean image). The map is cut into a non-overlapping ``patch_size`` grid (1 =
-    single pixels, as in papers 000 and 001), regions are scored by the ``region_score`` (sum or mean)
+    single pixels, as in [Nam2020-RAP] and [Nam-RAP-Journal]), regions are scored by the ``region_score`` (sum or mean)
     of the map and ranked: ``order="morf"`` descending, ``"lerf"`` ascending (ties: smaller row-major
     region index first), ``"random"`` a seeded permutation. ``restrict="positive"`` only perturbs
-    regions with positive score (paper 001 "positive removal", with MoRF), ``"negative"`` only
-    negative ones (paper 001 "negative removal", with LeRF: most negative first); the number perturbed
+    regions with positive score (Nam, Choi and Lee [Nam-RAP-Journal] "positive removal", with MoRF), ``"negative"`` only
+    negative ones (Nam, Choi and Lee [Nam-RAP-Journal] "negative removal", with LeRF: most negative first); the number perturbed
     is capped by the eligible count (``n_perturbed``), so ``counts=[..., H*W]`` gives Table I's "All".
 
     ``counts``: regions perturbed at each evaluated step, strictly increasing non-negative ints (0 is
     prepended if missing; unsorted or repeated counts are refused: step 0 must be the clean image
     for AOPC); the perturbation is cumulative (step k contains the first ``counts[k]`` regions).
     Images and maps must be finite; targets must lie in ``[0, classes)``. Removal values, all computed from
-    the original image: ``"min"`` (the image minimum over all channels: paper 001 and Quantus
-    "black"), ``"zero"`` (paper 000), ``"mean"`` (per-channel image mean), ``"blur"`` (Gaussian blur,
+    the original image: ``"min"`` (the image minimum over all channels: Nam, Choi and Lee [Nam-RAP-Journal] and Quantus
+    "black"), ``"zero"`` (Nam et al. 2020 [Nam2020-RAP]), ``"mean"`` (per-channel image mean), ``"blur"`` (Gaussian blur,
     ``blur_*``), ``"noise"`` (uniform noise in ``noise_range``, default the image's [min, max], drawn
     once per image from its seed), a number, or a tensor of shape (C,), (B, C), (C, H, W) or
     (B, C, H, W) (e.g. a data-set mean); ``"shuffle"`` permutes the positions of the selected pixels
-    among themselves, all channels of a pixel moving together (paper 001, in parentheses), with a
+    among themselves, all channels of a pixel moving together (Nam, Choi and Lee [Nam-RAP-Journal], in parentheses), with a
     fresh permutation per step drawn from ``(seed, step)``.
 
     ``seed``: an int (every sample uses it) or one int per sample; results do not depend on
-    ``internal_batch_size`` or on how samples are batched. ``score``: ``"logit"`` (paper 001's
+    ``internal_batch_size`` or on how samples are batched. ``score``: ``"logit"`` (Nam, Choi and Lee's [Nam-RAP-Journal]
     prediction score), ``"softmax"`` or ``"log_softmax"``. Accuracy is top-1 == target.
 
     ``incremental``: evaluate each sample's steps one after another and recompute only the part of
@@ -637,7 +637,7 @@ _AOPC = dict(call=region_perturbation, inputs=("model", "images", "maps", "targe
 
 
 @register("aopc_morf", higher_is_better=True,
-          source="Samek et al. 2017 AOPC; MoRF removal of 001_1cdcfe426f0a1465.txt Table I",
+          source="Samek et al. 2017 [Samek2017-Perturbation] AOPC; MoRF removal of [Nam-RAP-Journal] Table I",
           category="perturbation", fixed={"order": "morf"}, **_AOPC)
 def aopc_morf(model, images, maps, targets=None, **kwargs) -> Tensor:
     """(B,) AOPC of a MoRF :func:`region_perturbation` curve (keyword arguments passed on; Samek's
@@ -647,7 +647,7 @@ def aopc_morf(model, images, maps, targets=None, **kwargs) -> Tensor:
 
 
 @register("aopc_lerf", higher_is_better=False,
-          source="Samek et al. 2017 AOPC; LeRF removal of 000_e02107f5a303aa1b.txt Fig. 7",
+          source="Samek et al. 2017 [Samek2017-Perturbation] AOPC; LeRF removal of [Nam2020-RAP] Fig. 7",
           category="perturbation", fixed={"order": "lerf"}, **_AOPC)
 def aopc_lerf(model, images, maps, targets=None, **kwargs) -> Tensor:
     """(B,) AOPC of a LeRF :func:`region_perturbation` curve. Lower is better."""
@@ -666,7 +666,7 @@ def _insertion_axis(options: dict, side: int) -> tuple[list, str]:
 
 
 @register("blurred_insertion", higher_is_better=True,
-          source="002_05952c533db6d0f8.txt Fig. 9 (MoRF insertion into a blurred image)",
+          source="[Nam-Hedge] Fig. 9 (MoRF insertion into a blurred image)",
           category="perturbation", inputs=("model", "images", "maps", "targets"), result=_auc_records,
           x_axis=_insertion_axis)
 def blurred_insertion(model: Callable, images, maps, targets=None, *,
@@ -675,11 +675,11 @@ def blurred_insertion(model: Callable, images, maps, targets=None, *,
                       padding: str = "reflect", score: str = "logit",
                       internal_batch_size: Optional[int] = None,
                       incremental: Optional[bool] = None) -> PerturbationCurves:
-    """MoRF insertion into a Gaussian-blurred image (paper 002, Fig. 9).
+    """MoRF insertion into a Gaussian-blurred image (Nam et al. [Nam-Hedge], Fig. 9).
 
     Step 0 is the blurred image; step i pastes back the original values of the top
     ``round(fractions[i] * H * W)`` pixels (MoRF order of the signed map; with ``patch_size > 1``
-    the fraction is of regions). Paper 002 reports accuracy (``.accuracy()``), 1%..20% in 1% steps;
+    the fraction is of regions). Nam et al. [Nam-Hedge] report accuracy (``.accuracy()``), 1%..20% in 1% steps;
     it gives no blur parameters, so the default is RISE's size (11, sigma 5) with reflect padding.
     Higher is better. ``targets=None`` uses the class predicted on the clean image (B extra passes).
     ``incremental``: as in :func:`region_perturbation`.
@@ -709,7 +709,7 @@ def _rise_counts(n_pixels: int, step: int) -> list[int]:
 def rise_deletion(model: Callable, images, maps, targets=None, *, step: int = 224,
                   substrate: Union[str, float, Tensor] = "zero", score: str = "softmax",
                   internal_batch_size: Optional[int] = None, incremental: Optional[bool] = None) -> PerturbationCurves:
-    """RISE deletion curve (Petsiuk et al. 2018, ``CausalMetric('del')``): pixels in descending map
+    """RISE deletion curve (Petsiuk et al. 2018 [Petsiuk2018-RISE], ``CausalMetric('del')``): pixels in descending map
     order are set to the substrate (default 0, i.e. the mean colour in normalised space), ``step`` per
     step, ``n = ceil(H*W / step)`` steps, ``n + 1`` scores including the clean image and the end
     state. Score: softmax of the class predicted on the clean image (``targets=None``). AUC via
@@ -751,13 +751,13 @@ def _rise_axis(kind: str) -> Callable[[dict, int], tuple[list, str]]:
 
 
 register("rise_deletion_auc", higher_is_better=False,
-         source="RISE (Petsiuk et al. 2018) evaluation.py, deletion AUC", category="perturbation",
+         source="RISE (Petsiuk et al. 2018 [Petsiuk2018-RISE]) evaluation.py, deletion AUC", category="perturbation",
          fn=lambda model, images, maps, targets=None, **kw: rise_deletion(
              model, images, maps, targets, **kw).auc(),
          call=rise_deletion, inputs=("model", "images", "maps", "targets"), result=_auc_records,
          x_axis=_rise_axis("deleted"))
 register("rise_insertion_auc", higher_is_better=True,
-         source="RISE (Petsiuk et al. 2018) evaluation.py, insertion AUC", category="perturbation",
+         source="RISE (Petsiuk et al. 2018 [Petsiuk2018-RISE]) evaluation.py, insertion AUC", category="perturbation",
          fn=lambda model, images, maps, targets=None, **kw: rise_insertion(
              model, images, maps, targets, **kw).auc(),
          call=rise_insertion, inputs=("model", "images", "maps", "targets"), result=_auc_records,

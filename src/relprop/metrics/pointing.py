@@ -1,13 +1,13 @@
 """Pointing-game protocol: which (image, class) pairs are explained, their masks, the "difficult"
-subset and the per-class report (TorchRay's benchmark; paper 002, Table 1).
+subset and the per-class report (TorchRay's benchmark; Nam et al. [Nam-Hedge], Table 1).
 
 :func:`relprop.metrics.localisation.pointing_game` scores one (map, mask) pair. The protocol around it:
 
 * every ground-truth class of an image is one pair, its mask the union of all objects of that class
   (objects marked difficult included); a pair whose objects are *all* marked difficult is skipped
   (TorchRay on VOC07);
-* paper 002 reports two cases: ``"L"`` (all labels) and ``"P"`` (only labels the model predicted);
-* the "difficult" subset (Zhang et al., excitation backprop): the class's mask covers less than a
+* Nam et al. [Nam-Hedge] report two cases: ``"L"`` (all labels) and ``"P"`` (only labels the model predicted);
+* the "difficult" subset (Zhang et al., excitation backprop [Zhang2016-EB]): the class's mask covers less than a
   quarter of the image and the image holds at least one other class. TorchRay ships these flags as
   lists; pass such a list to :func:`pointing_game_report` to use it instead;
 * the score is the macro mean of the per-class accuracies; TorchRay counts a class without pairs as 0.
@@ -129,7 +129,7 @@ class PointingReport:
 
 def pointing_game_report(hits, classes, num_classes: int, *, difficult=None,
                          empty_class: str = "zero") -> PointingReport:
-    """Per-class pointing accuracy ``#Hit / (#Hit + #Miss)`` and its macro mean (paper 002, Table 1;
+    """Per-class pointing accuracy ``#Hit / (#Hit + #Miss)`` and its macro mean (Nam et al. [Nam-Hedge], Table 1;
     TorchRay), on all pairs and on the difficult subset.
 
     ``hits`` (N,): 1 / 0 / NaN from :func:`relprop.metrics.localisation.pointing_game` (NaN pairs are

@@ -1,6 +1,6 @@
-"""Model parameter randomisation sanity check (Adebayo et al. 2018; paper 002, Sec. 5.2.2, Fig. 6).
+"""Model parameter randomisation sanity check (Adebayo et al. 2018 [Adebayo2018-Sanity]; Nam et al. [Nam-Hedge], Sec. 5.2.2, Fig. 6).
 
-Layers are randomised cumulatively from the output towards the input ("cascading", paper 002:
+Layers are randomised cumulatively from the output towards the input ("cascading", Nam et al. [Nam-Hedge]:
 "gradual initialization ... from end to beginning layer") in *execution* order (recorded with
 forward hooks, not ``named_modules`` definition order as in Quantus ``MPRT``), each with its own
 seed (``seed + execution index``; Quantus reuses one seed, so same-shaped layers get identical
@@ -175,7 +175,7 @@ def _similarity_records(res: RandomisationResult) -> Records:
 
 
 @register("cascading_randomisation", higher_is_better=False,
-          source="002_05952c533db6d0f8.txt Sec. 5.2.2, Fig. 6; Adebayo et al. 2018", category="sanity",
+          source="[Nam-Hedge] Sec. 5.2.2, Fig. 6; Adebayo et al. 2018 [Adebayo2018-Sanity]", category="sanity",
           inputs=("model", "images", "targets", "explain"), fixed={"return_maps": False},
           result=_similarity_records)
 def cascading_randomisation(model: nn.Module, images: Tensor, targets,

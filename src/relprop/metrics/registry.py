@@ -80,8 +80,8 @@ class MetricInfo:
     """Metadata of a registered metric.
 
     ``higher_is_better`` is True or False, or None for descriptive statistics that have no preferred
-    direction (e.g. the positive ratio). ``source`` names the paper file and equation/figure in
-    ``../shared/papers`` (or the anchor implementation) that the metric follows. ``wiring``: how the
+    direction (e.g. the positive ratio). ``source`` names the reference (a key of
+    ``docs/references.md``) and equation/figure (or the anchor implementation) that the metric follows. ``wiring``: how the
     evaluation runner computes it.
     """
 

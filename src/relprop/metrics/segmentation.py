@@ -1,11 +1,11 @@
 """Segmentation metrics of thresholded attribution maps against foreground masks.
 
-Protocol of paper 000 (pixel accuracy and mIoU of thresholded maps: mean threshold for positive
-maps, zero for signed maps) as implemented in Chefer et al.'s ``imagenet_seg_eval.py``: per-image
+Protocol of Nam et al. 2020 [Nam2020-RAP] (pixel accuracy and mIoU of thresholded maps: mean threshold for positive
+maps, zero for signed maps) as implemented in Chefer et al.'s [Chefer2021-Transformer] ``imagenet_seg_eval.py``: per-image
 thresholding, pixel accuracy as a micro average over the data set, IoU of background and foreground
 with intersections and unions accumulated over the whole data set (:class:`SegmentationAccumulator`),
 and "mAP" as the mean per-image average precision of the stacked two-channel problem
-(:func:`stacked_average_precision`, used by paper 002, Table 3). :func:`foreground_average_precision`
+(:func:`stacked_average_precision`, used by Nam et al. [Nam-Hedge], Table 3). :func:`foreground_average_precision`
 is the plain per-image AP of the map against the mask.
 """
 
@@ -34,7 +34,7 @@ def minmax_normalise(maps: Tensor, constant_map: str = "nan") -> Tensor:
     """Per-sample min-max normalisation to [0, 1] of (B, H, W) maps.
 
     A constant map has no normalisation: ``constant_map="nan"`` gives NaN, ``"zero"`` gives 0
-    (what Chefer et al.'s code ends up with after replacing NaN by 0).
+    (what Chefer et al.'s [Chefer2021-Transformer] code ends up with after replacing NaN by 0).
     """
     if constant_map not in ("nan", "zero"):
         raise ValueError(f"constant_map must be 'nan' or 'zero', got {constant_map!r}")
@@ -118,12 +118,12 @@ def threshold_maps(maps, threshold: Threshold = "mean", *, sign: str = "signed")
     """Binary foreground predictions from maps; returns ``(pred (B, H, W) bool, constant (B,) bool)``.
 
     Foreground is ``R > t`` with the per-image threshold ``t`` given by ``threshold``:
-      * ``"mean"`` - the mean of R (paper 000 for positive maps; identical to Chefer's
+      * ``"mean"`` - the mean of R (Nam et al. 2020 [Nam2020-RAP] for positive maps; identical to Chefer's
         ``R_hat > mean(R_hat)`` on the min-max normalised map, since min-max normalisation is
         monotone and affine);
-      * ``"zero"`` - 0 (paper 000 for maps with positive and negative relevance);
+      * ``"zero"`` - 0 (Nam et al. 2020 [Nam2020-RAP] for maps with positive and negative relevance);
       * ``"median"`` - the lower median; ``("percentile", q)`` - the q-th percentile (numpy's linear
-        interpolation); paper 000 reports that its results hold for percentiles and the median;
+        interpolation); Nam et al. 2020 [Nam2020-RAP] report that their results hold for percentiles and the median;
       * ``"otsu"`` - Otsu's threshold (256-bin histogram, as ``skimage.filters.threshold_otsu``);
       * a float ``t`` in [0, 1] - ``R_hat > t`` on the per-image min-max normalised map.
 
@@ -152,13 +152,13 @@ def _preds(maps, masks, threshold, sign, resize):
 
 
 @register("pixel_accuracy", higher_is_better=True,
-          source="000_e02107f5a303aa1b.txt Table 1 (PIX ACC); Chefer et al. imagenet_seg_eval.py",
+          source="[Nam2020-RAP] Table 1 (PIX ACC); Chefer et al. [Chefer2021-Transformer] imagenet_seg_eval.py",
           category="segmentation")
 def pixel_accuracy(maps, masks, *, threshold: Threshold = "mean", sign: str = "signed",
                    resize: Optional[str] = None) -> Tensor:
     """Per-image pixel accuracy of the thresholded map (fraction of pixels classified correctly).
 
-    The data-set figure of paper 000 is the micro average (all pixels pooled); use
+    The data-set figure of Nam et al. 2020 [Nam2020-RAP] is the micro average (all pixels pooled); use
     :class:`SegmentationAccumulator` for it. Always defined (every pixel is labelled).
     """
     pred, masks, _ = _preds(maps, masks, threshold, sign, resize)
@@ -174,7 +174,7 @@ def _inter_union(pred: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @register("image_iou", higher_is_better=True,
-          source="per-image variant of 000_e02107f5a303aa1b.txt Table 1 (mIOU)", category="segmentation")
+          source="per-image variant of [Nam2020-RAP] Table 1 (mIOU)", category="segmentation")
 def image_iou(maps, masks, *, threshold: Threshold = "mean", sign: str = "signed",
               resize: Optional[str] = None) -> Tensor:
     """Per-image mean of the background and foreground IoU (a per-image variant; the paper's mIoU
@@ -197,8 +197,8 @@ def _count_records(counts: Tensor) -> Records:
 
 
 @register("segmentation_counts", higher_is_better=None,
-          source="counts of 000_e02107f5a303aa1b.txt Table 1 (PIX ACC, mIOU pooled over the data set); "
-                 "Chefer et al. imagenet_seg_eval.py",
+          source="counts of [Nam2020-RAP] Table 1 (PIX ACC, mIOU pooled over the data set); "
+                 "Chefer et al. [Chefer2021-Transformer] imagenet_seg_eval.py",
           category="segmentation", result=_count_records)
 def segmentation_counts(maps, masks, *, threshold: Threshold = "mean", sign: str = "signed",
                         resize: Optional[str] = None) -> Tensor:
@@ -206,7 +206,7 @@ def segmentation_counts(maps, masks, *, threshold: Threshold = "mean", sign: str
     :data:`COUNT_FIELDS`: correct pixels, pixels, background intersection and union, foreground
     intersection and union.
 
-    Summed over a data set they give paper 000's figures (:func:`pooled_segmentation`): pixel
+    Summed over a data set they give Nam et al.'s [Nam2020-RAP] figures (:func:`pooled_segmentation`): pixel
     accuracy = correct / pixels and mIoU = the mean over background and foreground of
     intersection / union, exactly as :class:`SegmentationAccumulator` with
     ``constant_map="background"``.
@@ -264,11 +264,11 @@ def average_precision(scores, targets) -> Tensor:
 
 
 @register("stacked_map", higher_is_better=True,
-          source="002_05952c533db6d0f8.txt Table 3 (mAP); Chefer et al. get_ap_scores",
+          source="[Nam-Hedge] Table 3 (mAP); Chefer et al. [Chefer2021-Transformer] get_ap_scores",
           category="segmentation")
 def stacked_average_precision(maps, masks, *, constant_map: str = "nan", sign: str = "signed",
                               resize: Optional[str] = None) -> Tensor:
-    """Per-image AP of the stacked two-channel problem (the "mAP" of Chefer et al.'s code).
+    """Per-image AP of the stacked two-channel problem (the "mAP" of Chefer et al.'s [Chefer2021-Transformer] code).
 
     With ``R_hat`` the min-max normalised map, the scores ``[1 - R_hat, R_hat]`` are ranked against
     the one-hot targets ``[1 - S, S]`` (2*H*W entries, :func:`average_precision`); the data-set "mAP"
@@ -287,7 +287,8 @@ def stacked_average_precision(maps, masks, *, constant_map: str = "nan", sign: s
 
 
 @register("foreground_ap", higher_is_better=True,
-          source="plain per-image average precision of the map against the mask",
+          source="plain per-image average precision of the map against the mask (the unstacked "
+                 "variant of [Nam-Hedge] Table 3 mAP)",
           category="segmentation")
 def foreground_average_precision(maps, masks, *, sign: str = "signed",
                                  resize: Optional[str] = None) -> Tensor:
@@ -323,7 +324,7 @@ class SegmentationResult:
 
 @dataclass
 class SegmentationAccumulator:
-    """Accumulates pixel accuracy, mIoU and stacked mAP over a data set (paper 000 / Chefer et al.).
+    """Accumulates pixel accuracy, mIoU and stacked mAP over a data set (Nam et al. 2020 [Nam2020-RAP] / Chefer et al. [Chefer2021-Transformer]).
 
     ``threshold``, ``sign``: see :func:`threshold_maps`. ``constant_map``: ``"background"`` (default,
     Chefer's behaviour: a constant map predicts background and counts) or ``"skip"`` (the image is

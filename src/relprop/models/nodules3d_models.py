@@ -1,6 +1,6 @@
 """A small 3-D VGG for the synthetic ``nodules3d`` benchmark, with weights shipped in the package.
 
-Paper 001 (Nam et al. 2021, RAP journal version) explains a 3-D CNN with VGG-16's layer order and
+The RAP journal version (Nam, Choi and Lee [Nam-RAP-Journal]) explains a 3-D CNN with VGG-16's layer order and
 batch normalisation instead of biases, trained on 32x32x32 CT cubes (LUNA 2016) to tell nodules from
 non-nodules. :class:`Nodules3DVGG` follows that design at a size trainable on a CPU:
 [Conv3d 3x3x3 (no bias) - BatchNorm3d - ReLU] blocks in VGG order (8 | 16 | 32, 32 | 64, 64 channels,

@@ -2,7 +2,7 @@
 ``python -m relprop.models.train_shapes --model nodules3d_vgg [--folds 10]``).
 
 As for ``shapes``, everything is seeded (cubes generated from the seed, batch order and flips from a
-seeded generator, torch on one thread). Paper 001 (Nam et al. 2021) reports 10-fold
+seeded generator, torch on one thread). The RAP journal version (Nam, Choi and Lee [Nam-RAP-Journal]) reports 10-fold
 cross-validation with accuracy, precision, recall, specificity and F1 (nodule = positive class);
 :func:`cross_validate` does the same on the first ``train_count`` ``nodules3d`` train cubes
 (contiguous folds, each balanced because labels are balanced within every index pair).

@@ -2,7 +2,7 @@
 
 ``--model`` picks the model and with it the data set: ``shapes_vgg`` / ``shapes_resnet`` train on
 ``shapes`` (below); ``nodules3d_vgg`` trains on ``nodules3d`` (:mod:`relprop.models.train_nodules3d`,
-which also runs the k-fold cross-validation of paper 001 with ``--folds``).
+which also runs the k-fold cross-validation of Nam, Choi and Lee [Nam-RAP-Journal] with ``--folds``).
 
 Everything is seeded: the training images are ``shapes`` train-split samples ``0..train_count-1``
 (generated once into memory), the batch order and the horizontal flips come from a seeded generator,

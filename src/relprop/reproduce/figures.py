@@ -1,10 +1,10 @@
 """Qualitative figures of the papers (maps, not metrics), computed from a model and a few images.
 
-* paper 001, Fig. 4: normal, inversion and final maps of ``rap-journal`` (option ``flow=``);
-* paper 001: relevance at intermediate layers (``Explainer(...).explain(x, record=[...])``);
-* paper 002, Fig. 6: hedge's maps as the layers are re-initialised from the output down
+* Nam, Choi and Lee [Nam-RAP-Journal], Fig. 4: normal, inversion and final maps of ``rap-journal`` (option ``flow=``);
+* Nam, Choi and Lee [Nam-RAP-Journal]: relevance at intermediate layers (``Explainer(...).explain(x, record=[...])``);
+* Nam et al. [Nam-Hedge], Fig. 6: hedge's maps as the layers are re-initialised from the output down
   (:func:`relprop.metrics.cascading_randomisation` with ``return_maps=True``);
-* paper 004, Fig. 6: LRP, CLRP, SGLRP and guided Grad-CAM for each of the two classes of an image.
+* Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 6: LRP, CLRP, SGLRP and guided Grad-CAM for each of the two classes of an image.
 
 Written by the reproduction (:mod:`.run`) next to the tables; :mod:`.results` links the
 files it finds (:data:`FIGURES`).
@@ -26,10 +26,10 @@ __all__ = ["FIGURES", "write_figures"]
 
 #: paper -> (file suffix, caption) of the qualitative figures
 FIGURES: dict[str, list[tuple[str, str]]] = {
-    "001": [("001_fig4_flows.png", "Paper 001, Fig. 4: rap-journal's normal, inversion and final maps"),
-            ("001_layers.png", "Paper 001: rap-journal relevance at intermediate layers (summed over channels)")],
-    "002": [("002_fig6_maps.png", "Paper 002, Fig. 6: hedge maps after cascading randomisation of the layers")],
-    "004": [("004_fig6_contrast.png", "Paper 004, Fig. 6: maps of each of the two classes of an image")],
+    "001": [("001_fig4_flows.png", "Nam, Choi and Lee [Nam-RAP-Journal], Fig. 4: rap-journal's normal, inversion and final maps"),
+            ("001_layers.png", "Nam, Choi and Lee [Nam-RAP-Journal]: rap-journal relevance at intermediate layers (summed over channels)")],
+    "002": [("002_fig6_maps.png", "Nam et al. [Nam-Hedge], Fig. 6: hedge maps after cascading randomisation of the layers")],
+    "004": [("004_fig6_contrast.png", "Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 6: maps of each of the two classes of an image")],
 }
 
 
@@ -86,7 +86,7 @@ def write_figures(model: nn.Module, images: Tensor, labels: list[list[int]], cla
         pred = model(images).argmax(1)
     name = lambda c: str(class_names[c]) if c < len(class_names) else str(c)  # noqa: E731
     written = []
-    # paper 001, Fig. 4: flows
+    # Nam, Choi and Lee [Nam-RAP-Journal], Fig. 4: flows
     flows = {f: Explainer(model, "rap-journal", flow=f).explain(images, pred) for f in ("normal", "inversion", "final")}
     tiles = [[(_image(images[i], mean, std), f"predicted: {name(int(pred[i]))}"),
               (_map(flows["normal"][i]), "flow='normal'"), (_map(flows["inversion"][i]), "flow='inversion'"),
@@ -95,7 +95,7 @@ def write_figures(model: nn.Module, images: Tensor, labels: list[list[int]], cla
     path = out / f"{tag}_001_fig4_flows.png"
     _grid(path, tiles, "rap-journal: normal, inversion and final maps (red +, blue −)")
     written.append(path)
-    # paper 001: intermediate layers
+    # Nam, Choi and Lee [Nam-RAP-Journal]: intermediate layers
     layers = _layers(model)
     rel, rec = rj.explain(images, pred, record=layers)  # type: ignore[misc]
     tiles = [[(_image(images[i], mean, std), f"predicted: {name(int(pred[i]))}")]
@@ -104,7 +104,7 @@ def write_figures(model: nn.Module, images: Tensor, labels: list[list[int]], cla
     path = out / f"{tag}_001_layers.png"
     _grid(path, tiles, "rap-journal relevance at intermediate layers")
     written.append(path)
-    # paper 002, Fig. 6: sanity check maps of hedge
+    # Nam et al. [Nam-Hedge], Fig. 6: sanity check maps of hedge
     from ..metrics import cascading_randomisation
 
     def explain(m: nn.Module, x: Tensor, t: Tensor) -> Tensor:
@@ -125,7 +125,7 @@ def write_figures(model: nn.Module, images: Tensor, labels: list[list[int]], cla
     path = out / f"{tag}_002_fig6_maps.png"
     _grid(path, tiles, "hedge after re-initialising the layers from the output down to ...")
     written.append(path)
-    # paper 004, Fig. 6: two classes of one image
+    # Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 6: two classes of one image
     two = [i for i, lab in enumerate(labels) if len(set(lab)) >= 2]
     if two:
         i = two[0]

@@ -1,6 +1,6 @@
 """The papers' orderings of methods, and the comparison of a reproduced ordering with them.
 
-Each :class:`Order` is read from a paper's table or figure (files in ``../shared/papers``): groups of
+Each :class:`Order` is read from a paper's table or figure (cited by the keys of ``docs/references.md``): groups of
 methods from best to worst (methods within a group are not ordered against each other). Only the
 order is kept, not the papers' numbers. :func:`verdict` counts the pairwise orders of the paper that
 the reproduced values keep and says why they may differ (``why``: data, model or method). Given the
@@ -47,85 +47,85 @@ def _o(source: str, *groups: str | tuple[str, ...], why: str = "") -> Order:
 
 
 ORDERS: dict[str, Order] = {
-    "000-oi-all": _o("paper 000, Table 1, VGG-16, ALL", "rap", "lrp-alpha2beta1", "input-x-gradient",
+    "000-oi-all": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, VGG-16, ALL", "rap", "lrp-alpha2beta1", "input-x-gradient",
                      "guided-backprop", "integrated-gradients",
                      why=f"{_DATA}; {_MODEL}; method: ALL counts negative relevance inside the box against "
                          "a method, and gradient-type maps are signed noise around objects (ratio near 1)"),
-    "000-oi-pos": _o("paper 000, Table 1, VGG-16, POS", "rap", "guided-backprop", "lrp-alpha1beta0",
+    "000-oi-pos": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, VGG-16, POS", "rap", "guided-backprop", "lrp-alpha1beta0",
                      "lrp-alpha2beta1", "gradient", "input-x-gradient", "integrated-gradients",
-                     why=f"{_DATA}; {_MODEL}; method: RAP's uniform shift (paper 000, Eq. 8-9) spreads a small "
+                     why=f"{_DATA}; {_MODEL}; method: RAP's uniform shift (Nam et al. 2020 [Nam2020-RAP], Eq. 8-9) spreads a small "
                          "positive floor over the background at every layer; POS counts it in full, ALL "
                          "weighs it against the negative relevance there, where RAP is best"),
-    "000-pixacc": _o("paper 000, Table 1, ImageNet segmentation, pixel accuracy", "rap", "lrp-alpha1beta0",
+    "000-pixacc": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, ImageNet segmentation, pixel accuracy", "rap", "lrp-alpha1beta0",
                      "lrp-alpha2beta1", "guided-backprop", "gradient", ("integrated-gradients", "input-x-gradient"),
                      why=f"{_DATA}; {_MODEL}; method: the better of the two thresholds is compared"),
-    "000-miou": _o("paper 000, Table 1, ImageNet segmentation, mIoU", "rap", "lrp-alpha1beta0", "lrp-alpha2beta1",
+    "000-miou": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, ImageNet segmentation, mIoU", "rap", "lrp-alpha1beta0", "lrp-alpha2beta1",
                    "guided-backprop", "gradient", "integrated-gradients", "input-x-gradient",
                    why=f"{_DATA}; {_MODEL}; method: per-image IoU, not accumulated over the data set"),
-    "000-lerf": _o("paper 000, Fig. 7 (RAP keeps the accuracy, the others drop)", "rap",
+    "000-lerf": _o("Nam et al. 2020 [Nam2020-RAP], Fig. 7 (RAP keeps the accuracy, the others drop)", "rap",
                    ("lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient", "integrated-gradients",
                     "guided-backprop"),
                    why=f"{_DATA}; {_MODEL}; method: mean accuracy over the curve is compared"),
-    "001-pos": _o("paper 001, Table I, positive removal at 4,000 pixels (lower accuracy = the removed "
+    "001-pos": _o("Nam, Choi and Lee [Nam-RAP-Journal], Table I, positive removal at 4,000 pixels (lower accuracy = the removed "
                   "pixels mattered)", "gradient", ("lrp-preset-b", "lrp-alpha2beta1", "lrp-alpha1beta0",
                                                    "lrp-preset-a"), "rap-journal", "integrated-gradients",
                   why=f"{_DATA}; {_MODEL}; method: relprop's gradient is signed, the paper's sensitivity "
                       "analysis ranks |gradient|; with a few dozen images one image moves the accuracy by points"),
-    "001-neg": _o("paper 001, Table I, negative removal at 10,000 pixels (higher accuracy = negative "
+    "001-neg": _o("Nam, Choi and Lee [Nam-RAP-Journal], Table I, negative removal at 10,000 pixels (higher accuracy = negative "
                   "relevance was irrelevant)", "rap-journal", "lrp-alpha2beta1", "input-x-gradient",
                   why=f"{_DATA}; {_MODEL}; method: scaled to 64 x 64, 10,000 pixels of 224² are a "
                       "fifth of the image, and maps with few negative pixels stop early"),
-    "001-dk": _o("paper 001, Fig. 7 (b) (RAP's positive pixels lie closest to its maximum)", "rap-journal",
+    "001-dk": _o("Nam, Choi and Lee [Nam-RAP-Journal], Fig. 7 (b) (RAP's positive pixels lie closest to its maximum)", "rap-journal",
                  ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient",
                   "integrated-gradients", "guided-backprop", "lrp-preset-a", "lrp-preset-b"),
                  why=f"{_DATA}; {_MODEL}; method: mean over K is compared"),
-    "002-pg-L-all": _o("paper 002, Table 1, VOC07, VGG-16, L ALL", "hedge", "gradcam", "rsp", "contrastive-eb",
+    "002-pg-L-all": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, L ALL", "hedge", "gradcam", "rsp", "contrastive-eb",
                        "guided-backprop", "excitation-backprop", "clrp",
                        why=f"{_DATA}; {_MODEL}; data: with 10 classes and objects on a plain background "
                            "almost every method points into the boxes (most above 0.95), so the order "
                            "among them is a few pairs"),
-    "002-pg-L-dif": _o("paper 002, Table 1, VOC07, VGG-16, L DIF", "hedge", "gradcam", "rsp", "contrastive-eb",
+    "002-pg-L-dif": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, L DIF", "hedge", "gradcam", "rsp", "contrastive-eb",
                        "guided-backprop", ("clrp", "excitation-backprop"),
                        why=f"{_DATA}; {_MODEL}; data: DIF uses EBP's definition (box < 1/4 of the image, >= 2 "
                            "classes), which holds for most multi-object shapes scenes, so DIF is close to ALL"),
-    "002-pg-P-all": _o("paper 002, Table 1, VOC07, VGG-16, P ALL", "hedge", ("rsp", "gradcam"),
+    "002-pg-P-all": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, P ALL", "hedge", ("rsp", "gradcam"),
                        "guided-backprop", ("excitation-backprop", "contrastive-eb"), "clrp",
                        why=f"{_DATA}; {_MODEL}; method: relprop's CLRP (Eq. 6-7, ReLU'd) keeps only the "
                            "target's evidence and is nearly perfect on predicted classes"),
-    "002-ablation": _o("paper 002, Table 2 (all four components best)", "C+A+U+Psi", ("C", "C+Psi", "C+A+U", "A+U+Psi"),
+    "002-ablation": _o("Nam et al. [Nam-Hedge], Table 2 (all four components best)", "C+A+U+Psi", ("C", "C+Psi", "C+A+U", "A+U+Psi"),
                        why=f"{_DATA}; {_MODEL}; method: the rows' component sets are uncertain in the paper's text"),
-    "002-gamma": _o("paper 002, Fig. 7 (accuracy rises as gamma falls)", "1.0", "1.25", "1.5", "1.75", "2.0",
+    "002-gamma": _o("Nam et al. [Nam-Hedge], Fig. 7 (accuracy rises as gamma falls)", "1.0", "1.25", "1.5", "1.75", "2.0",
                     why=f"{_DATA}; {_MODEL}; the paper's differences are 0.6 points, below the noise of this run"),
-    "002-insertion": _o("paper 002, Fig. 9 (hedge rises fastest)", "hedge",
+    "002-insertion": _o("Nam et al. [Nam-Hedge], Fig. 9 (hedge rises fastest)", "hedge",
                         ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "clrp", "rsp"),
                         why=f"{_DATA}; {_MODEL}; method: mean accuracy over the curve is compared; on a "
                             "blurred 64 x 64 scene a few inserted pixels of any method restore the small "
                             "object, so the curves saturate within 5%"),
-    "002-map": _o("paper 002, Table 3, VGG-16, mAP", "rsp", "hedge", "clrp", "contrastive-eb",
+    "002-map": _o("Nam et al. [Nam-Hedge], Table 3, VGG-16, mAP", "rsp", "hedge", "clrp", "contrastive-eb",
                   why=f"{_DATA}; {_MODEL}; data: the exact shape masks are much tighter than ImageNet's "
                       "object masks, which favours maps concentrated on the object (hedge, CLRP)"),
-    "002-outin": _o("paper 002, Table 3, VGG-16, Out/In", "hedge", "rsp", "clrp", "contrastive-eb",
-                    why=f"{_DATA}; {_MODEL}; method: relprop's CLRP default is paper 004's Eq. 6-7 with "
+    "002-outin": _o("Nam et al. [Nam-Hedge], Table 3, VGG-16, Out/In", "hedge", "rsp", "clrp", "contrastive-eb",
+                    why=f"{_DATA}; {_MODEL}; method: relprop's CLRP default is Iwana et al.'s [Iwana2019-SGLRP] Eq. 6-7 with "
                         "the final ReLU (variant='paper'), which leaves the background at exactly 0"),
-    "003-muw-pvoc": _o("paper 003, Table I, PVOC (multi-label, like shapes)", "lrp-cmp (CMP:a2+b)",
+    "003-muw-pvoc": _o("Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I, PVOC (multi-label, like shapes)", "lrp-cmp (CMP:a2+b)",
                        "lrp-cmp (CMP:a1)", "lrp-cmp (CMP:a1+b)", "lrp-cmp (CMP:a2)", "lrp-z", "guided-backprop",
                        "lrp-alpha2beta1", "lrp-alpha1beta0", "uniform baseline",
                        why=f"{_DATA}; {_MODEL}: the shapes models have 5 convolutions, so LRP-z suffers "
-                           "little from gradient shattering and the composites gain less (paper 003, Sec. IV-C)"),
-    "003-muw-imagenet": _o("paper 003, Table I, ImageNet", "lrp-cmp (CMP:a2+b)", "lrp-cmp (CMP:a2)",
+                           "little from gradient shattering and the composites gain less (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. IV-C)"),
+    "003-muw-imagenet": _o("Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I, ImageNet", "lrp-cmp (CMP:a2+b)", "lrp-cmp (CMP:a2)",
                            ("lrp-cmp (CMP:a1)", "lrp-cmp (CMP:a1+b)"), "lrp-alpha2beta1", "guided-backprop",
                            "lrp-alpha1beta0", "lrp-z", "uniform baseline",
                            why=f"data: a handful of photos instead of 50,000 images; {_MODEL}"),
-    "004-patch-gt": _o("paper 004, Fig. 11 (a) at the largest patch (guided Grad-CAM, then SGLRP lowest)",
+    "004-patch-gt": _o("Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11 (a) at the largest patch (guided Grad-CAM, then SGLRP lowest)",
                        "guided-gradcam", "sglrp", ("clrp", "lrp-alpha1beta0"), "random",
                        why=f"{_DATA}; {_MODEL}; method: relprop's SGLRP is the paper's Eq. 9-10 (variant='paper')"),
-    "004-patch-second": _o("paper 004, Fig. 11 (b) at the largest patch", "sglrp", "clrp", "guided-gradcam",
+    "004-patch-second": _o("Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11 (b) at the largest patch", "sglrp", "clrp", "guided-gradcam",
                            ("lrp-alpha1beta0", "random"),
                            why=f"{_DATA}; {_MODEL}: the second most probable class of a multi-label shapes "
                                "image is often present in the image, unlike ImageNet's"),
-    "004-energy-high": _o("paper 004, Fig. 13 at E = 100%", "sglrp", ("guided-gradcam", "clrp", "lrp-alpha1beta0"),
+    "004-energy-high": _o("Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 13 at E = 100%", "sglrp", ("guided-gradcam", "clrp", "lrp-alpha1beta0"),
                           "random", why=f"{_DATA}; {_MODEL}"),
-    "004-energy-low": _o("paper 004, Fig. 13 at E = 10%", "guided-gradcam", "sglrp", ("clrp", "lrp-alpha1beta0"),
+    "004-energy-low": _o("Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 13 at E = 10%", "guided-gradcam", "sglrp", ("clrp", "lrp-alpha1beta0"),
                          "random", why=f"{_DATA}; {_MODEL}"),
 }
 

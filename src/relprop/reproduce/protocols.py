@@ -7,8 +7,8 @@ the reproduction (:mod:`.run`) and the document (:mod:`.results`) cannot drift a
 
 Pixel counts and distances of the papers refer to 224 x 224 inputs; they are scaled to the model's
 input side ``s``: counts by the area ratio ``s^2 / 224^2`` (:func:`scaled_count`), distances (the
-pointing game's 15-pixel tolerance) by ``s / 224``. Patch sizes of paper 004 (p = 1..9) and the
-fractions of paper 002 are kept as they are. Paper files: ``../shared/papers`` (see the README there).
+pointing game's 15-pixel tolerance) by ``s / 224``. Patch sizes of Iwana et al. 2019 [Iwana2019-SGLRP] (p = 1..9) and the
+fractions of Nam et al. [Nam-Hedge] are kept as they are. References: ``docs/references.md``.
 """
 
 from __future__ import annotations
@@ -31,22 +31,22 @@ PAPER_SIDE = 224
 _SIDES = {"shapes_vgg": 64, "shapes_resnet": 64}
 
 # -- methods of each paper ---------------------------------------------------------------------------
-#: paper 000, Table 1 (Pattern Attribution has no relprop implementation)
+#: Nam et al. 2020 [Nam2020-RAP], Table 1 (Pattern Attribution has no relprop implementation)
 M000 = ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient",
         "integrated-gradients", "guided-backprop")
-#: paper 001, Table I: paper 000's methods, the LRP presets and the journal RAP
+#: Nam, Choi and Lee [Nam-RAP-Journal], Table I: Nam et al.'s [Nam2020-RAP] methods, the LRP presets and the journal RAP
 M001 = M000 + ("lrp-preset-a", "lrp-preset-b", "rap-journal")
-#: paper 002, Table 1 (AGF and Relevance-CAM have no relprop implementation)
+#: Nam et al. [Nam-Hedge], Table 1 (AGF and Relevance-CAM have no relprop implementation)
 M002 = ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "clrp", "rsp", "hedge")
-#: paper 003, Table I: LRP-z, alpha-beta, guided backprop and the LRP_CMP variants below
+#: Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I: LRP-z, alpha-beta, guided backprop and the LRP_CMP variants below
 M003 = ("lrp-z", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop", "lrp-cmp")
-#: paper 004, Fig. 11 / 13: "LRP" is LRP-alpha1beta0 (the rule CLRP and SGLRP build on)
+#: Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11 / 13: "LRP" is LRP-alpha1beta0 (the rule CLRP and SGLRP build on)
 M004 = ("lrp-alpha1beta0", "clrp", "sglrp", "guided-gradcam")
 
-#: methods of the sanity check (paper 002, Fig. 6: hedge; guided backprop is known to fail it)
+#: methods of the sanity check (Nam et al. [Nam-Hedge], Fig. 6: hedge; guided backprop is known to fail it)
 RANDOMISED = ("hedge", "gradcam", "guided-backprop")
 
-#: paper 003's LRP_CMP variants (label -> lrp-cmp options): alpha 1/2, nothing / flat / z^B first
+#: Kohlbrenner et al.'s [Kohlbrenner2020-LRP] LRP_CMP variants (label -> lrp-cmp options): alpha 1/2, nothing / flat / z^B first
 CMP_VARIANTS: dict[str, dict] = {
     "CMP:a1": {"alpha": 1, "first_rule": "none"},
     "CMP:a2": {"alpha": 2, "first_rule": "none"},
@@ -55,7 +55,7 @@ CMP_VARIANTS: dict[str, dict] = {
     "CMP:a1+zB": {"alpha": 1, "first_rule": "zb"},
     "CMP:a2+zB": {"alpha": 2, "first_rule": "zb"},
 }
-#: paper 002, Table 2: rows of the C / A / U / Psi ablation (gamma = 2, hedge's default, as the table says)
+#: Nam et al. [Nam-Hedge], Table 2: rows of the C / A / U / Psi ablation (gamma = 2, hedge's default, as the table says)
 HEDGE_ABLATION: dict[str, dict] = {
     "C": {"use_c": True, "use_a": False, "use_u": False, "use_psi": False},
     "C+Psi": {"use_c": True, "use_a": False, "use_u": False, "use_psi": True},
@@ -63,7 +63,7 @@ HEDGE_ABLATION: dict[str, dict] = {
     "A+U+Psi": {"use_c": False, "use_a": True, "use_u": True, "use_psi": True},
     "C+A+U+Psi": {},
 }
-#: paper 002, Fig. 7
+#: Nam et al. [Nam-Hedge], Fig. 7
 HEDGE_GAMMAS = (1.0, 1.25, 1.5, 1.75, 2.0)
 
 
@@ -80,7 +80,7 @@ def input_side(model: str) -> int:
 
 
 class _BoxesOnly:
-    """``dataset`` with object masks dropped, so the runner uses the boxes (papers 000, 002, 003, 004
+    """``dataset`` with object masks dropped, so the runner uses the boxes ([Nam2020-RAP], [Nam-Hedge], [Kohlbrenner2020-LRP], [Iwana2019-SGLRP]
     score against bounding boxes); segmentation maps are dropped too."""
 
     def __init__(self, dataset: Dataset) -> None:
@@ -114,7 +114,7 @@ def _counts(paper: Sequence[int], side: int, all_pixels: bool = True) -> list[in
 
 
 def table_i_options(side: int) -> dict[str, dict]:
-    """Paper 001, Table I: positive (MoRF) / negative (LeRF) removal and shuffling, "All" = every pixel."""
+    """Nam, Choi and Lee [Nam-RAP-Journal], Table I: positive (MoRF) / negative (LeRF) removal and shuffling, "All" = every pixel."""
     pos = _counts((250, 500, 1000, 2000, 4000), side)
     neg = _counts((2000, 4000, 6000, 8000, 10000), side)
     return {
@@ -126,12 +126,12 @@ def table_i_options(side: int) -> dict[str, dict]:
 
 
 def lerf_000_options(side: int, step: int = 100) -> dict:
-    """Paper 000, Fig. 7: LeRF, ``step`` pixels (of 224^2) set to zero per step, 4,000 in all."""
+    """Nam et al. 2020 [Nam2020-RAP], Fig. 7: LeRF, ``step`` pixels (of 224^2) set to zero per step, 4,000 in all."""
     return {"counts": sorted({scaled_count(c, side) for c in range(step, 4001, step)}), "removal": "zero"}
 
 
 def topk_ks(side: int) -> list[int]:
-    """K of paper 001's D_K curve (Fig. 7b): 10 .. 5,000 positive pixels of 224^2, scaled."""
+    """K of Nam, Choi and Lee's [Nam-RAP-Journal] D_K curve (Fig. 7b): 10 .. 5,000 positive pixels of 224^2, scaled."""
     return sorted({max(2, scaled_count(k, side)) for k in (10, 100, 500, 1000, 2000, 5000)})
 
 
@@ -140,8 +140,8 @@ def pointing_options(side: int) -> dict:
     return {"tolerance": max(1, int(round(15 * side / PAPER_SIDE)))}
 
 
-_OI = [{}, {"sign": "positive"}]  # paper 000 Table 1: ALL, POS
-_SEG = [{"threshold": "zero"}, {"threshold": "mean", "sign": "positive"}]  # paper 000: two thresholds
+_OI = [{}, {"sign": "positive"}]  # Nam et al. 2020 [Nam2020-RAP] Table 1: ALL, POS
+_SEG = [{"threshold": "zero"}, {"threshold": "mean", "sign": "positive"}]  # Nam et al. 2020 [Nam2020-RAP]: two thresholds
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class Size:
 
     shapes: dict[str, Optional[int]]
     randomisation: int
-    #: images of the hedge variants (Table 2, Fig. 7 of paper 002), per model; None: as ``shapes``
+    #: images of the hedge variants (Table 2, Fig. 7 of Nam et al. [Nam-Hedge]), per model; None: as ``shapes``
     hedge_variants: Optional[dict[str, Optional[int]]] = None
     #: images of the perturbation, insertion and patch-masking jobs, per model; None: as ``shapes``
     perturbation: Optional[dict[str, Optional[int]]] = None
@@ -185,12 +185,12 @@ def _methods(names: Sequence[str]) -> list[str]:
 
 
 def localisation_methods() -> tuple[list[str], dict]:
-    """Methods (and variants) of the box-based tables: papers 000, 002 (Table 1), 003, 004."""
+    """Methods (and variants) of the box-based tables: [Nam2020-RAP], [Nam-Hedge] (Table 1), [Kohlbrenner2020-LRP], [Iwana2019-SGLRP]."""
     return _methods(M000 + M002 + M003 + M004), {"lrp-cmp": list(CMP_VARIANTS.values())}
 
 
 def hedge_variants() -> list[dict]:
-    """hedge's options for paper 002's Table 2 (ablation) and Fig. 7 (gamma); ``{}`` is the default."""
+    """hedge's options for Nam et al.'s [Nam-Hedge] Table 2 (ablation) and Fig. 7 (gamma); ``{}`` is the default."""
     return [{}] + [v for v in HEDGE_ABLATION.values() if v] + [{"gamma": g} for g in HEDGE_GAMMAS if g != 2.0]
 
 

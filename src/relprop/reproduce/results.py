@@ -8,7 +8,7 @@ the verdicts. Qualitative figures (maps) are written by :mod:`.figures` and link
 
 Uncertainty: the values compared by a verdict are rebuilt from the per-image records as
 :class:`relprop.metrics.aggregate.Sums` (``Item``: image, feature, sum, count), which gives each a
-95% percentile bootstrap interval over the images (paired across methods, Efron & Tibshirani 1993)
+95% percentile bootstrap interval over the images (paired across methods, Efron & Tibshirani 1993 [Efron1993-Bootstrap])
 and each of the paper's pairs a paired permutation test; a pair agrees or is reversed only when
 significant after Holm's correction over the table's pairs, and is undecided otherwise.
 """
@@ -46,11 +46,11 @@ def _qualitative(doc: Doc, paper: str, model: str, tag: str) -> None:
 
 
 PAPERS = {
-    "000": "Relative Attributing Propagation (RAP), AAAI 2020 (papers/000)",
-    "001": "RAP, journal version (papers/001)",
-    "002": "Gradient Hedge / attribution by hedging the evidence (papers/002)",
-    "003": "Towards best practice in explaining neural network decisions with LRP (papers/003)",
-    "004": "Softmax-gradient LRP, SGLRP (papers/004)",
+    "000": "Nam et al. 2020 [Nam2020-RAP]: Relative Attributing Propagation (RAP), AAAI 2020",
+    "001": "Nam, Choi and Lee [Nam-RAP-Journal]: RAP, journal version",
+    "002": "Nam et al. [Nam-Hedge]: Gradient Hedge / attribution by hedging the evidence",
+    "003": "Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP]: Towards best practice in explaining neural network decisions with LRP, IJCNN 2020",
+    "004": "Iwana et al. 2019 [Iwana2019-SGLRP]: Softmax-gradient LRP, SGLRP, ICCVW 2019",
 }
 
 
@@ -90,7 +90,7 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "(outside-inside ratio, mu, pointing games) use the objects' boxes, segmentation metrics their exact "
         "masks. `shapes` is multi-label (1-3 objects, 10 classes): the explained classes are every ground-truth "
         "class (`--targets labels`), the predicted class for the perturbation and segmentation protocols, and "
-        "the second most probable class for paper 004's Fig. 11 (b). On `photos` (several ImageNet "
+        "the second most probable class for Iwana et al.'s [Iwana2019-SGLRP] Fig. 11 (b). On `photos` (several ImageNet "
         "labels per photo, one or two outlined objects) the predicted class is explained against the outlined "
         "objects. Each ordering verdict counts the paper's pairwise orders (best-first groups read from the "
         "paper's table, `relprop.reproduce.paper_orders`) that the values here keep significantly (agree), "
@@ -100,7 +100,7 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "whole, with all their explained classes).",
         "",
         "Not reproduced: methods without a relprop implementation (Pattern Attribution, AGF, Relevance-CAM) "
-        "are left out of the tables and the comparisons; paper 001's 3-D CT model and paper 002's "
+        "are left out of the tables and the comparisons; Nam, Choi and Lee's [Nam-RAP-Journal] 3-D CT model and Nam et al.'s [Nam-Hedge] "
         "cross-model panel of Fig. 9 have no counterpart here. The qualitative figures (maps) are drawn by "
         "`relprop reproduce` from the models, not from the store.",
         "",
@@ -115,15 +115,16 @@ weights must be in the local torch cache; VOC and COCO need a multi-label model 
 (`--models package.module:factory`; relprop ships none). One store per data set, then one document:
 
 ```bash
-# paper 000 (Table 1 boxes, Fig. 7), 001 (Table I, Fig. 7b), 002 (Fig. 9), 003 (ImageNet rows), 004
+# [Nam2020-RAP] (Table 1 boxes, Fig. 7), [Nam-RAP-Journal] (Table I, Fig. 7b), [Nam-Hedge] (Fig. 9),
+# [Kohlbrenner2020-LRP] (ImageNet rows), [Iwana2019-SGLRP]
 relprop reproduce --store imagenet.sqlite --size full --device cuda --batch-size 32 \
     --models vgg16,resnet50 --model-option vgg16.weights=IMAGENET1K_V1 --model-option resnet50.weights=IMAGENET1K_V1 \
     --dataset vgg16=imagenet --dataset resnet50=imagenet --root /data/imagenet --out imagenet/results.md
-# paper 000 (pixel accuracy, mIoU) and 002 (Table 3): ImageNet segmentation (gtsegs_ijcv.mat)
+# [Nam2020-RAP] (pixel accuracy, mIoU) and [Nam-Hedge] (Table 3): ImageNet segmentation (gtsegs_ijcv.mat)
 relprop reproduce --store imagenet-seg.sqlite --size full --device cuda --models vgg16 \
     --model-option vgg16.weights=IMAGENET1K_V1 --dataset vgg16=imagenet-seg --root /data/gtsegs_ijcv.mat \
     --out imagenet-seg/results.md
-# paper 002 (Table 1, 2, Fig. 7) and 003 (PVOC rows): VOC 2007 test / COCO 2014 val with your multi-label model
+# [Nam-Hedge] (Table 1, 2, Fig. 7) and [Kohlbrenner2020-LRP] (PVOC rows): VOC 2007 test / COCO 2014 val with your multi-label model
 relprop reproduce --store voc07.sqlite --size full --device cuda --models mypkg.models:vgg16_voc \
     --dataset mypkg.models:vgg16_voc=voc2007 --root /data --out voc07/results.md
 relprop reproduce --store coco14.sqlite --size full --device cuda --models mypkg.models:vgg16_coco \
@@ -160,7 +161,7 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
     doc.add("Evaluated: " + "; ".join(counts) + ".", "")
     start = len(doc.lines)
     for paper, title in PAPERS.items():
-        doc.add(f"## {paper}: {title}", "")
+        doc.add(f"## {title}", "")
         for model, dataset in models:
             r = runs_of(runs, model)
             tag = model.replace("/", "_")

@@ -33,7 +33,7 @@ MULTI_LABEL = ("shapes", "voc2007", "voc2012", "coco2014")
 @dataclass
 class RunData:
     """The aggregates of one run: summary cells, mean curves and the raw per-pair values needed for
-    subsets (paper 002's "P") and baselines (uniform maps, occlusion by box size)."""
+    subsets (Nam et al.'s [Nam-Hedge] "P") and baselines (uniform maps, occlusion by box size)."""
 
     dataset: str
     model: str

@@ -1,4 +1,4 @@
-"""Gradient hedging rules (paper 002, Eq. 6-13, Algorithm 1), as the official code computes them.
+"""Gradient hedging rules (Nam et al. [Nam-Hedge], Eq. 6-13, Algorithm 1), as the official code computes them.
 
 The official code is "Attribution Equilibrium" (official_methods.md section 3). For each layer,
 with ``x+`` the input's positive part, ``|W|`` the absolute weights, the relevance at the output is

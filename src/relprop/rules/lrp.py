@@ -1,6 +1,6 @@
 """The LRP rule family for affine layers (linear and convolution, with folded batch norm).
 
-Each rule maps the relevance ``r`` at a layer's output ``z`` onto its input ``x`` (paper 003,
+Each rule maps the relevance ``r`` at a layer's output ``z`` onto its input ``x`` (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP],
 Sec. II). All rules are written as direct calls of the layer's map (``layer.apply``) and its
 transpose (``layer.transpose``), never as repeated forwards through autograd; branches that are
 known to be zero (the negative part of a non-negative input) are skipped.
@@ -41,9 +41,9 @@ def _split(x: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor | None]:
 
 @dataclass(frozen=True)
 class Epsilon(AffineRule):
-    """LRP-epsilon: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j`` (paper 003, Eq. 2).
+    """LRP-epsilon: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j`` (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 2).
 
-    ``epsilon=0`` is LRP-0 (the z rule, paper 003 Eq. 1) with ``0/0 := 0``.
+    ``epsilon=0`` is LRP-0 (the z rule, Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP] Eq. 1) with ``0/0 := 0``.
     """
 
     epsilon: float = 1e-6
@@ -56,15 +56,15 @@ class Epsilon(AffineRule):
 
 
 def ZRule() -> Epsilon:
-    """LRP-0 (paper 003, Eq. 1)."""
+    """LRP-0 (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 1)."""
     return Epsilon(0.0)
 
 
 @dataclass(frozen=True)
 class AlphaBeta(AffineRule):
-    """LRP-alpha-beta, ``alpha - beta = 1`` with ``beta >= 0`` (paper 003, Eq. 3).
+    """LRP-alpha-beta, ``alpha - beta = 1`` with ``beta >= 0`` (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 3).
 
-    Paper 003 writes ``R_i = sum_j (alpha z+_ij / z+_j + beta z-_ij / z-_j) R_j`` with
+    Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP] write ``R_i = sum_j (alpha z+_ij / z+_j + beta z-_ij / z-_j) R_j`` with
     ``alpha + beta = 1``, i.e. its beta is the negative of ours: the paper's (alpha=2, beta=-1)
     is ``AlphaBeta(2, 1)`` here. Correct for signed inputs: positive contributions are
     ``x+ w+`` and ``x- w-`` (plus the positive bias), negative ones ``x+ w-`` and ``x- w+``.
@@ -137,7 +137,7 @@ def ZPlus(stabilizer: float = 1e-6) -> AlphaBeta:
 
 @dataclass(frozen=True)
 class Gamma(AffineRule):
-    """Generalised LRP-gamma (Montavon et al. 2019; Andeol et al. 2021; zennit's ``Gamma``).
+    """Generalised LRP-gamma (Montavon et al. 2019 [Montavon2019-LRP]; Andeol et al. 2021; zennit's ``Gamma``).
 
     Where ``z_j > 0`` the relevance follows ``x+ (w + gamma w+) + x- (w + gamma w-)``, where
     ``z_j < 0`` it follows ``x+ (w + gamma w-) + x- (w + gamma w+)``. Biases are raised alike.
@@ -166,7 +166,7 @@ class Gamma(AffineRule):
 
 @dataclass(frozen=True)
 class Flat(AffineRule):
-    """LRP-flat (LRP_b, paper 003): relevance spread uniformly over each output's receptive field.
+    """LRP-flat (LRP_b, Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP]): relevance spread uniformly over each output's receptive field.
 
     All weights are set to 1 and the bias to 0, and the inputs to 1: ``R_i = sum_j R_j / n_j``
     with ``n_j`` the number of inputs connected to ``j`` (fewer at padded borders).
@@ -187,7 +187,7 @@ class Flat(AffineRule):
 
 @dataclass(frozen=True)
 class WSquare(AffineRule):
-    """LRP-w^2 (Montavon et al. 2017): ``R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j``.
+    """LRP-w^2 (Montavon et al. 2017 [Montavon2017-DTD]): ``R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j``.
 
     As zennit's ``WSquare``, the squared bias joins the denominator unless ``zero_bias``.
     """
@@ -209,7 +209,7 @@ class WSquare(AffineRule):
 
 @dataclass(frozen=True)
 class ZBox(AffineRule):
-    """DTD z^B rule for inputs bounded by ``low <= x <= high`` (Montavon et al. 2017).
+    """DTD z^B rule for inputs bounded by ``low <= x <= high`` (Montavon et al. 2017 [Montavon2017-DTD]).
 
     ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z^B_j R_j``. ``low``/``high``: numbers,
     tensors broadcastable to the input (e.g. per channel ``(1, C, 1, 1)``), or None for per-image
@@ -315,8 +315,8 @@ class NegatedLayer:
 class Contrastive(AffineRule):
     """``rule(W) - rule(-W)``: the target's relevance minus that of its negated "dual" unit.
 
-    For the output layer of contrastive excitation backprop (Zhang et al. 2016) and CLRP's second
-    type (Gu et al. 2018), where the dual class uses the negated weights of the target.
+    For the output layer of contrastive excitation backprop (Zhang et al. 2016 [Zhang2016-EB]) and CLRP's second
+    type (Gu et al. 2018 [Gu2018-CLRP]), where the dual class uses the negated weights of the target.
     """
 
     rule: "AffineRule"

@@ -1,4 +1,4 @@
-"""Relative Attributing Propagation rules (paper 000, Eq. 5-10), as the official code computes them.
+"""Relative Attributing Propagation rules (Nam et al. 2020 [Nam2020-RAP], Eq. 5-10), as the official code computes them.
 
 Notation as in official_methods.md: ``x+ = max(x, 0)``, ``w+``, ``|w-|``; ``z+_j = sum_i x+_i w+_ij``,
 ``z-_j = sum_i x+_i |w-_ij|``; ``sd`` divides and gives 0 where the denominator is 0 (no epsilon).
@@ -53,7 +53,7 @@ def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) ->
 
 @dataclass(frozen=True)
 class RAPOutput(AffineRule):
-    """The first propagation at the output layer (paper 000, Eq. 5-6; official_methods.md 1.2).
+    """The first propagation at the output layer (Nam et al. 2020 [Nam2020-RAP], Eq. 5-6; official_methods.md 1.2).
 
     The target unit's input contributions ``c_i = x_i w_ti`` receive the bias in proportion to the
     positive and negative sums, and relevance is their absolute value normalised to the logit:

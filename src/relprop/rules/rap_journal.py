@@ -1,6 +1,6 @@
-"""Relative Attributing Propagation, journal version (paper 001, Sec. IV-B, Eq. 5-11).
+"""Relative Attributing Propagation, journal version (Nam, Choi and Lee [Nam-RAP-Journal], Sec. IV-B, Eq. 5-11).
 
-Notation (paper 001, Eq. 1): ``z_ij = m_i w_ij`` is the contribution of input ``i`` to unit ``j``.
+Notation (Nam, Choi and Lee [Nam-RAP-Journal], Eq. 1): ``z_ij = m_i w_ij`` is the contribution of input ``i`` to unit ``j``.
 The *promoting* contributions are ``m+ w+`` and ``m- w-`` (positive values), the *inhibiting* ones
 ``m+ w-`` and ``m- w+`` (negative values). ``kappa`` is +1 in the normal flow and -1 in the
 inversion flow (Eq. 10-11). Divisions give 0 where the denominator is 0.
@@ -72,7 +72,7 @@ def bias_effect(layer: Affine, r: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class FirstPropagation(AffineRule):
-    """The first propagation from the prediction node (paper 001, Eq. 5-6).
+    """The first propagation from the prediction node (Nam, Choi and Lee [Nam-RAP-Journal], Eq. 5-6).
 
     ``R_i = sum_j (z+_ij / sum_i z+_ij - z-_ij / sum_i z-_ij) R_j``: the promoting contributions
     share ``R_j`` with its sign, the inhibiting ones with the opposite sign; the bias is not used.
@@ -122,7 +122,7 @@ BN_TERMS = ("scaled", "literal", "off")
 
 @dataclass(frozen=True)
 class BatchNormFlow(Rule):
-    """Batch norm in either flow (paper 001, Eq. 11), a rule for the ``batchnorm`` kind
+    """Batch norm in either flow (Nam, Choi and Lee [Nam-RAP-Journal], Eq. 11), a rule for the ``batchnorm`` kind
     (``Composite(batchnorm=BatchNormFlow(...))``).
 
     ``S = BN(z) - z``; ``S'`` is ``S`` with 0 where ``R`` is 0; ``R' = R - kappa T``, with

@@ -1,4 +1,4 @@
-"""Paper 000 (RAP, AAAI 2020): Table 1 (outside-inside ratio, pixel accuracy, mIoU) and Fig. 7 (LeRF)."""
+"""Nam et al. 2020 [Nam2020-RAP] (RAP, AAAI 2020): Table 1 (outside-inside ratio, pixel accuracy, mIoU) and Fig. 7 (LeRF)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["section"]
 
 
 def pooled_segmentation(run: Optional[RunData], method: str, key: str) -> tuple[float, float, int]:
-    """Paper 000's data-set figures of ``method`` from the run's ``segmentation_counts`` records
+    """Nam et al.'s [Nam2020-RAP] data-set figures of ``method`` from the run's ``segmentation_counts`` records
     (metric variant ``key``): ``(pixel accuracy, mIoU, pairs)`` with correct pixels, pixels,
     intersections and unions summed over the pairs; NaN (and 0 pairs) without records."""
     if run is None:
@@ -53,7 +53,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
     per_image = [P.key("image_iou", o) for o in thresholds]
     doc.add(f"#### Table 1 — outside-inside ratio, pixel accuracy and mIoU ({model})", "",
             "ALL: Eq. 11 on signed maps; POS: positive relevance only (lower is better). Pixel accuracy and "
-            "mIoU (higher is better) of the map thresholded at zero (paper 000: maps with positive and "
+            "mIoU (higher is better) of the map thresholded at zero (Nam et al. 2020 [Nam2020-RAP]: maps with positive and "
             "negative relevance) and at the mean of R+ (positive maps), against the foreground mask of the "
             "predicted class, pooled over the data set as in the paper: pixel accuracy = correct pixels / "
             "pixels, mIoU = mean over background and foreground of (intersections summed over the images) / "
@@ -101,7 +101,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                 "Pixels of the least relevant first set to zero (0 in the model's normalised input "
                 "space), in steps of 100 pixels of a 224 x 224 image scaled to the input size; explained "
                 "class = the predicted one, so the accuracy starts at 1.", "")
-        doc.figure(f"{tag}_000_fig7_lerf.png", f"Paper 000, Fig. 7: LeRF accuracy, {model}",
+        doc.figure(f"{tag}_000_fig7_lerf.png", f"Nam et al. 2020 [Nam2020-RAP], Fig. 7: LeRF accuracy, {model}",
                    lambda fig: series_plot(fig, series, "pixels removed (least relevant first)",
                                             "top-1 accuracy", f"LeRF perturbation, {model}"))
         doc.order("000-lerf", {m: nanmean(s[1]) for m, s in series.items()}, higher=True,

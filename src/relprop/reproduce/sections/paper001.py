@@ -1,4 +1,4 @@
-"""Paper 001 (RAP, journal): Table I (MoRF / LeRF removal) and Fig. 7b."""
+"""Nam, Choi and Lee [Nam-RAP-Journal] (RAP, journal): Table I (MoRF / LeRF removal) and Fig. 7b."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
         doc.add(f"#### Fig. 7 (b) — mean distance D_K of the top-K positive pixels to the top-1 ({model})", "",
                 "Euclidean distance in pixels (Eq. 12, r_1 included); K scaled from 10 .. 5,000 pixels of "
                 "224². A map with fewer than K positive pixels is left out at that K.", "")
-        doc.figure(f"{tag}_001_fig7b_dk.png", f"Paper 001, Fig. 7 (b): D_K, {model}",
+        doc.figure(f"{tag}_001_fig7b_dk.png", f"Nam, Choi and Lee [Nam-RAP-Journal], Fig. 7 (b): D_K, {model}",
                    lambda fig: series_plot(fig, series, "K (top-K positive pixels)", "D_K (pixels)",
                                             f"distance of top-K positive pixels to the top-1, {model}"))
         doc.order("001-dk", {m: nanmean(s[1]) for m, s in series.items()}, higher=False,

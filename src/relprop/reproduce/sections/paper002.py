@@ -1,4 +1,4 @@
-"""Paper 002 (Gradient Hedge): pointing games (Tables 1, 2, Fig. 13), Table 3, Figs. 7 and 9."""
+"""Nam et al. [Nam-Hedge] (Gradient Hedge): pointing games (Tables 1, 2, Fig. 13), Table 3, Figs. 7 and 9."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
             doc.add(f"#### Fig. 9 — MoRF insertion into a blurred image ({model})", "",
                     "Start: the image blurred (Gaussian 11 x 11, sigma 5, reflect padding); step i pastes "
                     "back the i% most relevant pixels; top-1 accuracy of the predicted class.", "")
-            doc.figure(f"{tag}_002_fig9_insertion.png", f"Paper 002, Fig. 9: MoRF insertion, {model}",
+            doc.figure(f"{tag}_002_fig9_insertion.png", f"Nam et al. [Nam-Hedge], Fig. 9: MoRF insertion, {model}",
                        lambda fig: series_plot(fig, series, "fraction of pixels inserted (MoRF)",
                                                 "top-1 accuracy", f"insertion into a blurred image, {model}"))
             doc.order("002-insertion", {m: nanmean(s[1]) for m, s in series.items()}, higher=True,
@@ -140,7 +140,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
             rows.append([m, fmt_ci(m_ap[m], iv_ap.get(m)), fmt_ci(m_oi[m], iv_oi.get(m)), count_text(pred, m, mp)])
         if rows:
             doc.add(f"#### Table 3 — mAP and normalised outside-inside ratio on masks ({model})", "",
-                    "Stacked AP of [1 - R, R] against [background, foreground] (Chefer et al.'s mAP) and "
+                    "Stacked AP of [1 - R, R] against [background, foreground] (Chefer et al.'s [Chefer2021-Transformer] mAP) and "
                     "Eq. 14 on min-max normalised maps, predicted class against the foreground mask.", "")
             doc.add(*md_table(["method", "mAP ↑", "Out/In ↓", "n"], rows))
             doc.order("002-map", m_ap, higher=True, items=it_ap)
@@ -159,6 +159,6 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
                     "Spearman rank correlation of |R| between the map of the trained model and of the model "
                     "whose layers are re-initialised from the output down to the layer on the x axis "
                     "(lower: the map depends on the weights).", "")
-            doc.figure(f"{tag}_002_fig6_randomisation.png", f"Paper 002, Fig. 6: cascading randomisation, {model}",
+            doc.figure(f"{tag}_002_fig6_randomisation.png", f"Nam et al. [Nam-Hedge], Fig. 6: cascading randomisation, {model}",
                        lambda fig: series_plot(fig, series, "randomised down to layer", "Spearman of |R|",
                                                 f"cascading randomisation, {model}", xticks=layers))

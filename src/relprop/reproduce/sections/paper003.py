@@ -1,4 +1,4 @@
-"""Paper 003 (LRP best practice): the LRP-CMP rows (mu, mu_w) and the occlusion baseline."""
+"""Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP] (LRP best practice): the LRP-CMP rows (mu, mu_w) and the occlusion baseline."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
         points[label] = ([fraction(r) for r in rec], [math.nan if r[4] is None else r[4] for r in rec])
     if not vals_of:
         return
-    # the uniform baseline: mu = box fraction, mu_w = 1 (paper 003, "Baseline")
+    # the uniform baseline: mu = box fraction, mu_w = 1 (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], "Baseline")
     any_m = next(m for _, m in _cmp_rows() if box.has(m, mu))
     frac = torch.tensor(points[next(iter(points))][0], dtype=torch.float64)
     base = [1.0, aggregate(frac, include=frac <= 0.25).mean, aggregate(frac, include=frac <= 0.5).mean,
@@ -92,7 +92,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
         ax.legend(fontsize=6, ncol=2)
 
     doc.add(f"#### Fig. 3 — mu against box size ({model})", "")
-    doc.figure(f"{tag}_003_fig3_mu_box.png", f"Paper 003, Fig. 3: mu by box size, {model}", draw_mu)
+    doc.figure(f"{tag}_003_fig3_mu_box.png", f"Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Fig. 3: mu by box size, {model}", draw_mu)
     occ = box.records(P.key("object_context_occlusion"), method=NO_METHOD)
     if occ:
         fx = torch.tensor([info.get((r[0], r[1]), {}).get("box_fraction", math.nan) for r in occ],
@@ -123,5 +123,5 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
                    if a_obj.mean < a_ctx.mean else
                    "The model reacts more to the context than to the object, so mu measures less than "
                    "it assumes here."), "")
-        doc.figure(f"{tag}_003_fig2_occlusion.png", f"Paper 003, Fig. 2: object vs context occlusion, {model}",
+        doc.figure(f"{tag}_003_fig2_occlusion.png", f"Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Fig. 2: object vs context occlusion, {model}",
                    draw_occ)

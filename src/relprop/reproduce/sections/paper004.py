@@ -1,4 +1,4 @@
-"""Paper 004 (SGLRP): Fig. 11 (maximal patch masking) and Fig. 13."""
+"""Iwana et al. 2019 [Iwana2019-SGLRP] (SGLRP): Fig. 11 (maximal patch masking) and Fig. 13."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                         [[m] + [fmt_ci(v, steps[i].get(m) if i < len(steps) else None, 4) for i, v in enumerate(s[1])]
                          for m, s in series.items()]))
         doc.figure(f"{tag}_004_fig11_{'gt' if which == 'ground truth' else 'second'}.png",
-                   f"Paper 004, Fig. 11: patch masking of the {which}, {model}",
+                   f"Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11: patch masking of the {which}, {model}",
                    lambda fig, s=series: series_plot(fig, s, "patch size p", "change of y_t (softmax)",
                                                       f"maximal patch masking, {which}, {model}"))
         doc.order(order_key, {m: s[1][-1] for m, s in series.items()}, higher=False,
@@ -64,7 +64,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
     doc.add(f"#### Fig. 13 — energy-based pointing game ({model})", "",
             "Fraction of the positive pixels above the energy threshold (Eq. 11-12) that lie in the class's "
             "boxes; random: the expected value for a random map (the mean box fraction).", "")
-    doc.figure(f"{tag}_004_fig13_energy.png", f"Paper 004, Fig. 13: energy pointing game, {model}",
+    doc.figure(f"{tag}_004_fig13_energy.png", f"Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 13: energy pointing game, {model}",
                lambda fig: series_plot(fig, series, "energy E", "pointing accuracy",
                                         f"energy-based pointing game, {model}"))
     recs = {m: box.records(ep, m) for m in series if m != "random"}
