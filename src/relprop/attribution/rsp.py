@@ -1,6 +1,6 @@
 """Relative Sectional Propagation (official code wjNam/Relative_Sectional_Propagation).
 
-Initial map (official_methods.md 2.1): ``R0 = A * mean_hw(dz_t/dA)`` at an inner layer (default: the
+Initial map (as the official code computes it, github.com/wjNam/Relative_Sectional_Propagation): ``R0 = A * mean_hw(dz_t/dA)`` at an inner layer (default: the
 input of the last pooling node; VGG-16: ``features.29``), kept per channel and divided by
 ``max R0 + 1e-9`` per sample; then the RSP rule on every convolution down to the input, z^B at the
 input (per-image bounds, no bias), batch norm as the identity, winner-take-all max pooling.

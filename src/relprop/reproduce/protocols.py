@@ -36,7 +36,7 @@ M000 = ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradie
         "integrated-gradients", "guided-backprop")
 #: Nam, Choi and Lee [Nam-RAP-Journal], Table I: Nam et al.'s [Nam2020-RAP] methods, the LRP presets and the journal RAP
 M001 = M000 + ("lrp-preset-a", "lrp-preset-b", "rap-journal")
-#: Nam et al. [Nam-Hedge], Table 1 (AGF and Relevance-CAM have no relprop implementation)
+#: Nam et al. [Nam-Hedge], Table 1 (AGF has no relprop implementation; relevance-cam is not yet in this protocol)
 M002 = ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "clrp", "rsp", "hedge")
 #: Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I: LRP-z, alpha-beta, guided backprop and the LRP_CMP variants below
 M003 = ("lrp-z", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop", "lrp-cmp")

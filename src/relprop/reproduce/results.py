@@ -99,10 +99,12 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "percentile bootstrap intervals over the images, resampled jointly for all methods (images resampled "
         "whole, with all their explained classes).",
         "",
-        "Not reproduced: methods without a relprop implementation (Pattern Attribution, AGF, Relevance-CAM) "
-        "are left out of the tables and the comparisons; Nam, Choi and Lee's [Nam-RAP-Journal] 3-D CT model and Nam et al.'s [Nam-Hedge] "
-        "cross-model panel of Fig. 9 have no counterpart here. The qualitative figures (maps) are drawn by "
-        "`relprop reproduce` from the models, not from the store.",
+        "Not reproduced: methods without a relprop implementation (Pattern Attribution, AGF) are left out of "
+        "the tables and the comparisons; Relevance-CAM (`relevance-cam`), Grad-CAM++, FullGrad and DeepLIFT "
+        "are implemented but not yet part of these protocols. Nam, Choi and Lee's [Nam-RAP-Journal] 3-D CT "
+        "model has a synthetic counterpart outside these tables (`nodules3d`, docs/images/nodules3d_fig8.png); "
+        "Nam et al.'s [Nam-Hedge] cross-model panel of Fig. 9 has none. The qualitative figures (maps) are "
+        "drawn by `relprop reproduce` from the models, not from the store.",
         "",
     ]
     return lines

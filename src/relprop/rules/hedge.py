@@ -1,6 +1,6 @@
 """Gradient hedging rules (Nam et al. [Nam-Hedge], Eq. 6-13, Algorithm 1), as the official code computes them.
 
-The official code is "Attribution Equilibrium" (official_methods.md section 3). For each layer,
+The official code is "Attribution Equilibrium" (github.com/wjNam/Attribution-Equilibrium, ``model.hedge``). For each layer,
 with ``x+`` the input's positive part, ``|W|`` the absolute weights, the relevance at the output is
 split into ``T = R+ / sum R+`` (sums to +1) and ``O = R- / |sum R-|`` (sums to -1), and
 

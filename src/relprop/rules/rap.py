@@ -1,6 +1,6 @@
 """Relative Attributing Propagation rules (Nam et al. 2020 [Nam2020-RAP], Eq. 5-10), as the official code computes them.
 
-Notation as in official_methods.md: ``x+ = max(x, 0)``, ``w+``, ``|w-|``; ``z+_j = sum_i x+_i w+_ij``,
+Notation (official code, github.com/wjNam/Relative_Attributing_Propagation): ``x+ = max(x, 0)``, ``w+``, ``|w-|``; ``z+_j = sum_i x+_i w+_ij``,
 ``z-_j = sum_i x+_i |w-_ij|``; ``sd`` divides and gives 0 where the denominator is 0 (no epsilon).
 Hidden-layer inputs are post-ReLU in the models RAP was made for; negative inputs receive no
 relevance from these rules (the uniform shift keeps the layer conservative regardless).
@@ -53,7 +53,7 @@ def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) ->
 
 @dataclass(frozen=True)
 class RAPOutput(AffineRule):
-    """The first propagation at the output layer (Nam et al. 2020 [Nam2020-RAP], Eq. 5-6; official_methods.md 1.2).
+    """The first propagation at the output layer (Nam et al. 2020 [Nam2020-RAP], Eq. 5-6; the official code's output layer).
 
     The target unit's input contributions ``c_i = x_i w_ti`` receive the bias in proportion to the
     positive and negative sums, and relevance is their absolute value normalised to the logit:
@@ -84,7 +84,7 @@ class RAPOutput(AffineRule):
 
 @dataclass(frozen=True)
 class RAPHidden(AffineRule):
-    """RAP for hidden linear and convolution layers (official_methods.md 1.3-1.4), then Psi.
+    """RAP for hidden linear and convolution layers (the official code's linear and convolution layers), then Psi.
 
     Linear: ``C_i = x+_i [sum_j w+_ij R_j / z+_j + sum_j |w-_ij| R_j / (z+_j + z-_j)]``.
     Convolution: ``C_i = x+_i [sum_j w+_ij R+_j / z+_j + sum_j |w-_ij| R-_j / z-_j

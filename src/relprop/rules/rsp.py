@@ -1,6 +1,6 @@
 """Relative Sectional Propagation rules (official code wjNam/Relative_Sectional_Propagation).
 
-From official_methods.md section 2.2: with ``x+`` the layer input, ``R+ = max(R, 0)`` and
+As the official code computes it: with ``x+`` the layer input, ``R+ = max(R, 0)`` and
 ``R- = max(-R, 0)``, the learned weights are replaced by the "comparative gradients"
 ``G+- = d<conv(x+, W), R+-> / dW`` (the weight gradient, per sample), and
 
