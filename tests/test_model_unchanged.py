@@ -11,7 +11,7 @@ import torch
 import relprop
 from model_init import randomise_batch_norms
 from engine_checks import METHODS, assert_unchanged, explain, randn, snapshot
-from user_cnns import LayerNormNet, mixed_net
+from user_cnns import GroupNormNet, mixed_net
 
 
 # -- the model is never modified -------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_model_unchanged_when_recording_fails_midway():
 
 
 def test_model_unchanged_when_an_unsupported_op_is_found():
-    model = LayerNormNet().train()
+    model = GroupNormNet().train()
     before = snapshot(model)
     with pytest.raises(relprop.UnsupportedOperationError):
         relprop.explain(model, randn(2, 3, 8, 8), method="lrp-z")

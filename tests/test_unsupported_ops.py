@@ -7,16 +7,16 @@ import pytest
 import relprop
 from relprop.attribution.registry import get_method
 from engine_checks import METHODS, randn
-from user_cnns import LayerNormNet, SortNet
+from user_cnns import GroupNormNet, SortNet
 
 
 # -- unsupported operations ------------------------------------------------------------------------
 def test_unsupported_layer_names_op_and_path():
     with pytest.raises(relprop.UnsupportedOperationError) as info:
-        relprop.explain(LayerNormNet().eval(), randn(1, 3, 8, 8), method="lrp-z")
+        relprop.explain(GroupNormNet().eval(), randn(1, 3, 8, 8), method="lrp-z")
     assert isinstance(info.value, ValueError)
     message = str(info.value)
-    assert "LayerNorm" in message and "block.norm" in message, message
+    assert "GroupNorm" in message and "block.norm" in message, message
 
 
 def test_unsupported_function_names_op_and_path():
@@ -27,7 +27,7 @@ def test_unsupported_function_names_op_and_path():
 
 
 #: methods that propagate through relprop's traced graph (they can record intermediate relevance);
-#: the others (plain autograd gradients) may well explain a LayerNorm
+#: the others (plain autograd gradients) may well explain a GroupNorm
 GRAPH_METHODS = [m for m in METHODS if "record" in get_method(m).options()]
 
 
@@ -37,5 +37,5 @@ def test_graph_methods_include_lrp():
 
 @pytest.mark.parametrize("method", GRAPH_METHODS)
 def test_every_graph_method_rejects_unsupported_ops(method):
-    with pytest.raises(relprop.UnsupportedOperationError, match="LayerNorm"):
-        relprop.explain(LayerNormNet().eval(), randn(1, 3, 8, 8), method=method)
+    with pytest.raises(relprop.UnsupportedOperationError, match="GroupNorm"):
+        relprop.explain(GroupNormNet().eval(), randn(1, 3, 8, 8), method=method)

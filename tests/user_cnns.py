@@ -63,11 +63,13 @@ def mixed_net(inplace: bool = True, seed: int = 0) -> MixedNet:
     return MixedNet(inplace).eval()
 
 
-class LayerNormNet(nn.Module):
+class GroupNormNet(nn.Module):
+    """A group norm, for which relprop has no rule."""
+
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.block = nn.Sequential(OrderedDict(conv=nn.Conv2d(4, 4, 1), norm=nn.LayerNorm([4, 8, 8])))
+        self.block = nn.Sequential(OrderedDict(conv=nn.Conv2d(4, 4, 1), norm=nn.GroupNorm(2, 4)))
         self.fc = nn.Linear(4 * 8 * 8, 5)
 
     def forward(self, x):

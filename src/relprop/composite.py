@@ -20,13 +20,15 @@ from .numerics import NORM_EPSILON
 from .graph import known_kinds
 from .ops import Op
 from .options import number
-from .rules import (AbsoluteSum, BatchNormEpsilon, EqualSum, GateProduct, MoveBack, PassThrough, Proportional,
-                    ProportionalPool, ProportionalSum, Rule, SplitConcat, WinnerTakeAll)
+from .rules import (AbsoluteSum, BatchNormEpsilon, EqualSum, GateProduct, LayerNormEpsilon, MatMulValue, MoveBack,
+                    PassThrough, Proportional, ProportionalPool, ProportionalSum, Rule, SoftmaxConstant, SplitConcat,
+                    WinnerTakeAll)
 
 #: (operation, index among the operations of its kind in execution order, number of them) -> match
 Selector = Callable[[Op, int, int], bool]
 
-#: the rule of each operation kind that no entry of a composite claims (affine layers have none)
+#: the rule of each operation kind that no entry of a composite claims (affine layers have none);
+#: transformers' kinds take the conservative CP-LRP rules (Ali et al. 2022 [Ali2022-CPLRP])
 DEFAULT_RULES: dict[str, Rule] = {
     "identity": PassThrough(),
     "activation": PassThrough(),
@@ -41,6 +43,9 @@ DEFAULT_RULES: dict[str, Rule] = {
     "avgpool": Proportional(),
     "resize": Proportional(),
     "add": ProportionalSum(),
+    "layernorm": LayerNormEpsilon(),
+    "softmax": SoftmaxConstant(),
+    "matmul": MatMulValue(),
 }
 
 #: the shorthand names of the options ``maxpool``, ``add`` and ``batchnorm``

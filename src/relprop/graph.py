@@ -82,7 +82,7 @@ _LEAF_TYPES: tuple[type, ...] = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity, nn.Flatten,
     nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d,
+    nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.LayerNorm, nn.Softmax,
     nn.StochasticDepth if hasattr(nn, "StochasticDepth") else nn.Identity,
 )
 
@@ -93,7 +93,8 @@ class _Tracer(fx.Tracer):
     backward)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if type(m).__name__ == "StochasticDepth" or _registered_op(m, module_qualified_name) is not None:
+        if (type(m).__name__ == "StochasticDepth" or getattr(type(m), "traced_as_leaf", False)
+                or _registered_op(m, module_qualified_name) is not None):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -217,6 +218,10 @@ def _module_op(module: nn.Module, path: str) -> tuple[ops.Op, bool | None]:
         return ops.Identity(), None
     if isinstance(module, nn.Flatten):
         return ops.Reshape(module), None
+    if isinstance(module, nn.LayerNorm):
+        return ops.LayerNorm(module), None
+    if isinstance(module, nn.Softmax):
+        return ops.Softmax(module), True
     if isinstance(module, nn.Upsample):  # also UpsamplingBilinear2d and UpsamplingNearest2d
         return ops.Interpolate(module), None
     if isinstance(module, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d,
@@ -261,6 +266,7 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
     if output is not None:
         _select_output(next(n for n in fx_graph.nodes if n.op == "output"), output, type(model).__name__)
         _drop_unused(fx_graph)
+    constants = _read_constants(fx_graph, model)
     nodes: list[Node] = []
     position: dict[fx.Node, int] = {}
     output_seen = False
@@ -288,14 +294,17 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
             position[node] = len(nodes) - 1
             output_seen = True
             continue
-        if node.op == "get_attr":
+        op, nonneg_flag = _classify(node, modules, position)
+        read = _constants_read(node, constants)
+        if op is None:  # a non-tensor helper (shape arithmetic) or a constant: needs no relevance
+            if read:
+                constants[node] = read
+            continue
+        if read and op.kind not in _TAKE_CONSTANTS:
             raise UnsupportedOperationError(
-                f"{_where(node)} reads the parameter or buffer {node.target!r} directly; "
+                f"{_where(node)} reads the parameter or buffer {read[0]!r} directly; "
                 "relprop needs parameters to live in supported layers"
             )
-        op, nonneg_flag = _classify(node, modules, position)
-        if op is None:  # a non-tensor helper (shape arithmetic) that needs no relevance
-            continue
         tensor_args = _tensor_args(node, position)
         if not tensor_args:
             raise UnsupportedOperationError(f"{_where(node)} creates a tensor from no input: {node.target}")
@@ -322,7 +331,75 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
     for i, n in enumerate(nodes):
         for j in n.inputs:
             nodes[j].users.append(i)
+    _mark_attention(nodes)
     return Graph(nodes, fx_graph, position)
+
+
+#: the operation kinds that take constants (parameters and buffers read in a forward, and values
+#: computed from them alone) besides their tensor inputs: a sum with a constant term (absorbing
+#: its share like a bias), a concatenation with constant entries (which receive nothing) and a
+#: layer norm with its weight and bias
+_TAKE_CONSTANTS = ("add", "concat", "layernorm")
+
+
+@dataclass(frozen=True)
+class ConstantRef:
+    """A parameter or buffer that the traced model reads in its own forward (``self.class_token``),
+    read from the traced module tree whenever the graph runs (so in-place updates are seen)."""
+
+    root: nn.Module
+    target: str
+
+    def __call__(self) -> torch.Tensor:
+        value: Any = self.root
+        for name in self.target.split("."):
+            value = getattr(value, name)
+        return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def read_constant(ref: ConstantRef) -> torch.Tensor:
+    """The current value of a parameter or buffer read in a forward (a node of the traced graph)."""
+    return ref()
+
+
+def _read_constants(fx_graph: fx.Graph, model: nn.Module) -> dict[fx.Node, list[str]]:
+    """Replace each ``get_attr`` node by a call that reads the value when the graph runs; returns
+    the new nodes with the names they read."""
+    read: dict[fx.Node, list[str]] = {}
+    for node in list(fx_graph.nodes):
+        if node.op != "get_attr":
+            continue
+        with fx_graph.inserting_before(node):
+            reader = fx_graph.call_function(read_constant, (ConstantRef(model, str(node.target)),))
+        reader.meta = dict(node.meta)
+        node.replace_all_uses_with(reader)
+        fx_graph.erase_node(node)
+        read[reader] = [str(node.target)]
+    return read
+
+
+def _constants_read(node: fx.Node, constants: dict[fx.Node, list[str]]) -> list[str]:
+    """The parameters and buffers that the arguments of ``node`` were computed from."""
+    names: list[str] = []
+    for a in _flatten((node.args, node.kwargs)):
+        if isinstance(a, fx.Node) and a in constants:
+            names += [n for n in constants[a] if n not in names]
+    return names
+
+
+def _mark_attention(nodes: list[Node]) -> None:
+    """For each product of two tensors (:class:`relprop.ops.MatMul`), which factor holds attention
+    probabilities: the output of a softmax, possibly through identities (dropout in eval mode)."""
+    for node in nodes:
+        if not isinstance(node.op, ops.MatMul) or len(node.inputs) != 2:
+            continue
+        found = None
+        for k, i in enumerate(node.inputs):
+            while nodes[i].op.kind == "identity" and nodes[i].inputs:
+                i = nodes[i].inputs[0]
+            if isinstance(nodes[i].op, ops.Softmax):
+                found = k if found is None else None  # both factors: no single attention factor
+        node.op.attention = found
 
 
 def _select_output(node: fx.Node, output: str | int | None, model_name: str) -> Any:
@@ -460,8 +537,19 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return ops.Pad(None, None, None), None
         if target in (F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest):
             return ops.Interpolate(None), None
-        if target is getattr:
+        if target is getattr or target is read_constant:
             return None, None
+        if target in (F.layer_norm,):
+            return _single_input(ops.LayerNorm(None), node, position), None
+        if target in (F.softmax, torch.softmax):
+            return _single_input(ops.Softmax(None), node, position), True
+        if target in (torch.matmul, operator.matmul, torch.bmm):
+            return _two_factors(node, position), None
+        if target is F.scaled_dot_product_attention:
+            raise UnsupportedOperationError(
+                f"unsupported operation 'scaled_dot_product_attention' at {_where(node)}: relprop "
+                "explains attention written as matmul, softmax and matmul (nn.MultiheadAttention is "
+                "decomposed so automatically)")
     if node.op == "call_method":
         if target in _ACTIVATION_METHODS:
             return ops.FunctionalActivation(target), _ACTIVATION_METHODS[target]
@@ -477,10 +565,34 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return ops.AvgPool(None), None
         if target in ("size", "dim"):
             return None, None
+        if target == "softmax":
+            return _single_input(ops.Softmax(None), node, position), True
+        if target in ("matmul", "bmm"):
+            return _two_factors(node, position), None
     name = getattr(target, "__name__", str(target))
     raise UnsupportedOperationError(
         f"unsupported operation {name!r} at {_where(node)}: relprop has no relevance rule for it"
     )
+
+
+def _single_input(op: ops.Op, node: fx.Node, position: dict[fx.Node, int]) -> ops.Op:
+    """``op`` if ``node`` has one tensor input, its first argument (e.g. a layer norm whose weight
+    is not computed from the input); else a clear error."""
+    args = _tensor_args(node, position)
+    if len(args) != 1 or not node.args or node.args[0] is not args[0]:
+        raise UnsupportedOperationError(
+            f"unsupported operation {op.kind} at {_where(node)}: relprop supports it with one tensor "
+            "input (its other arguments constant)")
+    return op
+
+
+def _two_factors(node: fx.Node, position: dict[fx.Node, int]) -> ops.Op:
+    """A matrix product of two tensors computed from the input; else a clear error."""
+    if len(_tensor_args(node, position)) != 2:
+        raise UnsupportedOperationError(
+            f"unsupported operation matmul at {_where(node)} with a constant factor: relprop explains "
+            "products of two tensors computed from the input; put a constant weight into nn.Linear")
+    return ops.MatMul()
 
 
 def _constants_keep_sign(node: fx.Node, op: ops.Op, position: dict[fx.Node, int]) -> bool:

@@ -24,7 +24,7 @@ Tensor = torch.Tensor
 
 #: the operation kinds a rule can apply to (see :mod:`relprop.rules.base`): every op has one
 KINDS = ("input", "identity", "activation", "scale", "reshape", "getitem", "pad", "maxpool", "avgpool",
-         "resize", "add", "multiply", "concat", "batchnorm", "affine")
+         "resize", "add", "multiply", "concat", "batchnorm", "affine", "layernorm", "softmax", "matmul")
 
 
 class Op:
@@ -304,12 +304,17 @@ class Add(Op):
     keeps_sign = True
 
     def signs(self, count: int) -> list[float]:
-        """The sign of each tensor term: ``-1`` for the subtrahend of ``a - b``."""
+        """The sign of each tensor term: ``-1`` for the subtrahend of ``a - b`` (also when ``a`` is a
+        constant, ``c - b``)."""
         node = self.fx_node
-        subtract = node.target in ("sub", "sub_") or getattr(node.target, "__name__", "") in ("sub",)
+        subtract = node.target in ("sub", "sub_") or getattr(node.target, "__name__", "") in ("sub", "isub")
         signs = [1.0] * count
-        if subtract and count == 2:
-            signs[1] = -1.0
+        if not subtract:
+            return signs
+        tensors = set(self.tensor_arg_nodes)
+        terms = [k for k, a in enumerate(node.args[:2]) if isinstance(a, fx.Node) and a in tensors]
+        if len(terms) == count and terms and terms[-1] == 1:
+            signs[-1] = -1.0
         return signs
 
 
@@ -331,15 +336,28 @@ class ScaleByConstant(Identity):
 
 
 class Concat(Op):
-    """Concatenation."""
+    """Concatenation. ``entries``: for each concatenated entry, whether it is a tensor input of the
+    operation (False for a constant, e.g. a class token read from a parameter)."""
 
     kind = "concat"
     keeps_sign = True
+    entries: list[bool]
+
+    def bind(self, node: fx.Node, tensor_args: Sequence[fx.Node]) -> None:
+        super().bind(node, tensor_args)
+        tensors = set(tensor_args)
+        sequence = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        self.entries = [isinstance(a, fx.Node) and a in tensors for a in sequence]
 
     @staticmethod
     def dim(args: tuple, kwargs: dict) -> int:
         """The concatenated dimension."""
         return args[1] if len(args) > 1 else kwargs.get("dim", 0)
+
+    @staticmethod
+    def sequence(args: tuple, kwargs: dict) -> Sequence[Tensor]:
+        """The concatenated values (tensor inputs and constants alike), in order."""
+        return args[0] if args else kwargs["tensors"]
 
 
 class BatchNorm(Op):
@@ -578,3 +596,54 @@ def _numeric_padding(module: nn.Module, path: str) -> tuple[int, ...]:
             pads.append(total // 2)
         return tuple(pads)
     return tuple(padding)
+
+
+class LayerNorm(Op):
+    """Layer normalisation (``nn.LayerNorm``, ``F.layer_norm``):
+    ``y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`` over the trailing ``normalized_shape``."""
+
+    kind = "layernorm"
+
+    def __init__(self, module: nn.Module | None) -> None:
+        self.module = module
+
+    def parameters(self, args: tuple, kwargs: dict) -> tuple[tuple[int, ...], Tensor | None, Tensor | None, float]:
+        """``(normalized_shape, weight, bias, eps)`` as evaluated in the forward pass."""
+        m = self.module
+        if m is not None:
+            return tuple(m.normalized_shape), m.weight, m.bias, float(m.eps)
+        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        given = {**dict(zip(names, args)), **kwargs}
+        shape = given["normalized_shape"]
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return shape, given.get("weight"), given.get("bias"), float(given.get("eps", 1e-5))
+
+
+class Softmax(Op):
+    """Softmax along one dimension (``nn.Softmax``, ``F.softmax``, ``torch.softmax``, ``Tensor.softmax``)."""
+
+    kind = "softmax"
+    keeps_sign = True
+
+    def __init__(self, module: nn.Module | None) -> None:
+        self.module = module
+
+    def dim(self, args: tuple, kwargs: dict) -> int:
+        """The normalised dimension."""
+        if self.module is not None:
+            dim = self.module.dim
+        else:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if dim is None:
+            raise ValueError(f"softmax at {self.path!r} has no explicit dim; relprop needs one")
+        return int(dim)
+
+
+class MatMul(Op):
+    """Product of two tensors, ``a @ b`` (``torch.matmul``, ``operator.matmul``, ``torch.bmm``,
+    ``Tensor.matmul``, ``Tensor.bmm``). ``attention``: which factor (0 or 1) holds attention
+    probabilities (produced by a softmax), found at trace time; None when neither does."""
+
+    kind = "matmul"
+    attention: int | None = None
+

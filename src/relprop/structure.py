@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules import module as _module
 
+from .attention import DecomposedAttention
+
 #: per-module hook dictionaries (the copy gets empty ones)
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
@@ -98,8 +100,10 @@ def check_forward_hooks(model: nn.Module) -> None:
 
 def inference_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree sharing every parameter and buffer tensor, in eval mode, without
-    hooks. Aliased submodules stay aliased; plain attributes are shared (shallow copies)."""
-    return _copy(model, {})
+    hooks. Aliased submodules stay aliased; plain attributes are shared (shallow copies). Each
+    ``nn.MultiheadAttention`` becomes a :class:`relprop.attention.DecomposedAttention` on the same
+    tensors, which computes the same function with operations that relprop explains."""
+    return _copy(model, {}, "")
 
 
 @contextlib.contextmanager
@@ -130,10 +134,13 @@ def placeholder_parameters(copy_of_model: nn.Module) -> Iterator[None]:
             m._parameters = table
 
 
-def _copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+def _copy(module: nn.Module, memo: dict[int, nn.Module], path: str) -> nn.Module:
     found = memo.get(id(module))
     if found is not None:
         return found
+    if isinstance(module, nn.MultiheadAttention):
+        memo[id(module)] = DecomposedAttention(module, path)
+        return memo[id(module)]
     clone = copy.copy(module)
     memo[id(module)] = clone
     clone._parameters = dict(module._parameters)
@@ -142,7 +149,7 @@ def _copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         if name in module.__dict__:
             setattr(clone, name, OrderedDict())
     clone.training = False
-    clone._modules = {name: None if child is None else _copy(child, memo)
+    clone._modules = {name: None if child is None else _copy(child, memo, f"{path}.{name}" if path else name)
                       for name, child in module._modules.items()}
     return clone
 

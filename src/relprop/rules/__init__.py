@@ -2,7 +2,8 @@
 
 Affine layers: the LRP family (:mod:`.lrp`), RAP (:mod:`.rap`, :mod:`.rap_journal`), hedging
 (:mod:`.hedge`), RSP (:mod:`.rsp`). The other operation kinds: :mod:`.structural` (activations,
-reshapes, concatenation), :mod:`.pooling`, :mod:`.sums`, :mod:`.products`, :mod:`.batchnorm`.
+reshapes, concatenation), :mod:`.pooling`, :mod:`.sums`, :mod:`.products`, :mod:`.batchnorm`,
+:mod:`.transformer` (layer norm, softmax, products of two tensors).
 """
 
 from .base import AffineRule, Rule, Step
@@ -12,9 +13,11 @@ from .pooling import Proportional, ProportionalPool, WinnerTakeAll
 from .products import GateProduct
 from .structural import MoveBack, PassThrough, SplitConcat
 from .sums import AbsoluteSum, EqualSum, ProportionalSum
+from .transformer import LayerNormEpsilon, MatMulUniform, MatMulValue, SoftmaxConstant, SoftmaxTaylor
 
 __all__ = [
     "AbsoluteSum", "AffineRule", "AlphaBeta", "BatchNormEpsilon", "Contrastive", "Epsilon", "EqualSum", "Flat",
-    "Gamma", "GateProduct", "MoveBack", "Pass", "PassThrough", "Proportional", "ProportionalPool",
-    "ProportionalSum", "Rule", "SplitConcat", "Step", "WSquare", "WinnerTakeAll", "ZBox", "ZPlus", "ZRule",
+    "Gamma", "GateProduct", "LayerNormEpsilon", "MatMulUniform", "MatMulValue", "MoveBack", "Pass", "PassThrough",
+    "Proportional", "ProportionalPool", "ProportionalSum", "Rule", "SoftmaxConstant", "SoftmaxTaylor", "SplitConcat",
+    "Step", "WSquare", "WinnerTakeAll", "ZBox", "ZPlus", "ZRule",
 ]

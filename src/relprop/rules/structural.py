@@ -51,13 +51,16 @@ class MoveBack(Rule):
 
 @dataclass(frozen=True)
 class SplitConcat(Rule):
-    """Concatenation: relevance is split back along the concatenated dimension."""
+    """Concatenation: relevance is split back along the concatenated dimension; the part of a
+    constant entry (e.g. a class token read from a parameter) is absorbed, as a bias's share."""
 
     kinds = ("concat",)
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
         dim = step.op.dim(step.args, step.kwargs)
-        return list(torch.split(r, [x.shape[dim] for x in step.inputs], dim=dim))
+        sequence = step.op.sequence(step.args, step.kwargs)
+        parts = torch.split(r, [x.shape[dim] for x in sequence], dim=dim)
+        return [part for part, tensor in zip(parts, step.op.entries) if tensor]
 
 
 __all__ = ["MoveBack", "PassThrough", "SplitConcat"]

@@ -1,0 +1,312 @@
+"""Vision transformers (torchvision's ``VisionTransformer``, random weights) explained with CP-LRP and
+AttnLRP: the attention decomposition equals ``nn.MultiheadAttention``, CP-LRP conserves, AttnLRP's
+softmax rule absorbs exactly what its formula says, every LRP method runs on a ViT, the user's model
+is left as it was, and CP-LRP equals lxt 2.1's efficient CP-LRP patches."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import relprop
+from relprop.attribution.registry import get_method
+from relprop.attention import DecomposedAttention
+from relprop.structure import inference_copy
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "misuse"))
+from model_state import assert_unchanged, snapshot  # noqa: E402
+
+DOUBLE = torch.float64
+SMALL = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+
+
+def small_vit(seed: int = 0, conservative: bool = False, **config) -> nn.Module:
+    """A random ViT in float64. torchvision zeroes the head; it is drawn here. ``conservative``:
+    every bias, layer-norm beta, the class token and the positional embedding are zero."""
+    torch.manual_seed(seed)
+    model = torchvision.models.VisionTransformer(**{**SMALL, **config}).double().eval()
+    with torch.no_grad():
+        nn.init.normal_(model.heads.head.weight, std=0.5)
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or name in ("class_token", "encoder.pos_embedding"):
+                p.zero_() if conservative else p.normal_(0, 0.1)
+    return model
+
+
+def image(batch: int = 2, side: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, side, side, dtype=DOUBLE, generator=torch.Generator().manual_seed(seed))
+
+
+# -- the attention decomposition -----------------------------------------------------------------
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("self_attention", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_decomposed_attention_equals_multihead_attention(batch_first, self_attention, bias):
+    torch.manual_seed(2)
+    mha = nn.MultiheadAttention(12, 3, bias=bias, batch_first=batch_first).double().eval()
+    shape = (2, 5, 12) if batch_first else (5, 2, 12)
+    q = torch.randn(shape, dtype=DOUBLE)
+    k, v = (q, q) if self_attention else (torch.randn(shape, dtype=DOUBLE), torch.randn(shape, dtype=DOUBLE))
+    decomposed = DecomposedAttention(mha, "attention")
+    with torch.no_grad():
+        want, want_weights = mha(q, k, v)
+        got, got_weights = decomposed(q, k, v)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_weights, want_weights, rtol=1e-12, atol=1e-12)
+        assert decomposed(q, k, v, need_weights=False)[1] is None
+    assert decomposed.in_proj.weight is mha.in_proj_weight and decomposed.out_proj.weight is mha.out_proj.weight
+
+
+def test_inference_copy_decomposes_attention_and_shares_tensors():
+    model = small_vit()
+    copy = inference_copy(model)
+    attention = copy.encoder.layers.encoder_layer_0.self_attention
+    original = model.encoder.layers.encoder_layer_0.self_attention
+    assert isinstance(attention, DecomposedAttention) and isinstance(original, nn.MultiheadAttention)
+    assert attention.in_proj.weight is original.in_proj_weight
+    x = image()
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+class _Attending(nn.Module):
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True, **options)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(4, 4, dtype=torch.bool) if self.masked else None
+        return self.head(self.attention(x, x, x, attn_mask=mask)[0][:, 0])
+
+    masked = False
+
+
+@pytest.mark.parametrize("case", ["bias_kv", "kdim", "mask"])
+def test_unsupported_attention_is_named(case):
+    options = {"bias_kv": {"add_bias_kv": True}, "kdim": {"kdim": 5}, "mask": {}}[case]
+    model = _Attending(**options).eval()
+    model.masked = case == "mask"
+    x = torch.randn(2, 4, 8)
+    with pytest.raises(relprop.UnsupportedOperationError, match="MultiheadAttention at 'attention'"):
+        relprop.explain(model, x, target=0, method="cp-lrp")
+
+
+# -- parameters read in a forward ----------------------------------------------------------------
+class _Tokens(nn.Module):
+    """A class token concatenated before the tokens, a positional embedding added, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.randn(1, 1, 3))
+        self.position = nn.Parameter(torch.randn(1, 5, 3))
+        self.head = nn.Linear(15, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1) + self.position
+        return self.head(torch.flatten(t, 1))
+
+
+def test_constant_token_and_embedding_absorb_their_share():
+    torch.manual_seed(3)
+    model = _Tokens().double().eval()
+    x = torch.randn(2, 4, 3, dtype=DOUBLE)
+    composite = relprop.Composite([(relprop.composite.by_type("linear"), relprop.rules.Epsilon(0.0))], norm_epsilon=0.0)
+    r, rec = relprop.Explainer(model, composite).explain(x, target=1, record=["add"])
+    with torch.no_grad():
+        summed = torch.cat([model.token.expand(2, -1, -1), x], dim=1) + model.position
+    # the sum gives the tokens x / (c + x + p) of its relevance, the class token's row goes nowhere
+    torch.testing.assert_close(r, x * (rec["add"] / summed)[:, 1:], rtol=1e-12, atol=1e-12)
+
+
+def test_parameters_in_other_operations_are_still_refused():
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x * self.scale)
+
+    with pytest.raises(relprop.UnsupportedOperationError, match="reads the parameter or buffer 'scale' directly"):
+        relprop.explain(Scaled().eval(), torch.randn(2, 3), target=0, method="lrp-z")
+
+
+# -- conservation ----------------------------------------------------------------------------------
+def test_cp_lrp_conserves_the_target_logit():
+    """Without biases, beta, class token and positional embedding, and without stabilisers, CP-LRP
+    is a chain of conservative rules: the map sums to the logit (measured: about 1e-15 relative)."""
+    model = small_vit(conservative=True)
+    x = image()
+    target = torch.tensor([1, 7])
+    r = relprop.explain(model, x, target=target, method="cp-lrp", epsilon=0.0)
+    with torch.no_grad():
+        logit = model(x).gather(1, target[:, None])[:, 0]
+    assert r.shape == x.shape
+    torch.testing.assert_close(r.sum((1, 2, 3)), logit, rtol=1e-6, atol=0)
+
+
+def _softmax_nodes(model: nn.Module) -> list[tuple[str, str]]:
+    """(softmax node, its input node) of each attention head, in the traced graph."""
+    from relprop.propagate import propagator_for
+
+    graph = propagator_for(model).graph
+    return [(n.name, graph.nodes[n.inputs[0]].name) for n in graph.nodes if n.op.kind == "softmax"]
+
+
+def test_attnlrp_loses_exactly_what_its_softmax_rule_absorbs():
+    """With the same zeroed model, every AttnLRP rule but the softmax's conserves; the softmax rule
+    keeps ``sum_j (x_j - sum_i s_i x_i) R_j`` of each head's ``sum_j R_j`` (Prop. 3.1). The total it
+    absorbs equals the gap between the logit and the map's sum (to 1e-9 relative); on these random
+    ViTs the map keeps between 20% and 80% of the logit (measured: 45% and 48% here, 28% to 71% over
+    seeds 1 to 5)."""
+    model = small_vit(conservative=True)
+    x = image()
+    target = torch.tensor([1, 7])
+    pairs = _softmax_nodes(model)
+    assert len(pairs) == 2
+    record = [name for pair in pairs for name in pair]
+    result = relprop.Explainer(model, "attnlrp", epsilon=0.0).explain(x, target=target, record=record)
+    r, rec = result
+    absorbed = sum(rec[out].sum((1, 2, 3)) - rec[logits].sum((1, 2, 3)) for out, logits in pairs)
+    with torch.no_grad():
+        logit = model(x).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(logit - r.sum((1, 2, 3)), absorbed, rtol=1e-9, atol=1e-9 * float(logit.abs().max()))
+    kept = r.sum((1, 2, 3)) / logit
+    assert bool(((kept > 0.2) & (kept < 0.8)).all()), kept
+
+
+# -- every LRP method ------------------------------------------------------------------------------
+#: the LRP methods (LRP rules, contrastive and softmax-gradient variants, excitation backprop);
+#: rap, rap-journal, hedge and rsp do not explain token sequences yet
+LRP_METHODS = [m for m in relprop.methods()
+               if m.startswith("lrp-") or m in ("cp-lrp", "attnlrp", "clrp", "sglrp", "contrastive-eb",
+                                                "excitation-backprop")]
+
+
+def test_lrp_methods_listed():
+    assert {"cp-lrp", "attnlrp", "lrp-epsilon", "lrp-z"} <= set(LRP_METHODS)
+    assert all("record" in get_method(m).options() for m in LRP_METHODS)
+
+
+@pytest.mark.parametrize("method", LRP_METHODS)
+def test_lrp_method_explains_a_vit(method):
+    model = small_vit()
+    x = image()
+    target = torch.tensor([2, 5])
+    r = relprop.explain(model, x, target=target, method=method)
+    assert r.shape == x.shape and bool(r.isfinite().all())
+    assert r.abs().sum() > 0
+    for i in range(2):
+        one = relprop.explain(model, x[i:i + 1], target=target[i:i + 1], method=method)
+        torch.testing.assert_close(one, r[i:i + 1], rtol=1e-9, atol=1e-12 * float(r.abs().max()))
+
+
+def test_model_unchanged_after_explaining():
+    model = small_vit()
+    model.train()
+    model.encoder.layers.encoder_layer_1.eval()
+    handle = model.heads.register_full_backward_hook(lambda *args: None)
+    before = snapshot(model)
+    x = image()
+    for method in ("cp-lrp", "attnlrp", "lrp-epsilon", "gradient"):
+        relprop.explain(model, x, target=3, method=method)
+        assert_unchanged(model, before)
+    assert isinstance(model.encoder.layers.encoder_layer_0.self_attention, nn.MultiheadAttention)
+    handle.remove()
+
+
+# -- parity with lxt 2.1 ---------------------------------------------------------------------------
+_LXT_SIDE = textwrap.dedent('''
+    import os, sys, types
+    from functools import partial
+
+    import torch
+    import lxt
+
+    # lxt.efficient/__init__ imports the language-model patches, which import transformers:
+    # load the efficient package's modules without it
+    efficient = types.ModuleType("lxt.efficient")
+    efficient.__path__ = [os.path.join(os.path.dirname(lxt.__file__), "efficient")]
+    sys.modules["lxt.efficient"] = efficient
+    from lxt.efficient.patches import (cp_multi_head_attention_forward, layer_norm_forward,
+                                       non_linear_forward, patch_method)
+    from torchvision.models import vision_transformer
+
+    # lxt/efficient/models/vit_torch.py: cp_LRP, as monkey_patch(vision_transformer) applies it
+    cp_LRP = {
+        vision_transformer.nn.GELU: partial(patch_method, non_linear_forward, keep_original=True),
+        vision_transformer.nn.LayerNorm: partial(patch_method, layer_norm_forward),
+        vision_transformer.nn.MultiheadAttention: partial(patch_method, cp_multi_head_attention_forward,
+                                                          keep_original=True),
+    }
+    for target, patch in cp_LRP.items():
+        assert patch(target), target
+    state, x, c, config = torch.load(sys.argv[1])
+    model = vision_transformer.VisionTransformer(**config).double()
+    model.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = x.clone().requires_grad_(True)
+    y = model(x)
+    y[0, c].backward()
+    torch.save(((x * x.grad).sum(1).detach(), y.detach()), sys.argv[2])
+''')
+
+
+def _lxt_map(model: nn.Module, x: torch.Tensor, target: int, config: dict, tmp_path) -> torch.Tensor:
+    if importlib.util.find_spec("lxt") is None:
+        pytest.skip("lxt 2.1 is not installed (pip install lxt==2.1 --no-deps; its ViT patches need only torch)")
+    (tmp_path / "lxt_side.py").write_text(_LXT_SIDE)
+    torch.save((model.state_dict(), x, target, config), tmp_path / "in.pt")
+    done = subprocess.run([sys.executable, str(tmp_path / "lxt_side.py"), str(tmp_path / "in.pt"),
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference, logits = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x), rtol=1e-12, atol=1e-12)  # the same model
+    return reference
+
+
+def _parity(config: dict, tmp_path, seed: int) -> float:
+    model = small_vit(seed, **config)
+    x = image(1, config.get("image_size", 32), seed)
+    reference = _lxt_map(model, x, 3, {**SMALL, **config}, tmp_path)
+    ours = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0).sum(1)
+    return float((ours - reference).norm() / reference.norm())
+
+
+def test_cp_lrp_equals_lxt(tmp_path):
+    """relprop: ``method="cp-lrp", epsilon=0.0`` (LRP-0 on every convolution and linear layer,
+    attention projections included, with biases absorbing; layer norm with sigma constant and beta
+    absorbing; softmax output constant, all relevance to the values; identity rule on GELU; residual
+    sums in proportion to their terms; class token and positional embedding absorb their share).
+    lxt 2.1 (run in a fresh process, its patches replace torch classes process-wide): the efficient
+    CP-LRP patches of ``lxt/efficient/models/vit_torch.py`` (GELU identity rule, LayerNorm with sigma
+    detached, nn.MultiheadAttention with query and key detached), no zennit composite, so every
+    linear and convolution layer is LRP-0 through gradient x input; float64 model, parameters frozen,
+    ``y[0, c].backward()``, map ``(x * x.grad).sum(channel)``. Both on the same random
+    ``VisionTransformer`` with every bias, beta, class token and positional embedding drawn (not
+    zero). Agreement: relative L2 error of the channel-summed maps below 1e-6 (measured: about 4e-9,
+    the rest being lxt's identity-rule stabiliser 1e-10); AttnLRP's map differs by about 50%."""
+    error = _parity({}, tmp_path, seed=4)
+    assert error < 1e-6, error
+
+
+@pytest.mark.slow
+def test_cp_lrp_equals_lxt_on_vit_b_16_config(tmp_path):
+    """As above on the ``vit_b_16`` configuration (224 pixels, 16-pixel patches, 12 layers of 12
+    heads, 768 wide, random weights: nothing is downloaded)."""
+    config = dict(image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072,
+                  num_classes=1000)
+    error = _parity(config, tmp_path, seed=5)
+    assert error < 1e-6, error
