@@ -5,7 +5,7 @@ Affine layers: the LRP family (:mod:`.lrp`), RAP (:mod:`.rap`, :mod:`.rap_journa
 reshapes, concatenation), :mod:`.pooling`, :mod:`.sums`, :mod:`.products`, :mod:`.batchnorm`.
 """
 
-from .base import AffineRule, Rule, Step
+from .base import AffineRule, Rule, Step, shared_term
 from .batchnorm import BatchNormEpsilon
 from .lrp import AlphaBeta, Contrastive, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus, ZRule
 from .pooling import Proportional, ProportionalPool, WinnerTakeAll
@@ -17,4 +17,5 @@ __all__ = [
     "AbsoluteSum", "AffineRule", "AlphaBeta", "BatchNormEpsilon", "Contrastive", "Epsilon", "EqualSum", "Flat",
     "Gamma", "GateProduct", "MoveBack", "Pass", "PassThrough", "Proportional", "ProportionalPool",
     "ProportionalSum", "Rule", "SplitConcat", "Step", "WSquare", "WinnerTakeAll", "ZBox", "ZPlus", "ZRule",
+    "shared_term",
 ]
