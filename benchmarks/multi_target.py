@@ -11,11 +11,11 @@ Everything runs on the CPU in float32 with torchvision models at random initiali
 (nothing is downloaded), as ``benchmarks/speed.py``. For each model and method two runners explain
 the same batch for the same K classes per sample: ``relprop.explain(model, x, target=(B, K))``
 (one call) and K calls ``relprop.explain(model, x, target=column k)`` (separate). Timing is in this
-process: one warm-up round over all runners (whose outputs give the equality check), then
+process: one warm-up round over all runners on a small image (tracing, per-layer weight caches), then
 ``--repeats`` rounds, each calling every runner once in turn (round robin), timed with
 ``time.perf_counter`` and ``time.process_time``. Reported: medians and minima, the ratio of the
 one call's median to the separate calls' median, and as checks against a busy machine the ratio of
-the minima and of the median CPU times; and the largest relative difference between the maps,
+the minima and of the median CPU times; and, for the last round's maps, the largest relative difference,
 ``max |one - separate| / max |separate|`` over every (sample, target) map.
 
 relprop is imported from a copy of ``src/relprop`` taken when the run starts (as speed.py). The
@@ -98,18 +98,18 @@ def bench_model(name: str, args: argparse.Namespace, deadline: float | None) -> 
     jobs = {(m, kind): run for m in args.methods for kind, run in runners(m, model, x, targets).items()}
     rows = {key: Row() for key in jobs}
     round_times = []
+    small = speed.make_input(1, 64)[0]
     with torch.no_grad():
-        for key, run in jobs.items():  # warm-up: tracing, caches; the outputs are compared
-            start = time.perf_counter()
-            rows[key].output = run()
-            print(f"{name} warm-up {key}: {time.perf_counter() - start:.2f} s", flush=True)
+        for method in args.methods:  # warm-up on a small image: tracing and the per-layer weight caches
+            for run in runners(method, model, small, targets[:1]).values():
+                run()
         for r in range(args.repeats):
             if r > 0 and deadline is not None and time.time() + statistics.mean(round_times) > deadline:
                 print(f"{name}: budget reached after {r} timed rounds", flush=True)
                 break
             start = time.perf_counter()
             for key, run in jobs.items():
-                seconds, cpu, _ = timed(run)
+                seconds, cpu, rows[key].output = timed(run)  # the last round's maps are compared
                 rows[key].times.append(seconds)
                 rows[key].cpu_times.append(cpu)
             round_times.append(time.perf_counter() - start)
