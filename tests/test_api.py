@@ -112,7 +112,8 @@ def test_target_out_of_range_names_the_range(model, method, target):
     assert "range" in message and "1000" in message and "999" in message, message
 
 
-@pytest.mark.parametrize("target", [[1, 2, 3], torch.tensor([[1, 2], [3, 4]]), (5, 6, 7)], ids=["3-for-2", "2x2", "tuple"])
+@pytest.mark.parametrize("target", [[1, 2, 3], torch.tensor([[1, 2], [3, 4], [5, 6]]), (5, 6, 7)],
+                         ids=["3-for-2", "3x2", "tuple"])
 def test_target_count_mismatch(model, target):
     with pytest.raises(ValueError, match="batch of 2"):
         relprop.explain(model, batch(2), target=target, method="lrp-epsilon")

@@ -8,9 +8,12 @@ import torch
 import torch.nn as nn
 
 from .attribution.lrp import propagate_lrp
+from .attribution.method import Attribution
 from .attribution.registry import get_method
 from .checks import check_input, check_target
 from .composite import Composite
+from .multi_target import ClassTargets, by_columns, class_targets, collect, is_multi_target
+from .propagate import NotBatchMajor
 from .targets import Target, selecting, split_output
 
 Tensor = torch.Tensor
@@ -40,10 +43,14 @@ class Explainer:
 
     def explain(self, x: Tensor, target: Target = None,
                 record: Sequence[str] | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """Relevance shaped like ``x``; with ``record``, also ``{node name: relevance at its output}``."""
+        """Relevance shaped like ``x``; with ``record``, also ``{node name: relevance at its output}``.
+        With K classes per sample (a list of class lists or a (B, K) integer tensor), relevance and
+        records are shaped (B, K, ...): one map per sample and target."""
         check_input(x)
         check_target(target)
         output, target = split_output(target)
+        if is_multi_target(target):
+            target = class_targets(target, x.shape[0])
         name = self.composite.name if self.composite is not None else self.method.name
         with torch.inference_mode(False), selecting(output, name):
             return self._explain(_outside_inference(x), _outside_inference(target), record)
@@ -51,7 +58,7 @@ class Explainer:
     def _explain(self, x: Tensor, target: Target,
                  record: Sequence[str] | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         if self.composite is not None:
-            relevance, recorded = propagate_lrp(self.model, x, target, self.composite, record or ())
+            relevance, recorded = self._composite_relevance(x, target, record or ())
         else:
             options = dict(self.options)
             if record is not None:
@@ -65,6 +72,24 @@ class Explainer:
         return (relevance, recorded) if record is not None else relevance
 
 
+    def _composite_relevance(self, x: Tensor, target: Target,
+                             record: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Relevance under the Composite; for several targets per sample in one backward pass."""
+        assert self.composite is not None
+        composite = self.composite
+
+        def run(t: Target) -> Attribution:
+            return Attribution(*propagate_lrp(self.model, x, t, composite, record))
+        if not isinstance(target, ClassTargets):
+            result = run(target)
+        else:
+            try:
+                result = collect(run(target), target, composite.name)
+            except NotBatchMajor:
+                result = by_columns(run, target)
+        return result.relevance, dict(result.recorded)
+
+
 def _outside_inference(value: Any) -> Any:
     """A normal copy of an inference tensor (usable by autograd); anything else unchanged."""
     if isinstance(value, torch.Tensor) and value.is_inference():
@@ -76,7 +101,8 @@ def explain(model: nn.Module, x: Tensor, target: Target = None, method: str | Co
             **options: Any) -> Tensor:
     """Explain ``model``'s decision for the batch ``x``: relevance shaped like ``x``.
 
-    ``target``: None (the predicted class), an int, or one class index per sample; or an output
+    ``target``: None (the predicted class), an int, or one class index per sample; K class indices
+    per sample (a list of class lists, or a (B, K) integer tensor) for maps shaped (B, K, ...); or an output
     selector: :class:`relprop.targets.Region` (a class inside a region of a segmentation output),
     :class:`relprop.targets.Output` (an entry of a dict or tuple output) or a callable
     ``output -> score per sample`` (see docs/methods.md, Output selectors).

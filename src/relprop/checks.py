@@ -40,9 +40,10 @@ def check_rank(x: Tensor, expected: int | None, model_name: str) -> None:
 
 def check_target(target: Target) -> None:
     """Refuse a target of the wrong type (a str, a float, ...), naming what is expected."""
+    from .multi_target import ClassTargets
     from .targets import Output, Region, Selection  # the target types; targets.py checks with this function
 
-    if target is None or isinstance(target, (torch.Tensor, Region, Output, Selection)):
+    if target is None or isinstance(target, (torch.Tensor, Region, Output, Selection, ClassTargets)):
         return
     if callable(target) and not isinstance(target, type):
         return
@@ -55,9 +56,13 @@ def check_target(target: Target) -> None:
     if isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
         if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in target):
             return
+        if any(isinstance(t, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(t, (str, bytes))
+               for t in target):
+            return  # K classes per sample, checked by relprop.multi_target.class_targets
     shown = repr(target) if len(repr(target)) <= 60 else repr(target)[:57] + "..."
     raise ValueError(
         "target must be None (the predicted class), an int class index, a sequence of ints or an "
-        "integer tensor (one class per sample), a relprop.targets.Region, a relprop.targets.Output or a "
+        "integer tensor (one class per sample), a list of class lists or a (batch, K) integer tensor (K "
+        "classes per sample), a relprop.targets.Region, a relprop.targets.Output or a "
         f"callable output -> score per sample, got {type(target).__name__} {shown}"
     )

@@ -29,6 +29,7 @@ from .composite import Composite
 from .graph import Graph, registrations, trace
 from .structure import check_forward_hooks, fingerprint, inference_copy, owned_objects, placeholder_parameters
 from .rules import Rule, Step
+from .rules.base import repeat_rows
 from .checks import check_rank
 from .targets import selected_output
 
@@ -45,6 +46,21 @@ class ForwardCache:
     state: list[object]
     #: ``(position, leaf)`` when the nodes after ``position`` were evaluated with autograd from ``leaf``
     leaf: tuple[int, Tensor] | None = None
+    #: each sample appears ``repeats`` times in a row (see :meth:`Propagator.repeat`)
+    repeats: int = 1
+    #: the forward pass with each sample once, when ``repeats`` > 1
+    base: "ForwardCache | None" = None
+
+    def release(self, pos: int) -> None:
+        """Free what is kept of node ``pos`` (also in the base pass)."""
+        self.args[pos] = self.kwargs[pos] = self.outputs[pos] = self.state[pos] = None
+        if self.base is not None:
+            self.base.release(pos)
+
+
+class NotBatchMajor(ValueError):
+    """A forward pass whose values do not all hold the batch along their first dimension, so that it
+    cannot be repeated per sample (:meth:`Propagator.repeat`)."""
 
 
 class Propagator:
@@ -209,6 +225,44 @@ class Propagator:
                 cache.kwargs[pos] = dict(fx.node.map_aggregate(cache.kwargs[pos], plain))
         return cache.outputs[start], gradient  # type: ignore[return-value]
 
+    def repeat(self, cache: ForwardCache, repeats: int) -> ForwardCache:
+        """The forward pass of the batch in which each sample of ``cache`` appears ``repeats`` times
+        in a row (sample ``b`` at rows ``b * repeats`` to ``b * repeats + repeats - 1``), without
+        evaluating any layer: the cached values are repeated and shape arithmetic is evaluated again.
+        The result keeps ``cache`` as its ``base`` (for the rules' shared terms, :meth:`Step.shared`).
+        A :class:`NotBatchMajor` error if a value does not hold the batch along its first dimension."""
+        if repeats == 1:
+            return cache
+        if cache.leaf is not None or cache.outputs[0] is None:
+            raise RuntimeError("repeat needs a plain forward pass that no backward pass released yet")
+        batch = cache.outputs[0].shape[0]
+        n = len(self.graph.nodes)
+        repeated = ForwardCache([None] * n, [None] * n, [None] * n, [None] * n, repeats=repeats, base=cache)
+        done: dict[int, Tensor] = {}
+
+        def rows(value: object) -> object:
+            def one(t: object) -> object:
+                if not isinstance(t, Tensor):
+                    return t
+                if t.dim() == 0 or t.shape[0] != batch:
+                    raise NotBatchMajor(f"a value of shape {tuple(t.shape)} does not hold the batch of {batch} "
+                                        "along its first dimension")
+                if id(t) not in done:
+                    done[id(t)] = repeat_rows(t.detach(), repeats)
+                return done[id(t)]
+            return fx.node.map_aggregate(value, one)
+
+        def evaluate(pos: int, op: ops.Op, args: tuple, kwargs: dict) -> object:
+            repeated.args[pos], repeated.kwargs[pos] = args, kwargs
+            repeated.state[pos] = rows(cache.state[pos])
+            repeated.outputs[pos] = rows(cache.outputs[pos])  # type: ignore[assignment]
+            return repeated.outputs[pos]
+
+        x = rows(cache.outputs[0])
+        repeated.outputs[0] = x  # type: ignore[assignment]
+        repeated.outputs[n - 1] = self._walk(x, evaluate)  # type: ignore[arg-type,assignment]
+        return repeated
+
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache: ForwardCache, relevance: Tensor, composite: Composite,
                  record: Sequence[str] = (), start: str | None = None,
@@ -243,17 +297,21 @@ class Propagator:
                 node = graph.nodes[pos]
                 if r is None:
                     if release:
-                        cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = cache.state[pos] = None
+                        cache.release(pos)
                     continue
                 if pos == len(graph.nodes) - 1:  # the output node hands on the initial relevance
                     results: list[Tensor | None] = [r]
                 else:
                     step = Step(node.op, [cache.outputs[i] for i in node.inputs], cache.args[pos],
                                 cache.kwargs[pos], cache.outputs[pos], cache.state[pos], self.nonnegative_inputs[pos])
+                    if cache.base is not None:
+                        step.repeats = cache.repeats
+                        step.base_inputs = [cache.base.outputs[i] for i in node.inputs]
+                        step.base_output = cache.base.outputs[pos]
                     results = rules[id(node.op)].relevance(step, r)
                     del step
                 if release:
-                    cache.args[pos] = cache.kwargs[pos] = cache.outputs[pos] = cache.state[pos] = None
+                    cache.release(pos)
                 for i, ri in zip(node.inputs, results):
                     if ri is None:
                         continue

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..composite import Composite, by_type
 from ..feature_maps import INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map, upsample
 from ..options import choice, flag, name, number
+from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
 from ..rules import AlphaBeta
@@ -130,6 +131,7 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
     if layer is None:
         candidates = {n: cache.outputs[graph.find(n)] for n in feature_map_candidates(propagator)}
         layer = pick_feature_map({k: v for k, v in candidates.items() if v is not None}, x, propagator)
+    cache, target = expand_targets(propagator, cache, target)
     features = cache.outputs[graph.find(layer)]
     if features is None:
         raise ValueError(f"Relevance-CAM: node {layer!r} keeps no output")
@@ -146,7 +148,7 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
 
 @register_method("relevance-cam",
                  "Relevance-CAM (Lee et al. 2021 [Lee2021-RelevanceCAM]): feature map weighted by its mean z+ relevance per channel",
-                 display="positive",
+                 display="positive", multi_target=True,
                  layer=name(), relu=flag(), interpolation=choice(*INTERPOLATIONS),
                  initial=choice("contrastive", "logit"), maxpool=choice("winner", "proportional"),
                  add=choice("proportional", "equal"), batchnorm=choice("identity", "epsilon"))
@@ -166,4 +168,5 @@ def relevance_cam(model: nn.Module, x: Tensor, target: Target, *,
     """
     _check_layer(x, layer, interpolation, "Relevance-CAM")
     cam, _ = relevance_cam_map(model, x, target, layer, initial, maxpool, add, batchnorm)
-    return Attribution(_as_input(cam, x, relu, interpolation))
+    rows = x if cam.shape[0] == x.shape[0] else x[:1].expand(cam.shape[0], *x.shape[1:])  # several targets
+    return Attribution(_as_input(cam, rows, relu, interpolation))

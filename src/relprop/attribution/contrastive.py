@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..composite import Composite, by_type, first, last
 from ..numerics import per_sample_sum, safe_divide
+from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
 from ..options import bound, choice, flag, names
@@ -39,9 +40,12 @@ def _deep_taylor(name: str, low: Bound, high: Bound, bias: bool | str = False, t
     return Composite(rules, name=name)
 
 
-def _forward(model: nn.Module, x: Tensor):
+def _forward(model: nn.Module, x: Tensor, target: Target):
+    """The forward pass (repeated per target for several targets per sample), its logits and the
+    target of each row."""
     propagator, cache = forward_for(model, x)
-    return propagator, cache, cache.outputs[-1]
+    cache, target = expand_targets(propagator, cache, target)
+    return propagator, cache, cache.outputs[-1], target
 
 
 def _region_weights(target, logits: Tensor, method: str, variant: str = "paper") -> Tensor | None:
@@ -103,7 +107,7 @@ def _scaled(t: Tensor, factor: Tensor) -> Tensor:
     return t * factor.view(-1, *([1] * (t.dim() - 1)))
 
 
-@register_method("sglrp", "Softmax-gradient LRP (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 9-10): softmax-gradient initial relevance, z+ / z^B",
+@register_method("sglrp", multi_target=True, summary="Softmax-gradient LRP (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 9-10): softmax-gradient initial relevance, z+ / z^B",
                  variant=choice("paper", "official"), relu=flag(none=True), low=bound(), high=bound(),
                  record=names())
 def sglrp(model: nn.Module, x: Tensor, target: Target, *,
@@ -116,7 +120,7 @@ def sglrp(model: nn.Module, x: Tensor, target: Target, *,
     ``A_t - A_o * sum(A_t) / sum(A_o)`` per image, no ReLU."""
     if variant not in ("paper", "official"):
         raise ValueError(f"variant must be 'paper' or 'official', got {variant!r}")
-    propagator, cache, logits = _forward(model, x)
+    propagator, cache, logits, target = _forward(model, x, target)
     region = _region_weights(target, logits, "sglrp", variant)
     if region is not None:
         relevance, recorded = propagator.backward(cache, _region_sglrp(logits, region),
@@ -145,7 +149,7 @@ def sglrp(model: nn.Module, x: Tensor, target: Target, *,
     return Attribution(_relu(a_t - a_o * scale, False if relu is None else relu), recorded)
 
 
-@register_method("clrp", "Contrastive LRP (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 6-7): target minus uniform dual classes, z+ / z^B",
+@register_method("clrp", multi_target=True, summary="Contrastive LRP (Iwana et al. 2019 [Iwana2019-SGLRP], Eq. 6-7): target minus uniform dual classes, z+ / z^B",
                  variant=choice("paper", "official-type1", "official-type2"), relu=flag(), low=bound(),
                  high=bound(), record=names())
 def clrp(model: nn.Module, x: Tensor, target: Target, *,
@@ -157,7 +161,7 @@ def clrp(model: nn.Module, x: Tensor, target: Target, *,
     variants = ("paper", "official-type1", "official-type2")
     if variant not in variants:
         raise ValueError(f"variant must be one of {variants}, got {variant!r}")
-    propagator, cache, logits = _forward(model, x)
+    propagator, cache, logits, target = _forward(model, x, target)
     region = _region_weights(target, logits, "clrp", variant)
     if region is not None:
         relevance, recorded = propagator.backward(cache, _region_clrp(logits, region),
@@ -200,25 +204,25 @@ class _NegatedTop(AffineRule):
         return self.rule(NegatedLayer(layer), x, -z, r, nonnegative)
 
 
-@register_method("excitation-backprop", "Excitation backprop (Zhang et al. 2016 [Zhang2016-EB]): marginal winning probability, z+ without bias",
+@register_method("excitation-backprop", multi_target=True, summary="Excitation backprop (Zhang et al. 2016 [Zhang2016-EB]): marginal winning probability, z+ without bias",
                  relu=flag(), record=names(), display="positive")
 def excitation_backprop(model: nn.Module, x: Tensor, target: Target, *, relu=False, record=()) -> Attribution:
     """Marginal winning probabilities from ``P = 1`` at the target: ``P_i = sum_j x_i w+_ij /
     sum_i' x_i' w+_i'j P_j`` on every layer, no bias; signed pixels at the input are handled as
     alpha1beta0 does (``x+ w+`` and ``x- w-`` are the excitatory contributions)."""
-    propagator, cache, logits = _forward(model, x)
+    propagator, cache, logits, target = _forward(model, x, target)
     composite = Composite([(_ALL, AlphaBeta(1.0, 0.0, STABILIZER, bias=False))], name="excitation-backprop")
     initial = _one_hot(target, logits, "excitation-backprop")
     relevance, recorded = propagator.backward(cache, initial, composite, record)
     return Attribution(_relu(relevance, relu), recorded)
 
 
-@register_method("contrastive-eb", "Contrastive excitation backprop (Zhang et al. 2016 [Zhang2016-EB]): target MWP minus its negated-weight dual",
+@register_method("contrastive-eb", multi_target=True, summary="Contrastive excitation backprop (Zhang et al. 2016 [Zhang2016-EB]): target MWP minus its negated-weight dual",
                  relu=flag(), record=names(), display="positive")
 def contrastive_eb(model: nn.Module, x: Tensor, target: Target, *, relu=False, record=()) -> Attribution:
     """Contrastive MWP: the output layer distributes ``P = 1`` through ``W`` and through ``-W`` (the
     dual unit), and the difference travels on with excitation backprop. Signed unless ``relu``."""
-    propagator, cache, logits = _forward(model, x)
+    propagator, cache, logits, target = _forward(model, x, target)
     zplus = AlphaBeta(1.0, 0.0, STABILIZER, bias=False)
     composite = Composite([(last(1), Contrastive(zplus)), (_ALL, zplus)], name="contrastive-eb")
     initial = _one_hot(target, logits, "contrastive-eb")

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..composite import Composite, by_type, first
 from ..layer_gradient import default_layer, gradient_at_layer
+from ..multi_target import ClassTargets, expand_targets
 from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
 from .registry import register_method
 from ..options import choice, flag, name, names, number
@@ -30,7 +31,7 @@ def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> to
     return safe_divide(r0, per_sample_sum(r0, keepdim=True).abs())
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propagator, ForwardCache]:
+def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str | None) -> tuple[Propagator, ForwardCache]:
     """The forward pass, channels-last for float32 / bfloat16 images on CPU, where the hedge rule's
     convolutions run channels-last (rules/hedge.py): the cached activations then need no conversion.
     A model whose code cannot take a channels-last input (a ``.view`` of a feature map raises) is
@@ -45,7 +46,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str) -> tuple[Propa
     return forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
 
 
-@register_method("hedge", "Gradient hedging (Nam et al. [Nam-Hedge], Eq. 4-13): gradient-weighted inner map, hedged propagation",
+@register_method("hedge", multi_target=True, summary="Gradient hedging (Nam et al. [Nam-Hedge], Eq. 4-13): gradient-weighted inner map, hedged propagation",
                  gamma=number(low=1, high=2), layer=name(), use_c=flag(), use_a=flag(), use_u=flag(),
                  use_psi=flag(), add=choice("absolute", "proportional", "equal"), record=names())
 def hedge(model: nn.Module, x: Tensor, target: Target, *,
@@ -65,8 +66,10 @@ def hedge(model: nn.Module, x: Tensor, target: Target, *,
         raise ValueError(f"gamma must lie in [1, 2], got {gamma}")
     if layer is None:
         layer = default_layer(propagator_for(model, fold_batchnorm=False).graph)
-    # the graph above the start layer is evaluated with autograd in the forward pass itself
-    propagator, cache = _forward(model, x, layer)
+    # the graph above the start layer is evaluated with autograd in the forward pass itself, unless
+    # it is repeated for several targets per sample (then gradient_at evaluates it again per row)
+    propagator, cache = _forward(model, x, None if isinstance(target, ClassTargets) else layer)
+    cache, target = expand_targets(propagator, cache, target)
     start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
     r0 = initial_contribution(activation, gradient)
     rule = Hedge(gamma, use_c, use_a, use_u, use_psi)

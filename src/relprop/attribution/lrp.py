@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type, first
+from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
 from ..options import bound, choice, integer, names, number
@@ -31,8 +32,10 @@ COMMON = {"maxpool": choice("winner", "proportional"), "add": choice("proportion
 def propagate_lrp(model: nn.Module, x: Tensor, target: Target, composite: Composite,
                   record: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
     """Relevance of ``x`` for ``target`` under ``composite``, starting from one-hot times logit (or,
-    for an output selector, :meth:`relprop.targets.Selection.initial_relevance`)."""
+    for an output selector, :meth:`relprop.targets.Selection.initial_relevance`). For
+    :class:`~relprop.multi_target.ClassTargets`, one row per sample and target."""
     propagator, cache = forward_for(model, x)
+    cache, target = expand_targets(propagator, cache, target)
     logits = cache.outputs[-1]
     initial = resolve_selection(target, logits).initial_relevance(logits)
     return propagator.backward(cache, initial, composite, record)
@@ -43,14 +46,14 @@ def _composite(name: str, rules: list, maxpool: str, add: str, batchnorm: str,
     return Composite(rules, maxpool=maxpool, add=add, batchnorm=batchnorm, name=name, norm_epsilon=norm_epsilon)
 
 
-@register_method("lrp-z", "LRP-0 on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 1); equals gradient x input on ReLU nets", **COMMON)
+@register_method("lrp-z", multi_target=True, summary="LRP-0 on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 1); equals gradient x input on ReLU nets", **COMMON)
 def lrp_z(model: nn.Module, x: Tensor, target: Target, *,
           maxpool="winner", add="proportional", batchnorm="identity", record=()) -> Attribution:
     composite = _composite("lrp-z", [(_ALL, ZRule())], maxpool, add, batchnorm, norm_epsilon=0.0)
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-epsilon", "LRP-epsilon on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 2), epsilon=0.25", epsilon=number(low=0),
+@register_method("lrp-epsilon", multi_target=True, summary="LRP-epsilon on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 2), epsilon=0.25", epsilon=number(low=0),
                  **COMMON)
 def lrp_epsilon(model: nn.Module, x: Tensor, target: Target, *, epsilon=0.25, maxpool="winner", add="proportional",
                 batchnorm="identity", record=()) -> Attribution:
@@ -58,7 +61,7 @@ def lrp_epsilon(model: nn.Module, x: Tensor, target: Target, *, epsilon=0.25, ma
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-alpha1beta0", "LRP-alpha1beta0 (z+) on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 3)", **COMMON)
+@register_method("lrp-alpha1beta0", multi_target=True, summary="LRP-alpha1beta0 (z+) on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 3)", **COMMON)
 def lrp_alpha1beta0(model: nn.Module, x: Tensor, target: Target, *,
                     maxpool="winner", add="proportional", batchnorm="identity",
                     record=()) -> Attribution:
@@ -66,7 +69,7 @@ def lrp_alpha1beta0(model: nn.Module, x: Tensor, target: Target, *,
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-alpha2beta1", "LRP-alpha2beta1 on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 3; its alpha=2, beta=-1)",
+@register_method("lrp-alpha2beta1", multi_target=True, summary="LRP-alpha2beta1 on every layer (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 3; its alpha=2, beta=-1)",
                  **COMMON)
 def lrp_alpha2beta1(model: nn.Module, x: Tensor, target: Target, *,
                     maxpool="winner", add="proportional", batchnorm="identity",
@@ -98,7 +101,7 @@ def cmp_composite(alpha: float = 1.0, epsilon: float = 0.1, first_rule: str = "f
     return _composite("lrp-cmp", rules, maxpool, add, batchnorm)
 
 
-@register_method("lrp-cmp", "LRP_CMP composite (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP]): epsilon dense, alpha-beta conv, flat first layer",
+@register_method("lrp-cmp", multi_target=True, summary="LRP_CMP composite (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP]): epsilon dense, alpha-beta conv, flat first layer",
                  alpha=number(low=1), epsilon=number(low=0), first_rule=choice("flat", "zb", "none"),
                  n_first=integer(low=1), low=bound(), high=bound(), **COMMON)
 def lrp_cmp(model: nn.Module, x: Tensor, target: Target, *,
@@ -108,7 +111,7 @@ def lrp_cmp(model: nn.Module, x: Tensor, target: Target, *,
     return Attribution(*propagate_lrp(model, x, target, composite, record))
 
 
-@register_method("lrp-preset-a", "LRP preset A (Nam, Choi and Lee [Nam-RAP-Journal], Sec. V): epsilon dense, alpha1beta0 conv",
+@register_method("lrp-preset-a", multi_target=True, summary="LRP preset A (Nam, Choi and Lee [Nam-RAP-Journal], Sec. V): epsilon dense, alpha1beta0 conv",
                  epsilon=number(low=0), **COMMON)
 def lrp_preset_a(model: nn.Module, x: Tensor, target: Target, *,
                  epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",
@@ -118,7 +121,7 @@ def lrp_preset_a(model: nn.Module, x: Tensor, target: Target, *,
                                       record))
 
 
-@register_method("lrp-preset-b", "LRP preset B (Nam, Choi and Lee [Nam-RAP-Journal], Sec. V): epsilon dense, alpha2beta1 conv",
+@register_method("lrp-preset-b", multi_target=True, summary="LRP preset B (Nam, Choi and Lee [Nam-RAP-Journal], Sec. V): epsilon dense, alpha2beta1 conv",
                  epsilon=number(low=0), **COMMON)
 def lrp_preset_b(model: nn.Module, x: Tensor, target: Target, *,
                  epsilon=0.1, maxpool="winner", add="proportional", batchnorm="identity",

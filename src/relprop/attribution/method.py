@@ -3,7 +3,11 @@
 
 A method is a function ``fn(model, x, target, **options) -> Attribution``. ``x`` is a checked,
 floating-point batch; ``target`` is what the caller asked to explain (None, class indices or an
-output selector of :mod:`relprop.targets`), resolved by the method itself. Every option is a
+output selector of :mod:`relprop.targets`), resolved by the method itself. A method declared with
+``multi_target=True`` may also receive a :class:`~relprop.multi_target.ClassTargets` (K classes
+per sample): it then returns one row per sample and target (sample b's target k at row ``b * K + k``,
+see :func:`relprop.multi_target.expand_targets`), which :class:`Method` shapes (B, K, ...); any
+other method is called once per target. Every option is a
 keyword argument with a default, declared with an :class:`~relprop.options.Option` (its type and
 range); the declaration is where option values are checked.
 """
@@ -18,7 +22,9 @@ from typing import Any, Mapping, Protocol
 import torch
 import torch.nn as nn
 
+from ..multi_target import ClassTargets, by_columns, collect
 from ..options import Option
+from ..propagate import NotBatchMajor
 from ..targets import Target
 
 Tensor = torch.Tensor
@@ -56,6 +62,8 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     #: how its maps are meant to be shown: one of :data:`DISPLAYS`
     display: str = "signed"
+    #: whether its function explains several targets per sample at once (:class:`ClassTargets`)
+    multi_target: bool = False
 
     def __post_init__(self) -> None:
         if self.display not in DISPLAYS:
@@ -68,7 +76,7 @@ class Method:
 
     @classmethod
     def declare(cls, name: str, summary: str, fn: MethodFunction, display: str = "signed",
-                **options: Option) -> "Method":
+                multi_target: bool = False, **options: Option) -> "Method":
         """The method of ``fn``: its options are the keyword arguments after ``(model, x, target)``,
         with their defaults. Each is declared in ``options``; an undeclared option whose default is a
         bool, an int or a float gets that type and no range."""
@@ -79,7 +87,7 @@ class Method:
                              "which are not options of its function")
         specs = {key: options[key] if key in options else _inferred(name, key, default)
                  for key, default in defaults.items()}
-        return cls(name, summary, fn, specs, defaults, display)
+        return cls(name, summary, fn, specs, defaults, display, multi_target)
 
     def options(self) -> dict[str, Any]:
         """The method's options with their defaults."""
@@ -102,7 +110,17 @@ class Method:
 
     def __call__(self, model: nn.Module, x: Tensor, target: Target, **options: Any) -> Attribution:
         """Run the method; a TypeError if it breaks the contract by returning anything but an
-        :class:`Attribution`."""
+        :class:`Attribution`. A :class:`ClassTargets` target gives maps shaped (B, K, ...)."""
+        if isinstance(target, ClassTargets):
+            if self.multi_target:
+                try:
+                    return collect(self._call(model, x, target, options), target, self.name)
+                except NotBatchMajor:  # a model whose values are not batch-major: one target at a time
+                    pass
+            return by_columns(lambda column: self._call(model, x, column, options), target)
+        return self._call(model, x, target, options)
+
+    def _call(self, model: nn.Module, x: Tensor, target: Target, options: dict[str, Any]) -> Attribution:
         result = self.fn(model, x, target, **options)
         if not isinstance(result, Attribution):
             raise TypeError(f"method {self.name!r} returned {type(result).__name__}, not a relprop Attribution")

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type, first, last
+from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
 from ..options import choice, names
@@ -37,7 +38,7 @@ def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
                      name="rap")
 
 
-@register_method("rap", "Relative Attributing Propagation (Nam et al. 2020 [Nam2020-RAP], Eq. 5-10), as the official code computes it",
+@register_method("rap", multi_target=True, summary="Relative Attributing Propagation (Nam et al. 2020 [Nam2020-RAP], Eq. 5-10), as the official code computes it",
                  start=choice("one-hot", "logit"), one_by_one=choice("rap", "abs"), record=names())
 def rap(model: nn.Module, x: Tensor, target: Target, *, start="one-hot", one_by_one="rap", record=()) -> Attribution:
     """RAP. ``start="one-hot"`` (default, official): relevance 1 at the target and the absolute-
@@ -46,6 +47,7 @@ def rap(model: nn.Module, x: Tensor, target: Target, *, start="one-hot", one_by_
     The input relevance sums to the target logit."""
     composite = rap_composite(start, one_by_one)
     propagator, cache = forward_for(model, x, fold_batchnorm=False)
+    cache, target = expand_targets(propagator, cache, target)
     logits = cache.outputs[-1]
     selection = resolve_selection(target, logits)
     if selection.fn is not None and start == "one-hot":

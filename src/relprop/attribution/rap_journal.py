@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type, last
+from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
 from ..options import choice, flag, names
@@ -57,7 +58,7 @@ def _split_record_name(name: str, default: str) -> tuple[str, str]:
     return base, flow
 
 
-@register_method("rap-journal", "Relative Attributing Propagation, journal version: normal and inversion flows "
+@register_method("rap-journal", multi_target=True, summary="Relative Attributing Propagation, journal version: normal and inversion flows "
                                 "with bias and batch-norm handling (Nam, Choi and Lee [Nam-RAP-Journal], Eq. 5-11)",
                  flow=choice(*FLOWS), start=choice(*STARTS), bias=flag(), batchnorm=flag(),
                  bn_term=choice(*BN_TERMS), add=choice(*ADDS), center=flag(), record=names())
@@ -88,6 +89,7 @@ def rap_journal(model: nn.Module, x: Tensor, target: Target, *,
     passes = [f for f in ("normal", "inversion") if f in wanted or "final" in wanted]
 
     propagator, cache = forward_for(model, x, fold_batchnorm=False)
+    cache, target = expand_targets(propagator, cache, target)
     # one name per node: two names of the same node (a module path and its last node) share a record
     node_of = {base: propagator.graph.find(base) for _, base, _ in requests}
     name_of: dict[int, str] = {}

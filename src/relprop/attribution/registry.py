@@ -16,7 +16,7 @@ from .method import DISPLAYS, Method, MethodFunction
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, summary: str, display: str = "signed",
+def register_method(name: str, summary: str, display: str = "signed", multi_target: bool = False,
                     **options: Option) -> Callable[[MethodFunction], MethodFunction]:
     """Register ``fn(model, x, target, **options) -> Attribution`` under ``name`` with a one-line
     summary and how its maps are meant to be displayed (``display``: one of :data:`DISPLAYS`).
@@ -24,6 +24,8 @@ def register_method(name: str, summary: str, display: str = "signed",
     Each keyword option of ``fn`` is declared with an :class:`~relprop.options.Option` (its type
     and range), e.g. ``epsilon=number(low=0)``; an undeclared option whose default is a bool, an int
     or a float gets that type and no range. The defaults must satisfy their declarations.
+    ``multi_target=True`` declares that ``fn`` explains several targets per sample at once (see
+    :mod:`relprop.attribution.method`); other methods are called once per target.
     """
     if display not in DISPLAYS:
         raise ValueError(f"display must be one of {DISPLAYS}, got {display!r}")
@@ -31,7 +33,7 @@ def register_method(name: str, summary: str, display: str = "signed",
     def wrap(fn: MethodFunction) -> MethodFunction:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = Method.declare(name, summary, fn, display, **options)
+        _METHODS[name] = Method.declare(name, summary, fn, display, multi_target, **options)
         return fn
     return wrap
 

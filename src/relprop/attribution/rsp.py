@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..composite import Composite, by_type, first
 from ..layer_gradient import gradient_at_layer
+from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
 from ..options import name, names
@@ -26,12 +27,13 @@ from .method import Attribution
 Tensor = torch.Tensor
 
 
-@register_method("rsp", "Relative Sectional Propagation (official code): comparative-gradient propagation from a Grad-CAM map",
+@register_method("rsp", multi_target=True, summary="Relative Sectional Propagation (official code): comparative-gradient propagation from a Grad-CAM map",
                  layer=name(), record=names())
 def rsp(model: nn.Module, x: Tensor, target: Target, *, layer=None, record=()) -> Attribution:
     """RSP; ``layer``: where the initial Grad-CAM-weighted map lives (default: the input of the last
     pooling node)."""
     propagator, cache = forward_for(model, x, fold_batchnorm=False)
+    cache, target = expand_targets(propagator, cache, target)
     start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
     spatial = tuple(range(2, activation.dim()))
     r0 = activation * (gradient.mean(dim=spatial, keepdim=True) if spatial else gradient)

@@ -6,7 +6,7 @@ reshapes, concatenation), :mod:`.pooling`, :mod:`.sums`, :mod:`.products`, :mod:
 :mod:`.transformer` (layer norm, softmax, products of two tensors).
 """
 
-from .base import AffineRule, Rule, Step
+from .base import AffineRule, Rule, Step, shared_term
 from .batchnorm import BatchNormEpsilon
 from .lrp import AlphaBeta, Contrastive, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus, ZRule
 from .pooling import Proportional, ProportionalPool, WinnerTakeAll
@@ -19,5 +19,5 @@ __all__ = [
     "AbsoluteSum", "AffineRule", "AlphaBeta", "BatchNormEpsilon", "Contrastive", "Epsilon", "EqualSum", "Flat",
     "Gamma", "GateProduct", "LayerNormEpsilon", "MatMulUniform", "MatMulValue", "MoveBack", "Pass", "PassThrough",
     "Proportional", "ProportionalPool", "ProportionalSum", "Rule", "SoftmaxConstant", "SoftmaxTaylor", "SplitConcat",
-    "Step", "WSquare", "WinnerTakeAll", "ZBox", "ZPlus", "ZRule",
+    "Step", "WSquare", "WinnerTakeAll", "ZBox", "ZPlus", "ZRule", "shared_term",
 ]

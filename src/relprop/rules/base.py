@@ -8,16 +8,25 @@ to rules, for every kind alike.
 
 Rules for affine layers (linear and convolution, with a folded batch norm) derive from
 :class:`AffineRule` and write only their equation, ``rule(layer, x, z, r, nonnegative)``.
+
+Terms that depend on the forward values alone, not on the relevance (``z+ = conv(x+, W+)``, a
+stabilised denominator, ...), go through :meth:`Step.shared` (or, inside an affine rule's equation,
+:func:`shared_term`): when several targets per sample are explained in one pass, each sample's
+values appear once per target (the rows ``b*K .. b*K+K-1``), and a shared term is computed once
+per sample and repeated, so that only the relevance-dependent work is done per target.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Union
 
 import torch
 
 Tensor = torch.Tensor
+Terms = Union[Tensor, tuple[Tensor, ...]]
 
 
 @dataclass
@@ -37,6 +46,26 @@ class Step:
     state: Any
     #: whether every tensor input is known to be non-negative (e.g. after a ReLU)
     nonnegative: bool
+    #: targets per sample (K): every value above holds each sample ``K`` times in a row
+    repeats: int = 1
+    #: the tensor inputs and the output with each sample once (None when ``repeats`` is 1)
+    base_inputs: list[Tensor] | None = None
+    base_output: Tensor | None = None
+    #: the terms computed by :meth:`shared`, by key
+    memo: dict[str, Terms] = field(default_factory=dict)
+
+    def shared(self, key: str, make: Callable[[list[Tensor], Tensor], Terms]) -> Terms:
+        """``make(inputs, output)``, a term (or a tuple of terms) that depends on the forward values
+        alone: kept under ``key`` for this step, and with ``repeats`` > 1 computed from each sample's
+        values once and repeated for each of its targets. A caller must not modify it in place."""
+        if key not in self.memo:
+            if self.repeats == 1 or self.base_inputs is None or self.base_output is None:
+                self.memo[key] = make(self.inputs, self.output)
+            else:
+                value = make(self.base_inputs, self.base_output)
+                self.memo[key] = (repeat_rows(value, self.repeats) if isinstance(value, Tensor)
+                                  else tuple(repeat_rows(v, self.repeats) for v in value))
+        return self.memo[key]
 
     def input_vjp(self, k: int, v: Tensor) -> Tensor:
         """The operation's vector-Jacobian product for its ``k``-th tensor input, applied to ``v``."""
@@ -65,7 +94,43 @@ class AffineRule(Rule):
         raise NotImplementedError
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        return [self(step.op, step.inputs[0], step.output, r, step.nonnegative)]
+        with _stepping(step):
+            return [self(step.op, step.inputs[0], step.output, r, step.nonnegative)]
 
 
-__all__ = ["AffineRule", "Rule", "Step"]
+#: the step whose affine rule is running (for :func:`shared_term`)
+_STEP: contextvars.ContextVar[Step | None] = contextvars.ContextVar("relprop_step", default=None)
+
+
+@contextlib.contextmanager
+def _stepping(step: Step) -> Iterator[None]:
+    token = _STEP.set(step)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
+def shared_term(key: str, x: Tensor, z: Tensor, make: Callable[[Tensor, Tensor], Terms]) -> Terms:
+    """``make(x, z)`` for a term of an affine rule's equation that depends on the layer input ``x``
+    and output ``z`` alone: :meth:`Step.shared` when ``x`` and ``z`` are the running step's own
+    values, else computed here (a rule called directly, or on other values). ``make`` must use its
+    arguments only, and the result must not be modified in place."""
+    step = _STEP.get()
+    if step is None or not step.inputs or x is not step.inputs[0] or z is not step.output:
+        return make(x, z)
+    return step.shared(key, lambda inputs, output: make(inputs[0], output))
+
+
+def repeat_rows(t: Tensor, repeats: int) -> Tensor:
+    """Each sample (row of the first dimension) ``repeats`` times in a row, in ``t``'s memory format."""
+    if repeats == 1:
+        return t
+    fmt = (torch.channels_last if t.dim() == 4 and not t.is_contiguous()
+           and t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    out = torch.empty((t.shape[0] * repeats, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=fmt)
+    out.view(t.shape[0], repeats, *t.shape[1:]).copy_(t.unsqueeze(1))
+    return out
+
+
+__all__ = ["AffineRule", "Rule", "Step", "repeat_rows", "shared_term"]

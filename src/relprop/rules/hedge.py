@@ -23,7 +23,7 @@ import torch
 from ..numerics import per_sample_sum, quotient_, shift_excess_
 from ..ops import Affine
 from ..options import check_rule_field, flag, number
-from .base import AffineRule
+from .base import AffineRule, shared_term
 
 Tensor = torch.Tensor
 
@@ -70,12 +70,27 @@ class Hedge(AffineRule):
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         one_by_one = layer.unit_kernel
-        if _channels_last(layer, x):
+        channels_last = _channels_last(layer, x)
+        if channels_last:
             cl = torch.channels_last
-            x, r = x.contiguous(memory_format=cl), r.contiguous(memory_format=cl)
             w = layer.cached("|w| channels-last", lambda: layer.weight.abs().contiguous(memory_format=cl))
         else:
             w = layer.cached("|w|", lambda: layer.weight.abs())
+
+        def layout(t: Tensor) -> Tensor:
+            return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+        def responses(x: Tensor, _: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            """``conv(x+, |W|)``, ``conv([x > 0], |W|)``, ``conv([x <= 0], |W|)``: shared by all targets."""
+            x = layout(x)
+            z_c = layer.apply(x if nonnegative else x.clamp(min=0), w) if self.use_c else x.new_empty(0)
+            z_active = (layer.apply(torch.gt(x, 0).to(x.dtype), w) if self.use_a or self.use_u
+                        else x.new_empty(0))
+            z_dead = torch.sub(_ones_response(layer, x, w), z_active) if self.use_u else x.new_empty(0)
+            return z_c, z_active, z_dead
+        shared = shared_term("hedge:|w| responses", x, z, responses)
+        z_c, z_active, z_dead = shared  # type: ignore[misc]
+        x, r = layout(x), layout(r)
         t = r.clamp(min=0)
         o = r.clamp(max=0)
         _normalized(t, per_sample_sum(t, keepdim=True))
@@ -85,7 +100,7 @@ class Hedge(AffineRule):
             xp = x if nonnegative else x.clamp(min=0)
             # gamma T + O: T and O have disjoint supports, so this is exact in either order
             weighted = torch.add(o, t, alpha=1.0 if one_by_one else self.gamma)
-            out = layer.transpose(quotient_(weighted, layer.apply(xp, w)), w, xp).mul_(xp)
+            out = layer.transpose(quotient_(weighted, z_c), w, xp).mul_(xp)
             del weighted
             if self.use_psi and not one_by_one:
                 buffer = torch.empty_like(x)
@@ -94,14 +109,12 @@ class Hedge(AffineRule):
             if buffer is None:
                 buffer = torch.empty_like(x)
             mask = torch.gt(x, 0, out=buffer)  # [x > 0] as numbers
-            z_active = layer.apply(mask, w)
             if self.use_a:
                 a = layer.transpose(quotient_(t, z_active), w, x)
                 out = a.mul_(mask) if out is None else out.addcmul_(a, mask)
                 del a
             del t
             if self.use_u:
-                z_dead = torch.sub(_ones_response(layer, x, w), z_active, out=z_active)
                 u = layer.transpose(quotient_(o, z_dead), w, x)
                 dead = torch.le(x, 0, out=mask)
                 out = u.mul_(dead) if out is None else out.addcmul_(u, dead)

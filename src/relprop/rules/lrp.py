@@ -19,7 +19,7 @@ import torch
 
 from ..numerics import normalize
 from ..ops import Affine, is_channels_last
-from .base import AffineRule
+from .base import AffineRule, shared_term
 from ..options import bound, check_rule_field, flag, number
 
 Tensor = torch.Tensor
@@ -96,38 +96,46 @@ class AlphaBeta(AffineRule):
         elif not self.bias:
             bp = bn = None
         xp, xn = _split(x, nonnegative)
-        result = _one_sided(layer, xp, xn, wp, wn, bp, r, self.stabilizer, sign=positive_sign)
+        result = _one_sided(layer, x, z, xp, xn, wp, wn, bp, r, self.stabilizer, sign=positive_sign)
         if self.alpha != 1:
             result.mul_(self.alpha)
         if self.beta:
-            result.sub_(_one_sided(layer, xp, xn, wn, wp, bn, r, self.stabilizer, sign=-1), alpha=self.beta)
+            result.sub_(_one_sided(layer, x, z, xp, xn, wn, wp, bn, r, self.stabilizer, sign=-1), alpha=self.beta)
         return result
 
 
-def _one_sided(layer: Affine, xp: Tensor, xn: Tensor | None, w_same: Tensor, w_other: Tensor,
-               bias: Tensor | None, r: Tensor, stabilizer: float, mask: Tensor | None = None,
+def _one_sided(layer: Affine, x: Tensor, z_out: Tensor, xp: Tensor, xn: Tensor | None, w_same: Tensor,
+               w_other: Tensor, bias: Tensor | None, r: Tensor, stabilizer: float, mask: Tensor | None = None,
                sign: int = 0) -> Tensor:
-    """Relevance of the contributions ``x+ w_same (+bias) + x- w_other``, normalised by their sum.
+    """Relevance of the contributions ``x+ w_same (+bias) + x- w_other``, normalised by their sum
+    (``xp``, ``xn``: the parts of the layer input ``x``; ``z_out``: the layer output).
 
     ``sign=+1``/``-1`` says the sum is known to be >= 0 / <= 0 (alpha-beta with matching weight
-    signs), so the stabiliser is a single in-place shift; a zero sum then has zero contributions,
-    so the choice of sign for exact zeros does not change the result.
+    signs), so the stabiliser is a single shift; a zero sum then has zero contributions, so the
+    choice of sign for exact zeros does not change the result. The sum depends on ``x`` alone: it
+    is a shared term (:func:`relprop.rules.base.shared_term`).
     """
-    z = layer.apply(xp, w_same, bias)
-    if xn is not None:
-        z.add_(layer.apply(xn, w_other))
-    if sign > 0:
-        s = torch.div(r, z.add_(stabilizer), out=z)
-    elif sign < 0:
-        s = torch.div(r, z.sub_(stabilizer), out=z)
-    else:
-        s = normalize(r, z, stabilizer)
+    key = f"one-sided:{id(w_same)}:{id(w_other)}:{id(bias)}:{stabilizer}:{sign}"
+    z = shared_term(key, x, z_out, lambda x, _: _contributions(layer, x, xn is None, w_same, w_other, bias,
+                                                               sign * stabilizer))
+    assert isinstance(z, Tensor)
+    s = torch.div(r, z) if sign else normalize(r, z, stabilizer)
     if mask is not None:
         s.mul_(mask)
     out = layer.transpose(s, w_same, xp).mul_(xp)
     if xn is not None:
         out.add_(layer.transpose(s, w_other, xn).mul_(xn))
     return out
+
+
+def _contributions(layer: Affine, x: Tensor, nonnegative: bool, w_same: Tensor, w_other: Tensor,
+                   bias: Tensor | None, shift: float) -> Tensor:
+    """``layer(x+, w_same, bias) + layer(x-, w_other) + shift``."""
+    xp, xn = _split(x, nonnegative)
+    z = layer.apply(xp, w_same, bias)
+    if xn is not None:
+        z.add_(layer.apply(xn, w_other))
+    return z.add_(shift) if shift else z
 
 
 def ZPlus(stabilizer: float = 1e-6) -> AlphaBeta:
@@ -160,8 +168,8 @@ class Gamma(AffineRule):
         xp, xn = _split(x, nonnegative)
         pos_mask = (z > 0).to(r.dtype)
         neg_mask = (z < 0).to(r.dtype)
-        out = _one_sided(layer, xp, xn, w_up, w_down, b_up, r, self.stabilizer, pos_mask)
-        return out + _one_sided(layer, xp, xn, w_down, w_up, b_down, r, self.stabilizer, neg_mask)
+        out = _one_sided(layer, x, z, xp, xn, w_up, w_down, b_up, r, self.stabilizer, pos_mask)
+        return out + _one_sided(layer, x, z, xp, xn, w_down, w_up, b_down, r, self.stabilizer, neg_mask)
 
 
 @dataclass(frozen=True)
@@ -254,8 +262,14 @@ class ZBox(AffineRule):
         else:
             bias = None if bp is None else (bp + bn if layer.layer_type == "linear" else (bp + bn).view(
                 1, -1, *([1] * layer.nd)))
-        zb = z - bias if bias is not None else z.clone()
-        _subtract_bound_response(layer, _subtract_bound_response(layer, zb, x, low, "w+", wp), x, high, "w-", wn)
+
+        def denominator(x: Tensor, z: Tensor) -> Tensor:
+            low, high = self._bounds(x)
+            zb = z - bias if bias is not None else z.clone()
+            return _subtract_bound_response(layer, _subtract_bound_response(layer, zb, x, low, "w+", wp),
+                                            x, high, "w-", wn)
+        zb = shared_term(f"zbox:{self.low!r}:{self.high!r}:{self.bias}", x, z, denominator)
+        assert isinstance(zb, Tensor)
         s = normalize(r, zb, self.stabilizer)
         del zb
         if layer.layer_type == "conv" and layer.groups == 1:

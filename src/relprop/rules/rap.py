@@ -15,7 +15,7 @@ import torch
 from ..numerics import per_sample_sum, quotient_, safe_divide, shift_excess_
 from ..ops import Affine
 from ..options import check_rule_field, choice
-from .base import AffineRule
+from .base import AffineRule, shared_term
 
 Tensor = torch.Tensor
 
@@ -39,16 +39,18 @@ def _abs_negative(layer: Affine) -> Tensor:
     return _stacked(layer)[layer.weight.shape[0]:]
 
 
-def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor]:
-    """``z+`` (one extra convolution) and ``z-``; for ``x >= 0`` the latter is ``z+ - (z - b)``,
-    from the forward pass's own output (issue note: no second extra convolution), else computed."""
+def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``z+`` (one extra convolution), ``z-`` and ``z+ + z-``; for ``x >= 0``, ``z-`` is ``z+ - (z - b)``,
+    from the forward pass's own output (no second extra convolution), else computed."""
     zp = layer.apply(xp, _positive(layer))
     if nonnegative:
         zn = torch.sub(zp, z)
         if layer.bias is not None:
             zn.add_(layer.broadcast_bias(z))
-        return zp, zn.clamp_(min=0)
-    return zp, layer.apply(xp, _abs_negative(layer))
+        zn.clamp_(min=0)
+    else:
+        zn = layer.apply(xp, _abs_negative(layer))
+    return zp, zn, torch.add(zp, zn)
 
 
 @dataclass(frozen=True)
@@ -101,18 +103,20 @@ class RAPHidden(AffineRule):
         if self.one_by_one == "abs" and layer.unit_kernel:
             w_abs = layer.cached("|w|", lambda: layer.weight.abs())
             xa = x.abs()
-            return layer.transpose(safe_divide(r, layer.apply(xa, w_abs)), w_abs, x).mul_(xa)
+            za = shared_term("rap:|x||w|", x, z, lambda x, _: layer.apply(x.abs(), w_abs))
+            assert isinstance(za, Tensor)
+            return layer.transpose(safe_divide(r, za), w_abs, x).mul_(xa)
         xp = x if nonnegative else x.clamp(min=0)
-        zp, zn = _pre_activations(layer, xp, z, nonnegative)
+        zp, zn, total = shared_term("rap:z+,z-", x, z, lambda x, z: _pre_activations(
+            layer, x if nonnegative else x.clamp(min=0), z, nonnegative))
         # both parts' scaled relevance side by side, for one transposed map with [w+; |w-|]
         stacked = r.new_empty((r.shape[0], 2, *r.shape[1:]))
         to_positive, to_negative = stacked[:, 0], stacked[:, 1]
-        total = torch.add(zp, zn)
         if layer.layer_type == "linear":
             quotient_(r, total, out=to_negative)
             quotient_(r, zp, out=to_positive)
         else:
-            relative = quotient_(r, total, out=total)
+            relative = quotient_(r, total, out=torch.empty_like(total))
             quotient_(torch.clamp(r, min=0, out=to_positive), zp)
             quotient_(torch.clamp(r, max=0, out=to_negative), zn).add_(relative)
             del relative

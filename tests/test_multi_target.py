@@ -1,0 +1,191 @@
+"""Several targets per sample in one call: ``target`` with K classes per sample gives maps shaped
+(B, K, ...) equal to K separate calls, for every registered method; the methods built on the
+backward interpreter run one forward pass for all targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import relprop
+from relprop.attribution.registry import get_method
+from relprop.multi_target import ClassTargets
+from relprop.propagate import Propagator
+from relprop.rules import Step
+from engine_checks import CHEAP_OPTIONS
+from misuse.model_state import assert_unchanged, snapshot
+
+F64 = torch.float64
+CLASSES = 7
+METHODS = relprop.methods()
+NATIVE = [m for m in METHODS if get_method(m).multi_target]
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class Block(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class SmallResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = Block(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.block(self.stem(x))), 1))
+
+
+def _model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = SmallCNN() if kind == "cnn" else SmallResNet()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # batch norms that do something
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.to(F64).eval()
+
+
+@pytest.fixture(scope="module", params=["cnn", "resnet"])
+def model(request):
+    return _model(request.param)
+
+
+def _x(batch: int = 3) -> torch.Tensor:
+    return torch.randn(batch, 3, 12, 12, generator=torch.Generator().manual_seed(2), dtype=F64)
+
+
+TARGETS = torch.tensor([[0, 3, 6], [2, 2, 5], [6, 1, 0]])
+
+
+def _explain(model, x, method, target, **extra):
+    accepted = get_method(method).options()
+    options = {k: v for k, v in CHEAP_OPTIONS.items() if k in accepted}
+    return relprop.explain(model, x, target=target, method=method, **options, **extra)
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6 * max(scale, 1e-12),
+                               msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_k_targets_equal_k_separate_calls(model, method):
+    x = _x()
+    before = snapshot(model)
+    maps = _explain(model, x, method, TARGETS)
+    assert maps.shape == (3, 3, *x.shape[1:])
+    for k in range(TARGETS.shape[1]):
+        _assert_close(maps[:, k], _explain(model, x, method, TARGETS[:, k]), f"{method}, target column {k}")
+    assert maps.abs().sum() > 0
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("method", ["lrp-cmp", "rap", "sglrp", "hedge"])
+def test_a_list_of_class_lists_and_k_1(model, method):
+    x = _x()
+    as_tensor = _explain(model, x, method, TARGETS)
+    _assert_close(_explain(model, x, method, TARGETS.tolist()), as_tensor, "list of lists")
+    one = _explain(model, x, method, [[c] for c in TARGETS[:, 1].tolist()])
+    assert one.shape == (3, 1, *x.shape[1:])
+    _assert_close(one[:, 0], _explain(model, x, method, TARGETS[:, 1].tolist()), "K = 1")
+
+
+def test_records_are_per_target(model):
+    x = _x()
+    name = "classifier.1" if isinstance(model, SmallCNN) else "fc"
+    maps, recorded = relprop.Explainer(model, "lrp-epsilon").explain(x, TARGETS, record=[name])
+    for k in range(TARGETS.shape[1]):
+        single, single_recorded = relprop.Explainer(model, "lrp-epsilon").explain(x, TARGETS[:, k], record=[name])
+        _assert_close(recorded[name][:, k], single_recorded[name], "recorded relevance")
+        _assert_close(maps[:, k], single, "relevance")
+
+
+def test_a_composite_explains_k_targets(model):
+    composite = relprop.Composite([(relprop.composite.by_type("conv", "linear"), relprop.rules.Gamma(0.3))],
+                                  name="gamma")
+    x = _x()
+    maps = relprop.explain(model, x, TARGETS, method=composite)
+    for k in range(TARGETS.shape[1]):
+        _assert_close(maps[:, k], relprop.explain(model, x, TARGETS[:, k], method=composite), "composite")
+
+
+@pytest.mark.parametrize("method", NATIVE)
+def test_one_forward_pass_serves_every_target(model, method, monkeypatch):
+    calls = []
+    original = Propagator.forward
+
+    def counted(self, x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Propagator, "forward", counted)
+    _explain(model, _x(), method, TARGETS)
+    assert calls == [3], f"{method}: forward passes of batch sizes {calls} for 3 samples x 3 targets"
+
+
+def test_shared_terms_are_computed_once_per_sample():
+    x, z = torch.randn(2, 4), torch.randn(2, 3)
+    step = Step(None, [x.repeat_interleave(3, 0)], (), {}, z.repeat_interleave(3, 0), None, False,
+                repeats=3, base_inputs=[x], base_output=z)
+    seen = []
+
+    def make(inputs, output):
+        seen.append(inputs[0].shape[0])
+        return inputs[0].sum(1) + output.sum(1)
+
+    term = step.shared("t", make)
+    assert step.shared("t", make) is term and seen == [2]
+    torch.testing.assert_close(term, (x.sum(1) + z.sum(1)).repeat_interleave(3))
+
+
+# -- misuse ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target,message", [
+    ([[0, 1], [2], [3, 4]], "same number K of classes"),
+    ([[0, 1], [2, 3]], "2 rows of classes for a batch of 3"),
+    (torch.tensor([[0, 1], [2, 3], [4, 5], [6, 0]]), "4 rows of classes for a batch of 3"),
+    ([[0, 1], [2, 3], [4, 7]], r"target \[7\] out of range: the model has 7 classes"),
+    ([[0, -1], [2, 3], [4, 5]], r"out of range"),
+    (torch.zeros(3, 0, dtype=torch.long), "K = 0"),
+    ([[], [], []], "K = 0"),
+    (torch.zeros(3, 2), "integer class indices, got dtype torch.float32"),
+    ([[0, 1.5], [2, 3], [4, 5]], "integer class indices, got float"),
+    ([[0, 1], 2, [4, 5]], "mixes class indices and class lists"),
+])
+@pytest.mark.parametrize("method", ["lrp-cmp", "gradient"])
+def test_misuse_is_refused_clearly(model, target, message, method):
+    with pytest.raises(ValueError, match=message):
+        relprop.explain(model, _x(), target, method=method)
+
+
+def test_class_targets_reshape_rows():
+    targets = ClassTargets(torch.tensor([[1, 2], [3, 4], [5, 6]]))
+    assert targets.flat().tolist() == [1, 2, 3, 4, 5, 6]
+    rows = torch.arange(6.0).view(6, 1)
+    assert targets.unflatten(rows)[:, :, 0].tolist() == [[0, 1], [2, 3], [4, 5]]
