@@ -6,6 +6,7 @@ is left as it was, and CP-LRP equals lxt 2.1's efficient CP-LRP patches."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 import textwrap
@@ -310,3 +311,21 @@ def test_cp_lrp_equals_lxt_on_vit_b_16_config(tmp_path):
                   num_classes=1000)
     error = _parity(config, tmp_path, seed=5)
     assert error < 1e-6, error
+
+
+#: methods that are not defined on token sequences, and the words of their clear refusal
+REFUSED_ON_TOKENS = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "pass layer=",
+                     "hedge": "pass layer=", "fullgrad": "convolutional feature maps"}
+
+
+@pytest.mark.parametrize("method", sorted(relprop.methods()))
+def test_every_method_explains_a_vit_or_refuses_clearly(method):
+    """No method fails on a ViT with an obscure error from deep inside a rule: it explains (finite,
+    shaped like the image) or raises a ValueError that says why."""
+    model, x = small_vit(), image()
+    if method in REFUSED_ON_TOKENS:
+        with pytest.raises(ValueError, match=re.escape(REFUSED_ON_TOKENS[method])):
+            relprop.explain(model, x, target=1, method=method)
+        return
+    r = relprop.explain(model, x, target=1, method=method)
+    assert r.shape == x.shape and bool(r.isfinite().all())

@@ -17,7 +17,8 @@ def default_layer(graph: Graph) -> str:
     pooling = (ops.MaxPool, ops.AvgPool)
     pools = [n for n in graph.nodes if isinstance(n.op, pooling)]
     if not pools:
-        raise ValueError("hedge needs a pooling layer to find its default start layer; pass layer=")
+        raise ValueError("the default start layer is the input of the last pooling layer, and this model has "
+                         "none: pass layer=<node name> (see relprop.graph.describe)")
     node = graph.nodes[pools[-1].inputs[0]]
     while isinstance(node.op, pooling) and node.inputs:  # VGG: avgpool follows the last max pool
         node = graph.nodes[node.inputs[0]]

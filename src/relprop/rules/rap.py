@@ -15,7 +15,7 @@ import torch
 from ..numerics import per_sample_sum, quotient_, safe_divide, shift_excess_
 from ..ops import Affine
 from ..options import check_rule_field, choice
-from .base import AffineRule, shared_term
+from .base import AffineRule, require_feature_vectors, shared_term
 
 Tensor = torch.Tensor
 
@@ -63,6 +63,7 @@ class RAPOutput(AffineRule):
     """
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        require_feature_vectors(layer, x, type(self).__name__)
         if layer.layer_type != "linear" or x.dim() != 2:
             raise ValueError(f"RAP's first propagation needs a linear output layer, got {layer.path!r}")
         target = r.abs().argmax(dim=1)
@@ -100,6 +101,7 @@ class RAPHidden(AffineRule):
         check_rule_field(self, "one_by_one", choice("rap", "abs"))
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        require_feature_vectors(layer, x, type(self).__name__)
         if self.one_by_one == "abs" and layer.unit_kernel:
             w_abs = layer.cached("|w|", lambda: layer.weight.abs())
             xa = x.abs()

@@ -19,7 +19,7 @@ import torch
 
 from ..numerics import per_sample, per_sample_sum, safe_divide, uniform_shift
 from ..ops import Affine
-from .base import AffineRule, Rule, Step
+from .base import AffineRule, require_feature_vectors, Rule, Step
 
 Tensor = torch.Tensor
 
@@ -82,6 +82,7 @@ class FirstPropagation(AffineRule):
     center: bool = True
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        require_feature_vectors(layer, x, type(self).__name__)
         c = _share(layer, x, nonnegative, r, promoting=True)
         c.sub_(_share(layer, x, nonnegative, r, promoting=False))
         return _zero_sum(c) if self.center else c
@@ -106,6 +107,7 @@ class Flow(AffineRule):
         check_flow(self.flow)
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        require_feature_vectors(layer, x, type(self).__name__)
         kappa = KAPPA[self.flow]
         if self.bias and layer.bias is not None:
             r = r - kappa * bias_effect(layer, r)

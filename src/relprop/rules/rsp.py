@@ -18,7 +18,7 @@ import torch
 
 from ..numerics import safe_divide
 from ..ops import Affine
-from .base import AffineRule
+from .base import AffineRule, require_feature_vectors
 
 Tensor = torch.Tensor
 
@@ -40,6 +40,7 @@ class RSPRule(AffineRule):
     """One RSP layer (per sample; the official code runs a batch of one)."""
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        require_feature_vectors(layer, x, type(self).__name__)
         xp = x if nonnegative else x.clamp(min=0)
         one_by_one = layer.unit_kernel
         outputs = [self._sample(layer, xp[b:b + 1], r[b:b + 1], one_by_one) for b in range(x.shape[0])]
