@@ -329,3 +329,23 @@ def test_every_method_explains_a_vit_or_refuses_clearly(method):
         return
     r = relprop.explain(model, x, target=1, method=method)
     assert r.shape == x.shape and bool(r.isfinite().all())
+
+
+# -- ConvNeXt: layer norms over channels, a learned per-channel layer scale ------------------------
+def test_cp_lrp_conserves_on_convnext_tiny():
+    """Random-init torchvision convnext_tiny in float64 with every bias and layer-norm beta zeroed:
+    CP-LRP's input relevance sums to the target logit (its channels-first layer norms are traced
+    through their permutes, its layer scale is a product with a constant)."""
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny().double().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+            if hasattr(module, "layer_scale"):
+                module.layer_scale.uniform_(0.5, 1.5)  # not the tiny 1e-6 of the initialisation
+    x = image(batch=1, side=64)
+    r = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0)
+    logit = model(x)[0, 3]
+    assert r.shape == x.shape
+    torch.testing.assert_close(r.sum(), logit.detach(), rtol=1e-6, atol=0.0)

@@ -337,9 +337,10 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
 
 #: the operation kinds that take constants (parameters and buffers read in a forward, and values
 #: computed from them alone) besides their tensor inputs: a sum with a constant term (absorbing
-#: its share like a bias), a concatenation with constant entries (which receive nothing) and a
-#: layer norm with its weight and bias
-_TAKE_CONSTANTS = ("add", "concat", "layernorm")
+#: its share like a bias), a concatenation with constant entries (which receive nothing), a layer
+#: norm with its weight and bias, and a product with or division by a constant factor (a learned
+#: per-channel scale such as ConvNeXt's layer scale: relevance passes to the tensor factor)
+_TAKE_CONSTANTS = ("add", "concat", "layernorm", "multiply", "scale")
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def fullgrad_parts(model, x: Tensor, target: Target) -> tuple[Tensor, dict[str, 
         bias = biases[name].to(grad.dtype)
         if grad.dim() < 2 or grad.shape[1] != bias.numel():
             raise ValueError(f"fullgrad needs channels in dimension 1 at every layer with a bias; {name!r} "
-                             f"outputs {tuple(grad.shape)} for {bias.numel()} bias values (a transformer's "
+                             f"outputs {tuple(grad.shape)} for {bias.numel()} bias values (channels last, or a transformer's "
                              "tokens?): FullGrad is defined for convolutional feature maps")
         parts[name] = grad * bias.view(1, -1, *([1] * (grad.dim() - 2)))
     return x.detach() * grads[0], parts, indices
