@@ -22,7 +22,7 @@ from relprop.rules import Epsilon, Rule, Step
 # -- example 1: a rule for a new operation kind ---------------------------------------------------
 class ChannelAffine(nn.Module):
     """A user's layer: ``y = gamma * x + beta`` per channel (a frozen batch norm, as in detection
-    backbones); it reads its parameters in its own forward, which relprop cannot trace through."""
+    backbones), written with a fused multiply-add that relprop has no rule for."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -30,7 +30,7 @@ class ChannelAffine(nn.Module):
         self.beta = nn.Parameter(torch.randn(channels) * 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
+        return torch.addcmul(self.beta.view(1, -1, 1, 1), x, self.gamma.view(1, -1, 1, 1))
 
 
 class ChannelAffineOp(Op):
@@ -69,7 +69,7 @@ def registered():
 
 
 def test_unregistered_layer_is_refused_naming_it():
-    with pytest.raises(UnsupportedOperationError, match="gamma"):
+    with pytest.raises(UnsupportedOperationError, match="addcmul"):
         relprop.explain(_model(), torch.rand(2, 3, 8, 8, dtype=torch.float64), target=1, method="lrp-epsilon")
 
 

@@ -128,17 +128,17 @@ def test_constant_token_and_embedding_absorb_their_share():
 
 
 def test_parameters_in_other_operations_are_still_refused():
-    class Scaled(nn.Module):
+    class Permuted(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.scale = nn.Parameter(torch.ones(3))
+            self.register_buffer("index", torch.tensor([2, 0, 1]))
             self.head = nn.Linear(3, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(x * self.scale)
+            return self.head(x[:, self.index])
 
-    with pytest.raises(relprop.UnsupportedOperationError, match="reads the parameter or buffer 'scale' directly"):
-        relprop.explain(Scaled().eval(), torch.randn(2, 3), target=0, method="lrp-z")
+    with pytest.raises(relprop.UnsupportedOperationError, match="reads the parameter or buffer 'index' directly"):
+        relprop.explain(Permuted().eval(), torch.randn(2, 3), target=0, method="lrp-z")
 
 
 # -- conservation ----------------------------------------------------------------------------------
