@@ -349,3 +349,25 @@ def test_cp_lrp_conserves_on_convnext_tiny():
     logit = model(x)[0, 3]
     assert r.shape == x.shape
     torch.testing.assert_close(r.sum(), logit.detach(), rtol=1e-6, atol=0.0)
+
+
+#: methods not defined on ConvNeXt's channels-last linear layers, and the words of their refusal
+REFUSED_ON_CONVNEXT = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
+                       "fullgrad": "channels in dimension 1"}
+
+
+@pytest.fixture(scope="module")
+def convnext() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.convnext_tiny(num_classes=10).eval()
+
+
+@pytest.mark.parametrize("method", sorted(relprop.methods()))
+def test_every_method_explains_a_convnext_or_refuses_clearly(method, convnext):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    if method in REFUSED_ON_CONVNEXT:
+        with pytest.raises(ValueError, match=re.escape(REFUSED_ON_CONVNEXT[method])):
+            relprop.explain(convnext, x, target=1, method=method)
+        return
+    r = relprop.explain(convnext, x, target=1, method=method)
+    assert r.shape == x.shape and bool(r.isfinite().all())
