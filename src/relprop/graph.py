@@ -331,6 +331,7 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
     for i, n in enumerate(nodes):
         for j in n.inputs:
             nodes[j].users.append(i)
+    _mark_gates(nodes)
     _mark_attention(nodes)
     return Graph(nodes, fx_graph, position)
 
@@ -386,6 +387,23 @@ def _constants_read(node: fx.Node, constants: dict[fx.Node, list[str]]) -> list[
         if isinstance(a, fx.Node) and a in constants:
             names += [n for n in constants[a] if n not in names]
     return names
+
+
+def _mark_gates(nodes: list[Node]) -> None:
+    """For each product of two tensors (:class:`relprop.ops.Multiply`), which factor is a gate:
+    produced by a sigmoid or a hard-sigmoid (as in squeeze-excitation)."""
+    gate_kinds = (torch.sigmoid, "sigmoid", F.sigmoid, F.hardsigmoid)
+    for node in nodes:
+        if not isinstance(node.op, ops.Multiply) or len(node.inputs) != 2:
+            continue
+        found = None
+        for k, i in enumerate(node.inputs):
+            producer = nodes[i].op
+            if isinstance(producer, ops.Activation) and isinstance(producer.module, (nn.Sigmoid, nn.Hardsigmoid)):
+                found = k
+            if isinstance(producer, ops.FunctionalActivation) and producer.activation in gate_kinds:
+                found = k
+        node.op.gate = found
 
 
 def _mark_attention(nodes: list[Node]) -> None:

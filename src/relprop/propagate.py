@@ -80,7 +80,6 @@ class Propagator:
         self.affine = [n.op for n in self.graph.nodes if isinstance(n.op, ops.Affine)]
         #: whether all tensor inputs of each node are known to be non-negative
         self.nonnegative_inputs = [all(self.graph.nodes[i].nonnegative for i in n.inputs) for n in self.graph.nodes]
-        _mark_gates(self.graph)
 
     # -- set-up -------------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
@@ -321,23 +320,6 @@ class Propagator:
         if 0 in wanted:
             recorded[wanted[0]] = result
         return result, recorded
-
-
-def _mark_gates(graph: Graph) -> None:
-    """For each product of two tensors, which factor is a gate (produced by a sigmoid or a
-    hard-sigmoid): trace metadata of :class:`relprop.ops.Multiply` used by its rule."""
-    gate_kinds = (torch.sigmoid, "sigmoid", torch.nn.functional.sigmoid, torch.nn.functional.hardsigmoid)
-    for node in graph.nodes:
-        if not isinstance(node.op, ops.Multiply) or len(node.inputs) != 2:
-            continue
-        found = None
-        for k, i in enumerate(node.inputs):
-            producer = graph.nodes[i].op
-            if isinstance(producer, ops.Activation) and isinstance(producer.module, (nn.Sigmoid, nn.Hardsigmoid)):
-                found = k
-            if isinstance(producer, ops.FunctionalActivation) and producer.activation in gate_kinds:
-                found = k
-        node.op.gate = found
 
 
 def _evaluate(node: fx.Node, args: tuple, kwargs: dict, model: nn.Module) -> object:
