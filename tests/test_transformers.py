@@ -239,17 +239,36 @@ _LXT_SIDE = textwrap.dedent('''
     efficient.__path__ = [os.path.join(os.path.dirname(lxt.__file__), "efficient")]
     sys.modules["lxt.efficient"] = efficient
     from lxt.efficient.patches import (cp_multi_head_attention_forward, layer_norm_forward,
-                                       non_linear_forward, patch_method)
+                                       non_linear_forward, patch_method, wrap_attention_forward)
     from torchvision.models import vision_transformer
 
-    # lxt/efficient/models/vit_torch.py: cp_LRP, as monkey_patch(vision_transformer) applies it
-    cp_LRP = {
+    def eager_attention(module, query, key, value):
+        """Scaled dot-product attention of (batch, heads, tokens, width) tensors, written out as the
+        eager attention functions that lxt's AttnLRP wrapper is made for."""
+        scores = torch.matmul(query, key.transpose(-2, -1)) / query.shape[-1] ** 0.5
+        return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+    def attnlrp_multi_head_attention_forward(self, query, key, value, *args, **kwargs):
+        """torchvision's self-attention (packed projections, batch first, no mask, no dropout) with
+        lxt's AttnLRP attention wrapper (query and key gradients divided by 4, value by 2: the uniform
+        rule of both matrix products; the softmax left to gradient x input, its Taylor rule)."""
+        e, h = self.embed_dim, self.num_heads
+        n, length = query.shape[:2]
+        q, k, v = torch.nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias).split(e, dim=-1)
+        q, k, v = (t.reshape(n, length, h, e // h).transpose(1, 2) for t in (q, k, v))
+        out = wrap_attention_forward(eager_attention)(self, q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, e)), None
+
+    # lxt/efficient/models/vit_torch.py: cp_LRP, as monkey_patch(vision_transformer) applies it;
+    # "attnlrp": the same with lxt's AttnLRP attention wrapper in place of its CP-LRP attention
+    attention = {"cp-lrp": cp_multi_head_attention_forward, "attnlrp": attnlrp_multi_head_attention_forward}
+    patches = {
         vision_transformer.nn.GELU: partial(patch_method, non_linear_forward, keep_original=True),
         vision_transformer.nn.LayerNorm: partial(patch_method, layer_norm_forward),
-        vision_transformer.nn.MultiheadAttention: partial(patch_method, cp_multi_head_attention_forward,
+        vision_transformer.nn.MultiheadAttention: partial(patch_method, attention[sys.argv[3]],
                                                           keep_original=True),
     }
-    for target, patch in cp_LRP.items():
+    for target, patch in patches.items():
         assert patch(target), target
     state, x, c, config = torch.load(sys.argv[1])
     model = vision_transformer.VisionTransformer(**config).double()
@@ -264,13 +283,14 @@ _LXT_SIDE = textwrap.dedent('''
 ''')
 
 
-def _lxt_map(model: nn.Module, x: torch.Tensor, target: int, config: dict, tmp_path) -> torch.Tensor:
+def _lxt_map(model: nn.Module, x: torch.Tensor, target: int, config: dict, tmp_path,
+             variant: str = "cp-lrp") -> torch.Tensor:
     if importlib.util.find_spec("lxt") is None:
         pytest.skip("lxt 2.1 is not installed (pip install lxt==2.1 --no-deps; its ViT patches need only torch)")
     (tmp_path / "lxt_side.py").write_text(_LXT_SIDE)
     torch.save((model.state_dict(), x, target, config), tmp_path / "in.pt")
     done = subprocess.run([sys.executable, str(tmp_path / "lxt_side.py"), str(tmp_path / "in.pt"),
-                           str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=600)
+                           str(tmp_path / "out.pt"), variant], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     reference, logits = torch.load(tmp_path / "out.pt")
     with torch.no_grad():
@@ -278,11 +298,11 @@ def _lxt_map(model: nn.Module, x: torch.Tensor, target: int, config: dict, tmp_p
     return reference
 
 
-def _parity(config: dict, tmp_path, seed: int) -> float:
+def _parity(config: dict, tmp_path, seed: int, variant: str = "cp-lrp") -> float:
     model = small_vit(seed, **config)
     x = image(1, config.get("image_size", 32), seed)
-    reference = _lxt_map(model, x, 3, {**SMALL, **config}, tmp_path)
-    ours = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0).sum(1)
+    reference = _lxt_map(model, x, 3, {**SMALL, **config}, tmp_path, variant)
+    ours = relprop.explain(model, x, target=3, method=variant, epsilon=0.0).sum(1)
     return float((ours - reference).norm() / reference.norm())
 
 
@@ -303,13 +323,29 @@ def test_cp_lrp_equals_lxt(tmp_path):
     assert error < 1e-6, error
 
 
+def test_attnlrp_equals_lxt(tmp_path):
+    """relprop: ``method="attnlrp", epsilon=0.0``: as cp-lrp above, except inside attention, where the
+    softmax gets AttnLRP's Taylor rule (Prop. 3.1) and both matrix products the uniform rule over their
+    two factors (Prop. 3.3). lxt 2.1 does not patch torchvision's attention for AttnLRP (its ViT
+    configuration detaches query and key, the CP-LRP rule), but it implements AttnLRP's attention for
+    eager attention functions (``lxt.efficient.patches.wrap_attention_forward``: gradients of query
+    and key divided by 4, of the value by 2, softmax by gradient x input). The lxt side here replaces
+    ``nn.MultiheadAttention.forward`` by torchvision's arithmetic (packed input projection, heads,
+    scaled scores, softmax, weighted values, output projection) with that wrapper around the eager
+    attention, and keeps lxt's GELU and LayerNorm patches; everything else as in the cp-lrp test.
+    Agreement: relative L2 error below 1e-6."""
+    error = _parity({}, tmp_path, seed=6, variant="attnlrp")
+    assert error < 1e-6, error
+
+
 @pytest.mark.slow
-def test_cp_lrp_equals_lxt_on_vit_b_16_config(tmp_path):
+@pytest.mark.parametrize("variant", ["cp-lrp", "attnlrp"])
+def test_equals_lxt_on_vit_b_16_config(tmp_path, variant):
     """As above on the ``vit_b_16`` configuration (224 pixels, 16-pixel patches, 12 layers of 12
     heads, 768 wide, random weights: nothing is downloaded)."""
     config = dict(image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072,
                   num_classes=1000)
-    error = _parity(config, tmp_path, seed=5)
+    error = _parity(config, tmp_path, seed=5, variant=variant)
     assert error < 1e-6, error
 
 
