@@ -192,7 +192,7 @@ def test_verdict_counts_pairwise_orders() -> None:
 def test_jobs_cover_every_protocol() -> None:
     jobs = P.jobs("small", ["shapes_vgg", "efficientnet_lite0"])
     papers = {p for j in jobs for p in j.papers}
-    assert papers == {"000", "001", "002", "003", "004"}
+    assert papers == {"000", "001", "002", "003", "004", "transformers"}
     loc = next(j for j in jobs if "localisation" in j.label and j.config.model == "shapes_vgg")
     assert len(loc.config.method_options["lrp-cmp"]) == len(P.CMP_VARIANTS)
     hv = next(j for j in jobs if "hedge" in j.label and j.config.model == "shapes_vgg")
@@ -202,7 +202,7 @@ def test_jobs_cover_every_protocol() -> None:
     assert {h.get("gamma", 2.0) for h in hedge} == set(P.HEDGE_GAMMAS)
     assert {"second", "labels", "predicted"} <= {j.config.targets for j in jobs}
     assert all(j.config.limit == 64 for j in jobs if j.config.model == "shapes_vgg"
-               and ("localisation" in j.label or "segmentation" in j.label))
+               and ("localisation" in j.label or "segmentation" in j.label) and "transformers" not in j.papers)
     only = P.jobs("small", ["shapes_vgg"], methods=["sglrp"])
     assert only and all(j.config.methods == ["sglrp"] for j in only)
 
@@ -251,3 +251,60 @@ def test_verdict_reasons_follow_the_data() -> None:
     assert "synthetic shapes" in verdict(order, ours, higher=True)
     text = verdict(order, ours, higher=True, photos=True)
     assert DATA_PHOTOS in text and "synthetic shapes" not in text
+
+
+@pytest.fixture(scope="module")
+def transformer_pipeline(tmp_path_factory):
+    """The transformer section's jobs alone (sizes with ``transformers`` only), two scenes, random weights."""
+    tmp = tmp_path_factory.mktemp("transformers")
+    P.SIZES["test-transformers"] = P.Size(shapes={"shapes_vgg": 2}, randomisation=0, lerf_step=1000,
+                                          transformers={"shapes_vgg": 2})
+    try:
+        torch.set_num_threads(2)
+        rc = _reproduce().main(["--store", str(tmp / "r.sqlite"), "--size", "test-transformers", "--models",
+                                "shapes_vgg", "--model-option", "shapes_vgg.weights=false", "--methods",
+                                "cp-lrp,gradient,sglrp", "--out", str(tmp / "results.md"), "--no-figures",
+                                "--no-progress"])
+    finally:
+        del P.SIZES["test-transformers"]
+    assert rc == 0
+    return tmp
+
+
+def test_transformer_section_is_apart_from_the_papers(transformer_pipeline) -> None:
+    """The transformer jobs are runs of their own: the papers' tables do not read them, the section does,
+    and its MoRF - LeRF column is the per-pair difference of the two AOPCs in the store."""
+    from relprop.reproduce.rundata import load_runs
+    from relprop.reproduce.sections.transformers import area_between_items
+
+    text = (transformer_pipeline / "results.md").read_text()
+    section = text[text.index("## Beyond the papers: transformers"):text.index("## With ImageNet")]
+    assert "#### Localisation (shapes_vgg" in section and "#### Faithfulness (shapes_vgg" in section
+    runs = load_runs([transformer_pipeline / "r.sqlite"])
+    mine = [r for r in runs if r.protocol == "transformers"]
+    assert len(mine) == 2 and {r.boxes for r in mine} == {True, False}
+    assert all(r.dataset == "shapes" for r in mine)
+    papers = [r for r in runs if r.protocol == "papers"]
+    assert papers and all(not P.is_transformer_run(r.dataset) for r in papers)
+    pred = next(r for r in mine if not r.boxes)
+    options = P.faithfulness_options(64)
+    morf, lerf = P.key("aopc_morf", options), P.key("aopc_lerf", options)
+    items = area_between_items(pred, "gradient", morf, lerf)
+    assert len(items) == 2
+    gap = sum(i[2] for i in items) / len(items)
+    assert gap == pytest.approx(pred.mean("gradient", morf) - pred.mean("gradient", lerf), rel=1e-9)
+    row = _row(section, "#### Faithfulness (shapes_vgg", "gradient")
+    assert row[3].startswith(f"{gap:.3f}")
+
+
+def test_transformer_jobs() -> None:
+    """shapes_vit gets the transformer section's jobs only; the CNNs get them without the attention-only
+    methods, beside the papers' jobs."""
+    jobs = P.jobs("small", ["shapes_vit", "shapes_vgg"])
+    vit = [j for j in jobs if j.config.model == "shapes_vit"]
+    assert vit and all(j.papers == ("transformers",) for j in vit)
+    assert set(vit[0].config.methods) == set(P.TRANSFORMER_METHODS)
+    cnn = [j for j in jobs if j.config.model == "shapes_vgg" and j.papers == ("transformers",)]
+    assert len(cnn) == 2 and not set(P.ATTENTION_ONLY) & set(cnn[0].config.methods)
+    assert {j.config.dataset for j in cnn} == set(P.TRANSFORMER_DATASETS)
+    assert any(j.papers != ("transformers",) for j in jobs if j.config.model == "shapes_vgg")

@@ -127,6 +127,14 @@ ORDERS: dict[str, Order] = {
                           "random", why=f"{_DATA}; {_MODEL}"),
     "004-energy-low": _o("Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 13 at E = 10%", "guided-gradcam", "sglrp", ("clrp", "lrp-alpha1beta0"),
                          "random", why=f"{_DATA}; {_MODEL}"),
+    "vit-faithfulness": _o("Achtibat et al. 2024 [Achtibat2024-AttnLRP], faithfulness of ViT explanations (area between "
+                           "the MoRF and LeRF perturbation curves, ViT-B-16 on ImageNet)", "attnlrp",
+                           ("transformer-attribution", "attention-rollout"),
+                           why="data: 64 x 64 synthetic shapes and a 4-layer ViT of 8-pixel patches instead of "
+                               "ImageNet and ViT-B-16, so attention spans few patches and few layers; method: "
+                               "rollout and transformer-attribution are patch-level maps (upsampled), which the "
+                               "patch-wise perturbation here does not penalise, whereas pixel maps are summed "
+                               "over each patch"),
 }
 
 

@@ -23,12 +23,14 @@ from ..evaluate.store import variant_key
 
 __all__ = ["PAPER_SIDE", "SIZES", "Job", "Size", "boxes_only", "jobs", "scaled_count", "input_side",
            "default_dataset", "M000", "M001", "M002", "M003", "M004", "HEDGE_ABLATION", "HEDGE_GAMMAS", "CMP_VARIANTS",
-           "RANDOMISED", "hedge_variants", "localisation_methods"]
+           "RANDOMISED", "hedge_variants", "localisation_methods", "TRANSFORMER_METHODS", "ATTENTION_ONLY",
+           "TRANSFORMER_MODELS", "TRANSFORMER_DATASETS", "faithfulness_options", "transformer_scenes",
+           "transformer_boxes", "is_transformer_run"]
 
 #: input side of the papers' ImageNet / VOC models; pixel counts are given for it
 PAPER_SIDE = 224
 #: input side of relprop's models (others: 224)
-_SIDES = {"shapes_vgg": 64, "shapes_resnet": 64}
+_SIDES = {"shapes_vgg": 64, "shapes_resnet": 64, "shapes_vit": 64}
 
 # -- methods of each paper ---------------------------------------------------------------------------
 #: Nam et al. 2020 [Nam2020-RAP], Table 1 (Pattern Attribution has no relprop implementation)
@@ -42,6 +44,14 @@ M002 = ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "
 M003 = ("lrp-z", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop", "lrp-cmp")
 #: Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11 / 13: "LRP" is LRP-alpha1beta0 (the rule CLRP and SGLRP build on)
 M004 = ("lrp-alpha1beta0", "clrp", "sglrp", "guided-gradcam")
+
+#: "Beyond the papers: transformers": the methods compared on ``shapes_vit`` and the shipped CNNs
+TRANSFORMER_METHODS = ("attnlrp", "cp-lrp", "attention-rollout", "transformer-attribution", "sglrp", "clrp",
+                       "gradient", "input-x-gradient", "gradcam")
+#: of those, the methods defined on attention only (left out for the CNNs)
+ATTENTION_ONLY = ("attention-rollout", "transformer-attribution")
+#: models evaluated only in the transformer section (the papers' protocols are for CNNs)
+TRANSFORMER_MODELS = ("shapes_vit",)
 
 #: methods of the sanity check (Nam et al. [Nam-Hedge], Fig. 6: hedge; guided backprop is known to fail it)
 RANDOMISED = ("hedge", "gradcam", "guided-backprop")
@@ -105,6 +115,44 @@ def boxes_only(dataset: str = "shapes", **options: Any) -> Dataset:
     return _BoxesOnly(get_dataset(dataset, **options))  # type: ignore[return-value]
 
 
+class _Renamed:
+    """``dataset`` under another name, so that the transformer section's runs are told apart from the
+    papers' runs of the same model in one store."""
+
+    def __init__(self, dataset: Dataset, name: str) -> None:
+        self.inner = dataset
+        self.name = name
+        self.class_names = dataset.class_names
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.inner[index]
+
+
+def transformer_scenes(dataset: str = "shapes", **options: Any) -> Dataset:
+    """The registered data set ``dataset`` for the transformer section's perturbation job."""
+    from ..data.registry import get_dataset
+
+    return _Renamed(get_dataset(dataset, **options), f"{dataset}-transformers")  # type: ignore[return-value]
+
+
+def transformer_boxes(dataset: str = "shapes", **options: Any) -> Dataset:
+    """``dataset`` scored against boxes, for the transformer section's localisation job."""
+    return _Renamed(boxes_only(dataset, **options), f"{dataset}-transformers-boxes")  # type: ignore[return-value]
+
+
+#: the dataset specs of the transformer section's jobs
+TRANSFORMER_DATASETS = ("relprop.reproduce.protocols:transformer_scenes",
+                        "relprop.reproduce.protocols:transformer_boxes")
+
+
+def is_transformer_run(dataset_spec: str) -> bool:
+    """Whether a run's dataset spec is one of the transformer section's."""
+    return dataset_spec in TRANSFORMER_DATASETS
+
+
 # -- metric variants ------------------------------------------------------------------------------------
 
 
@@ -135,6 +183,16 @@ def topk_ks(side: int) -> list[int]:
     return sorted({max(2, scaled_count(k, side)) for k in (10, 100, 500, 1000, 2000, 5000)})
 
 
+def faithfulness_options(side: int, patch: int = 8) -> dict:
+    """Region perturbation of ``patch`` x ``patch`` squares (a ViT patch of ``shapes_vit``), removed by
+    zero (the data set's mean after normalisation), every 1/16 of the squares, most (MoRF) or least
+    (LeRF) relevant first: the AOPC of both orders and their difference, the area between the curves
+    that Achtibat et al. 2024 [Achtibat2024-AttnLRP] report as faithfulness."""
+    regions = (side // patch) ** 2
+    step = max(1, regions // 16)
+    return {"patch_size": patch, "counts": list(range(0, regions + 1, step)), "removal": "zero"}
+
+
 def pointing_options(side: int) -> dict:
     """TorchRay's 15-pixel tolerance scaled to the input side."""
     return {"tolerance": max(1, int(round(15 * side / PAPER_SIDE)))}
@@ -158,16 +216,20 @@ class Size:
     photos: Optional[int] = None
     photo_lerf_step: int = 400
     photo_randomisation: int = 0
+    #: images of the transformer section, per model (``shapes_vit`` and the shipped CNNs)
+    transformers: Optional[dict[str, Optional[int]]] = None
 
 
 SIZES: dict[str, Size] = {
     "tiny": Size(shapes={"shapes_vgg": 4, "shapes_resnet": 2}, randomisation=2, photos=1,
-                 lerf_step=1000, photo_lerf_step=1000),
+                 lerf_step=1000, photo_lerf_step=1000,
+                 transformers={"shapes_vit": 4, "shapes_vgg": 2, "shapes_resnet": 2}),
     "small": Size(shapes={"shapes_vgg": 64, "shapes_resnet": 16}, randomisation=4, lerf_step=400,
                   hedge_variants={"shapes_vgg": 32, "shapes_resnet": 16},
-                  perturbation={"shapes_vgg": 40, "shapes_resnet": 12}, photo_lerf_step=800),
+                  perturbation={"shapes_vgg": 40, "shapes_resnet": 12}, photo_lerf_step=800,
+                  transformers={"shapes_vit": 64, "shapes_vgg": 32, "shapes_resnet": 16}),
     "full": Size(shapes={"shapes_vgg": None, "shapes_resnet": None}, randomisation=200, photo_lerf_step=100,
-                 photo_randomisation=9),
+                 photo_randomisation=9, transformers={"shapes_vit": None, "shapes_vgg": None, "shapes_resnet": None}),
 }
 
 
@@ -219,10 +281,38 @@ def jobs(size: str | Size = "small", models: Sequence[str] = ("shapes_vgg", "sha
     return out
 
 
+def _transformer_jobs(sz: Size, model: str, dataset: str, base: dict) -> list[Job]:
+    """The transformer section's localisation and faithfulness jobs of ``model`` on ``dataset``."""
+    if sz.transformers is None or model not in sz.transformers or not dataset.startswith("shapes"):
+        return []
+    side = input_side(model)
+    methods = [m for m in TRANSFORMER_METHODS if model in TRANSFORMER_MODELS or m not in ATTENTION_ONLY]
+    limit = sz.transformers[model]
+    faith = faithfulness_options(side)
+    return [
+        Job(("transformers",), f"{model}: transformers, localisation (boxes)", EvaluationConfig(
+            dataset=TRANSFORMER_DATASETS[1], dataset_options={"dataset": dataset}, methods=methods,
+            targets="labels", limit=limit, metrics=["pointing_game", "outside_inside_ratio"],
+            metric_options={"pointing_game": pointing_options(side), "outside_inside_ratio": _OI}, **base)),
+        Job(("transformers",), f"{model}: transformers, faithfulness (MoRF / LeRF)", EvaluationConfig(
+            dataset=TRANSFORMER_DATASETS[0], dataset_options={"dataset": dataset}, methods=methods,
+            targets="predicted", limit=limit, metrics=["aopc_morf", "aopc_lerf"],
+            metric_options={"aopc_morf": faith, "aopc_lerf": faith}, **base)),
+    ]
+
+
 def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], batch_size: int, device: str,
               datasets: Optional[dict[str, str]], root: Optional[str]) -> list[Job]:
     out: list[Job] = []
+    transformer_jobs: list[Job] = []  # after the papers' jobs
     for model in models:
+        dataset = (datasets or {}).get(model, default_dataset(model))
+        opts = dict((model_options or {}).get(model, {}))
+        base = dict(model=model, model_options=opts, batch_size=batch_size, device=device, progress=False,
+                    root=root)
+        transformer_jobs += _transformer_jobs(sz, model, dataset, base)
+        if model in TRANSFORMER_MODELS:
+            continue
         side = input_side(model)
         dataset = (datasets or {}).get(model, default_dataset(model))
         shapes = dataset.startswith("shapes")
@@ -279,7 +369,7 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
         out.append(Job(("002",), f"{model}: cascading randomisation", EvaluationConfig(
             dataset=dataset, methods=list(RANDOMISED), targets="predicted",
             limit=rnd, metrics=["cascading_randomisation"], **base)))
-    return out
+    return out + transformer_jobs
 
 
 # -- keys the tables read -------------------------------------------------------------------------------

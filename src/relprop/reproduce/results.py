@@ -24,6 +24,7 @@ from .document import Doc, md_table
 from .rundata import RunData, load_runs
 from .sections import SECTIONS
 from .sections.common import runs_of
+from .sections.transformers import section as transformer_section
 
 __all__ = ["PAPERS", "REAL_DATA", "write_results"]
 
@@ -155,6 +156,7 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
     doc.add("# Results: the five papers' evaluations, reproduced with relprop", "")
     doc.add(*_intro(stores))
     doc.add(*header)
+    everything, runs = runs, [r for r in runs if r.protocol == "papers"]
     models = _models(runs)
     counts = []
     for model, dataset in models:
@@ -174,6 +176,7 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
             _qualitative(doc, paper, model, tag)
             if len(doc.lines) == n0:
                 doc.add("(no records for this protocol in the store)", "")
+    transformer_section(doc, everything)
     summary = ["## Summary: orderings against the papers", "",
                "Each row: a table or figure of a paper, and whether the methods come out in the paper's order "
                "(details and reasons next to each table below). In parentheses: of the paper's pairwise orders, "

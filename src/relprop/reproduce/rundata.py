@@ -19,6 +19,7 @@ import torch
 from ..evaluate.report import _curve_of, summarise_run
 from ..evaluate.store import Store
 from ..metrics.aggregate import RESAMPLES, Interval, Sums, bootstrap_sums, permutation_test
+from .protocols import TRANSFORMER_DATASETS, is_transformer_run
 
 __all__ = ["BOXES", "MULTI_LABEL", "Item", "RunData", "curve_items", "finite", "intervals", "load_runs",
            "pair_p_values", "scalar_items"]
@@ -44,6 +45,8 @@ class RunData:
     store: Optional[Path] = None
     run: int = 0
     n_samples: int = 0
+    #: "papers" (the five papers' protocols) or "transformers" (the section beyond the papers)
+    protocol: str = "papers"
 
     def mean(self, method: str, metric: str, statistic: str = "mean") -> float:
         row = self.cells.get((method, metric, statistic))
@@ -147,10 +150,13 @@ def load_runs(stores: Sequence[str | Path]) -> list[RunData]:
             for run in db.runs():
                 res = summarise_run(db, run["id"], uncertainty=False)  # intervals: from the items
                 opts = run["config"].get("dataset_options", {})
-                boxes = run["dataset"] in BOXES
-                data = RunData(dataset=str(opts.get("dataset", run["dataset"])) if boxes else run["dataset"],
+                transformers = is_transformer_run(run["dataset"])
+                boxes = run["dataset"] in BOXES or run["dataset"] == TRANSFORMER_DATASETS[1]
+                named = boxes or transformers
+                data = RunData(dataset=str(opts.get("dataset", run["dataset"])) if named else run["dataset"],
                                model=run["model"], targets=run["targets"], boxes=boxes, store=Path(path),
-                               run=run["id"], n_samples=db.sample_count(run["id"]).get("ok", 0))
+                               run=run["id"], n_samples=db.sample_count(run["id"]).get("ok", 0),
+                               protocol="transformers" if transformers else "papers")
                 for r in res["summary"]:
                     data.cells[(r["method"], r["metric"], r["statistic"])] = r
                 for r in res["curves"]:
