@@ -101,17 +101,32 @@ def sync(device: torch.device) -> None:
 
 
 class Timer:
+    """Wall and CPU seconds of a block; on a GPU the wall time is read from CUDA events recorded around
+    the block (after the queue before it drained), and ``peak_mb`` is the CUDA allocator's peak during
+    the block above what was allocated when it began."""
+
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.peak_mb: float | None = None
 
     def __enter__(self) -> "Timer":
         sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.begin.record()
         self.w0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc) -> None:
-        sync(self.device)
-        self.wall = time.perf_counter() - self.w0
+        if self.device.type == "cuda":
+            self.end.record()
+            self.end.synchronize()
+            self.wall = self.begin.elapsed_time(self.end) / 1e3
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        else:
+            self.wall = time.perf_counter() - self.w0
         self.cpu = time.process_time() - self.c0
 
 
@@ -269,6 +284,9 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
         f"{torch.get_num_threads()} threads (its default), device `{device}`; load average (1/5/15 min) "
         f"{' / '.join(f'{v:.2f}' for v in load0)} at the start and {' / '.join(f'{v:.2f}' for v in load1)} "
         f"at the end ({elapsed / 60:.1f} min in all).",
+        *([f"- GPU: {torch.cuda.get_device_name(device)}; wall times from CUDA events recorded around each "
+           "timed block, peak memory from the CUDA allocator (increase of `max_memory_allocated` over the "
+           "memory allocated when the block began)."] if device.type == "cuda" else []),
         f"- Software: Python {platform.python_version()}, torch {torch.__version__}, quantus {quantus_version}.",
         f"- Work: {a.images} random images of {a.size}x{a.size}, random maps (no ties), {a.steps} steps of "
         f"MoRF region perturbation (float64 maps, patch {a.patch}x{a.patch}, removal by the image minimum = Quantus "
@@ -327,6 +345,12 @@ def report(results: list[dict], a: argparse.Namespace, device: torch.device, loa
         "Quantus's time over the floor bounds the speed-up any exact method can reach on this device, "
         "however the rest is done.",
     ]
+    if device.type == "cuda":
+        lines.append("")
+        lines.append("Peak GPU memory (MB), relprop incremental / batched / Quantus: " + "; ".join(
+            f"{r['model']}: " + " / ".join("n/a" if t is None or t.peak_mb is None else f"{t.peak_mb:,.0f}"
+                                           for t in (r["incremental"], r["batched"], r["qtime"]))
+            for r in results) + ".")
     default = "incremental" if incremental_by_default(device) else "batched"  # incremental=None's choice
     lines.append("")
     lines.append(f"relprop's default (`incremental=None`) on device `{device.type}` is the {default} path; "
@@ -384,7 +408,7 @@ def main() -> None:
     md = report(results, a, device, load0, load1, started, time.perf_counter() - t0, qv, probe_diff)
     print(md)
     if not a.no_write:
-        write_section(a.out, "metrics_speed.py", md)
+        write_section(a.out, "metrics_speed.py" if device.type == "cpu" else "metrics_speed.py --device cuda", md)
         print(f"wrote the metrics_speed.py section of {a.out}")
 
 

@@ -4,10 +4,11 @@
 Run from the repository root::
 
     python benchmarks/speed.py [--models vgg16,resnet50] [--batch 4] [--size 224] [--repeats 5]
-                               [--out docs/benchmarks.md] [--budget 540]
+                               [--out docs/benchmarks.md] [--budget 540] [--device cuda]
 
-Everything runs on the CPU in float32 with torchvision models at random initialisation in eval mode
-(nothing is downloaded). For each model:
+Everything runs on the CPU (``--device cuda``: on the GPU; its section of docs/benchmarks.md is
+separate) in float32 with torchvision models at random initialisation in eval mode (nothing is
+downloaded). For each model:
 
 * timing, in this process, so that every method shares the machine state: one warm-up round over all
   methods, then ``--repeats`` rounds, each round calling every method once in turn (round robin, so
@@ -16,7 +17,9 @@ Everything runs on the CPU in float32 with torchvision models at random initiali
   against a busy machine the ratio of the minima and of the process CPU times;
 * peak memory, one fresh subprocess per method (``--_worker``): the increment of
   ``ru_maxrss`` (after running the method once) over the resident set size measured in that process
-  after the model and the input were created;
+  after the model and the input were created; on a GPU, the increment of the CUDA caching
+  allocator's peak (``torch.cuda.max_memory_allocated``) over what was allocated before the call;
+  on a GPU each call is timed with CUDA events (``torch.cuda.Event``) recorded around it;
 * sanity checks that relprop and zennit compute the same explanations (cosine similarities per sample).
 
 relprop is imported from a copy of ``src/relprop`` taken when the run starts (``--relprop-ref``: the
@@ -139,9 +142,13 @@ def use_relprop(folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # models, inputs and targets
 # --------------------------------------------------------------------------------------------------
+#: where models, inputs and explanations live (``--device``)
+DEVICE = torch.device("cpu")
+
+
 def make_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval()
+    return getattr(torchvision.models, name)(weights=None).eval().to(DEVICE)
 
 
 def make_input(batch: int, size: int) -> tuple[Tensor, Tensor]:
@@ -149,7 +156,16 @@ def make_input(batch: int, size: int) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, size, size, generator=gen)
     target = (torch.arange(batch) * 97 + 3) % 1000
-    return x, target
+    return x.to(DEVICE), target.to(DEVICE)
+
+
+def on_gpu() -> bool:
+    return DEVICE.type == "cuda"
+
+
+def device_label() -> str:
+    """``CPU`` or the GPU's name."""
+    return torch.cuda.get_device_name(DEVICE) if on_gpu() else "CPU"
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -339,6 +355,7 @@ def status_kib(field: str = "VmRSS") -> int:
 
 
 def worker(args: argparse.Namespace) -> None:
+    set_device(args.device)
     use_relprop(Path(args.relprop_path))
     spec = {s.key: s for s in all_specs()}[args.method]
     model = make_model(args.model)
@@ -348,17 +365,27 @@ def worker(args: argparse.Namespace) -> None:
         if args.model in ZENNIT_FOLD:
             fold_batch_norms_by_hand(model)
     gc.collect()
+    if on_gpu():
+        torch.cuda.synchronize(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        base_gpu = torch.cuda.memory_allocated(DEVICE)
     base_rss = status_kib("VmRSS")
     base_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     runner = spec.build(model, args.model, True)
     start = time.perf_counter()
     out = runner(x, target)
+    if on_gpu():
+        torch.cuda.synchronize(DEVICE)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     hwm = status_kib("VmHWM")  # the same peak as the kernel keeps it for this address space: a cross-check
-    print(json.dumps({"peak_mb": (peak - base_rss) / 1024, "base_rss_mb": base_rss / 1024,
-                      "base_maxrss_mb": base_max / 1024, "maxrss_mb": peak / 1024, "vmhwm_mb": hwm / 1024,
-                      "seconds": seconds, "finite": bool(torch.isfinite(out).all())}))
+    found = {"peak_mb": (peak - base_rss) / 1024, "base_rss_mb": base_rss / 1024,
+             "base_maxrss_mb": base_max / 1024, "maxrss_mb": peak / 1024, "vmhwm_mb": hwm / 1024,
+             "seconds": seconds, "finite": bool(torch.isfinite(out).all())}
+    if on_gpu():  # the GPU's allocator, not the host's resident set, is what bounds a GPU run
+        found["host_peak_mb"] = found["peak_mb"]
+        found["peak_mb"] = (torch.cuda.max_memory_allocated(DEVICE) - base_gpu) / 2**20
+    print(json.dumps(found))
 
 
 def measure_memory(jobs: list[tuple[str, str]], args: argparse.Namespace) -> dict[tuple[str, str], dict]:
@@ -374,7 +401,8 @@ def measure_memory(jobs: list[tuple[str, str]], args: argparse.Namespace) -> dic
             model, key = pending.pop(0)
             print(f"== peak memory: {model} {key}", flush=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", "--model", model, "--method", key,
-                   "--batch", str(args.batch), "--size", str(args.size), "--relprop-path", args.relprop_path]
+                   "--batch", str(args.batch), "--size", str(args.size), "--relprop-path", args.relprop_path,
+                   "--device", args.device]
             running.append(((model, key), subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                            text=True, cwd=ROOT)))
         job, proc = running.pop(0)
@@ -420,10 +448,21 @@ LOAD_SAMPLES: list[float] = []
 
 
 def timed(runner: Runner, x: Tensor, target: Tensor) -> tuple[float, float, Tensor]:
-    """(wall seconds, CPU seconds of this process, output) of one call."""
-    cpu, start = time.process_time(), time.perf_counter()
-    out = runner(x, target)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    """(wall seconds, CPU seconds of this process, output) of one call; on a GPU the seconds are
+    those between two CUDA events recorded around the call (after the queue before it drained)."""
+    if on_gpu():
+        torch.cuda.synchronize(DEVICE)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        cpu = time.process_time()
+        begin.record()
+        out = runner(x, target)
+        end.record()
+        end.synchronize()
+        seconds, cpu = begin.elapsed_time(end) / 1e3, time.process_time() - cpu
+    else:
+        cpu, start = time.process_time(), time.perf_counter()
+        out = runner(x, target)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     try:
         LOAD_SAMPLES.append(os.getloadavg()[0])
     except OSError:
@@ -575,6 +614,8 @@ def profile_runner(runner: Runner, x: Tensor, target: Tensor) -> dict:
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         runner(x, target)
+        if on_gpu():
+            torch.cuda.synchronize(DEVICE)
     wall = time.perf_counter() - start
     ops = {e.key: (e.count, e.self_cpu_time_total) for e in prof.key_averages() if e.self_cpu_time_total > 0}
     return {"ops": ops, "total": sum(us for _, us in ops.values()), "wall": wall}
@@ -695,6 +736,9 @@ def write_report(results: list[ModelResult], args: argparse.Namespace, meta: dic
     add("")
     add("### What was measured")
     add("")
+    if on_gpu():
+        add(f"- Device: {device_label()} (`--device {args.device}`); times from CUDA events, peak memory from the "
+            "CUDA allocator; the CPU-time columns count this process's host threads only.")
     add(f"- Machine: {meta['cpu']}, {meta['cores']} CPU cores (torch uses {meta['threads']} threads, its default), "
         f"{meta['ram']} RAM; load average (1/5/15 min) {meta['load_start']} at the start and "
         f"{meta['load_end']} at the end of the run.")
@@ -702,7 +746,7 @@ def write_report(results: list[ModelResult], args: argparse.Namespace, meta: dic
         f"{torchvision.__version__}, relprop {dist_version('relprop') if dist_version('relprop') != 'not installed' else '(source tree)'}, "
         f"zennit {dist_version('zennit')}, captum {dist_version('captum')}.")
     add(f"- Work: torchvision {', '.join(r.name for r in results)} at random initialisation in eval mode, "
-        f"float32, CPU, a batch of {args.batch} random images of {args.size}x{args.size}, one fixed target class "
+        f"float32, {device_label()}, a batch of {args.batch} random images of {args.size}x{args.size}, one fixed target class "
         f"per image; every method explains the same targets. Relevance at the output is the target logit "
         f"(one-hot times logit) for relprop and zennit alike.")
     add(f"- relprop code: {meta['source']}, copied when the run started; the timing process and every memory "
@@ -724,6 +768,12 @@ def write_report(results: list[ModelResult], args: argparse.Namespace, meta: dic
         "for the cores disturb less).")
     if args.no_memory:
         add("- Peak memory: not measured (`--no-memory`).")
+    elif on_gpu():
+        add("- Peak memory: each method once in a fresh subprocess (`benchmarks/speed.py --_worker`): "
+            "`torch.cuda.max_memory_allocated` after the call minus `torch.cuda.memory_allocated` before it "
+            "(peak statistics reset after the model and the input were on the GPU), in MB (MiB). This includes "
+            "the method's own set-up (relprop's tracing and weight caches, zennit's composite registration and "
+            "canonizers, captum's hooks).")
     else:
         add("- Peak memory: each method once in a fresh subprocess (`benchmarks/speed.py --_worker`): "
             "`resource.getrusage(RUSAGE_SELF).ru_maxrss` after the call minus the resident set size (VmRSS) "
@@ -876,6 +926,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relprop-ref", default="worktree",
                    help="relprop source to benchmark: 'worktree' (default: src/relprop as it is when the run "
                         "starts, copied so that later edits do not affect the run) or a git revision, e.g. HEAD")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where models and inputs live")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--relprop-path", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -883,8 +934,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def set_device(name: str) -> None:
+    """Use ``name`` for models and inputs; a GPU that is not there is one clear error."""
+    global DEVICE
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: no CUDA device is available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: only cpu and cuda are supported")
+    DEVICE = device
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    set_device(args.device)
     if args._worker:
         worker(args)
         return
@@ -918,9 +981,16 @@ def run(args: argparse.Namespace, started: float, deadline: float, source: str) 
     meta["load_end"] = load_average()
     meta["elapsed"] = time.perf_counter() - started
     report = write_report(results, args, meta)
+    out_path = (ROOT / args.out if not os.path.isabs(args.out) else Path(args.out)) if args.out != "-" else None
+    if not on_gpu() and (out_path is None or not out_path.is_file()
+                         or "<!-- BEGIN speed.py --device cuda -->" not in out_path.read_text()):
+        report += ("\n\nGPU: `python benchmarks/speed.py --device cuda` (and `benchmarks/metrics_speed.py "
+                   "--device cuda`) write sections of their own, timed with CUDA events and with peak memory "
+                   "from the CUDA allocator; no GPU run has been recorded in this file yet (none was available "
+                   "to the runs above).")
     if args.out != "-":
         path = ROOT / args.out if not os.path.isabs(args.out) else Path(args.out)
-        write_section(path, "speed.py", report)
+        write_section(path, "speed.py" if not on_gpu() else "speed.py --device cuda", report)
         print(f"wrote {path}")
     print(report)
 
