@@ -146,7 +146,7 @@ _ACTIVATION_METHODS = {"relu": True, "relu_": True, "sigmoid": True, "tanh": Fal
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
 _IDENTITY_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
 _IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "to", "type_as"}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "roll"}
 
 
 #: module classes that users registered as operations of their own kind, with their op factory
@@ -542,7 +542,7 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
         if target in (torch.cat, torch.concat):
             return ops.Concat(), None
         if target in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
-                      torch.transpose):
+                      torch.transpose, torch.roll):
             return ops.Reshape(None), None
         if target is operator.getitem:
             return ops.GetItem(), None
