@@ -166,6 +166,8 @@ class _Product(nn.Module):
             o = torch.matmul(a, v)
         elif self.how == "operator":
             o = a @ v
+        elif self.how == "einsum":
+            o = torch.einsum("bji,bip->bjp", a, v)
         else:
             o = torch.bmm(a, v)
         return self.head(torch.flatten(o, 1))
@@ -180,13 +182,13 @@ def _summands(model: _Product, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return a, v, torch.einsum("bji,bip->bjip", a, v)  # the summand A_ji V_ip of O_jp
 
 
-@pytest.mark.parametrize("how", ["matmul", "operator", "bmm"])
+@pytest.mark.parametrize("how", ["matmul", "operator", "bmm", "einsum"])
 @pytest.mark.parametrize("epsilon", [0.0, 0.1])
 def test_matmul_uniform_rule(how, epsilon):
     torch.manual_seed(4)
     model = _Product(False, how).double()
     x = torch.randn(2, 2, dtype=DOUBLE)
-    name = {"matmul": "matmul", "operator": "matmul", "bmm": "bmm"}[how]
+    name = {"matmul": "matmul", "operator": "matmul", "bmm": "bmm", "einsum": "einsum"}[how]
     rec = _explain(model, x, ["a", "v", name], (by_type("matmul"), MatMulUniform(epsilon)))
     a, v, z = _summands(model, x)
     share = z * (rec[name] / (2 * _stab(z.sum(2), epsilon))).unsqueeze(2)  # R_jp z_jip / (2 stab(O_jp))

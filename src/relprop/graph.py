@@ -148,7 +148,8 @@ _ACTIVATION_METHODS = {"relu": True, "relu_": True, "sigmoid": True, "tanh": Fal
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
 _IDENTITY_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
 _IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "to", "type_as"}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "roll"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "roll",
+                    "swapaxes", "swapdims", "movedim"}
 
 
 #: module classes that users registered as operations of their own kind, with their op factory
@@ -593,7 +594,7 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
         if target in (torch.cat, torch.concat):
             return ops.Concat(), None
         if target in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
-                      torch.transpose, torch.roll):
+                      torch.transpose, torch.roll, torch.swapaxes, torch.swapdims, torch.movedim):
             return ops.Reshape(None), None
         if target in (operator.getitem, torch.select, torch.narrow):
             return ops.GetItem(), None
@@ -615,6 +616,8 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return _single_input(ops.Softmax(None), node, position), True
         if target in (torch.matmul, operator.matmul, torch.bmm):
             return _two_factors(node, position), None
+        if target is torch.einsum:  # a contraction of two tensors is a product like a @ b
+            return _two_factors(node, position, "einsum"), None
         if target is attention_bias:
             raise UnsupportedOperationError(
                 f"unsupported attention mask at {_where(node)}: the mask of scaled_dot_product_attention "
@@ -658,12 +661,14 @@ def _single_input(op: ops.Op, node: fx.Node, position: dict[fx.Node, int]) -> op
     return op
 
 
-def _two_factors(node: fx.Node, position: dict[fx.Node, int]) -> ops.Op:
-    """A matrix product of two tensors computed from the input; else a clear error."""
+def _two_factors(node: fx.Node, position: dict[fx.Node, int], name: str = "matmul") -> ops.Op:
+    """A matrix product (or an einsum contraction) of two tensors computed from the input; else a
+    clear error."""
     if len(_tensor_args(node, position)) != 2:
         raise UnsupportedOperationError(
-            f"unsupported operation matmul at {_where(node)} with a constant factor: relprop explains "
-            "products of two tensors computed from the input; put a constant weight into nn.Linear")
+            f"unsupported operation {name} at {_where(node)} with a constant factor or other than two "
+            "operands: relprop explains products of two tensors computed from the input; put a constant "
+            "weight into nn.Linear")
     return ops.MatMul()
 
 

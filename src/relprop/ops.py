@@ -641,7 +641,8 @@ class Softmax(Op):
 
 class MatMul(Op):
     """Product of two tensors, ``a @ b`` (``torch.matmul``, ``operator.matmul``, ``torch.bmm``,
-    ``Tensor.matmul``, ``Tensor.bmm``). ``attention``: which factor (0 or 1) holds attention
+    ``Tensor.matmul``, ``Tensor.bmm``, and ``torch.einsum`` of two operands, a contraction that is
+    bilinear in them alike). ``attention``: which factor (0 or 1) holds attention
     probabilities (produced by a softmax), found at trace time; None when neither does."""
 
     kind = "matmul"
