@@ -230,3 +230,25 @@ def test_attention_factor_is_marked_through_identities():
                                   MatMulValue()])
 def test_rules_declare_their_kinds(rule: Rule):
     assert rule.kinds and set(rule.kinds) <= set(relprop.ops.KINDS)
+
+
+def test_normalize_passes_relevance():
+    """``F.normalize`` with its norm held constant is a division by a constant: the relevance at its
+    input is the relevance at its output (CP-LRP and AttnLRP alike)."""
+
+    class Normalised(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.head = nn.Linear(2 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.flatten(F.normalize(self.a(x), dim=-1), 1))
+
+    torch.manual_seed(6)
+    model = Normalised().double().eval()
+    x = torch.randn(2, 2, 3, dtype=DOUBLE)
+    for method in ("cp-lrp", "attnlrp"):
+        _, rec = relprop.Explainer(model, method).explain(x, target=1, record=["a", "normalize"])
+        assert rec["a"].abs().sum() > 0
+        torch.testing.assert_close(rec["a"], rec["normalize"], rtol=0, atol=0)

@@ -1,7 +1,7 @@
-"""Swin transformers (torchvision's ``SwinTransformer``, random weights) explained with CP-LRP and
-AttnLRP: the window-attention and patch-merging stand-ins equal torchvision's modules, CP-LRP
-conserves, every method explains a swin or refuses it clearly, a batch equals its samples, the user's
-model is left as it was, and Swin V2 is refused with a clear error."""
+"""Swin transformers (torchvision's ``SwinTransformer``, V1 and V2, random weights) explained with
+CP-LRP and AttnLRP: the window-attention and patch-merging stand-ins equal torchvision's modules,
+CP-LRP conserves, every method explains a swin or refuses it clearly, a batch equals its samples and
+the user's model is left as it was."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 from torchvision.models import swin_t, swin_v2_t
-from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention, SwinTransformer
+from torchvision.models.swin_transformer import (PatchMerging, PatchMergingV2, ShiftedWindowAttention,
+                                                ShiftedWindowAttentionV2, SwinTransformer, SwinTransformerBlockV2)
 
 import relprop
 from relprop.structure import inference_copy
@@ -27,11 +28,14 @@ DOUBLE = torch.float64
 SMALL = dict(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=10)
 
 
-def small_swin(seed: int = 0, conservative: bool = False) -> nn.Module:
-    """A random float64 swin; ``conservative``: every bias and relative position bias table zero
-    (layer-norm betas are biases)."""
+V2 = dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)
+
+
+def small_swin(seed: int = 0, conservative: bool = False, v2: bool = False) -> nn.Module:
+    """A random float64 swin (``v2``: Swin V2's blocks and merging); ``conservative``: every bias
+    and relative position bias table zero (layer-norm betas are biases)."""
     torch.manual_seed(seed)
-    model = SwinTransformer(**SMALL).double().eval()
+    model = SwinTransformer(**SMALL, **(V2 if v2 else {})).double().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or name.endswith("relative_position_bias_table"):
@@ -44,39 +48,50 @@ def image(batch: int = 2, side: int = 40, seed: int = 1) -> torch.Tensor:
 
 
 # -- the stand-ins equal torchvision's modules ---------------------------------------------------
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("shift", [[0, 0], [2, 2], [2, 1]])
 @pytest.mark.parametrize("size", [(8, 8), (10, 7), (3, 3)])
-def test_window_attention_equals_torchvision(shift, size):
-    """Whole windows, padded windows, and a map smaller than a window (the shift vanishes)."""
+def test_window_attention_equals_torchvision(shift, size, v2):
+    """Whole windows, padded windows, and a map smaller than a window (the shift vanishes); Swin V1
+    and V2 (cosine attention)."""
     torch.manual_seed(0)
-    original = ShiftedWindowAttention(12, [4, 4], shift, num_heads=3).double().eval()
+    cls = ShiftedWindowAttentionV2 if v2 else ShiftedWindowAttention
+    original = cls(12, [4, 4], shift, num_heads=3).double().eval()
     with torch.no_grad():
-        original.relative_position_bias_table.normal_()
+        if v2:
+            original.logit_scale.normal_(2.0, 0.5)
+        else:
+            original.relative_position_bias_table.normal_()
         original.qkv.bias.normal_()
     x = torch.randn(2, *size, 12, dtype=DOUBLE)
     decomposed = DecomposedWindowAttention(original, "attn")
     with torch.no_grad():
         torch.testing.assert_close(decomposed(x), original(x), rtol=1e-12, atol=1e-12)
     assert decomposed.qkv.weight is original.qkv.weight and decomposed.proj.bias is original.proj.bias
-    assert decomposed.relative_position_bias_table is original.relative_position_bias_table
+    if v2:
+        assert decomposed.cpb_weight1 is original.cpb_mlp[0].weight and decomposed.qkv_bias is original.qkv.bias
+    else:
+        assert decomposed.relative_position_bias_table is original.relative_position_bias_table
 
 
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("size", [(6, 6), (5, 7)])
-def test_patch_merging_equals_torchvision(size):
+def test_patch_merging_equals_torchvision(size, v2):
     torch.manual_seed(0)
-    original = PatchMerging(6).double().eval()
+    original = (PatchMergingV2 if v2 else PatchMerging)(6).double().eval()
     x = torch.randn(2, *size, 6, dtype=DOUBLE)
-    merged = TraceablePatchMerging(original.norm, original.reduction, v2=False)
+    merged = TraceablePatchMerging(original.norm, original.reduction, v2=v2)
     with torch.no_grad():
         torch.testing.assert_close(merged(x), original(x), rtol=0, atol=0)
 
 
-def test_inference_copy_replaces_swin_modules_and_computes_the_same():
-    model = small_swin()
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_inference_copy_replaces_swin_modules_and_computes_the_same(v2):
+    model = small_swin(v2=v2)
     copy = inference_copy(model)
     assert isinstance(copy.features[1][1].attn, DecomposedWindowAttention)
     assert isinstance(copy.features[2], TraceablePatchMerging)
-    assert isinstance(model.features[1][1].attn, ShiftedWindowAttention)
+    assert type(model.features[1][1].attn) is (ShiftedWindowAttentionV2 if v2 else ShiftedWindowAttention)
     x = image()
     with torch.no_grad():
         torch.testing.assert_close(copy(x), model(x), rtol=1e-12, atol=1e-12)
@@ -103,12 +118,14 @@ def test_roll_moves_relevance_back():
 
 
 # -- conservation ----------------------------------------------------------------------------------
-def test_cp_lrp_conserves_on_a_small_swin():
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_cp_lrp_conserves_on_a_small_swin(v2):
     """Without biases, relative position biases and layer-norm betas, and without stabilisers,
     CP-LRP is conservative through shifted windows, masks and patch merging (measured: about 1e-15
     relative; the shift mask's -100 entries, a constant added before the softmax, take nothing
-    under CP-LRP because the softmax gets nothing)."""
-    model = small_swin(conservative=True)
+    under CP-LRP because the softmax gets nothing). Swin V2: the normalised queries and keys, the
+    logit scale and the MLP's position bias all sit before the softmax."""
+    model = small_swin(conservative=True, v2=v2)
     x = image()
     target = torch.tensor([1, 7])
     r = relprop.explain(model, x, target=target, method="cp-lrp", epsilon=0.0)
@@ -178,7 +195,25 @@ def test_model_unchanged_after_explaining():
     assert isinstance(model.features[1][0].attn, ShiftedWindowAttention)
 
 
-def test_swin_v2_is_refused_clearly():
-    model = swin_v2_t(num_classes=5).eval()
-    with pytest.raises(relprop.UnsupportedOperationError, match="ShiftedWindowAttentionV2 at 'features.1.0.attn'"):
-        relprop.explain(model, torch.rand(1, 3, 64, 64), target=0, method="cp-lrp")
+@pytest.mark.slow
+def test_cp_lrp_conserves_on_swin_v2_t():
+    """torchvision's ``swin_v2_t`` architecture (random weights) at 64 pixels."""
+    torch.manual_seed(0)
+    model = swin_v2_t(num_classes=20).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and "cpb_mlp" not in name:
+                p.zero_()
+    x = image(1, 64)
+    r = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0)
+    with torch.no_grad():
+        logit = model(x)[0, 3]
+    torch.testing.assert_close(r.sum(), logit, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("method", ["cp-lrp", "attnlrp"])
+def test_swin_v2_is_explained(method):
+    model = small_swin(v2=True)
+    x = image()
+    r = relprop.explain(model, x, target=4, method=method)
+    assert r.shape == x.shape and bool(r.isfinite().all()) and r.abs().sum() > 0

@@ -610,6 +610,8 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return ops.Interpolate(None), None
         if target is getattr or target is read_constant:
             return None, None
+        if target is F.normalize:
+            return _single_input(ops.Normalize(), node, position), None
         if target in (F.layer_norm,):
             return _single_input(ops.LayerNorm(None), node, position), None
         if target in (F.softmax, torch.softmax):

@@ -335,6 +335,12 @@ class ScaleByConstant(Identity):
     keeps_sign = True
 
 
+class Normalize(ScaleByConstant):
+    """``F.normalize``: division by the vector's own norm, the norm held constant, as a layer norm's
+    scale (AttnLRP's identity rule on ``1/sigma``, Achtibat et al. 2024 [Achtibat2024-AttnLRP],
+    Prop. 3.4; CP-LRP's LN-rule, Ali et al. 2022 [Ali2022-CPLRP]): relevance passes."""
+
+
 class Concat(Op):
     """Concatenation. ``entries``: for each concatenated entry, whether it is a tensor input of the
     operation (False for a constant, e.g. a class token read from a parameter)."""

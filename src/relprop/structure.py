@@ -23,8 +23,7 @@ import torch.nn as nn
 from torch.nn.modules import module as _module
 
 from .attention import DecomposedAttention
-from .window_attention import (DecomposedWindowAttention, RefusedWindowAttention, TraceablePatchMerging,
-                               swin_replacement)
+from .window_attention import DecomposedWindowAttention, TraceablePatchMerging, swin_replacement
 
 #: per-module hook dictionaries (the copy gets empty ones)
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -165,11 +164,6 @@ def _swin_copy(module: nn.Module, kind: str, memo: dict[int, nn.Module], path: s
     """The traceable stand-in of a torchvision swin module (:mod:`relprop.window_attention`)."""
     if kind == "attention":
         return DecomposedWindowAttention(module, path)
-    if kind == "refuse-v2":
-        return RefusedWindowAttention(
-            "ShiftedWindowAttentionV2", path, "Swin V2's cosine attention (normalised queries and keys, a "
-            "learned logit scale, a bias from an MLP) has no relevance rule in relprop; Swin V1 (swin_t, "
-            "swin_s, swin_b) is supported")
     return TraceablePatchMerging(_copy(module.norm, memo, f"{path}.norm"),
                                  _copy(module.reduction, memo, f"{path}.reduction"), v2=kind == "merging-v2")
 

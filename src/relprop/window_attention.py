@@ -20,6 +20,7 @@ records as calls on sizes, so the trace holds for every image size.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -28,7 +29,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import AttentionProjection
-from .graph import UnsupportedOperationError
 
 Tensor = torch.Tensor
 
@@ -81,10 +81,33 @@ def _relative_position_bias(table: Tensor, index: Tensor, window: Sequence[int])
 torch.fx.wrap("_relative_position_bias")
 
 
+def _cosine_position_bias(coords: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, index: Tensor,
+                          window: Sequence[int], heads: int) -> Tensor:
+    """Swin V2's continuous relative position bias: ``16 sigmoid(mlp(coords))`` (Liu et al. 2022
+    [Liu2022-SwinV2], Sec. 3.3; torchvision's ``cpb_mlp``: linear, ReLU, linear), by head and pair."""
+    table = F.linear(F.relu(F.linear(coords, weight1, bias1)), weight2).view(-1, heads)
+    return 16 * torch.sigmoid(_relative_position_bias(table, index, window))
+
+
+def _query_value_bias(bias: Tensor) -> Tensor:
+    """The packed query/key/value bias with the key's third zero (Swin V2 has no key bias)."""
+    third = bias.numel() // 3
+    return torch.cat([bias[:third], torch.zeros_like(bias[third:2 * third]), bias[2 * third:]])
+
+
+torch.fx.wrap("_cosine_position_bias")
+torch.fx.wrap("_query_value_bias")
+
+
 class DecomposedWindowAttention(nn.Module):
-    """torchvision's ``ShiftedWindowAttention`` (inference: no dropout) as traceable operations on
-    the module's own tensors (shared, never copied). Swin V2's cosine attention
-    (``ShiftedWindowAttentionV2``) is refused by :func:`refuse_window_attention_v2`."""
+    """torchvision's ``ShiftedWindowAttention`` or ``ShiftedWindowAttentionV2`` (inference: no
+    dropout) as traceable operations on the module's own tensors (shared, never copied).
+
+    Swin V2's cosine attention (Liu et al. 2022 [Liu2022-SwinV2], Sec. 3.2) normalises queries and
+    keys (``F.normalize``: a division by the norm, held constant as a layer norm's scale), multiplies
+    the scores by the learned logit scale (a constant) and adds the bias of a small MLP over the
+    relative coordinates (a constant); its packed query/key/value bias, without the key's third, is
+    added to the projection as a constant."""
 
     def __init__(self, attention: nn.Module, path: str) -> None:
         super().__init__()
@@ -92,11 +115,34 @@ class DecomposedWindowAttention(nn.Module):
         self.window_size = [int(w) for w in attention.window_size]
         self.shift_size = [int(s) for s in attention.shift_size]
         self.num_heads = int(attention.num_heads)
-        self.qkv = AttentionProjection.sharing(attention.qkv.weight, attention.qkv.bias)
+        self.cosine = hasattr(attention, "logit_scale")
+        qkv_bias = None if self.cosine else attention.qkv.bias
+        self.qkv = AttentionProjection.sharing(attention.qkv.weight, qkv_bias)
         self.proj = AttentionProjection.sharing(attention.proj.weight, attention.proj.bias)
-        self._parameters["relative_position_bias_table"] = attention.relative_position_bias_table
         self._buffers["relative_position_index"] = attention.relative_position_index
+        if self.cosine:
+            mlp = attention.cpb_mlp
+            self._parameters["logit_scale"] = attention.logit_scale
+            self._parameters["qkv_bias"] = attention.qkv.bias
+            self._parameters["cpb_weight1"] = mlp[0].weight
+            self._parameters["cpb_bias1"] = mlp[0].bias
+            self._parameters["cpb_weight2"] = mlp[2].weight
+            self._buffers["relative_coords_table"] = attention.relative_coords_table
+        else:
+            self._parameters["relative_position_bias_table"] = attention.relative_position_bias_table
         self.training = False
+
+    def _scores(self, q: Tensor, k: Tensor, head_dim: int) -> Tensor:
+        """Attention logits of each head, with the relative position bias."""
+        if self.cosine:
+            scores = F.normalize(q, dim=-1).matmul(F.normalize(k, dim=-1).transpose(-2, -1))
+            scores = scores * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+            return scores + _cosine_position_bias(self.relative_coords_table, self.cpb_weight1, self.cpb_bias1,
+                                                  self.cpb_weight2, self.relative_position_index,
+                                                  self.window_size, self.num_heads)
+        scores = (q * head_dim ** -0.5).matmul(k.transpose(-2, -1))
+        return scores + _relative_position_bias(self.relative_position_bias_table, self.relative_position_index,
+                                                self.window_size)
 
     def forward(self, x: Tensor) -> Tensor:
         window, heads = self.window_size, self.num_heads
@@ -111,12 +157,12 @@ class DecomposedWindowAttention(nn.Module):
         tokens = window[0] * window[1]
         x = x.view(batch, rows, window[0], columns, window[1], channels)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, tokens, channels)
-        qkv = self.qkv(x).reshape(x.shape[0], tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
+        if self.cosine and self.qkv_bias is not None:
+            qkv = qkv + _query_value_bias(self.qkv_bias)
+        qkv = qkv.reshape(x.shape[0], tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        q = q * (channels // heads) ** -0.5
-        scores = q.matmul(k.transpose(-2, -1))
-        scores = scores + _relative_position_bias(self.relative_position_bias_table,
-                                                  self.relative_position_index, window)
+        scores = self._scores(q, k, channels // heads)
         mask = shift_mask(padded_h, padded_w, window, shift_h, shift_w, x.dtype, x.device)
         scores = scores.view(-1, rows * columns, heads, tokens, tokens) + mask
         scores = scores.view(-1, heads, tokens, tokens)
@@ -152,26 +198,15 @@ class TraceablePatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class RefusedWindowAttention(nn.Module):
-    """Stands in for an attention that relprop cannot decompose; raises a clear error when traced."""
-
-    def __init__(self, kind: str, path: str, reason: str) -> None:
-        super().__init__()
-        self.kind, self.path, self.reason = kind, path, reason
-
-    def forward(self, x: Tensor) -> Tensor:
-        raise UnsupportedOperationError(f"unsupported {self.kind} at {self.path!r}: {self.reason}")
-
-
 def swin_replacement(module: nn.Module, path: str) -> str | None:
     """Which replacement torchvision's swin module ``module`` gets: ``"attention"``, ``"merging"``,
-    ``"merging-v2"``, ``"refuse-v2"`` or None (not a swin module)."""
+    ``"merging-v2"`` or None (not a swin module)."""
     cls = type(module)
     if cls.__module__ != "torchvision.models.swin_transformer":
         return None
-    return {"ShiftedWindowAttention": "attention", "ShiftedWindowAttentionV2": "refuse-v2",
+    return {"ShiftedWindowAttention": "attention", "ShiftedWindowAttentionV2": "attention",
             "PatchMerging": "merging", "PatchMergingV2": "merging-v2"}.get(cls.__name__)
 
 
-__all__ = ["DecomposedWindowAttention", "RefusedWindowAttention", "TraceablePatchMerging", "shift_mask",
+__all__ = ["DecomposedWindowAttention", "TraceablePatchMerging", "shift_mask",
            "swin_replacement", "window_geometry"]
