@@ -161,3 +161,22 @@ def test_gqa_is_refused_clearly():
 
     with pytest.raises(relprop.UnsupportedOperationError, match="enable_gqa=True"):
         relprop.explain(Grouped().double().eval(), _tokens(), target=0, method="cp-lrp")
+
+
+@pytest.mark.parametrize("split", ["unbind", "chunk"])
+def test_split_parts_move_relevance_back(split):
+    """Each part of ``unbind``/``chunk`` is an indexing of the packed projection: the relevance at
+    the projection's output is the parts' relevances put back in place (AttnLRP, so that queries,
+    keys and values all receive some)."""
+    model = _model(split=split)
+    graph = propagator_for(model).graph
+    kind = "select" if split == "unbind" else "narrow"
+    parts = [n.name for n in graph.nodes if n.name.startswith(kind)]
+    assert len(parts) == 3
+    _, rec = relprop.Explainer(model, "attnlrp").explain(_tokens(), target=2, record=["qkv", *parts])
+    if split == "unbind":  # (3, batch, heads, tokens, 4) back to (batch, tokens, 3 * heads * 4)
+        packed = torch.stack([rec[p] for p in parts]).permute(1, 3, 0, 2, 4).reshape(2, TOKENS, 24)
+    else:
+        packed = torch.cat([rec[p] for p in parts], dim=-1)
+    assert all(rec[p].abs().sum() > 0 for p in parts)
+    torch.testing.assert_close(rec["qkv"], packed, rtol=0, atol=0)
