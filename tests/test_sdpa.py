@@ -1,7 +1,7 @@
 """``F.scaled_dot_product_attention`` called in a model's forward is decomposed while tracing into
 ``softmax(q @ k^T * scale + mask) @ v``: the traced graph computes what the model computes (with
 every kind of mask), CP-LRP conserves through it, the relevance at the heads can be recorded,
-``unbind``/``chunk`` split the packed projection, and what relprop cannot explain is refused
+``unbind``, ``chunk`` and ``split`` split the packed projection, and what relprop cannot explain is refused
 clearly."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import relprop
 from relprop.propagate import propagator_for
-from relprop.rewrite import attention_bias, chunk_bounds
+from relprop.rewrite import attention_bias, chunk_bounds, split_bounds
 
 DOUBLE = torch.float64
 TOKENS = 5
@@ -45,7 +45,7 @@ class _Attending(nn.Module):
         if self.split == "unbind":
             q, k, v = qkv.reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            q, k, v = qkv.chunk(3, dim=-1)
+            q, k, v = qkv.chunk(3, dim=-1) if self.split == "chunk" else qkv.split([8, 8, 8], dim=-1)
             q, k, v = [t.reshape(b, n, 2, 4).transpose(1, 2) for t in (q, k, v)]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=self.dropout,
                                            is_causal=self.causal, scale=self.scale)
@@ -66,7 +66,8 @@ def _tokens(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, TOKENS, 8, dtype=DOUBLE, generator=torch.Generator().manual_seed(1))
 
 
-CASES = [dict(), dict(mask="bool"), dict(mask="float"), dict(mask="causal"), dict(scale=0.3), dict(split="chunk")]
+CASES = [dict(), dict(mask="bool"), dict(mask="float"), dict(mask="causal"), dict(scale=0.3), dict(split="chunk"),
+         dict(split="split")]
 
 
 @pytest.mark.parametrize("options", CASES, ids=lambda o: "-".join(map(str, o.values())) or "plain")
@@ -126,6 +127,10 @@ def test_helpers_against_torch():
         for i, part in enumerate(parts):
             start, length = chunk_bounds(10, chunks, i)
             torch.testing.assert_close(x.narrow(0, start, length), part)
+    for split in (1, 3, 4, 10, [2, 5, 3], (10,)):
+        for i, part in enumerate(x.split(split)):
+            start, length = split_bounds(10, split, i)
+            torch.testing.assert_close(x.narrow(0, start, length), part)
     causal = attention_bias(None, True, 3, 3, DOUBLE, torch.device("cpu"))
     assert torch.equal(causal.isinf(), torch.ones(3, 3).triu(1).bool())
 
@@ -163,9 +168,9 @@ def test_gqa_is_refused_clearly():
         relprop.explain(Grouped().double().eval(), _tokens(), target=0, method="cp-lrp")
 
 
-@pytest.mark.parametrize("split", ["unbind", "chunk"])
+@pytest.mark.parametrize("split", ["unbind", "chunk", "split"])
 def test_split_parts_move_relevance_back(split):
-    """Each part of ``unbind``/``chunk`` is an indexing of the packed projection: the relevance at
+    """Each part of ``unbind``/``chunk``/``split`` is an indexing of the packed projection: the relevance at
     the projection's output is the parts' relevances put back in place (AttnLRP, so that queries,
     keys and values all receive some)."""
     model = _model(split=split)

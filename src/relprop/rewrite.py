@@ -8,7 +8,7 @@
   then ordinary nodes: CP-LRP's and AttnLRP's attention rules apply, and the relevance at the heads
   can be recorded. Dropout (``dropout_p > 0``), grouped-query attention (``enable_gqa=True``) and a
   mask computed from the input are refused with a clear error.
-* ``unbind`` and ``chunk`` followed by indexing become one ``select`` or ``narrow`` per used part,
+* ``unbind``, ``chunk`` and ``split`` followed by indexing become one ``select`` or ``narrow`` per used part,
   so each part is an indexing of the tensor (whose rule moves relevance back).
 """
 
@@ -49,6 +49,15 @@ def chunk_bounds(size: int, chunks: int, index: int) -> tuple[int, int]:
     step = -(-size // chunks)
     start = min(index * step, size)
     return start, min(step, size - start)
+
+
+def split_bounds(size: int, split: int | list[int] | tuple[int, ...], index: int) -> tuple[int, int]:
+    """``(start, length)`` of part ``index`` of ``torch.split`` (parts of ``split`` values each, the
+    last one shorter, or of the listed sizes) of a dimension of ``size`` values."""
+    if isinstance(split, int):
+        start = index * split
+        return start, min(split, size - start)
+    return sum(split[:index]), split[index]
 
 
 def _where(node: fx.Node) -> str:
@@ -108,16 +117,17 @@ def decompose_attention(graph: fx.Graph) -> None:
 
 
 def _is_split(node: fx.Node) -> str | None:
-    if node.op == "call_function" and node.target in (torch.unbind, torch.chunk):
+    if node.op == "call_function" and node.target in (torch.unbind, torch.chunk, torch.split):
         return node.target.__name__
-    if node.op == "call_method" and node.target in ("unbind", "chunk"):
+    if node.op == "call_method" and node.target in ("unbind", "chunk", "split"):
         return str(node.target)
     return None
 
 
 def split_into_selections(graph: fx.Graph) -> None:
-    """Replace ``unbind``/``chunk`` followed by integer indexing with one ``select``/``narrow`` per
-    part used; splits used otherwise are left (and refused when classified)."""
+    """Replace ``unbind``/``chunk``/``split`` followed by integer indexing with one
+    ``select``/``narrow`` per part used; splits used otherwise are left (and refused when
+    classified)."""
     for node in list(graph.nodes):
         kind = _is_split(node)
         if kind is None:
@@ -128,8 +138,12 @@ def split_into_selections(graph: fx.Graph) -> None:
             continue
         if kind == "unbind":
             a = _bound(node, ("input", "dim"), {"dim": 0})
-        else:
+        elif kind == "chunk":
             a = _bound(node, ("input", "chunks", "dim"), {"dim": 0})
+        else:
+            a = _bound(node, ("input", "split_size_or_sections", "dim"), {"dim": 0})
+            if "split_size" in a:  # Tensor.split's name of the argument
+                a["split_size_or_sections"] = a.pop("split_size")
         x, dim = a["input"], a["dim"]
         for user in users:
             with graph.inserting_before(user):
@@ -137,7 +151,8 @@ def split_into_selections(graph: fx.Graph) -> None:
                     part = graph.call_function(torch.select, (x, dim, user.args[1]))
                 else:
                     size = graph.call_method("size", (x, dim))
-                    bounds = graph.call_function(chunk_bounds, (size, a["chunks"], user.args[1]))
+                    bounds = graph.call_function(chunk_bounds, (size, a["chunks"], user.args[1])) if kind == "chunk" \
+                        else graph.call_function(split_bounds, (size, a["split_size_or_sections"], user.args[1]))
                     start = graph.call_function(operator.getitem, (bounds, 0))
                     length = graph.call_function(operator.getitem, (bounds, 1))
                     part = graph.call_function(torch.narrow, (x, dim, start, length))
@@ -147,4 +162,5 @@ def split_into_selections(graph: fx.Graph) -> None:
         graph.erase_node(node)
 
 
-__all__ = ["attention_bias", "chunk_bounds", "decompose_attention", "default_scale", "split_into_selections"]
+__all__ = ["attention_bias", "chunk_bounds", "decompose_attention", "default_scale", "split_bounds",
+           "split_into_selections"]
