@@ -46,8 +46,10 @@ def image(batch: int = 2, side: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, side, side, dtype=DOUBLE, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 def test_cp_lrp_conserves_on_a_small_maxvit():
-    """Measured: about 1e-15 relative."""
+    """Measured: about 1e-15 relative (slow: a process's first float64 convolutions of these shapes
+    take seconds; later calls well under one)."""
     model = small_maxvit(conservative=True)
     x = image()
     target = torch.tensor([3, 8])

@@ -162,6 +162,7 @@ def test_convnext_and_swin_explained(name, side, method):
 
 
 # -- loading -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_load_model_builds_a_random_timm_model_with_timms_preprocessing(tmp_path):
     from PIL import Image
 
