@@ -166,6 +166,8 @@ class _Product(nn.Module):
             o = torch.matmul(a, v)
         elif self.how == "operator":
             o = a @ v
+        elif self.how == "einsum":
+            o = torch.einsum("bji,bip->bjp", a, v)
         else:
             o = torch.bmm(a, v)
         return self.head(torch.flatten(o, 1))
@@ -180,13 +182,13 @@ def _summands(model: _Product, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return a, v, torch.einsum("bji,bip->bjip", a, v)  # the summand A_ji V_ip of O_jp
 
 
-@pytest.mark.parametrize("how", ["matmul", "operator", "bmm"])
+@pytest.mark.parametrize("how", ["matmul", "operator", "bmm", "einsum"])
 @pytest.mark.parametrize("epsilon", [0.0, 0.1])
 def test_matmul_uniform_rule(how, epsilon):
     torch.manual_seed(4)
     model = _Product(False, how).double()
     x = torch.randn(2, 2, dtype=DOUBLE)
-    name = {"matmul": "matmul", "operator": "matmul", "bmm": "bmm"}[how]
+    name = {"matmul": "matmul", "operator": "matmul", "bmm": "bmm", "einsum": "einsum"}[how]
     rec = _explain(model, x, ["a", "v", name], (by_type("matmul"), MatMulUniform(epsilon)))
     a, v, z = _summands(model, x)
     share = z * (rec[name] / (2 * _stab(z.sum(2), epsilon))).unsqueeze(2)  # R_jp z_jip / (2 stab(O_jp))
@@ -228,3 +230,25 @@ def test_attention_factor_is_marked_through_identities():
                                   MatMulValue()])
 def test_rules_declare_their_kinds(rule: Rule):
     assert rule.kinds and set(rule.kinds) <= set(relprop.ops.KINDS)
+
+
+def test_normalize_passes_relevance():
+    """``F.normalize`` with its norm held constant is a division by a constant: the relevance at its
+    input is the relevance at its output (CP-LRP and AttnLRP alike)."""
+
+    class Normalised(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+            self.head = nn.Linear(2 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.flatten(F.normalize(self.a(x), dim=-1), 1))
+
+    torch.manual_seed(6)
+    model = Normalised().double().eval()
+    x = torch.randn(2, 2, 3, dtype=DOUBLE)
+    for method in ("cp-lrp", "attnlrp"):
+        _, rec = relprop.Explainer(model, method).explain(x, target=1, record=["a", "normalize"])
+        assert rec["a"].abs().sum() > 0
+        torch.testing.assert_close(rec["a"], rec["normalize"], rtol=0, atol=0)

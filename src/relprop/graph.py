@@ -8,6 +8,7 @@ relprop's canonical operation kinds (see :mod:`relprop.ops`). Anything that cann
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 import threading
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .rewrite import attention_bias, decompose_attention, split_into_selections
 
 
 class UnsupportedOperationError(ValueError):
@@ -146,7 +148,8 @@ _ACTIVATION_METHODS = {"relu": True, "relu_": True, "sigmoid": True, "tanh": Fal
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
 _IDENTITY_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
 _IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "to", "type_as"}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose"}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "roll",
+                    "swapaxes", "swapdims", "movedim"}
 
 
 #: module classes that users registered as operations of their own kind, with their op factory
@@ -253,7 +256,8 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
     tracer = _Tracer()
     try:
         with _TRACE_LOCK:
-            fx_graph = tracer.trace(model)
+            fx_graph = tracer.trace(model, concrete_args=_optional_arguments(model))
+            _drop_specialised_arguments(fx_graph)
     except UnsupportedOperationError:
         raise
     except Exception as error:  # fx raises many types; make the failure explicit
@@ -262,6 +266,8 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
             "relprop needs a model without data-dependent control flow"
         ) from error
     modules = dict(model.named_modules())
+    decompose_attention(fx_graph)
+    split_into_selections(fx_graph)
     _redirect_uses_after_in_place_ops(fx_graph, modules)
     if output is not None:
         _select_output(next(n for n in fx_graph.nodes if n.op == "output"), output, type(model).__name__)
@@ -334,6 +340,35 @@ def trace(model: nn.Module, output: str | int | None = None) -> Graph:
     _mark_gates(nodes)
     _mark_attention(nodes)
     return Graph(nodes, fx_graph, position)
+
+
+def _optional_arguments(model: nn.Module) -> dict[str, Any] | None:
+    """The arguments of ``model.forward`` after the input that have defaults (timm's
+    ``forward(x, attn_mask=None, is_causal=False)``), traced at their default values."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    optional = {p.name: p.default for p in parameters[1:]
+                if p.default is not inspect.Parameter.empty
+                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return optional or None
+
+
+def _drop_specialised_arguments(fx_graph: fx.Graph) -> None:
+    """Remove the placeholders of the arguments traced at their defaults (and the guards fx adds
+    that check their values); the graph keeps one input."""
+    placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
+    for node in placeholders[1:]:
+        dependent = {node}
+        for later in fx_graph.nodes:
+            if any(a in dependent for a in later.all_input_nodes):
+                dependent.add(later)
+        if any(n.op == "output" for n in dependent):
+            continue  # used by the result: left for the trace to refuse as a second input
+        for later in reversed(list(fx_graph.nodes)):
+            if later in dependent:
+                fx_graph.erase_node(later)
 
 
 #: the operation kinds that take constants (parameters and buffers read in a forward, and values
@@ -518,6 +553,18 @@ def _tensor_args(node: fx.Node, position: dict[fx.Node, int]) -> list[fx.Node]:
     return [a for a in _flatten((node.args, node.kwargs)) if isinstance(a, fx.Node) and a in position]
 
 
+#: functions of other libraries that read only the size, dtype and device of one tensor argument
+#: (its position) and compute a constant: timm's additive attention mask from the scores' dtype
+_METADATA_ONLY = {"timm.layers.attention.resolve_self_attn_mask": 1}
+#: functions of other libraries that add their tensor arguments (timm's ``maybe_add_mask(scores,
+#: mask)``: the scores plus the mask, or the scores alone without one)
+_ADDITIONS = {"timm.layers.attention.maybe_add_mask"}
+
+
+def _qualified(target: Any) -> str:
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
+
+
 def _classify(node: fx.Node, modules: dict[str, nn.Module],
               position: dict[fx.Node, int]) -> tuple[ops.Op | None, bool | None]:
     """Map one fx node onto an op. Returns (None, None) for nodes that carry no tensor."""
@@ -527,11 +574,16 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
         return None, None  # e.g. arithmetic on sizes
     target = node.target
     if node.op == "call_function":
+        metadata_only = _METADATA_ONLY.get(_qualified(target))
+        if metadata_only is not None:
+            others = [a for k, a in enumerate(node.args) if k != metadata_only] + list(node.kwargs.values())
+            if not any(isinstance(a, fx.Node) and a in position for a in _flatten(others)):
+                return None, None  # a constant computed from a tensor's size, dtype and device
         if target in _ACTIVATION_FUNCS:
             return ops.FunctionalActivation(target), _ACTIVATION_FUNCS[target]
         if target in _IDENTITY_FUNCS:
             return ops.Identity(), None
-        if target in (operator.add, operator.iadd, torch.add):
+        if target in (operator.add, operator.iadd, torch.add) or _qualified(target) in _ADDITIONS:
             return ops.Add(), None
         if target in (operator.mul, operator.imul, torch.mul):
             return ops.Multiply(), None
@@ -542,9 +594,9 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
         if target in (torch.cat, torch.concat):
             return ops.Concat(), None
         if target in (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
-                      torch.transpose):
+                      torch.transpose, torch.roll, torch.swapaxes, torch.swapdims, torch.movedim):
             return ops.Reshape(None), None
-        if target is operator.getitem:
+        if target in (operator.getitem, torch.select, torch.narrow):
             return ops.GetItem(), None
         if target in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
                       F.adaptive_max_pool2d, F.adaptive_max_pool3d):
@@ -558,17 +610,21 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return ops.Interpolate(None), None
         if target is getattr or target is read_constant:
             return None, None
+        if target is F.normalize:
+            return _single_input(ops.Normalize(), node, position), None
         if target in (F.layer_norm,):
             return _single_input(ops.LayerNorm(None), node, position), None
         if target in (F.softmax, torch.softmax):
             return _single_input(ops.Softmax(None), node, position), True
         if target in (torch.matmul, operator.matmul, torch.bmm):
             return _two_factors(node, position), None
-        if target is F.scaled_dot_product_attention:
+        if target is torch.einsum:  # a contraction of two tensors is a product like a @ b
+            return _two_factors(node, position, "einsum"), None
+        if target is attention_bias:
             raise UnsupportedOperationError(
-                f"unsupported operation 'scaled_dot_product_attention' at {_where(node)}: relprop "
-                "explains attention written as matmul, softmax and matmul (nn.MultiheadAttention is "
-                "decomposed so automatically)")
+                f"unsupported attention mask at {_where(node)}: the mask of scaled_dot_product_attention "
+                "is computed from the input; relprop adds a mask as a constant (from parameters, buffers "
+                "or sizes only)")
     if node.op == "call_method":
         if target in _ACTIVATION_METHODS:
             return ops.FunctionalActivation(target), _ACTIVATION_METHODS[target]
@@ -584,6 +640,8 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module],
             return ops.AvgPool(None), None
         if target in ("size", "dim"):
             return None, None
+        if target in ("select", "narrow"):
+            return ops.GetItem(), None
         if target == "softmax":
             return _single_input(ops.Softmax(None), node, position), True
         if target in ("matmul", "bmm"):
@@ -605,12 +663,14 @@ def _single_input(op: ops.Op, node: fx.Node, position: dict[fx.Node, int]) -> op
     return op
 
 
-def _two_factors(node: fx.Node, position: dict[fx.Node, int]) -> ops.Op:
-    """A matrix product of two tensors computed from the input; else a clear error."""
+def _two_factors(node: fx.Node, position: dict[fx.Node, int], name: str = "matmul") -> ops.Op:
+    """A matrix product (or an einsum contraction) of two tensors computed from the input; else a
+    clear error."""
     if len(_tensor_args(node, position)) != 2:
         raise UnsupportedOperationError(
-            f"unsupported operation matmul at {_where(node)} with a constant factor: relprop explains "
-            "products of two tensors computed from the input; put a constant weight into nn.Linear")
+            f"unsupported operation {name} at {_where(node)} with a constant factor or other than two "
+            "operands: relprop explains products of two tensors computed from the input; put a constant "
+            "weight into nn.Linear")
     return ops.MatMul()
 
 

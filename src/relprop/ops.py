@@ -335,6 +335,12 @@ class ScaleByConstant(Identity):
     keeps_sign = True
 
 
+class Normalize(ScaleByConstant):
+    """``F.normalize``: division by the vector's own norm, the norm held constant, as a layer norm's
+    scale (AttnLRP's identity rule on ``1/sigma``, Achtibat et al. 2024 [Achtibat2024-AttnLRP],
+    Prop. 3.4; CP-LRP's LN-rule, Ali et al. 2022 [Ali2022-CPLRP]): relevance passes."""
+
+
 class Concat(Op):
     """Concatenation. ``entries``: for each concatenated entry, whether it is a tensor input of the
     operation (False for a constant, e.g. a class token read from a parameter)."""
@@ -641,7 +647,8 @@ class Softmax(Op):
 
 class MatMul(Op):
     """Product of two tensors, ``a @ b`` (``torch.matmul``, ``operator.matmul``, ``torch.bmm``,
-    ``Tensor.matmul``, ``Tensor.bmm``). ``attention``: which factor (0 or 1) holds attention
+    ``Tensor.matmul``, ``Tensor.bmm``, and ``torch.einsum`` of two operands, a contraction that is
+    bilinear in them alike). ``attention``: which factor (0 or 1) holds attention
     probabilities (produced by a softmax), found at trace time; None when neither does."""
 
     kind = "matmul"

