@@ -17,6 +17,7 @@ import torch.nn as nn
 import torchvision
 
 import relprop
+from engine_checks import explain
 from relprop.attribution.registry import get_method
 from relprop.attention import DecomposedAttention
 from relprop.structure import inference_copy
@@ -367,6 +368,38 @@ def test_every_method_explains_a_vit_or_refuses_clearly(method):
     assert r.shape == x.shape and bool(r.isfinite().all())
 
 
+@pytest.mark.parametrize("method", sorted(set(relprop.methods()) - set(REFUSED_ON_TOKENS)))
+def test_a_batch_equals_its_samples(method):
+    """Every method that explains a ViT gives each sample of a batch the map of its own call (cheap
+    settings of tests/engine_checks.py; the sampling methods draw per sample)."""
+    model, x = small_vit(), image(3)
+    target = torch.tensor([2, 5, 9])
+    r = explain(model, x, method, target=target)
+    assert r.abs().sum() > 0
+    for i in range(3):
+        one = explain(model, x[i:i + 1], method, target=target[i:i + 1])
+        torch.testing.assert_close(one, r[i:i + 1], rtol=1e-9, atol=1e-9 * float(r.abs().max()))
+
+
+@pytest.mark.slow
+def test_cp_lrp_conserves_on_vit_b_16():
+    """torchvision's ``vit_b_16`` itself (random weights, float64, 224 pixels, 12 blocks) with every
+    bias, beta, class token and positional embedding zero: the map sums to the target logit."""
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16().double().eval()
+    with torch.no_grad():
+        nn.init.normal_(model.heads.head.weight, std=0.05)
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or name in ("class_token", "encoder.pos_embedding"):
+                p.zero_()
+    x = image(batch=1, side=224)
+    r = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0)
+    with torch.no_grad():
+        logit = model(x)[0, 3]
+    assert r.shape == x.shape and abs(float(logit)) > 1e-3
+    torch.testing.assert_close(r.sum(), logit, rtol=1e-6, atol=0.0)
+
+
 # -- ConvNeXt: layer norms over channels, a learned per-channel layer scale ------------------------
 def test_cp_lrp_conserves_on_convnext_tiny():
     """Random-init torchvision convnext_tiny in float64 with every bias and layer-norm beta zeroed:
@@ -407,3 +440,24 @@ def test_every_method_explains_a_convnext_or_refuses_clearly(method, convnext):
         return
     r = relprop.explain(convnext, x, target=1, method=method)
     assert r.shape == x.shape and bool(r.isfinite().all())
+
+
+@pytest.mark.parametrize("method", sorted(set(relprop.methods()) - set(REFUSED_ON_CONVNEXT)))
+def test_a_batch_equals_its_samples_on_convnext(method):
+    """As for the ViT, on a small random ConvNeXt (torchvision's blocks: channels-first layer norms,
+    layer scale; two stages of one block, float64, 32 pixels: its last feature map is 2 x 2)."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)
+    model = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10).double().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "layer_scale"):
+                module.layer_scale.uniform_(0.5, 1.5)  # not the tiny 1e-6 of the initialisation
+    x = image(3)
+    target = torch.tensor([2, 5, 9])
+    r = explain(model, x, method, target=target)
+    assert r.abs().sum() > 0
+    for i in range(3):
+        one = explain(model, x[i:i + 1], method, target=target[i:i + 1])
+        torch.testing.assert_close(one, r[i:i + 1], rtol=1e-9, atol=1e-9 * float(r.abs().max()))
