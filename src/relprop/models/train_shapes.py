@@ -1,6 +1,6 @@
 """Train and evaluate the shipped synthetic-benchmark models on CPU: ``python -m relprop.models.train_shapes --model shapes_vgg``.
 
-``--model`` picks the model and with it the data set: ``shapes_vgg`` / ``shapes_resnet`` train on
+``--model`` picks the model and with it the data set: ``shapes_vgg`` / ``shapes_resnet`` / ``shapes_vit`` train on
 ``shapes`` (below); ``nodules3d_vgg`` trains on ``nodules3d`` (:mod:`relprop.models.train_nodules3d`,
 which also runs the k-fold cross-validation of Nam, Choi and Lee [Nam-RAP-Journal] with ``--folds``).
 
@@ -39,10 +39,11 @@ from .training import train_epochs
 
 __all__ = ["evaluate", "example_figure", "main", "mean_average_precision", "to_batch", "train"]
 
-#: Default recipe per model: epochs, peak learning rate.
+#: Default recipe per model: epochs, peak learning rate, optionally the AdamW weight decay (default 5e-4).
 RECIPES: dict[str, dict[str, float]] = {
     "shapes_vgg": {"epochs": 14, "lr": 3e-3},
     "shapes_resnet": {"epochs": 12, "lr": 3e-3},
+    "shapes_vit": {"epochs": 14, "lr": 2e-3, "weight_decay": 0.05},
     "nodules3d_vgg": {"epochs": 8, "lr": 3e-3},
 }
 #: Models trained on another data set, and the module that trains them (same command-line interface).
@@ -180,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         recipe = RECIPES[args.model]
         model = train(args.model, epochs=args.epochs or int(recipe["epochs"]), lr=args.lr or recipe["lr"],
-                      train_count=args.train_count or 30000, batch_size=args.batch_size, seed=args.seed)
+                      train_count=args.train_count or 30000, batch_size=args.batch_size, seed=args.seed,
+                      weight_decay=recipe.get("weight_decay", 5e-4))
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
