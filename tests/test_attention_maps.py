@@ -293,3 +293,40 @@ def test_unchanged_passes_relevance_through_softmax_and_layer_norm():
     torch.testing.assert_close(r, recorded["softmax"], rtol=0, atol=0)
     assert float(r.abs().sum()) > 0
 
+
+
+# -- Grad-CAM on a transformer's tokens ---------------------------------------------------------------
+def test_gradcam_on_tokens_equals_reshaped_reference():
+    """By default Grad-CAM reads the tokens entering the last attention block (after its layer norm),
+    laid out on the patch grid without the class token, as pytorch-grad-cam's ViT recipe
+    (``target_layers=[blocks[-1].norm1]`` with a ``reshape_transform``)."""
+    model, x = small_vit(**THREE), image()
+    kept = {}
+
+    def keep(module, args, out):
+        out.retain_grad()
+        kept["tokens"] = out
+
+    handle = model.encoder.layers[-1].ln_1.register_forward_hook(keep)
+    model(x).gather(1, torch.tensor([[1], [6]])).sum().backward()
+    handle.remove()
+    tokens = kept["tokens"]
+
+    def grid(t):
+        return t[:, 1:].transpose(1, 2).reshape(2, 32, 4, 4)
+
+    weights = grid(tokens.grad).mean((2, 3), keepdim=True)
+    cam = (weights * grid(tokens.detach())).sum(1, keepdim=True).clamp(min=0)
+    want = F.interpolate(cam, size=(32, 32), mode="bilinear")[:, 0]
+    got = channel_sum(relprop.explain(model, x, target=torch.tensor([1, 6]), method="gradcam"))
+    assert float(want.abs().max()) > 0
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    named = relprop.explain(model, x, target=torch.tensor([1, 6]), method="gradcam",
+                            layer="encoder.layers.encoder_layer_2.ln_1")
+    torch.testing.assert_close(named.sum(1), want, rtol=1e-10, atol=1e-14)
+
+
+def test_gradcam_refuses_tokens_that_do_not_tile_the_image():
+    model = small_vit()
+    with pytest.raises(ValueError, match="outputs shape"):
+        relprop.explain(model, image(), target=1, method="gradcam", layer="getitem_17")
