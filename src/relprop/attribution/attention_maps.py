@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..composite import Composite, by_type, first
 from ..feature_maps import upsample
 from ..options import integer, number
-from ..propagate import Propagator, forward_for
+from ..propagate import Propagator, forward_for, propagator_for
 from ..rules import AlphaBeta, MatMulUniform, RescaledSum, Unchanged, ZBox
 from ..targets import Target, one_hot, resolve_target
 from ..traced_gradient import checked_propagator, target_score
@@ -55,6 +55,24 @@ def attention_nodes(propagator: Propagator, what: str) -> list[str]:
                          "(nn.MultiheadAttention, or softmax(Q K^T) V written with matmul): use it on a "
                          "vision transformer")
     return names
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Whether the traced ``model`` holds attention probabilities (what :data:`ATTENTION_METHODS`
+    read); True also when it cannot be traced, so that the method itself says why."""
+    try:
+        return bool(any(n.op.kind == "matmul" and getattr(n.op, "attention", None) is not None
+                        for n in propagator_for(model).graph.nodes))
+    except Exception:  # noqa: BLE001 - the method will report it
+        return True
+
+
+def applicable_methods(model: nn.Module, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``names`` split into those that can explain ``model`` and the attention methods that cannot
+    (``model`` has no attention)."""
+    if not any(n in ATTENTION_METHODS for n in names) or has_attention(model):
+        return list(names), []
+    return [n for n in names if n not in ATTENTION_METHODS], [n for n in names if n in ATTENTION_METHODS]
 
 
 def _check_probabilities(name: str, p: Tensor, what: str) -> None:
@@ -217,6 +235,6 @@ def transformer_attribution(model: nn.Module, x: Tensor, target: Target, *, star
     return Attribution(class_token_map(joint, x, "transformer-attribution"))
 
 
-__all__ = ["ATTENTION_METHODS", "attention_nodes", "attention_rollout", "class_token_map", "joint_attention", "patch_grid",
+__all__ = ["ATTENTION_METHODS", "applicable_methods", "attention_nodes", "has_attention", "attention_rollout", "class_token_map", "joint_attention", "patch_grid",
            "rollout_matrices", "rollout_matrix", "transformer_attribution", "transformer_attribution_composite",
            "transformer_attribution_matrices", "with_identity"]

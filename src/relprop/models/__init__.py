@@ -22,6 +22,7 @@ __all__ = [
     "LITE_MEAN",
     "LITE_STD",
     "Preprocess",
+    "SHAPES_MODELS",
     "WeightsError",
     "EfficientNetLite0",
     "imagenet_categories",
@@ -39,6 +40,8 @@ LITE_STD: tuple[float, float, float] = (128 / 255,) * 3
 _LITE0 = "efficientnet_lite0"
 #: Small multi-label models of the synthetic ``shapes`` benchmark (weights shipped in the package).
 _SHAPES = ("shapes_resnet", "shapes_vgg", "shapes_vit")
+#: the models of the synthetic ``shapes`` benchmark (64x64 scenes, multi-label, shipped weights)
+SHAPES_MODELS: tuple[str, ...] = ("shapes_vgg", "shapes_resnet", "shapes_vit")
 #: The 3-D model of the synthetic ``nodules3d`` benchmark (32^3 cubes, weights shipped in the package).
 _NODULES3D = "nodules3d_vgg"
 
