@@ -380,3 +380,14 @@ def test_segmentation_counts_wiring_pools_like_the_accumulator() -> None:
         assert pix == pytest.approx(ref.pixel_accuracy) and miou == pytest.approx(ref.miou)
     with pytest.raises(ValueError, match="no option"):
         metric_spec("segmentation_counts", {"constant_map": "skip"})
+
+
+def test_attention_methods_are_left_out_on_a_cnn(tmp_path: Path) -> None:
+    """``--methods all`` on a CNN: the methods that read attention probabilities are left out with a
+    warning naming them, the others are evaluated without error."""
+    store = tmp_path / "all.sqlite"
+    config = _config(store, count=2, extra=("--methods", "gradient,attention-rollout,transformer-attribution"))
+    with pytest.warns(UserWarning, match="has no attention: attention-rollout, transformer-attribution left out"):
+        summary = run_evaluation(config, store)
+    assert summary.errors == []
+    assert {k[2] for k in _records(store)} == {"gradient"}

@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+import relprop
 from relprop.data.base import to_model_input
 from relprop.data.registry import dataset_names, get_dataset
 from relprop.data.shapes import (MIN_GAP, NEAR_GAP, SHAPE_CLASSES, SMALL_MAX, ShapesDataset, mask_gap,
                                  shape_mask)
 from relprop.models import load_model, model_names
-from relprop.models.shapes_models import ShapesResNet, ShapesVGG, weights_path
+from relprop.models.shapes_models import ShapesResNet, ShapesVGG, ShapesViT, weights_path
 from relprop.models.train_shapes import mean_average_precision, predict, to_batch
 
 
@@ -167,7 +168,8 @@ def test_map_matches_sklearn():
     assert mean_average_precision(scores, targets) == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("name,cls", [("shapes_vgg", ShapesVGG), ("shapes_resnet", ShapesResNet)])
+@pytest.mark.parametrize("name,cls", [("shapes_vgg", ShapesVGG), ("shapes_resnet", ShapesResNet),
+                                      ("shapes_vit", ShapesViT)])
 def test_shipped_models_are_trained(name, cls):
     assert name in model_names()
     path = weights_path(name)
@@ -187,3 +189,18 @@ def test_shipped_models_are_trained(name, cls):
     assert untrained < 0.6
     # the preprocessing of a PIL image feeds the same numbers
     assert torch.equal(model(preprocess(Image.fromarray(images[0]))).argmax(), predict(model, images[:1])[0].argmax())
+
+
+@pytest.mark.parametrize("method", ["cp-lrp", "attnlrp", "attention-rollout", "transformer-attribution", "gradcam"])
+def test_transformer_methods_explain_shapes_vit(method):
+    """The shipped ViT explained on two test scenes for each scene's first label: maps shaped like the
+    input, finite, not all zero, each sample as on its own."""
+    model, _ = load_model("shapes_vit")
+    images, targets = ShapesDataset("test", count=2, seed=5).arrays()
+    x = to_batch(images)
+    target = torch.from_numpy(targets).argmax(1)
+    r = relprop.explain(model, x, target=target, method=method)
+    assert r.shape == x.shape and bool(r.isfinite().all())
+    assert bool((r.flatten(1).abs().sum(1) > 0).all())
+    one = relprop.explain(model, x[1:], target=target[1:], method=method)
+    torch.testing.assert_close(r[1:], one, rtol=1e-4, atol=1e-5 * float(one.abs().max()))

@@ -122,8 +122,8 @@ class ShapesViT(VisionTransformer):
 
     The stem replaces the single 8x8 patch convolution: conv 7x7 stride 4 (32 channels)-BN-ReLU,
     conv 3x3 stride 2 (64)-BN-ReLU, then torchvision's 1x1 projection to the width. Each token then
-    sees its patch and a margin around it; a plain patch embedding learned far more slowly on
-    ``shapes`` (validation mAP 0.28 after two epochs, against 0.6 and more with the stem).
+    sees its patch and a margin around it (a 15-pixel receptive field); with a plain patch embedding
+    (width 96) the validation mAP after two epochs was 0.28, with the stem 0.32.
 
     It is torchvision's :class:`~torchvision.models.vision_transformer.VisionTransformer` (its
     ``nn.MultiheadAttention`` is what :mod:`relprop.attention` decomposes), built with these sizes.
