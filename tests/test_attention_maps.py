@@ -192,19 +192,20 @@ def chefer_reference(model: nn.Module, x: torch.Tensor, target: int, start_layer
                          mode="bilinear")[:, 0]
 
 
-@pytest.mark.parametrize("start_layer", [0, 1])
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 3])
-def test_transformer_attribution_equals_reference(seed, start_layer):
+def test_transformer_attribution_equals_reference(seed):
     """Relative L2 error below 1e-6 (measured: 1.4e-7 to 4e-7, from the stabilisers, which differ: z + 1e-9
     in the reference, z + 1e-9 sign(z) here; with epsilon=1e-3 instead the error is 0.15 to 1.3)."""
     model, x = small_vit(seed, **THREE), image(batch=1, seed=seed + 1)
     target = 4
-    want = chefer_reference(model, x, target, start_layer)
-    got = channel_sum(relprop.explain(model, x, target=target, method="transformer-attribution",
-                                      start_layer=start_layer))
-    assert float(want.abs().max()) > 0
-    error = float((got - want).norm() / want.norm())
-    assert error < 1e-6, error
+    for start_layer in (0, 1):
+        want = chefer_reference(model, x, target, start_layer)
+        got = channel_sum(relprop.explain(model, x, target=target, method="transformer-attribution",
+                                          start_layer=start_layer))
+        assert float(want.abs().max()) > 0
+        error = float((got - want).norm() / want.norm())
+        assert error < 1e-6, (start_layer, error)
 
 
 def test_transformer_attribution_depends_on_the_target():
