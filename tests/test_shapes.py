@@ -169,7 +169,7 @@ def test_map_matches_sklearn():
 
 
 #: held-out mAP of the shipped models on 2,000 test scenes (docs/shapes.md)
-SHIPPED_MAP = {"shapes_vgg": 0.998, "shapes_resnet": 0.997, "shapes_vit": 0.925}
+SHIPPED_MAP = {"shapes_vgg": 0.998, "shapes_resnet": 0.997, "shapes_vit": 0.950}
 
 
 @pytest.mark.parametrize("name,cls", [("shapes_vgg", ShapesVGG), ("shapes_resnet", ShapesResNet),
@@ -195,10 +195,13 @@ def test_shipped_models_are_trained(name, cls):
     assert torch.equal(model(preprocess(Image.fromarray(images[0]))).argmax(), predict(model, images[:1])[0].argmax())
 
 
-@pytest.mark.parametrize("method", ["cp-lrp", "attnlrp", "attention-rollout", "transformer-attribution", "gradcam"])
+@pytest.mark.parametrize("method", ["cp-lrp", "attnlrp", "attention-rollout", "gradcam",
+                                    pytest.param("transformer-attribution", marks=pytest.mark.slow)])
 def test_transformer_methods_explain_shapes_vit(method):
     """The shipped ViT explained on two test scenes for each scene's first label: maps shaped like the
-    input, finite, not all zero, each sample as on its own."""
+    input, finite, not all zero; in float64 each sample as on its own (in float32, transformer
+    attribution's batch and single maps differ by about 2% of the maximum: rounding, amplified by
+    its 1e-9 stabilisers)."""
     model, _ = load_model("shapes_vit")
     images, targets = ShapesDataset("test", count=2, seed=5).arrays()
     x = to_batch(images)
@@ -206,5 +209,7 @@ def test_transformer_methods_explain_shapes_vit(method):
     r = relprop.explain(model, x, target=target, method=method)
     assert r.shape == x.shape and bool(r.isfinite().all())
     assert bool((r.flatten(1).abs().sum(1) > 0).all())
+    model, x = model.double(), x.double()
+    r = relprop.explain(model, x, target=target, method=method)
     one = relprop.explain(model, x[1:], target=target[1:], method=method)
-    torch.testing.assert_close(r[1:], one, rtol=1e-4, atol=1e-5 * float(one.abs().max()))
+    torch.testing.assert_close(r[1:], one, rtol=1e-7, atol=1e-9 * float(one.abs().max()))
