@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 import relprop
+from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.attribution.registry import get_method
 
 
 F64 = torch.float64
-METHODS = relprop.methods()
+#: every method that explains a CNN (the attention methods refuse them, tests/test_every_method.py)
+METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS]
 #: cheaper settings for the sampling methods, used where a method has the option (the checks here
 #: are about shapes, finiteness and consistency, not about the number of steps)
 CHEAP_OPTIONS = {"steps": 4, "samples": 3}

@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 import relprop
+from relprop.attribution.attention_maps import ATTENTION_METHODS
 
 METHODS = relprop.methods()
+#: the methods that explain the CNNs here (the attention methods refuse them: tests/test_attention_maps.py)
+CNN_METHODS = [m for m in METHODS if m not in ATTENTION_METHODS]
 LRP_NAMES = ["lrp-z", "lrp-epsilon", "lrp-alpha1beta0", "lrp-alpha2beta1", "lrp-cmp"]
 
 
@@ -59,7 +62,7 @@ def x10(model10):
 
 
 # -- bad input -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_wrong_rank_names_the_shape(model, method):
     with pytest.raises(ValueError, match=r"\(3, 8, 8\)"):
         relprop.explain(model, torch.randn(3, 8, 8), method=method)
@@ -76,7 +79,7 @@ def test_wrong_rank_for_conv1d_model():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_non_finite_input_is_refused(model, method, bad):
     x = batch()
     x[1, 2, 3, 4] = bad
@@ -104,7 +107,7 @@ def test_non_module_model_is_refused():
 
 
 @pytest.mark.parametrize("target", [1000, -1, 5000, [3, 1000], [-1, 0]], ids=str)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_target_out_of_range_names_the_range(model, method, target):
     with pytest.raises(ValueError) as info:
         relprop.explain(model, batch(), target=target, method=method)
@@ -141,7 +144,7 @@ def test_unknown_method_lists_the_known_ones(model):
         relprop.Explainer(model, "no-such-method")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_unknown_option_is_named(model, method):
     with pytest.raises(ValueError, match="frobnicate"):
         relprop.explain(model, batch(), method=method, frobnicate=3)
@@ -183,7 +186,7 @@ def test_model_output_must_be_class_scores():
 
 
 # -- target conventions ----------------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_target_none_is_the_prediction(model10, x10, method):
     predicted = _distinct_targets(model10, x10)
     by_default = relprop.explain(model10, x10, method=method)
@@ -195,7 +198,7 @@ def test_target_none_is_the_prediction(model10, x10, method):
     assert not torch.allclose(by_default, fixed)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_int_list_tensor_and_numpy_targets_agree(model10, x10, method):
     n = x10.shape[0]
     as_int = relprop.explain(model10, x10, target=3, method=method)
@@ -206,7 +209,7 @@ def test_int_list_tensor_and_numpy_targets_agree(model10, x10, method):
     assert not torch.allclose(as_int, relprop.explain(model10, x10, target=4, method=method))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_per_sample_targets_equal_separate_calls(model10, x10, method):
     targets = [3, 7, 0, 9]
     together = relprop.explain(model10, x10, target=targets, method=method)
@@ -218,7 +221,7 @@ def test_per_sample_targets_equal_separate_calls(model10, x10, method):
 
 
 def test_explainer_matches_explain(model10, x10):
-    for method in METHODS:
+    for method in CNN_METHODS:
         explainer = relprop.Explainer(model10, method)
         torch.testing.assert_close(explainer.explain(x10, target=2), relprop.explain(model10, x10, 2, method),
                                    rtol=0, atol=0)
@@ -240,7 +243,7 @@ def test_record_returns_a_pair_and_without_record_a_tensor(model10, x10):
 
 
 # -- dtype and device ------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_output_dtype_and_device_follow_the_input(method):
     net32 = tiny(classes=10, seed=2)
     net64 = tiny(classes=10, seed=2).double()

@@ -398,3 +398,20 @@ def test_real_demo_one_photo(tmp_path, capsys) -> None:
     assert str(grid) in out
     for method in methods:
         assert method in out
+
+
+def test_real_demo_on_shapes_scenes(tmp_path, capsys) -> None:
+    """``demo --model shapes_vit`` explains shapes test scenes; an attention method asked for by name on
+    a CNN reports its refusal; other models are refused with the choices."""
+    args = ["demo", "--out", str(tmp_path / "vit"), "--model", "shapes_vit", "--scenes", "1",
+            "--methods", "attention-rollout,transformer-attribution"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "vit" / "demo_grid.png").exists()
+    assert "scene0: shapes test scene 0" in out
+    args = ["demo", "--out", str(tmp_path / "vgg"), "--model", "shapes_vgg", "--scenes", "1",
+            "--methods", "gradient,attention-rollout"]
+    assert main(args) == 1
+    assert "ShapesVGG has no attention" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--model", "resnet18"]) == 2
+    assert "demo --model takes efficientnet_lite0" in capsys.readouterr().err

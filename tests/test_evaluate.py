@@ -284,9 +284,12 @@ def test_every_method_on_shapes(model: str, tmp_path: Path) -> None:
     them, random ones otherwise (the pipeline is the same)."""
     from relprop.models.shapes_models import weights_path
 
+    from relprop.attribution.attention_maps import ATTENTION_METHODS
+
+    methods = [m for m in relprop.methods() if m not in ATTENTION_METHODS]  # they refuse CNNs
     store = tmp_path / "shapes.sqlite"
     config = EvaluationConfig(
-        dataset="shapes", model=model, methods=relprop.methods(), dataset_options={"count": 2},
+        dataset="shapes", model=model, methods=methods, dataset_options={"count": 2},
         model_options={} if weights_path(model).is_file() else {"weights": False},
         metrics=["pointing_game", "mu", "energy_pointing_game", "aopc_morf"],
         metric_options={"aopc_morf": {"counts": [0, 100]}}, batch_size=2, progress=False)
@@ -296,9 +299,9 @@ def test_every_method_on_shapes(model: str, tmp_path: Path) -> None:
 
     data = get_dataset("shapes", count=2)
     pairs = sum(len(data[i].labels) for i in range(2))
-    assert summary.records == pairs * len(relprop.methods()) * 4
+    assert summary.records == pairs * len(methods) * 4
     defined = {k[2] for k, v in _records(store).items() if v[0] is not None}
-    assert defined == set(relprop.methods())  # every method has some defined value
+    assert defined == set(methods)  # every method has some defined value
 
 
 def _targets(store: Path) -> dict:
@@ -377,3 +380,14 @@ def test_segmentation_counts_wiring_pools_like_the_accumulator() -> None:
         assert pix == pytest.approx(ref.pixel_accuracy) and miou == pytest.approx(ref.miou)
     with pytest.raises(ValueError, match="no option"):
         metric_spec("segmentation_counts", {"constant_map": "skip"})
+
+
+def test_attention_methods_are_left_out_on_a_cnn(tmp_path: Path) -> None:
+    """``--methods all`` on a CNN: the methods that read attention probabilities are left out with a
+    warning naming them, the others are evaluated without error."""
+    store = tmp_path / "all.sqlite"
+    config = _config(store, count=2, extra=("--methods", "gradient,attention-rollout,transformer-attribution"))
+    with pytest.warns(UserWarning, match="has no attention: attention-rollout, transformer-attribution left out"):
+        summary = run_evaluation(config, store)
+    assert summary.errors == []
+    assert {k[2] for k in _records(store)} == {"gradient"}

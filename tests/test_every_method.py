@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.data.photos import load_photo
 from engine_checks import F64, METHODS, ZOO_TINY, assert_unchanged, check_map, explain, randn, snapshot
 
@@ -23,6 +24,15 @@ def test_every_method_gives_finite_maps_on_the_zoo(zoo, name, size, method):
     relevance = explain(model, x, method)
     check_map(relevance, x, method)
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
+def test_attention_methods_refuse_the_zoo_cnns_clearly(zoo, method):
+    """The methods that read attention probabilities name the problem on a model without attention."""
+    for name, size in ZOO_TINY:
+        model = zoo.get(name, "f32")
+        with pytest.raises(ValueError, match=f"{type(model).__name__} has no attention"):
+            explain(model, randn(1, 3, size, size, seed=3), method)
 
 
 @pytest.fixture(scope="module")

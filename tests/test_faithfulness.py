@@ -46,6 +46,7 @@ import pytest
 import torch
 
 import relprop
+from relprop.attribution.attention_maps import ATTENTION_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("faithfulness_bench", ROOT / "benchmarks" / "faithfulness.py")
@@ -53,7 +54,8 @@ bench = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("faithfulness_bench", bench)
 _spec.loader.exec_module(bench)
 
-METHODS = relprop.methods()
+#: the methods that explain CNNs (not the attention methods, which refuse them)
+METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS]
 #: the methods with targets on efficientnet_lite0, run in CI
 CORE_LITE0 = ["hedge", "rap-journal", "lrp-cmp", "sglrp", "clrp", "contrastive-eb"]
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import relprop
+from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.attribution.registry import get_method
 from relprop.multi_target import ClassTargets
 from relprop.propagate import Propagator
@@ -18,7 +19,8 @@ from misuse.model_state import assert_unchanged, snapshot
 
 F64 = torch.float64
 CLASSES = 7
-METHODS = relprop.methods()
+#: the methods that explain CNNs (not the attention methods, which refuse them)
+METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS]
 NATIVE = [m for m in METHODS if get_method(m).multi_target]
 
 

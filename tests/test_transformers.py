@@ -422,7 +422,8 @@ def test_cp_lrp_conserves_on_convnext_tiny():
 
 #: methods not defined on ConvNeXt's channels-last linear layers, and the words of their refusal
 REFUSED_ON_CONVNEXT = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
-                       "fullgrad": "channels in dimension 1"}
+                       "fullgrad": "channels in dimension 1", "attention-rollout": "ConvNeXt has no attention",
+                       "transformer-attribution": "ConvNeXt has no attention"}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import difflib
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +341,19 @@ def _select_methods(relprop: Any, requested: list[str] | None) -> list[str]:
     return requested
 
 
+def _applicable(model: Any, methods: list[str], name: str, explicit: bool) -> list[str]:
+    """``methods`` without the attention methods when ``model`` has no attention (said on stderr when
+    they were not asked for by name; asked for, they run and report their refusal)."""
+    from relprop.attribution.attention_maps import applicable_methods
+
+    if explicit:
+        return methods
+    kept, skipped = applicable_methods(model, methods)
+    if skipped:
+        print(f"{PROG}: {name} has no attention: {', '.join(skipped)} left out", file=sys.stderr)
+    return kept
+
+
 def _select_photos(photos: Sequence[Any], requested: list[str] | None) -> list[Any]:
     """All demo photos, or those named in ``requested`` (in that order)."""
     if requested is None:
@@ -400,16 +414,52 @@ def _display(method: str) -> str:
         return "signed"
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """A ``shapes`` test scene shown by the demo of a shapes model (as a demo photo: name, description, image)."""
+
+    name: str
+    description: str
+    sample: Any
+
+    def image(self) -> Any:
+        return self.sample.image
+
+
+def _shapes_scenes(count: int) -> list[_Scene]:
+    """The first ``count`` scenes of the ``shapes`` test split."""
+    from relprop.data.shapes import SHAPE_CLASSES, ShapesDataset
+
+    if count < 1:
+        raise CliError(f"--scenes must be at least 1, got {count}")
+    data = ShapesDataset("test", count=count)
+    scenes = []
+    for i in range(count):
+        sample = data[i]
+        labels = ", ".join(SHAPE_CLASSES[c] for c in sample.labels)
+        scenes.append(_Scene(f"scene{i}", f"shapes test scene {i} ({labels})", sample))
+    return scenes
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Explain the bundled demo photos with every method and write a grid PNG."""
+    """Explain the bundled demo photos (or ``shapes`` test scenes for a shapes model) with every method
+    and write a grid PNG."""
     import relprop
     from relprop import viz
     from relprop.data.photos import demo_photos
+    from relprop.models import SHAPES_MODELS
 
     _check_output_file(Path(args.out) / "demo_grid.png")
     methods = _select_methods(relprop, _parse_list(args.methods))
-    photos = _select_photos(demo_photos(), _parse_list(args.photos))
-    model, preprocess = _load_model(relprop, DEMO_MODEL)
+    shapes = args.model in SHAPES_MODELS
+    if args.model != DEMO_MODEL and not shapes:
+        raise CliError(f"demo --model takes {DEMO_MODEL} (the photos) or a shapes model "
+                       f"({', '.join(SHAPES_MODELS)}); use `relprop explain` for other models")
+    if shapes and args.photos is not None:
+        raise CliError("--photos is for the photos of the default model; a shapes model shows --scenes test scenes")
+    photos = _shapes_scenes(args.scenes) if shapes else _select_photos(demo_photos(), _parse_list(args.photos))
+    model, preprocess = _load_model(relprop, args.model)
+    methods = _applicable(model, methods, args.model, explicit=args.methods is not None)
 
     rows: list[dict] = []
     names: list[str] | None = None
@@ -419,7 +469,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             raise CliError(f"cannot read demo photo {photo.name}: {err}") from None
         x = _to_batch(preprocess, image)
-        probs = _probabilities(model, x)
+        if shapes:  # multi-label: each class's sigmoid
+            import torch
+
+            from relprop.data.shapes import SHAPE_CLASSES
+
+            with torch.no_grad():
+                probs = torch.sigmoid(model(x)[0].double())
+            names = list(SHAPE_CLASSES)
+        else:
+            probs = _probabilities(model, x)
         names = names if names is not None else _class_names(int(probs.shape[0]))
         _print_top_k(photo, probs, names)
         target = int(probs.argmax())
@@ -431,7 +490,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = _write(grid, lambda: viz.method_grid(
         [{k: row[k] for k in ("image", "label", "maps")} for row in rows],
         grid,
-        title=f"{DEMO_MODEL}: relevance for the top-1 class",
+        title=f"{args.model}: relevance for the top-1 class",
         columns=DEMO_COLUMNS,
         displays={m: _display(m) for m in methods},
     ))
@@ -496,6 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=f"explain the bundled photos with {DEMO_MODEL} and every method")
     p.add_argument("--out", default="relprop-demo", help="output directory (default: relprop-demo)")
+    p.add_argument("--model", default=DEMO_MODEL,
+                   help=f"{DEMO_MODEL} (default) on the bundled photos, or a shapes model (shapes_vgg, "
+                        "shapes_resnet, shapes_vit) on shapes test scenes")
+    p.add_argument("--scenes", type=int, default=4, help="shapes models: how many test scenes (default 4)")
     p.add_argument("--methods", default=None, help="comma separated methods (default: all)")
     p.add_argument("--photos", default=None, help="comma separated photo names (default: all)")
     p.set_defaults(func=cmd_demo)

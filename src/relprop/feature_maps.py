@@ -1,7 +1,14 @@
 """Feature maps of a model for class-activation maps (Grad-CAM and its kin): which node to use by
-default, and how a map is upsampled to the input size."""
+default, and how a map is upsampled to the input size.
+
+A vision transformer's tokens ``(batch, tokens, features)`` are a feature map too: laid out on the
+patch grid of the image (the class token, when there is one, first and left out; the patches in
+row-major order), as pytorch-grad-cam's ``reshape_transform`` for ViTs does. Its default layer is the
+input of the last attention block after its layer norm (pytorch-grad-cam's ``blocks[-1].norm1``)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +22,60 @@ Tensor = torch.Tensor
 INTERPOLATIONS = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area")
 
 
+def token_grid(tokens: Tensor, x: Tensor) -> Tensor | None:
+    """Tokens ``(B, N, D)`` as a feature map ``(B, D, rows, columns)`` on the patch grid of the image
+    ``x`` (B, C, H, W): the first token left out when the other ``N - 1`` tile the image with square
+    patches (a class token), else all ``N`` when they do; None when neither tiles it."""
+    if tokens.dim() != 3 or x.dim() != 4:
+        return None
+    height, width = x.shape[-2:]
+    for skip in (1, 0):
+        count = tokens.shape[1] - skip
+        if count < 1:
+            continue
+        patch = round(math.sqrt(height * width / count))
+        if patch >= 1 and height % patch == 0 and width % patch == 0 and (height // patch) * (width // patch) == count:
+            grid = tokens[:, skip:].transpose(1, 2)
+            return grid.reshape(tokens.shape[0], tokens.shape[2], height // patch, width // patch)
+    return None
+
+
+def as_feature_map(value: Tensor, x: Tensor) -> Tensor | None:
+    """``value`` itself when it has the rank of ``x`` (B, C, *spatial), a vision transformer's tokens on
+    the patch grid (:func:`token_grid`), else None."""
+    if value.dim() == x.dim() and value.dim() >= 3:
+        return value
+    return token_grid(value, x)
+
+
+def spatial_features(value: Tensor, x: Tensor, name: str, what: str) -> Tensor:
+    """:func:`as_feature_map`, or a ValueError naming the layer and its shape."""
+    features = as_feature_map(value, x)
+    if features is None:
+        raise ValueError(f"{what} needs a layer with spatial dimensions (a feature map of rank {x.dim()}, or a "
+                         f"vision transformer's tokens that tile the image), but {name!r} outputs shape "
+                         f"{tuple(value.shape)}")
+    return features
+
+
+def last_attention_tokens(propagator: Propagator) -> str | None:
+    """The tokens entering the last attention block: the last layer norm before its attention
+    probabilities (the factor of a product ``P V`` marked as attention); None without attention."""
+    nodes = propagator.graph.nodes
+    last = max((i for i, n in enumerate(nodes) if n.op.kind == "matmul" and getattr(n.op, "attention", None)
+                is not None), default=None)
+    if last is None:
+        return None
+    return next((n.name for n in reversed(nodes[:last]) if n.op.kind == "layernorm"), None)
+
+
 def feature_map_candidates(propagator: Propagator) -> list[str]:
-    """Candidate layers for Grad-CAM, best first: the inputs of the pooling nodes (last first), then
+    """Candidate layers for Grad-CAM, best first: the tokens entering the last attention block of a
+    transformer (:func:`last_attention_tokens`), the inputs of the pooling nodes (last first), then
     the output of the last convolution's activation (or the last convolution)."""
     nodes = propagator.graph.nodes
-    names: list[str] = []
+    tokens = last_attention_tokens(propagator)
+    names: list[str] = [tokens] if tokens is not None else []
     for node in reversed(nodes):
         op = node.op
         adaptive_max = isinstance(op, ops.MaxPool) and "daptive" in (
@@ -43,7 +99,7 @@ def pick_feature_map(kept: dict[str, Tensor], x: Tensor, propagator: Propagator)
     """The first candidate (in the order of :func:`feature_map_candidates`) that is a feature map."""
     for name in feature_map_candidates(propagator):
         value = kept.get(name)
-        if value is not None and value.dim() == x.dim() and value.dim() >= 3:
+        if value is not None and as_feature_map(value, x) is not None:
             return name
     raise ValueError(
         f"Grad-CAM found no feature map of rank {x.dim()} in {type(propagator.model_ref()).__name__} "

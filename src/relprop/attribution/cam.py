@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type
-from ..feature_maps import INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map, upsample
+from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map,
+                            spatial_features, upsample)
 from ..options import choice, flag, name, number
 from ..multi_target import expand_targets
 from ..propagate import forward_for
@@ -31,13 +32,6 @@ def _check_layer(x: Tensor, layer: str | None, interpolation: str, what: str) ->
     if layer is not None and not isinstance(layer, str):
         raise ValueError(f"layer must be a node or module name (a string), got {type(layer).__name__}")
     interpolation_mode(interpolation, x.dim() - 2)
-
-
-def _spatial_features(features: Tensor, name: str, what: str) -> Tensor:
-    if features.dim() < 3:
-        raise ValueError(f"{what} needs a layer with spatial dimensions, but {name!r} outputs shape "
-                         f"{tuple(features.shape)}")
-    return features
 
 
 def _as_input(cam: Tensor, x: Tensor, relu: bool, interpolation: str) -> Tensor:
@@ -73,9 +67,9 @@ def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = 
         logits, kept = propagator.forward_differentiable(leaf, keep=keep)
         indices = resolve_target(target, logits.detach())
         chosen = layer if layer is not None else pick_feature_map(kept, x, propagator)
-        features = _spatial_features(kept[chosen], chosen, "Grad-CAM++")
-        grads = gradient_or_zeros(target_score(logits, indices), features)
-    features = features.detach()
+        spatial_features(kept[chosen], x, chosen, "Grad-CAM++")
+        grads = spatial_features(gradient_or_zeros(target_score(logits, indices), kept[chosen]), x, chosen, "Grad-CAM++")
+    features = spatial_features(kept[chosen].detach(), x, chosen, "Grad-CAM++")
     weights = gradcam_plus_plus_weights(features, grads, epsilon)
     return (weights * features).sum(dim=1, keepdim=True), indices
 
@@ -135,13 +129,13 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
     features = cache.outputs[graph.find(layer)]
     if features is None:
         raise ValueError(f"Relevance-CAM: node {layer!r} keeps no output")
-    features = _spatial_features(features, layer, "Relevance-CAM").detach().clone()
+    features = spatial_features(features, x, layer, "Relevance-CAM").detach().clone()
     logits = cache.outputs[-1]
     indices = resolve_target(target, logits)
     composite = relevance_cam_composite(maxpool, add, batchnorm)
     _, recorded = propagator.backward(cache, relevance_cam_initial(logits, indices, initial), composite,
                                       record=[layer])
-    relevance = recorded[layer]
+    relevance = spatial_features(recorded[layer], x, layer, "Relevance-CAM")
     alpha = relevance.mean(dim=tuple(range(2, relevance.dim())), keepdim=True)
     return (alpha * features).sum(dim=1, keepdim=True), indices
 

@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..feature_maps import INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map, upsample
+from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map,
+                            spatial_features, upsample)
 from ..options import bound, choice, flag, integer, name, number
 from ..propagate import Propagator
 from ..targets import Selection, Target, resolve_selection
@@ -342,11 +343,9 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
         logits, kept = propagator.forward_differentiable(leaf, keep=keep)
         indices = resolve_selection(target, logits.detach())
         name = layer if layer is not None else pick_feature_map(kept, x, propagator)
-        features = kept[name]
-        if features.dim() < 3:
-            raise ValueError(
-                f"Grad-CAM needs a layer with spatial dimensions, but {name!r} outputs shape {tuple(features.shape)}")
-        grads = gradient_or_zeros(target_score(logits, indices), features)
+        spatial_features(kept[name], x, name, "Grad-CAM")
+        grads = spatial_features(gradient_or_zeros(target_score(logits, indices), kept[name]), x, name, "Grad-CAM")
+        features = spatial_features(kept[name], x, name, "Grad-CAM")
     spatial = tuple(range(2, features.dim()))
     weights = grads.mean(dim=spatial, keepdim=True)            # alpha_k: global-average-pooled gradients
     cam = (weights * features).sum(dim=1, keepdim=True).detach()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -155,12 +156,17 @@ class Evaluation:
     # -- setup ----------------------------------------------------------------------------------
 
     def _methods(self) -> list[tuple[str, str, dict, Explainer]]:
+        from ..attribution.attention_maps import applicable_methods
         from ..attribution.registry import methods as known
 
         names = list(dict.fromkeys(self.config.methods))
         unused = sorted(set(self.config.method_options) - set(names))
         if unused:
             raise ValueError(f"options given for method(s) not evaluated: {', '.join(unused)}")
+        names, skipped = applicable_methods(self.model, names)
+        if skipped:
+            warnings.warn(f"model {self.config.model!r} has no attention: {', '.join(skipped)} left out "
+                          "(they read attention probabilities)", stacklevel=2)
         out = []
         for name in names:
             if name not in known():

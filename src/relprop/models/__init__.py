@@ -22,6 +22,7 @@ __all__ = [
     "LITE_MEAN",
     "LITE_STD",
     "Preprocess",
+    "SHAPES_MODELS",
     "WeightsError",
     "EfficientNetLite0",
     "imagenet_categories",
@@ -38,7 +39,9 @@ LITE_STD: tuple[float, float, float] = (128 / 255,) * 3
 
 _LITE0 = "efficientnet_lite0"
 #: Small multi-label models of the synthetic ``shapes`` benchmark (weights shipped in the package).
-_SHAPES = ("shapes_resnet", "shapes_vgg")
+_SHAPES = ("shapes_resnet", "shapes_vgg", "shapes_vit")
+#: the models of the synthetic ``shapes`` benchmark (64x64 scenes, multi-label, shipped weights)
+SHAPES_MODELS: tuple[str, ...] = ("shapes_vgg", "shapes_resnet", "shapes_vit")
 #: The 3-D model of the synthetic ``nodules3d`` benchmark (32^3 cubes, weights shipped in the package).
 _NODULES3D = "nodules3d_vgg"
 
@@ -218,7 +221,7 @@ def load_model(name: str, weights: Any = None, **kwargs: Any) -> tuple[nn.Module
 
     Args:
         name: a torchvision classification model (``"resnet50"``, ``"vgg16"``, ...),
-            ``"efficientnet_lite0"``, or ``"shapes_vgg"`` / ``"shapes_resnet"`` (multi-label
+            ``"efficientnet_lite0"``, or ``"shapes_vgg"`` / ``"shapes_resnet"`` / ``"shapes_vit"`` (multi-label
             models of the synthetic ``shapes`` data set, 64x64 input, shipped weights; see
             :mod:`relprop.models.shapes_models`), or ``"nodules3d_vgg"`` (a 3-D VGG of the synthetic
             ``nodules3d`` cubes; its preprocess maps a (D, H, W) or (1, D, H, W) array of 32^3 raw

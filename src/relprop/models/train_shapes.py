@@ -1,6 +1,6 @@
 """Train and evaluate the shipped synthetic-benchmark models on CPU: ``python -m relprop.models.train_shapes --model shapes_vgg``.
 
-``--model`` picks the model and with it the data set: ``shapes_vgg`` / ``shapes_resnet`` train on
+``--model`` picks the model and with it the data set: ``shapes_vgg`` / ``shapes_resnet`` / ``shapes_vit`` train on
 ``shapes`` (below); ``nodules3d_vgg`` trains on ``nodules3d`` (:mod:`relprop.models.train_nodules3d`,
 which also runs the k-fold cross-validation of Nam, Choi and Lee [Nam-RAP-Journal] with ``--folds``).
 
@@ -39,10 +39,11 @@ from .training import train_epochs
 
 __all__ = ["evaluate", "example_figure", "main", "mean_average_precision", "to_batch", "train"]
 
-#: Default recipe per model: epochs, peak learning rate.
+#: Default recipe per model: epochs, peak learning rate, optionally the AdamW weight decay (default 5e-4).
 RECIPES: dict[str, dict[str, float]] = {
     "shapes_vgg": {"epochs": 14, "lr": 3e-3},
     "shapes_resnet": {"epochs": 12, "lr": 3e-3},
+    "shapes_vit": {"epochs": 14, "lr": 2e-3, "weight_decay": 0.05},
     "nodules3d_vgg": {"epochs": 8, "lr": 3e-3},
 }
 #: Models trained on another data set, and the module that trains them (same command-line interface).
@@ -88,10 +89,11 @@ def evaluate(model: nn.Module, count: int = 2000, seed: int = 0, size: int = SHA
 
 
 def train(name: str, epochs: int, lr: float, train_count: int = 30000, batch_size: int = 64, seed: int = 0,
-          weight_decay: float = 5e-4, log: bool = True) -> nn.Module:
-    """Train ``name`` from scratch on ``shapes`` train images with BCE, AdamW and a one-cycle schedule."""
+          weight_decay: float = 5e-4, log: bool = True, init: Path | None = None) -> nn.Module:
+    """Train ``name`` on ``shapes`` train images with BCE, AdamW and a one-cycle schedule, from scratch
+    or, with ``init``, from the weights in that file (a further cycle)."""
     torch.manual_seed(seed)
-    model = load_shapes_model(name, weights=False).train()
+    model = load_shapes_model(name, weights=init if init is not None else False).train()
     model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     images, targets = ShapesDataset("train", size=SHAPES_SIZE, count=train_count, seed=seed).arrays()
@@ -162,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-count", type=int, help="default: 2000 (shapes), 1000 (nodules3d)")
     parser.add_argument("--out", type=Path, help="where to write the state dict; default: the shipped weights file")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the shipped (or --out) weights")
+    parser.add_argument("--init", type=Path, help="start from the weights in this file instead of a random "
+                        "initialisation (a further one-cycle run)")
     parser.add_argument("--figure", type=Path, help="also write a PNG of test scenes with the model's predictions")
     parser.add_argument("--folds", type=int, default=0,
                         help="nodules3d_vgg only: k-fold cross-validation on the first --train-count cubes "
@@ -180,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         recipe = RECIPES[args.model]
         model = train(args.model, epochs=args.epochs or int(recipe["epochs"]), lr=args.lr or recipe["lr"],
-                      train_count=args.train_count or 30000, batch_size=args.batch_size, seed=args.seed)
+                      train_count=args.train_count or 30000, batch_size=args.batch_size, seed=args.seed,
+                      weight_decay=recipe.get("weight_decay", 5e-4), init=args.init)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
