@@ -75,10 +75,13 @@ def applicable_methods(model: nn.Module, names: Sequence[str]) -> tuple[list[str
     return [n for n in names if n not in ATTENTION_METHODS], [n for n in names if n in ATTENTION_METHODS]
 
 
-def _check_probabilities(name: str, p: Tensor, what: str) -> None:
-    if p.dim() != 4 or p.shape[-1] != p.shape[-2]:
-        raise ValueError(f"{what} needs attention probabilities shaped (batch, heads, tokens, tokens); node "
-                         f"{name!r} holds shape {tuple(p.shape)}")
+def _check_probabilities(name: str, p: Tensor, what: str, batch: int) -> None:
+    """Global self-attention of each sample over all its tokens: (batch, heads, tokens, tokens)."""
+    if p.dim() != 4 or p.shape[-1] != p.shape[-2] or p.shape[0] != batch:
+        raise ValueError(f"{what} is defined for global self-attention of each image over its class token and "
+                         f"patch tokens (ViT, DeiT), probabilities shaped (batch={batch}, heads, tokens, tokens); "
+                         f"node {name!r} holds shape {tuple(p.shape)} (attention within windows or grid cells, "
+                         "as in Swin or MaxViT, has no class-token row to roll out)")
 
 
 def patch_grid(tokens: int, x: Tensor, what: str) -> tuple[int, int]:
@@ -140,7 +143,7 @@ def rollout_matrices(model: nn.Module, x: Tensor, target: Target, what: str = "a
         logits, kept = propagator.forward_differentiable(x.detach(), keep=names)
         resolve_target(target, logits)  # checks the target, which the map does not depend on
     for name in names:
-        _check_probabilities(name, kept[name], what)
+        _check_probabilities(name, kept[name], what, x.shape[0])
     return [rollout_matrix(kept[name]) for name in names]
 
 
@@ -196,7 +199,7 @@ def transformer_attribution_matrices(model: nn.Module, x: Tensor, target: Target
         logits, kept = propagator.forward_differentiable(leaf, keep=names)
         indices = resolve_target(target, logits.detach())
         for name in names:
-            _check_probabilities(name, kept[name], what)
+            _check_probabilities(name, kept[name], what, x.shape[0])
         gradients = torch.autograd.grad(target_score(logits, indices), [kept[n] for n in names], allow_unused=True)
     propagator, cache = forward_for(model, x.detach())
     initial = one_hot(cache.outputs[-1], indices)

@@ -130,8 +130,9 @@ ORDERS: dict[str, Order] = {
     "vit-faithfulness": _o("Achtibat et al. 2024 [Achtibat2024-AttnLRP], faithfulness of ViT explanations (area between "
                            "the MoRF and LeRF perturbation curves, ViT-B-16 on ImageNet)", "attnlrp",
                            ("transformer-attribution", "attention-rollout"),
-                           why="data: 64 x 64 synthetic shapes and a 4-layer ViT of 8-pixel patches instead of "
-                               "ImageNet and ViT-B-16, so attention spans few patches and few layers; method: "
+                           why="data and model: 64 x 64 synthetic shapes and a 4-block ViT with a convolutional "
+                               "stem (8 x 8 tokens) instead of ImageNet and ViT-B-16, so attention spans few tokens "
+                               "and few blocks; method: "
                                "rollout and transformer-attribution are patch-level maps (upsampled), which the "
                                "patch-wise perturbation here does not penalise, whereas pixel maps are summed "
                                "over each patch"),

@@ -261,7 +261,8 @@ def default_dataset(model: str) -> str:
     return "shapes" if model.startswith("shapes_") else "photos"
 
 
-def jobs(size: str | Size = "small", models: Sequence[str] = ("shapes_vgg", "shapes_resnet", "efficientnet_lite0"),
+def jobs(size: str | Size = "small",
+         models: Sequence[str] = ("shapes_vgg", "shapes_resnet", "shapes_vit", "efficientnet_lite0"),
          model_options: Optional[dict] = None, batch_size: int = 16, device: str = "cpu",
          datasets: Optional[dict[str, str]] = None, root: Optional[str] = None,
          methods: Optional[Sequence[str]] = None) -> list[Job]:

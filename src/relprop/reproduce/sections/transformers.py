@@ -87,8 +87,8 @@ def section(doc: Doc, runs: list[RunData]) -> None:
     if not mine:
         return
     doc.add("## Beyond the papers: transformers", "",
-            "None of the five papers explains a transformer. Here `shapes_vit` (a ViT with 8-pixel patches, "
-            "docs/shapes.md) and the shipped CNNs are explained by the transformer methods (attnlrp, cp-lrp, "
+            "None of the five papers explains a transformer. Here `shapes_vit` (a 4-block ViT whose convolutional "
+            "stem makes 8 x 8 tokens of 8 x 8 pixels, docs/shapes.md) and the shipped CNNs are explained by the transformer methods (attnlrp, cp-lrp, "
             "attention-rollout, transformer-attribution; the last two only on the ViT, they need attention) "
             "and the seeds' methods (sglrp, clrp, gradient, input x gradient, gradcam), on the same scenes of "
             "`shapes` (`relprop.reproduce.protocols.TRANSFORMER_METHODS`). attnlrp and cp-lrp differ only inside "
