@@ -64,7 +64,7 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402  (benchmarks/_report.py)
+from _report import cpu_model, dist_version, write_section  # noqa: E402  (benchmarks/_report.py)
 
 #: relprop, imported by ``use_relprop`` from a snapshot of its source taken when the run starts, so
 #: that edits made to ``src/`` while the benchmark runs cannot mix code versions within one run
@@ -649,15 +649,6 @@ def profile_table(main: dict, reference: dict | None, top: int = 12) -> str:
 # --------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def total_ram_gib() -> str:
@@ -674,14 +665,6 @@ def load_average() -> str:
         return " / ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "unknown"
-
-
-def dist_version(name: str) -> str:
-    from importlib import metadata
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def fmt_ms(seconds: float | None) -> str:

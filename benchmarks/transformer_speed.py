@@ -36,7 +36,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -44,7 +43,6 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -55,7 +53,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "src"))
-from _report import write_section  # noqa: E402
+from _report import cpu_model, dist_version, write_section  # noqa: E402
 
 import relprop  # noqa: E402
 
@@ -264,24 +262,6 @@ class Row:
 def cosine(a: Tensor, b: Tensor) -> float:
     a, b = a.sum(1).flatten(1).double(), b.sum(1).flatten(1).double()
     return float(torch.nn.functional.cosine_similarity(a, b, dim=1).min())
-
-
-def dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def report(rows: list[Row], args: argparse.Namespace, seconds: float, load: list[float]) -> str:

@@ -126,3 +126,41 @@ def check_map(relevance: torch.Tensor, x: torch.Tensor, method: str = "") -> Non
     assert relevance.shape == x.shape, method
     assert relevance.dtype == x.dtype and relevance.device == x.device, method
     assert torch.isfinite(relevance).all(), f"{method}: non-finite relevance"
+
+
+def assert_explains_or_refuses(model: nn.Module, x: torch.Tensor, method: str, refused: dict[str, str]) -> None:
+    """``method`` explains ``model`` (finite, shaped like ``x``), or, when it is in ``refused``, raises a
+    ValueError whose message contains ``refused[method]``: never an obscure error from inside a rule."""
+    import re
+
+    import pytest
+
+    if method in refused:
+        with pytest.raises(ValueError, match=re.escape(refused[method])):
+            relprop.explain(model, x, target=1, method=method)
+        return
+    r = relprop.explain(model, x, target=1, method=method)
+    assert r.shape == x.shape and bool(r.isfinite().all())
+
+
+def assert_batch_equals_samples(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str,
+                                rtol: float = 1e-9) -> None:
+    """Each sample of the batch ``x`` gets the map of its own call (cheap settings of :func:`explain`;
+    the sampling methods draw per sample), and the maps are not all zero."""
+    r = explain(model, x, method, target=target)
+    assert r.abs().sum() > 0
+    for i in range(x.shape[0]):
+        one = explain(model, x[i:i + 1], method, target=target[i:i + 1])
+        torch.testing.assert_close(one, r[i:i + 1], rtol=rtol, atol=rtol * float(r.abs().max()))
+
+
+def assert_cp_lrp_conserves(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+    """CP-LRP without stabilisers (``epsilon=0``) on a model with nothing that absorbs relevance: each
+    sample's map is shaped like ``x`` and sums to its target logit (1e-6 relative). Returns the maps."""
+    target = torch.as_tensor(target).reshape(-1).expand(x.shape[0])
+    r = relprop.explain(model, x, target=target, method="cp-lrp", epsilon=0.0)
+    with torch.no_grad():
+        logit = model(x).gather(1, target[:, None])[:, 0]
+    assert r.shape == x.shape
+    torch.testing.assert_close(r.sum(tuple(range(1, r.dim()))), logit, rtol=1e-6, atol=0.0)
+    return r

@@ -5,7 +5,6 @@ pre-norm batch norm and squeeze-excitation (a gated product)."""
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torchvision
 from torchvision.models.maxvit import MaxVit
 
 import relprop
+from engine_checks import assert_cp_lrp_conserves, assert_explains_or_refuses  # noqa: E402
 
 DOUBLE = torch.float64
 #: two stages of one block, 2 x 2 windows and grids, 4-wide heads, 32-pixel images
@@ -53,11 +53,7 @@ def test_cp_lrp_conserves_on_a_small_maxvit():
     model = small_maxvit(conservative=True)
     x = image()
     target = torch.tensor([3, 8])
-    r = relprop.explain(model, x, target=target, method="cp-lrp", epsilon=0.0)
-    with torch.no_grad():
-        logit = model(x).gather(1, target[:, None])[:, 0]
-    assert r.shape == x.shape
-    torch.testing.assert_close(r.sum((1, 2, 3)), logit, rtol=1e-6, atol=0)
+    assert_cp_lrp_conserves(model, x, target)
 
 
 def test_attention_products_are_marked():
@@ -78,10 +74,7 @@ def test_cp_lrp_conserves_on_maxvit_t():
     model = torchvision.models.maxvit_t(num_classes=10).double().eval()
     _zero_biases(model)
     x = image(1, 224)
-    r = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0)
-    with torch.no_grad():
-        logit = model(x)[0, 3]
-    torch.testing.assert_close(r.sum(), logit, rtol=1e-6, atol=0)
+    assert_cp_lrp_conserves(model, x, 3)
 
 
 #: methods not defined here, and the words of their clear refusal
@@ -98,12 +91,7 @@ def maxvit() -> nn.Module:
 @pytest.mark.parametrize("method", sorted(relprop.methods()))
 def test_every_method_explains_a_maxvit_or_refuses_clearly(method, maxvit):
     x = image()
-    if method in REFUSED_ON_MAXVIT:
-        with pytest.raises(ValueError, match=re.escape(REFUSED_ON_MAXVIT[method])):
-            relprop.explain(maxvit, x, target=1, method=method)
-        return
-    r = relprop.explain(maxvit, x, target=1, method=method)
-    assert r.shape == x.shape and bool(r.isfinite().all())
+    assert_explains_or_refuses(maxvit, x, method, REFUSED_ON_MAXVIT)
 
 
 @pytest.mark.parametrize("method", ["cp-lrp", "attnlrp"])

@@ -5,7 +5,6 @@ the user's model is left as it was."""
 
 from __future__ import annotations
 
-import re
 import sys
 
 import pytest
@@ -16,7 +15,7 @@ from torchvision.models.swin_transformer import (PatchMerging, PatchMergingV2, S
                                                 ShiftedWindowAttentionV2, SwinTransformer, SwinTransformerBlockV2)
 
 import relprop
-from engine_checks import explain  # noqa: E402
+from engine_checks import assert_batch_equals_samples, assert_cp_lrp_conserves, assert_explains_or_refuses  # noqa: E402
 from relprop.structure import inference_copy
 from relprop.window_attention import DecomposedWindowAttention, TraceablePatchMerging
 
@@ -129,11 +128,7 @@ def test_cp_lrp_conserves_on_a_small_swin(v2):
     model = small_swin(conservative=True, v2=v2)
     x = image()
     target = torch.tensor([1, 7])
-    r = relprop.explain(model, x, target=target, method="cp-lrp", epsilon=0.0)
-    with torch.no_grad():
-        logit = model(x).gather(1, target[:, None])[:, 0]
-    assert r.shape == x.shape
-    torch.testing.assert_close(r.sum((1, 2, 3)), logit, rtol=1e-6, atol=0)
+    assert_cp_lrp_conserves(model, x, target)
 
 
 @pytest.mark.slow
@@ -147,10 +142,7 @@ def test_cp_lrp_conserves_on_swin_t():
             if name.endswith("bias") or name.endswith("relative_position_bias_table"):
                 p.zero_()
     x = image(1, 64)
-    r = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0)
-    with torch.no_grad():
-        logit = model(x)[0, 3]
-    torch.testing.assert_close(r.sum(), logit, rtol=1e-6, atol=0)
+    assert_cp_lrp_conserves(model, x, 3)
 
 
 # -- every method, batches, the user's model ------------------------------------------------------
@@ -168,25 +160,14 @@ def swin() -> nn.Module:
 @pytest.mark.parametrize("method", sorted(relprop.methods()))
 def test_every_method_explains_a_swin_or_refuses_clearly(method, swin):
     x = image()
-    if method in REFUSED_ON_SWIN:
-        with pytest.raises(ValueError, match=re.escape(REFUSED_ON_SWIN[method])):
-            relprop.explain(swin, x, target=1, method=method)
-        return
-    r = relprop.explain(swin, x, target=1, method=method)
-    assert r.shape == x.shape and bool(r.isfinite().all())
+    assert_explains_or_refuses(swin, x, method, REFUSED_ON_SWIN)
 
 
 @pytest.mark.parametrize("method", sorted(set(relprop.methods()) - set(REFUSED_ON_SWIN)))
 def test_a_batch_equals_its_samples(method, swin):
     """Every method that explains the model gives each sample of a batch the map of its own call
     (cheap settings of tests/engine_checks.py; the sampling methods draw per sample)."""
-    x = image(3)
-    target = torch.tensor([2, 5, 9])
-    r = explain(swin, x, method, target=target)
-    assert r.abs().sum() > 0
-    for i in range(3):
-        one = explain(swin, x[i:i + 1], method, target=target[i:i + 1])
-        torch.testing.assert_close(one, r[i:i + 1], rtol=1e-9, atol=1e-9 * float(r.abs().max()))
+    assert_batch_equals_samples(swin, image(3), torch.tensor([2, 5, 9]), method)
 
 
 def test_model_unchanged_after_explaining():
@@ -209,10 +190,7 @@ def test_cp_lrp_conserves_on_swin_v2_t():
             if name.endswith("bias") and "cpb_mlp" not in name:
                 p.zero_()
     x = image(1, 64)
-    r = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0)
-    with torch.no_grad():
-        logit = model(x)[0, 3]
-    torch.testing.assert_close(r.sum(), logit, rtol=1e-6, atol=0)
+    assert_cp_lrp_conserves(model, x, 3)
 
 
 @pytest.mark.parametrize("method", ["cp-lrp", "attnlrp"])

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import relprop
-from engine_checks import explain  # noqa: E402
+from engine_checks import assert_batch_equals_samples, assert_explains_or_refuses  # noqa: E402
 
 timm = pytest.importorskip("timm")
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "misuse"))
@@ -122,25 +122,14 @@ def deit() -> nn.Module:
 @pytest.mark.parametrize("method", sorted(relprop.methods()))
 def test_every_method_explains_a_deit_or_refuses_clearly(method, deit):
     x = image()
-    if method in REFUSED_ON_TOKENS:
-        with pytest.raises(ValueError, match=re.escape(REFUSED_ON_TOKENS[method])):
-            relprop.explain(deit, x, target=1, method=method)
-        return
-    r = relprop.explain(deit, x, target=1, method=method)
-    assert r.shape == x.shape and bool(r.isfinite().all())
+    assert_explains_or_refuses(deit, x, method, REFUSED_ON_TOKENS)
 
 
 @pytest.mark.parametrize("method", sorted(set(relprop.methods()) - set(REFUSED_ON_TOKENS)))
 def test_a_batch_equals_its_samples(method, deit):
     """Every method that explains the model gives each sample of a batch the map of its own call
     (cheap settings of tests/engine_checks.py; the sampling methods draw per sample)."""
-    x = image(3)
-    target = torch.tensor([2, 5, 9])
-    r = explain(deit, x, method, target=target)
-    assert r.abs().sum() > 0
-    for i in range(3):
-        one = explain(deit, x[i:i + 1], method, target=target[i:i + 1])
-        torch.testing.assert_close(one, r[i:i + 1], rtol=1e-9, atol=1e-9 * float(r.abs().max()))
+    assert_batch_equals_samples(deit, image(3), torch.tensor([2, 5, 9]), method)
 
 
 def test_model_unchanged_after_explaining():

@@ -6,7 +6,6 @@ is left as it was, and CP-LRP equals lxt 2.1's efficient CP-LRP patches."""
 from __future__ import annotations
 
 import importlib.util
-import re
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import torch.nn as nn
 import torchvision
 
 import relprop
-from engine_checks import explain
+from engine_checks import assert_batch_equals_samples, assert_cp_lrp_conserves, assert_explains_or_refuses
 from relprop.attribution.registry import get_method
 from relprop.attention import DecomposedAttention
 from relprop.structure import inference_copy
@@ -149,11 +148,7 @@ def test_cp_lrp_conserves_the_target_logit():
     model = small_vit(conservative=True)
     x = image()
     target = torch.tensor([1, 7])
-    r = relprop.explain(model, x, target=target, method="cp-lrp", epsilon=0.0)
-    with torch.no_grad():
-        logit = model(x).gather(1, target[:, None])[:, 0]
-    assert r.shape == x.shape
-    torch.testing.assert_close(r.sum((1, 2, 3)), logit, rtol=1e-6, atol=0)
+    assert_cp_lrp_conserves(model, x, target)
 
 
 def _softmax_nodes(model: nn.Module) -> list[tuple[str, str]]:
@@ -360,25 +355,14 @@ def test_every_method_explains_a_vit_or_refuses_clearly(method):
     """No method fails on a ViT with an obscure error from deep inside a rule: it explains (finite,
     shaped like the image) or raises a ValueError that says why."""
     model, x = small_vit(), image()
-    if method in REFUSED_ON_TOKENS:
-        with pytest.raises(ValueError, match=re.escape(REFUSED_ON_TOKENS[method])):
-            relprop.explain(model, x, target=1, method=method)
-        return
-    r = relprop.explain(model, x, target=1, method=method)
-    assert r.shape == x.shape and bool(r.isfinite().all())
+    assert_explains_or_refuses(model, x, method, REFUSED_ON_TOKENS)
 
 
 @pytest.mark.parametrize("method", sorted(set(relprop.methods()) - set(REFUSED_ON_TOKENS)))
 def test_a_batch_equals_its_samples(method):
     """Every method that explains a ViT gives each sample of a batch the map of its own call (cheap
     settings of tests/engine_checks.py; the sampling methods draw per sample)."""
-    model, x = small_vit(), image(3)
-    target = torch.tensor([2, 5, 9])
-    r = explain(model, x, method, target=target)
-    assert r.abs().sum() > 0
-    for i in range(3):
-        one = explain(model, x[i:i + 1], method, target=target[i:i + 1])
-        torch.testing.assert_close(one, r[i:i + 1], rtol=1e-9, atol=1e-9 * float(r.abs().max()))
+    assert_batch_equals_samples(small_vit(), image(3), torch.tensor([2, 5, 9]), method)
 
 
 @pytest.mark.slow
@@ -414,10 +398,7 @@ def test_cp_lrp_conserves_on_convnext_tiny():
             if hasattr(module, "layer_scale"):
                 module.layer_scale.uniform_(0.5, 1.5)  # not the tiny 1e-6 of the initialisation
     x = image(batch=1, side=64)
-    r = relprop.explain(model, x, target=3, method="cp-lrp", epsilon=0.0)
-    logit = model(x)[0, 3]
-    assert r.shape == x.shape
-    torch.testing.assert_close(r.sum(), logit.detach(), rtol=1e-6, atol=0.0)
+    assert_cp_lrp_conserves(model, x, 3)
 
 
 #: methods not defined on ConvNeXt's channels-last linear layers, and the words of their refusal
@@ -435,12 +416,7 @@ def convnext() -> nn.Module:
 @pytest.mark.parametrize("method", sorted(relprop.methods()))
 def test_every_method_explains_a_convnext_or_refuses_clearly(method, convnext):
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    if method in REFUSED_ON_CONVNEXT:
-        with pytest.raises(ValueError, match=re.escape(REFUSED_ON_CONVNEXT[method])):
-            relprop.explain(convnext, x, target=1, method=method)
-        return
-    r = relprop.explain(convnext, x, target=1, method=method)
-    assert r.shape == x.shape and bool(r.isfinite().all())
+    assert_explains_or_refuses(convnext, x, method, REFUSED_ON_CONVNEXT)
 
 
 @pytest.mark.parametrize("method", sorted(set(relprop.methods()) - set(REFUSED_ON_CONVNEXT)))
@@ -455,10 +431,4 @@ def test_a_batch_equals_its_samples_on_convnext(method):
         for module in model.modules():
             if hasattr(module, "layer_scale"):
                 module.layer_scale.uniform_(0.5, 1.5)  # not the tiny 1e-6 of the initialisation
-    x = image(3)
-    target = torch.tensor([2, 5, 9])
-    r = explain(model, x, method, target=target)
-    assert r.abs().sum() > 0
-    for i in range(3):
-        one = explain(model, x[i:i + 1], method, target=target[i:i + 1])
-        torch.testing.assert_close(one, r[i:i + 1], rtol=1e-9, atol=1e-9 * float(r.abs().max()))
+    assert_batch_equals_samples(model, image(3), torch.tensor([2, 5, 9]), method)
