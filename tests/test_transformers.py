@@ -214,7 +214,7 @@ def test_model_unchanged_after_explaining():
     handle = model.heads.register_full_backward_hook(lambda *args: None)
     before = snapshot(model)
     x = image()
-    for method in ("cp-lrp", "attnlrp", "lrp-epsilon", "gradient"):
+    for method in ("cp-lrp", "attnlrp", "lrp-epsilon", "gradient", "attention-rollout", "transformer-attribution"):
         relprop.explain(model, x, target=3, method=method)
         assert_unchanged(model, before)
     assert isinstance(model.encoder.layers.encoder_layer_0.self_attention, nn.MultiheadAttention)

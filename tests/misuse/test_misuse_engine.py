@@ -25,10 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import relprop
+from relprop.attribution.attention_maps import ATTENTION_METHODS
 from model_state import assert_tensor_unchanged, assert_unchanged, snapshot
 from relprop.attribution.registry import get_method
 
-METHODS = relprop.methods()
+#: every method defined on these CNNs (the attention methods refuse them; their misuse cases on a ViT
+#: are in tests/test_transformers.py and tests/test_attention_maps.py)
+METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS]
 CHEAP = {"steps": 4, "samples": 3}
 
 
