@@ -295,6 +295,8 @@ def test_transformer_section_is_apart_from_the_papers(transformer_pipeline) -> N
     assert gap == pytest.approx(pred.mean("gradient", morf) - pred.mean("gradient", lerf), rel=1e-9)
     row = _row(section, "#### Faithfulness (shapes_vgg", "gradient")
     assert row[3].startswith(f"{gap:.3f}")
+    low, high = (float(v) for v in row[3].split("[")[1].rstrip("]").split(","))
+    assert low - 1e-3 <= gap <= high + 1e-3  # the interval is of the same statistic
 
 
 def test_transformer_jobs() -> None:

@@ -15,9 +15,10 @@ __all__ = ["section", "area_between_items"]
 
 def area_between_items(run: RunData, method: str, morf: str, lerf: str) -> list[Item]:
     """Per explained pair: AOPC(MoRF) - AOPC(LeRF) (the mean gap between the LeRF and the MoRF curve:
-    higher is more faithful), paired by (image, target)."""
+    higher is more faithful), the two records paired by (image, target); items of one feature, so
+    that their statistic is the plain mean over the pairs."""
     lerf_of = {(r[0], r[1]): r[4] for r in run.records(lerf, method) if finite(r[4])}
-    return [(r[0], r[1], float(r[4]) - float(lerf_of[(r[0], r[1])]), 1.0)
+    return [(r[0], 0, float(r[4]) - float(lerf_of[(r[0], r[1])]), 1.0)
             for r in run.records(morf, method) if finite(r[4]) and (r[0], r[1]) in lerf_of]
 
 
@@ -92,7 +93,8 @@ def section(doc: Doc, runs: list[RunData]) -> None:
             "attention-rollout, transformer-attribution; the last two only on the ViT, they need attention) "
             "and the seeds' methods (sglrp, clrp, gradient, input x gradient, gradcam), on the same scenes of "
             "`shapes` (`relprop.reproduce.protocols.TRANSFORMER_METHODS`). attnlrp and cp-lrp differ only inside "
-            "attention, so on the CNNs their maps coincide.", "")
+            "attention, so on the CNNs their maps coincide (and equal input x gradient up to the stabiliser: "
+            "LRP-0 on a ReLU network).", "")
     models = list(dict.fromkeys(r.model for r in sorted(mine, key=lambda r: r.model not in P.TRANSFORMER_MODELS)))
     for model in models:
         doc.add(f"### {model} on shapes", "")
