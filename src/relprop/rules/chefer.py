@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..numerics import normalize, reduce_to_shape, safe_divide
+from ..numerics import normalize, per_sample_sum, reduce_to_shape, safe_divide
 from ..options import check_rule_field, number
 from .base import Rule, Step
 
@@ -39,11 +39,6 @@ class Unchanged(Rule):
             raise ValueError(f"rule Unchanged needs an operation that keeps the shape, got {tuple(x.shape)} -> "
                              f"{tuple(r.shape)}")
         return [r] + [None] * (len(step.inputs) - 1)
-
-
-def _per_sample(t: Tensor) -> Tensor:
-    """The total of each row (sample), shaped to broadcast against ``t``."""
-    return t.sum(dim=tuple(range(1, t.dim())), keepdim=True) if t.dim() > 1 else t
 
 
 @dataclass(frozen=True)
@@ -66,16 +61,11 @@ class RescaledSum(Rule):
         signs = step.op.signs(len(inputs))
         s = normalize(r, step.output, self.epsilon)
         terms = [x if sign > 0 else -x for sign, x in zip(signs, inputs)]
-        constant = step.output.detach().clone()
-        for t in terms:
-            constant = constant - t
+        constant = step.output - sum(terms)  # a parameter added in the sum (zero without one)
         shares = [reduce_to_shape(t * s, x.shape) for t, x in zip(terms, inputs)]
-        totals = [_per_sample(u) for u in shares]
-        constant_total = _per_sample(constant * s).abs()
-        magnitude = constant_total
-        for total in totals:
-            magnitude = magnitude + total.abs()
-        incoming = _per_sample(r)
+        totals = [per_sample_sum(u, keepdim=True) for u in shares]
+        magnitude = per_sample_sum(constant * s, keepdim=True).abs() + sum(total.abs() for total in totals)
+        incoming = per_sample_sum(r, keepdim=True)
         return [u * safe_divide(safe_divide(total.abs(), magnitude) * incoming, total)
                 for u, total in zip(shares, totals)]
 
