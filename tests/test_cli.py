@@ -400,6 +400,16 @@ def test_real_demo_one_photo(tmp_path, capsys) -> None:
         assert method in out
 
 
+def test_real_demo_of_shapes_vit_with_every_method(tmp_path, capsys) -> None:
+    """``demo --model shapes_vit`` with the default methods succeeds: the methods defined for
+    convolutional feature maps are left out, saying so, and every other one explains."""
+    assert main(["demo", "--out", str(tmp_path), "--model", "shapes_vit", "--scenes", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "shapes_vit has attention: fullgrad, hedge, rap, rap-journal, rsp left out" in captured.err
+    assert "FAILED" not in captured.out and "attnlrp" in captured.out
+    assert (tmp_path / "demo_grid.png").exists()
+
+
 def test_real_demo_on_shapes_scenes(tmp_path, capsys) -> None:
     """``demo --model shapes_vit`` explains shapes test scenes; an attention method asked for by name on
     a CNN reports its refusal; other models are refused with the choices."""

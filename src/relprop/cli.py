@@ -342,15 +342,16 @@ def _select_methods(relprop: Any, requested: list[str] | None) -> list[str]:
 
 
 def _applicable(model: Any, methods: list[str], name: str, explicit: bool) -> list[str]:
-    """``methods`` without the attention methods when ``model`` has no attention (said on stderr when
-    they were not asked for by name; asked for, they run and report their refusal)."""
+    """``methods`` without those not defined for ``model`` (the attention methods without attention,
+    the convolutional ones with it; said on stderr) when they were not asked for by name; asked for,
+    they run and report their refusal."""
     from relprop.attribution.attention_maps import applicable_methods
 
     if explicit:
         return methods
-    kept, skipped = applicable_methods(model, methods)
+    kept, skipped, reason = applicable_methods(model, methods)
     if skipped:
-        print(f"{PROG}: {name} has no attention: {', '.join(skipped)} left out", file=sys.stderr)
+        print(f"{PROG}: {name} {reason}", file=sys.stderr)
     return kept
 
 

@@ -37,6 +37,9 @@ Tensor = torch.Tensor
 
 #: the methods that read attention probabilities: they refuse a model without attention (a CNN)
 ATTENTION_METHODS = ("attention-rollout", "transformer-attribution")
+#: the methods defined on convolutional feature maps and (batch, features) vectors: they refuse a
+#: transformer's token sequences (rap, rap-journal, fullgrad) or need ``layer=`` there (hedge, rsp)
+CONVOLUTIONAL_METHODS = ("rap", "rap-journal", "rsp", "hedge", "fullgrad")
 
 
 # -- the attention probabilities and the token layout ----------------------------------------------
@@ -67,12 +70,19 @@ def has_attention(model: nn.Module) -> bool:
         return True
 
 
-def applicable_methods(model: nn.Module, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``names`` split into those that can explain ``model`` and the attention methods that cannot
-    (``model`` has no attention)."""
-    if not any(n in ATTENTION_METHODS for n in names) or has_attention(model):
-        return list(names), []
-    return [n for n in names if n not in ATTENTION_METHODS], [n for n in names if n in ATTENTION_METHODS]
+def applicable_methods(model: nn.Module, names: Sequence[str]) -> tuple[list[str], list[str], str]:
+    """``names`` split into those that can explain ``model`` and those that cannot, with the reason:
+    the attention methods on a model without attention, the convolutional methods
+    (:data:`CONVOLUTIONAL_METHODS`) on a model with attention."""
+    attention = has_attention(model) if any(n in ATTENTION_METHODS + CONVOLUTIONAL_METHODS for n in names) else None
+    if attention is None:
+        return list(names), [], ""
+    if attention:
+        excluded, reason = CONVOLUTIONAL_METHODS, "has attention: {} left out (defined for convolutional feature maps)"
+    else:
+        excluded, reason = ATTENTION_METHODS, "has no attention: {} left out (they read attention probabilities)"
+    skipped = [n for n in names if n in excluded]
+    return [n for n in names if n not in excluded], skipped, reason.format(", ".join(skipped)) if skipped else ""
 
 
 def _check_probabilities(name: str, p: Tensor, what: str, batch: int) -> None:
@@ -238,6 +248,6 @@ def transformer_attribution(model: nn.Module, x: Tensor, target: Target, *, star
     return Attribution(class_token_map(joint, x, "transformer-attribution"))
 
 
-__all__ = ["ATTENTION_METHODS", "applicable_methods", "attention_nodes", "has_attention", "attention_rollout", "class_token_map", "joint_attention", "patch_grid",
+__all__ = ["ATTENTION_METHODS", "CONVOLUTIONAL_METHODS", "applicable_methods", "attention_nodes", "has_attention", "attention_rollout", "class_token_map", "joint_attention", "patch_grid",
            "rollout_matrices", "rollout_matrix", "transformer_attribution", "transformer_attribution_composite",
            "transformer_attribution_matrices", "with_identity"]

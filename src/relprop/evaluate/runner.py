@@ -163,10 +163,9 @@ class Evaluation:
         unused = sorted(set(self.config.method_options) - set(names))
         if unused:
             raise ValueError(f"options given for method(s) not evaluated: {', '.join(unused)}")
-        names, skipped = applicable_methods(self.model, names)
+        names, skipped, reason = applicable_methods(self.model, names)
         if skipped:
-            warnings.warn(f"model {self.config.model!r} has no attention: {', '.join(skipped)} left out "
-                          "(they read attention probabilities)", stacklevel=2)
+            warnings.warn(f"model {self.config.model!r} {reason}", stacklevel=2)
         out = []
         for name in names:
             if name not in known():
