@@ -252,8 +252,9 @@ _LXT_SIDE = textwrap.dedent('''
         n, length = query.shape[:2]
         q, k, v = torch.nn.functional.linear(query, self.in_proj_weight, self.in_proj_bias).split(e, dim=-1)
         q, k, v = (t.reshape(n, length, h, e // h).transpose(1, 2) for t in (q, k, v))
-        out = wrap_attention_forward(eager_attention)(self, q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, e)), None
+        out = wrap_attention_forward(eager_attention)(self, q, k, v).transpose(1, 2).reshape(n, length, e)
+        # the output projection as torch's own attention applies it (no module call: no zennit hook)
+        return torch.nn.functional.linear(out, self.out_proj.weight, self.out_proj.bias), None
 
     # lxt/efficient/models/vit_torch.py: cp_LRP, as monkey_patch(vision_transformer) applies it;
     # "attnlrp": the same with lxt's AttnLRP attention wrapper in place of its CP-LRP attention
@@ -273,20 +274,35 @@ _LXT_SIDE = textwrap.dedent('''
     for p in model.parameters():
         p.requires_grad_(False)
     x = x.clone().requires_grad_(True)
-    y = model(x)
-    y[0, c].backward()
+    gamma = float(sys.argv[4])
+    if gamma > 0:  # lxt's ViT example: zennit Gamma on convolutions and linear layers, through lxt's bridge
+        from lxt.efficient.zennit_patches import monkey_patch_zennit
+        from zennit.composites import LayerMapComposite
+        from zennit.rules import Gamma
+
+        monkey_patch_zennit()
+        rule = Gamma(gamma, stabilizer=float(sys.argv[5]))
+        with LayerMapComposite([(torch.nn.Conv2d, rule), (torch.nn.Linear, rule)]).context(model):
+            y = model(x)
+            y[0, c].backward()
+    else:
+        y = model(x)
+        y[0, c].backward()
     torch.save(((x * x.grad).sum(1).detach(), y.detach()), sys.argv[2])
 ''')
 
 
 def _lxt_map(model: nn.Module, x: torch.Tensor, target: int, config: dict, tmp_path,
-             variant: str = "cp-lrp") -> torch.Tensor:
+             variant: str = "cp-lrp", gamma: float = 0.0, stabilizer: float = 1e-6) -> torch.Tensor:
     if importlib.util.find_spec("lxt") is None:
         pytest.skip("lxt 2.1 is not installed (pip install lxt==2.1 --no-deps; its ViT patches need only torch)")
+    if gamma > 0 and importlib.util.find_spec("zennit") is None:
+        pytest.skip("zennit is not installed (test extra)")
     (tmp_path / "lxt_side.py").write_text(_LXT_SIDE)
     torch.save((model.state_dict(), x, target, config), tmp_path / "in.pt")
     done = subprocess.run([sys.executable, str(tmp_path / "lxt_side.py"), str(tmp_path / "in.pt"),
-                           str(tmp_path / "out.pt"), variant], capture_output=True, text=True, timeout=600)
+                           str(tmp_path / "out.pt"), variant, str(gamma), str(stabilizer)],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     reference, logits = torch.load(tmp_path / "out.pt")
     with torch.no_grad():
@@ -294,11 +310,13 @@ def _lxt_map(model: nn.Module, x: torch.Tensor, target: int, config: dict, tmp_p
     return reference
 
 
-def _parity(config: dict, tmp_path, seed: int, variant: str = "cp-lrp") -> float:
+def _parity(config: dict, tmp_path, seed: int, variant: str = "cp-lrp", gamma: float = 0.0) -> float:
     model = small_vit(seed, **config)
     x = image(1, config.get("image_size", 32), seed)
-    reference = _lxt_map(model, x, 3, {**SMALL, **config}, tmp_path, variant)
-    ours = relprop.explain(model, x, target=3, method=variant, epsilon=0.0).sum(1)
+    stabilizer = 1e-12  # zennit's stabiliser of the gamma ratios; relprop's is epsilon=0 (0/0 := 0)
+    reference = _lxt_map(model, x, 3, {**SMALL, **config}, tmp_path, variant, gamma, stabilizer)
+    options = {"gamma": gamma} if gamma > 0 else {}
+    ours = relprop.explain(model, x, target=3, method=variant, epsilon=0.0, **options).sum(1)
     return float((ours - reference).norm() / reference.norm())
 
 
@@ -332,6 +350,22 @@ def test_attnlrp_equals_lxt(tmp_path):
     Agreement: relative L2 error below 1e-6."""
     error = _parity({}, tmp_path, seed=6, variant="attnlrp")
     assert error < 1e-6, error
+
+
+@pytest.mark.parametrize("variant", ["cp-lrp", "attnlrp"])
+def test_gamma_equals_lxt_with_zennit_gamma(tmp_path, variant):
+    """``gamma=0.25``: relprop puts LRP-gamma on the convolution and linear layers outside attention;
+    the lxt side is its ViT example's configuration, lxt's patches (as in the two tests above) plus
+    zennit's ``Gamma(0.25)`` on every ``nn.Conv2d`` and ``nn.Linear`` module through lxt's zennit bridge
+    (``monkey_patch_zennit``). The attention projections are applied functionally on both lxt sides, so
+    zennit's rules never reach them, and relprop keeps LRP-epsilon there. Agreement: relative L2 error
+    below 1e-6; the gamma map differs from the epsilon map by far more (checked)."""
+    error = _parity({}, tmp_path, seed=7, variant=variant, gamma=0.25)
+    assert error < 1e-6, error
+    model, x = small_vit(7), image(1, 32, 7)
+    plain, raised = (relprop.explain(model, x, target=3, method=variant, epsilon=0.0, **options).sum(1)
+                     for options in ({}, {"gamma": 0.25}))
+    assert float((plain - raised).norm() / raised.norm()) > 1e-2
 
 
 @pytest.mark.slow

@@ -509,6 +509,11 @@ class Affine(Op):
         return self.cached("w-", lambda: self.weight.clamp(max=0))
 
     @property
+    def absolute_weight(self) -> Tensor:
+        """``|W|`` of the effective weight (cached)."""
+        return self.cached("|w|", lambda: self.weight.abs())
+
+    @property
     def positive_bias(self) -> Tensor | None:
         """``max(b, 0)`` of the effective bias (cached); None without a bias."""
         return None if self.bias is None else self.cached("b+", lambda: self.bias.clamp(min=0))

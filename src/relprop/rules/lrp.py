@@ -156,36 +156,37 @@ class Gamma(AffineRule):
         check_rule_field(self, "stabilizer", _NON_NEGATIVE)
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        # With u = (x+ w+ + x- w- + b+), the raised sums are z + gamma u (where z > 0) and
-        # z + gamma (z - u) (where z < 0), and the transposed maps of W + gamma W+- are
-        # rearranged into W^T and W+^T only: 2 products and 3 transposed maps for a signed input
-        # (instead of 4 and 4), 1 and 2 for a non-negative one.
+        # With u = x+ w+ + x- w- + b+, the raised sum is z + gamma u where z > 0 and
+        # z + gamma (z - u) where z < 0: one denominator, whose ratio s is then split by the sign of z.
+        # For a signed input the products come from |x| |W| alone: x+ w+ + x- w- = (x w + |x| |w|) / 2
+        # and x+ w- + x- w+ = (x w - |x| |w|) / 2, so the denominator costs 1 product and the relevance
+        # 2 transposed maps (instead of 2 and 3 from the split parts); for a non-negative input, 1 and 2.
         g = self.gamma
         wp = layer.positive_weight
         bp = layer.positive_bias
-        xp, xn = _split(x, nonnegative)
 
-        def denominators(x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-            x_pos, x_neg = _split(x, nonnegative)
-            u = layer.apply(x_pos, wp, bp)
-            if x_neg is not None:
-                u.add_(layer.apply(x_neg, layer.negative_weight))
-            return z + g * u, torch.add(z, z - u, alpha=g)
+        def denominator(x: Tensor, z: Tensor) -> Tensor:
+            if nonnegative:
+                u = layer.apply(x, wp, bp)
+            else:  # (x W + |x| |W|) / 2 + b+, with x W = z - b
+                u = layer.apply(x.abs(), layer.absolute_weight).add_(z).sub_(layer.broadcast_bias(z)).mul_(0.5)
+                if bp is not None:
+                    u.add_(layer.broadcast_bias(z).clamp(min=0))
+            raised = torch.where(z > 0, u, z - u)
+            return raised.mul_(g).add_(z)
 
-        up, down = shared_term(f"gamma:{g}", x, z, denominators)
-        s_up = normalize(r, up, self.stabilizer).mul_(z > 0)
-        s_down = normalize(r, down, self.stabilizer).mul_(z < 0)
+        s = normalize(r, shared_term(f"gamma:{g}", x, z, denominator), self.stabilizer)
+        sign = z.sign()
         w = layer.weight
-        if xn is None:  # x (W^T (s_up + (1 + gamma) s_down) + gamma W+^T (s_up - s_down))
-            out = layer.transpose(torch.add(s_up, s_down, alpha=1 + g), w, x)
-            out.add_(layer.transpose(s_up - s_down, wp, x), alpha=g)
+        if nonnegative:  # x (W^T (s_up + (1 + gamma) s_down) + gamma W+^T (s_up - s_down))
+            down = (z < 0).to(s.dtype).mul_(g)
+            out = layer.transpose(s * sign.abs().add_(down), w, x)
+            out.add_(layer.transpose(s * sign, wp, x), alpha=g)
             return out.mul_(x)
-        a = layer.transpose(s_up, w, x)  # W^T s_up
-        b = layer.transpose(s_down, w, x)  # W^T s_down
-        c = layer.transpose(s_up - s_down, wp, x)  # W+^T (s_up - s_down)
-        # x (a + b) + gamma (x+ (c + b) + x- (a - c))
-        raised = (c + b).mul_(xp).add_((a - c).mul_(xn))
-        return (a + b).mul_(x).add_(raised, alpha=g)
+        # (1 + gamma/2) x W^T (s_up + s_down) + gamma/2 |x| |W|^T (s_up - s_down)
+        signed = layer.transpose(s * sign.abs(), w, x).mul_(x)
+        absolute = layer.transpose(s.mul_(sign), layer.absolute_weight, x).mul_(x.abs())
+        return signed.mul_(1 + g / 2).add_(absolute, alpha=g / 2)
 
 
 @dataclass(frozen=True)
