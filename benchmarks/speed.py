@@ -5,6 +5,7 @@ Run from the repository root::
 
     python benchmarks/speed.py [--models vgg16,resnet50] [--batch 4] [--size 224] [--repeats 5]
                                [--out docs/benchmarks.md] [--budget 540] [--device cuda]
+                               [--transformer vit_b_16|none]
 
 Everything runs on the CPU (``--device cuda``: on the GPU; its section of docs/benchmarks.md is
 separate) in float32 with torchvision models at random initialisation in eval mode (nothing is
@@ -21,6 +22,9 @@ downloaded). For each model:
   allocator's peak (``torch.cuda.max_memory_allocated``) over what was allocated before the call;
   on a GPU each call is timed with CUDA events (``torch.cuda.Event``) recorded around it;
 * sanity checks that relprop and zennit compute the same explanations (cosine similarities per sample).
+
+Then, on the CPU, ``--transformer`` (default ``vit_b_16``) is compared with lxt by
+``benchmarks/transformer_speed.py`` on the same relprop snapshot (its own section of the report).
 
 relprop is imported from a copy of ``src/relprop`` taken when the run starts (``--relprop-ref``: the
 working tree, or a git revision), so that edits made while the benchmark runs cannot mix code versions.
@@ -910,6 +914,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="relprop source to benchmark: 'worktree' (default: src/relprop as it is when the run "
                         "starts, copied so that later edits do not affect the run) or a git revision, e.g. HEAD")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where models and inputs live")
+    p.add_argument("--transformer", default="vit_b_16",
+                   help="torchvision ViT compared with lxt after the CNNs, by benchmarks/transformer_speed.py "
+                        "on the same relprop snapshot, with the same --batch and --repeats (at most 3) "
+                        "('none' to skip; CPU only)")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--relprop-path", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -976,6 +984,21 @@ def run(args: argparse.Namespace, started: float, deadline: float, source: str) 
         write_section(path, "speed.py" if not on_gpu() else "speed.py --device cuda", report)
         print(f"wrote {path}")
     print(report)
+    if args.transformer != "none" and not on_gpu():
+        run_transformer(args, meta["command"])
+
+
+def run_transformer(args: argparse.Namespace, command: str) -> None:
+    """The ViT comparison with lxt (benchmarks/transformer_speed.py) on this run's relprop snapshot. It
+    runs in a process of its own: lxt patches torch classes process-wide."""
+    cmd = [sys.executable, str(Path(__file__).resolve().with_name("transformer_speed.py")),
+           "--model", args.transformer, "--batch", str(args.batch), "--repeats", str(min(args.repeats, 3)),
+           "--out", args.out, "--invoked-by", command]
+    print("== transformer comparison: " + " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
+    env = {**os.environ, "RELPROP_BENCH_PATH": args.relprop_path}
+    done = subprocess.run(cmd, cwd=ROOT, env=env)
+    if done.returncode:
+        print(f"transformer comparison failed (exit {done.returncode})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Run from the repository root (lxt is installed by the README's set-up, ``pip ins
 torchvision's ``vit_b_16`` at random initialisation (nothing is downloaded), float32, eval mode, CPU,
 parameters frozen, batch ``--batch`` of 224-pixel images, one target class per image. Compared:
 
-* ``gradient``: one forward and one backward pass of plain autograd (the floor of every method here);
+* ``forward``: the forward pass alone, without autograd: every method here runs it, and then a
+  backward pass through the same linear layers, which costs about as much again;
+* ``gradient``: one forward and one backward pass of plain autograd;
 * relprop's ``cp-lrp`` and ``attnlrp`` (defaults: LRP-epsilon 1e-6 on every linear layer) and both
   with ``gamma=--gamma`` on the convolution and linear layers outside attention;
 * lxt 2.1's efficient (gradient x input) implementation: its torchvision ViT configuration (CP-LRP:
@@ -52,7 +54,8 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "src"))
+# the relprop to measure: src/ of this checkout, or the snapshot benchmarks/speed.py hands over
+sys.path.insert(0, os.environ.get("RELPROP_BENCH_PATH") or str(ROOT / "src"))
 from _report import cpu_model, dist_version, write_section  # noqa: E402
 
 import relprop  # noqa: E402
@@ -119,7 +122,9 @@ class LxtPatches:
         from zennit.composites import LayerMapComposite
         from zennit.rules import Gamma
 
-        monkey_patch_zennit(verbose=False)
+        if not getattr(self, "zennit_patched", False):  # once: a second call only warns that it is patched
+            monkey_patch_zennit(verbose=False)
+            self.zennit_patched = True
         return LayerMapComposite([(nn.Conv2d, Gamma(gamma)), (nn.Linear, Gamma(gamma))])
 
 
@@ -143,6 +148,7 @@ class Spec:
 def specs(gamma: float) -> list[Spec]:
     g = f"gamma={gamma:g}"
     return [
+        Spec("forward", "forward pass alone (no gradient)"),
         Spec("gradient", "gradient (plain autograd)"),
         Spec("relprop-cp", "relprop cp-lrp"),
         Spec("relprop-attn", "relprop attnlrp"),
@@ -156,6 +162,13 @@ def specs(gamma: float) -> list[Spec]:
 
 
 def build(key: str, model: nn.Module, gamma: float, lxt: LxtPatches | None) -> Runner:
+    if key == "forward":
+        def run(x, t):
+            if lxt is not None:
+                lxt.install(lxt.original)
+            with torch.no_grad():
+                return model(x)
+        return run
     if key == "gradient":
         def run(x, t):
             if lxt is not None:
@@ -279,7 +292,9 @@ def report(rows: list[Row], args: argparse.Namespace, seconds: float, load: list
 
     lines = ["## Transformers: relprop against lxt on a ViT", "",
              f"`python benchmarks/transformer_speed.py --model {args.model} --batch {args.batch} "
-             f"--repeats {args.repeats} --gamma {args.gamma:g}` ({datetime.date.today().isoformat()}; "
+             f"--repeats {args.repeats} --gamma {args.gamma:g}`"
+             + (f", run by `{args.invoked_by}`" if args.invoked_by else "")
+             + f" ({datetime.date.today().isoformat()}; "
              f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, lxt {dist_version('lxt')}, "
              f"zennit {dist_version('zennit')}; {seconds / 60:.1f} min; 1-minute load average during timing "
              f"{min(load):.1f}-{max(load):.1f}).", "",
@@ -316,13 +331,21 @@ def report(rows: list[Row], args: argparse.Namespace, seconds: float, load: list
                   speedup is not None and speedup >= LXT_OVER_RELPROP, memory is not None and memory <= 1]
         lines.append(f"| {by[ours].spec.label} | {by[theirs].spec.label} | {f(own)} | {f(speedup)} | {f(memory)} | "
                      f"{'yes' if all(checks) else 'no'} |")
+    forward = by["forward"].median if not by["forward"].error else None
+    floor = ""
+    if forward and not by["lxt-cp"].error:
+        passes = by["lxt-cp"].median / forward
+        floor = (f" Here it takes {passes:.1f} forward passes' time (the forward pass alone: "
+                 f"{forward * 1e3:.0f} ms); 1.5x faster would be {passes / 1.5:.1f}, less than a forward pass "
+                 "and a backward pass through the same linear layers.")
     lines += ["", "lxt's efficient mode is a modified gradient: one forward and one backward pass of autograd with "
               "a few patched functions, so with LRP-0 on its linear layers (no zennit composite) it costs about a "
-              "plain gradient, and no method that also forms the LRP ratios can be 1.5x faster than it. With the "
-              "gamma rules of lxt's ViT example, lxt hands each convolution and linear layer to zennit, whose hooks "
-              "recompute the layer's forward pass five times inside the backward pass (four raised copies on the "
-              "split input and the plain one); relprop forms LRP-gamma from the layer's output and one product of |x| and |W|, and "
-              "propagates it with two transposed products."]
+              "plain gradient, and no method that also forms the LRP ratios can be 1.5x faster than it." + floor +
+              " With the gamma rules of lxt's ViT example, lxt hands each convolution and linear layer to zennit, "
+              "whose hooks recompute the layer's forward pass five times inside the backward pass (four raised "
+              "copies on the split input and the plain one); relprop forms LRP-gamma from the layer's output and "
+              "one product of |x| and |W|, and propagates it with two transposed products: the one extra product "
+              "each way is the floor of LRP-gamma on a signed input."]
     return "\n".join(lines)
 
 
@@ -334,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--invoked-by", default="", help=argparse.SUPPRESS)  # benchmarks/speed.py's command
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..composite import Composite, by_type, first
 from ..feature_maps import upsample
 from ..options import integer, number
-from ..propagate import Propagator, forward_for, propagator_for
+from ..propagate import Propagator, propagator_for
 from ..rules import AlphaBeta, MatMulUniform, RescaledSum, Unchanged, ZBox
 from ..targets import Target, one_hot, resolve_target
 from ..traced_gradient import checked_propagator, target_score
@@ -204,15 +204,16 @@ def transformer_attribution_matrices(model: nn.Module, x: Tensor, target: Target
     gradient of the target logit with respect to ``A_b``."""
     propagator = checked_propagator(model, x)
     names = attention_nodes(propagator, what)
-    leaf = x.detach().requires_grad_(True)
+    # one forward pass for both: autograd from the first attention probabilities on, for the gradients
+    cache = propagator.forward(x.detach(), differentiable_from=names[0])
+    probabilities = [cache.outputs[propagator.graph.find(name)] for name in names]
+    logits = cache.outputs[-1]
+    indices = resolve_target(target, logits.detach())
+    for name, value in zip(names, probabilities):
+        _check_probabilities(name, value.detach(), what, x.shape[0])
     with torch.enable_grad():
-        logits, kept = propagator.forward_differentiable(leaf, keep=names)
-        indices = resolve_target(target, logits.detach())
-        for name in names:
-            _check_probabilities(name, kept[name], what, x.shape[0])
-        gradients = torch.autograd.grad(target_score(logits, indices), [kept[n] for n in names], allow_unused=True)
-    propagator, cache = forward_for(model, x.detach())
-    initial = one_hot(cache.outputs[-1], indices)
+        gradients = torch.autograd.grad(target_score(logits, indices), probabilities, allow_unused=True)
+    initial = one_hot(logits.detach(), indices)
     _, recorded = propagator.backward(cache, initial, transformer_attribution_composite(epsilon), record=names)
     matrices = []
     for name, gradient in zip(names, gradients):
