@@ -3,14 +3,15 @@
 For every affine layer (Linear, Conv1d/2d/3d) with weight ``W``, each output unit is a neuron and
 every input patch a sample: ``x`` is the layer's input (the patch a convolution sees, zero padding
 included) and ``y = w^T x`` the unit's output without bias. The two-component estimator ``S_a+``
-(paper Sec. 4, Eq. 7; iNNvestigate 1.0.8 ``tools/pattern.py``) keeps, per unit,
+(paper, section "Learning to estimate signal"; iNNvestigate 1.0.8 ``tools/pattern.py``) keeps, per
+unit,
 
     cov = E+[x y] - E+[x] E[y],        a = cov / (w^T cov)
 
 where ``E+`` averages over the samples in which the unit is active (its output with bias ``> 0``,
 the ReLU regime that the backward gate keeps) and ``E`` over all samples; a zero denominator is
 replaced by 1 (iNNvestigate's ``safe_divide``). ``kind="linear"`` averages over all samples (the
-linear estimator ``S_a``, Eq. 4). The patterns are computed on the model as relprop propagates
+linear estimator ``S_a`` of the same section). The patterns are computed on the model as relprop propagates
 through it, batch norms folded into the preceding layer (:mod:`relprop.canonize`), so ``W`` is the
 folded weight and the pattern has its shape.
 

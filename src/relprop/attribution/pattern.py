@@ -3,8 +3,9 @@ how to explain neural networks: PatternNet and PatternAttribution*, ICLR 2018 [K
 
 Both backpropagate the target logit's unit like the gradient, keeping the ReLU gates and max-pool
 switches of the forward pass and leaving the biases out, with each affine layer's weight ``W``
-replaced in the backward pass: by its pattern ``A`` (PatternNet, Sec. 5: a signal estimate in input
-space) or by ``W * A`` elementwise (PatternAttribution, Sec. 5: DTD with root point ``x - a+ y``).
+replaced in the backward pass: by its pattern ``A`` (PatternNet: a signal estimate in input space) or
+by ``W * A`` elementwise (PatternAttribution: DTD with root point ``x - a+ y``), as the paper's section
+"PatternNet and PatternAttribution" defines them.
 The patterns come from :mod:`relprop.patterns` (``patterns=``; shipped for the shipped models).
 """
 
@@ -181,10 +182,10 @@ def pattern_backward(model: nn.Module, x: Tensor, target: Target, patterns, attr
                  patterns=patterns_option(), seed=choice(*SEEDS), normalize=choice("none", "max"))
 def patternnet(model: nn.Module, x: Tensor, target: Target, *, patterns=None, seed="unit",
                normalize="none") -> Attribution:
-    """PatternNet (Kindermans et al., ICLR 2018, Sec. 5): the signal estimate of the target logit in
+    """PatternNet (Kindermans et al., ICLR 2018, section "PatternNet and PatternAttribution"): the signal estimate of the target logit in
     input space. The target logit's unit is backpropagated like the gradient (forward ReLU gates and
     max-pool switches kept, biases unused) with every affine layer's weight ``W`` replaced by its
-    pattern ``A`` (two-component estimator ``S_a+``, Sec. 4, Eq. 7, :mod:`relprop.patterns`).
+    pattern ``A`` (two-component estimator ``S_a+``, :mod:`relprop.patterns`).
 
     ``patterns``: a :class:`relprop.patterns.Patterns` or the path of a patterns file computed for
     this model (:func:`relprop.patterns.compute_patterns`, ``relprop patterns``); by default those
@@ -206,7 +207,7 @@ def patternnet(model: nn.Module, x: Tensor, target: Target, *, patterns=None, se
                  patterns=patterns_option(), seed=choice(*SEEDS), normalize=choice("none", "max"))
 def pattern_attribution(model: nn.Module, x: Tensor, target: Target, *, patterns=None, seed="unit",
                         normalize="none") -> Attribution:
-    """PatternAttribution (Kindermans et al., ICLR 2018, Sec. 5): as ``patternnet`` with every affine
+    """PatternAttribution (Kindermans et al., ICLR 2018, same section): as ``patternnet`` with every affine
     layer's weight ``W`` replaced by ``W * A`` elementwise (DTD with the root point ``x - a+ y``); no
     final multiplication by the input. ``patterns``, ``seed`` and ``normalize`` as for ``patternnet``.
     """
