@@ -11,12 +11,15 @@ from torch import nn
 
 import relprop
 from relprop.attribution.attention_maps import ATTENTION_METHODS
+from relprop.attribution.pattern import PATTERN_METHODS
 from relprop.attribution.registry import get_method
 
 
 F64 = torch.float64
-#: every method that explains a CNN (the attention methods refuse them, tests/test_every_method.py)
-METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS]
+#: every method that explains a CNN (the attention methods refuse them, tests/test_every_method.py),
+#: but the pattern methods, which need patterns computed on data for each model and a ReLU network
+#: (tests/test_every_method.py and tests/test_patterns.py check them)
+METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS + PATTERN_METHODS]
 #: cheaper settings for the sampling methods, used where a method has the option (the checks here
 #: are about shapes, finiteness and consistency, not about the number of steps)
 CHEAP_OPTIONS = {"steps": 4, "samples": 3}

@@ -14,6 +14,7 @@ from torch import nn
 
 import relprop
 from relprop.attribution.attention_maps import ATTENTION_METHODS
+from relprop.patterns import compute_patterns, register_patterns
 
 METHODS = relprop.methods()
 #: the methods that explain the CNNs here (the attention methods refuse them: tests/test_attention_maps.py)
@@ -22,13 +23,16 @@ LRP_NAMES = ["lrp-z", "lrp-epsilon", "lrp-alpha1beta0", "lrp-alpha2beta1", "lrp-
 
 
 def tiny(classes: int = 1000, seed: int = 0) -> nn.Module:
-    """A small Conv2d classifier with ``classes`` outputs, input (B, 3, 8, 8)."""
+    """A small Conv2d classifier with ``classes`` outputs, input (B, 3, 8, 8), with registered
+    patterns (for the pattern methods, computed on random inputs)."""
     torch.manual_seed(seed)
-    return nn.Sequential(
+    net = nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
         nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, classes),
     ).eval()
+    register_patterns(net, compute_patterns(net, batch(32, seed=1000 + seed)))
+    return net
 
 
 def batch(n: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:

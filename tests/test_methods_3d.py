@@ -11,6 +11,7 @@ from torch import nn
 import relprop
 from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.models.nodules3d_models import Nodules3DVGG
+from relprop.patterns import compute_patterns, register_patterns
 
 DT = torch.float64
 
@@ -26,7 +27,10 @@ def _model(dtype: torch.dtype = torch.float32) -> nn.Module:
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-    return model.to(dtype).eval()
+    model = model.to(dtype).eval()
+    # the pattern methods' default patterns for it (other weights than the shipped model's), from random cubes
+    register_patterns(model, compute_patterns(model, torch.randn(4, 1, 32, 32, 32, generator=g, dtype=dtype)))
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import relprop
 from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.attribution.registry import get_method
 from relprop.multi_target import ClassTargets
+from relprop.patterns import compute_patterns, register_patterns
 from relprop.propagate import Propagator
 from relprop.rules import Step
 from engine_checks import CHEAP_OPTIONS
@@ -70,7 +71,10 @@ def _model(kind: str) -> nn.Module:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.to(F64).eval()
+    model = model.to(F64).eval()
+    # the pattern methods' default patterns for it, from random inputs
+    register_patterns(model, compute_patterns(model, torch.randn(16, 3, 12, 12, generator=g, dtype=F64)))
+    return model
 
 
 @pytest.fixture(scope="module", params=["cnn", "resnet"])

@@ -149,7 +149,8 @@ def test_cp_lrp_conserves_on_swin_t():
 #: methods that are not defined on token maps, and the words of their clear refusal
 REFUSED_ON_SWIN = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
                    "rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
-                   "fullgrad": "channels in dimension 1"}
+                   "fullgrad": "channels in dimension 1",
+                   "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU"}
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ _EXPORTS = {
     "methods": "attribution.registry", "register_method": "attribution.registry",
     "Output": "targets", "Region": "targets",
 }
-#: submodules reachable as attributes without an import of their own (``relprop.targets.Region``)
-_SUBMODULES = ("targets",)
+#: submodules reachable as attributes without an import of their own (``relprop.targets.Region``,
+#: ``relprop.patterns.compute_patterns``)
+_SUBMODULES = ("targets", "patterns")
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,4 @@
-"""Command line interface: ``relprop methods | explain | demo | evaluate | report | reproduce``.
+"""Command line interface: ``relprop methods | explain | demo | patterns | evaluate | report | reproduce``.
 
 The library is imported inside the commands so that ``relprop --help`` stays fast.
 """
@@ -514,13 +514,79 @@ def _print_timings(methods: list[str], timings: dict[str, list[float]], failures
         print(f"{PROG}: {len(failures)} method(s) failed: {', '.join(failures)}", file=sys.stderr)
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _pattern_batches(dataset: Any, preprocess: Callable, spec: Any, indices: list[int], batch_size: int,
+                     dtype: Any) -> Any:
+    """Batches of model inputs from ``dataset``: a volume sample (``.volume``) through the model's
+    preprocessing, an image resized and normalised as ``relprop evaluate`` does."""
+    import torch
+
+    from relprop.data.base import to_model_input
+
+    for start in range(0, len(indices), batch_size):
+        xs = []
+        for idx in indices[start:start + batch_size]:
+            sample = dataset[idx]
+            volume = getattr(sample, "volume", None)
+            if volume is not None:
+                xs.append(preprocess(volume))
+            else:
+                xs.append(to_model_input(sample, spec.size, spec.mean, spec.std).image[None])
+        yield torch.cat(xs).to(dtype)
+
+
+def cmd_patterns(args: argparse.Namespace) -> int:
+    """Compute the PatternNet / PatternAttribution patterns of a model on a data set and save them."""
+    import torch
+
+    import relprop
+    from relprop.evaluate.specs import allow_plugins_from_cwd, input_spec, parse_options, resolve_dataset
+    from relprop.patterns import compute_patterns
+
+    out = Path(args.out)
+    _check_output_file(out)
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+    allow_plugins_from_cwd(args.data, args.model)
+    options = parse_options(args.dataset_option, "--dataset-option")
+    options["split"] = args.split
+    if args.root is not None:
+        options["root"] = args.root
+    dataset = resolve_dataset(args.data, options)
+    model, preprocess = _load_model(relprop, args.model, args.weights)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    model = model.to(dtype)
+    spec = None
+    indices = list(range(len(dataset) if args.limit is None else min(len(dataset), args.limit)))
+    if not indices:
+        raise CliError(f"data set {args.data} ({args.split} split) has no samples")
+    if getattr(dataset[0], "volume", None) is None:
+        spec = input_spec(preprocess, args.input_size, args.mean, args.std)
+    batches = _pattern_batches(dataset, preprocess, spec, indices, args.batch_size, dtype)
+    total = (len(indices) + args.batch_size - 1) // args.batch_size
+    patterns = compute_patterns(model, batches, kind=args.kind, progress=not args.no_progress, total=total,
+                                info={"model": args.model, "data": args.data, "split": args.split,
+                                      "samples": len(indices), "dataset_options": {k: v for k, v in options.items()
+                                                                                    if k != "root"}})
+    file_dtype = {"float16": torch.float16, "float32": torch.float32, "float64": None}[args.file_dtype]
+    _write(out, lambda: (out.parent.mkdir(parents=True, exist_ok=True), patterns.save(out, file_dtype)))
+    print(f"wrote {out}: {args.kind} patterns of {len(patterns)} layers from {patterns.samples} samples "
+          f"({out.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # parser and entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the ``methods``, ``explain``, ``demo``, ``evaluate``, ``report`` and
-    ``reproduce`` subcommands."""
+    """The argument parser with the ``methods``, ``explain``, ``demo``, ``patterns``, ``evaluate``,
+    ``report`` and ``reproduce`` subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Explain image classifiers by relevance propagation."
     )
@@ -563,6 +629,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma separated methods (default: all)")
     p.add_argument("--photos", default=None, help="comma separated photo names (default: all)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("patterns", help="compute the signal patterns of PatternNet / PatternAttribution on a data set")
+    p.add_argument("model", help="model name, e.g. shapes_vgg, or package.module:factory (see `relprop evaluate --help`)")
+    p.add_argument("--data", required=True,
+                   help="data set name (e.g. shapes, nodules3d) or package.module:factory, as for `relprop evaluate --dataset`")
+    p.add_argument("--out", required=True, help="the patterns file to write (.pt), for patterns=FILE")
+    p.add_argument("--split", default="train", help="data set split (default: train)")
+    p.add_argument("--root", default=None, help="folder of the data set files")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="data set option, e.g. count=5000 (repeatable; values are JSON where they parse)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
+    p.add_argument("--kind", default="relu", choices=["relu", "linear"],
+                   help="relu: two-component estimator, active samples (default); linear: all samples")
+    p.add_argument("--weights", default=None, help="weights name or state-dict file, as for `relprop explain`")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="the model's precision during the pass (statistics always accumulate in float64)")
+    p.add_argument("--file-dtype", default="float32", choices=["float16", "float32", "float64"],
+                   help="precision of the stored patterns (default float32)")
+    p.add_argument("--input-size", type=int, default=None, help="model input side (default: from the model)")
+    p.add_argument("--mean", type=_floats, default=None, help="input normalisation mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_floats, default=None, help="input normalisation std")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_patterns)
 
     from relprop.evaluate.cli import add_parsers as add_evaluation_parsers
 

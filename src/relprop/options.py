@@ -9,12 +9,13 @@ raises a ValueError that names the option and says what was expected, e.g.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-KINDS = ("number", "int", "bool", "choice", "name", "names", "bound")
+KINDS = ("number", "int", "bool", "choice", "name", "names", "bound", "patterns")
 
 
 def _shown(value: Any) -> str:
@@ -70,6 +71,8 @@ class Option:
             return "a node or module name (a string)"
         if self.kind == "names":
             return "a sequence of node or module names (strings)"
+        if self.kind == "patterns":
+            return "a relprop.patterns.Patterns or the path of a patterns file"
         return "a finite number or a tensor of finite numbers"
 
     def check(self, value: Any, what: str) -> None:
@@ -101,6 +104,11 @@ class Option:
         if self.kind == "names":
             ok = isinstance(value, Sequence) and not isinstance(value, str) and all(
                 isinstance(v, str) and v for v in value)
+            return None if ok else self.expected()
+        if self.kind == "patterns":
+            from .patterns import Patterns
+
+            ok = isinstance(value, (Patterns, str, os.PathLike)) and value != ""
             return None if ok else self.expected()
         return _bound_problem(value, self.expected())
 
@@ -149,9 +157,14 @@ def bound(none: bool = True) -> Option:
     return Option("bound", none=none)
 
 
+def patterns(none: bool = True) -> Option:
+    """Signal patterns (:class:`relprop.patterns.Patterns`) or the path of a patterns file."""
+    return Option("patterns", none=none)
+
+
 def check_rule_field(rule: object, field_name: str, option: Option) -> None:
     """Check one field of a rule dataclass: ``'epsilon' of rule Epsilon must be ...``."""
     option.check(getattr(rule, field_name), f"'{field_name}' of rule {type(rule).__name__}")
 
 
-__all__ = ["Option", "bound", "check_rule_field", "choice", "flag", "integer", "name", "names", "number"]
+__all__ = ["Option", "bound", "check_rule_field", "choice", "flag", "integer", "name", "names", "number", "patterns"]

@@ -152,11 +152,14 @@ class Propagator:
         return cache
 
     def forward_differentiable(self, x: Tensor, activation: Callable[[ops.Op, Tensor, Tensor], Tensor] | None = None,
-                               keep: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+                               keep: Sequence[str] = (),
+                               affine: Callable[[ops.Affine, Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Differentiable forward through relprop's graph (batch norms folded).
 
         ``activation(op, input, output) -> output`` may replace the value of every activation node
         (e.g. to change its gradient, as guided backprop does, also for functional ``F.relu``).
+        ``affine(op, input) -> output`` may evaluate every affine node instead of its own forward
+        (e.g. with another weight in the backward pass, as PatternNet does).
         ``keep`` names nodes whose outputs are returned too (e.g. for Grad-CAM).
         Returns the model output and ``{name: output}`` of the kept nodes.
         """
@@ -164,7 +167,10 @@ class Propagator:
         kept: dict[str, Tensor] = {}
 
         def evaluate(pos: int, op: ops.Op, args: tuple, kwargs: dict) -> Tensor:
-            out = op.forward(args, kwargs)
+            if affine is not None and isinstance(op, ops.Affine):
+                out = affine(op, args[0])
+            else:
+                out = op.forward(args, kwargs)
             if activation is not None and op.kind == "activation":
                 out = activation(op, args[0], out)
             if pos in wanted:

@@ -26,6 +26,8 @@ from torch import nn
 
 import relprop
 from relprop.attribution.attention_maps import ATTENTION_METHODS
+from relprop.attribution.pattern import PATTERN_METHODS
+from relprop.patterns import compute_patterns
 from model_state import assert_tensor_unchanged, assert_unchanged, snapshot
 from relprop.attribution.registry import get_method
 
@@ -38,7 +40,15 @@ CHEAP = {"steps": 4, "samples": 3}
 def explain(model: nn.Module, x: torch.Tensor, method: str, target=1, **options) -> torch.Tensor:
     accepted = get_method(method).options()
     cheap = {k: v for k, v in CHEAP.items() if k in accepted}
+    if method in PATTERN_METHODS and options.get("patterns") is None:  # patterns for this model, from random inputs
+        options["patterns"] = _patterns(model, x)
     return relprop.explain(model, x, target=target, method=method, **{**cheap, **options})
+
+
+def _patterns(model: nn.Module, x: torch.Tensor):
+    with torch.inference_mode(False):
+        data = torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(99), dtype=x.dtype)
+        return compute_patterns(model, data)
 
 
 class Net(nn.Module):

@@ -18,7 +18,7 @@ patches in row-major order (torchvision's ``VisionTransformer``, timm's, Chefer'
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,8 +38,9 @@ Tensor = torch.Tensor
 #: the methods that read attention probabilities: they refuse a model without attention (a CNN)
 ATTENTION_METHODS = ("attention-rollout", "transformer-attribution")
 #: the methods defined on convolutional feature maps and (batch, features) vectors: they refuse a
-#: transformer's token sequences (rap, rap-journal, fullgrad) or need ``layer=`` there (hedge, rsp)
-CONVOLUTIONAL_METHODS = ("rap", "rap-journal", "rsp", "hedge", "fullgrad")
+#: transformer's token sequences (rap, rap-journal, fullgrad, patternnet, pattern-attribution) or need
+#: ``layer=`` there (hedge, rsp)
+CONVOLUTIONAL_METHODS = ("rap", "rap-journal", "rsp", "hedge", "fullgrad", "patternnet", "pattern-attribution")
 
 
 # -- the attention probabilities and the token layout ----------------------------------------------
@@ -70,19 +71,44 @@ def has_attention(model: nn.Module) -> bool:
         return True
 
 
-def applicable_methods(model: nn.Module, names: Sequence[str]) -> tuple[list[str], list[str], str]:
+def applicable_methods(model: nn.Module, names: Sequence[str],
+                       options: Mapping[str, Any] | None = None) -> tuple[list[str], list[str], str]:
     """``names`` split into those that can explain ``model`` and those that cannot, with the reason:
     the attention methods on a model without attention, the convolutional methods
-    (:data:`CONVOLUTIONAL_METHODS`) on a model with attention."""
+    (:data:`CONVOLUTIONAL_METHODS`) on a model with attention, the pattern methods on a model without
+    registered or shipped patterns and none in ``options`` (method name -> its options), or with ops
+    they do not support."""
     attention = has_attention(model) if any(n in ATTENTION_METHODS + CONVOLUTIONAL_METHODS for n in names) else None
-    if attention is None:
-        return list(names), [], ""
-    if attention:
-        excluded, reason = CONVOLUTIONAL_METHODS, "has attention: {} left out (defined for convolutional feature maps)"
-    else:
-        excluded, reason = ATTENTION_METHODS, "has no attention: {} left out (they read attention probabilities)"
-    skipped = [n for n in names if n in excluded]
-    return [n for n in names if n not in excluded], skipped, reason.format(", ".join(skipped)) if skipped else ""
+    kept, skipped, reasons = list(names), [], []
+    if attention is not None:
+        if attention:
+            excluded, reason = CONVOLUTIONAL_METHODS, "has attention: {} left out (defined for convolutional feature maps)"
+        else:
+            excluded, reason = ATTENTION_METHODS, "has no attention: {} left out (they read attention probabilities)"
+        skipped = [n for n in kept if n in excluded]
+        kept = [n for n in kept if n not in excluded]
+        if skipped:
+            reasons.append(reason.format(", ".join(skipped)))
+    from .pattern import PATTERN_METHODS, pattern_problem
+
+    options = options or {}
+    for given in (False, True):  # without patterns of their own, then with ``patterns=`` given
+        wanted = [n for n in kept if n in PATTERN_METHODS and _gives_patterns(options.get(n)) == given]
+        problem = pattern_problem(model, given) if wanted else None
+        if problem is not None:
+            skipped += wanted
+            kept = [n for n in kept if n not in wanted]
+            reasons.append(f"{', '.join(wanted)} left out ({problem})")
+    return kept, skipped, "; ".join(reasons)
+
+
+def _gives_patterns(options: Any) -> bool:
+    """Whether a method's options (a dict, or a list of variants) give ``patterns``."""
+    if isinstance(options, Mapping):
+        return options.get("patterns") is not None
+    if isinstance(options, (list, tuple)):
+        return bool(options) and all(_gives_patterns(o) for o in options)
+    return False
 
 
 def _check_probabilities(name: str, p: Tensor, what: str, batch: int) -> None:

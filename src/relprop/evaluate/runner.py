@@ -163,7 +163,7 @@ class Evaluation:
         unused = sorted(set(self.config.method_options) - set(names))
         if unused:
             raise ValueError(f"options given for method(s) not evaluated: {', '.join(unused)}")
-        names, skipped, reason = applicable_methods(self.model, names)
+        names, skipped, reason = applicable_methods(self.model, names, self.config.method_options)
         if skipped:
             warnings.warn(f"model {self.config.model!r} {reason}", stacklevel=2)
         out = []
