@@ -2,6 +2,6 @@
 
 from . import contrastive, hedge, lrp, rap, rsp  # noqa: F401
 from . import gradients  # noqa: F401
-from . import cam, deeplift, fullgrad, pattern  # noqa: F401
+from . import agf, cam, deeplift, fullgrad, pattern  # noqa: F401
 from . import rap_journal  # noqa: F401
 from . import attention_maps, transformers  # noqa: F401

@@ -40,7 +40,7 @@ ATTENTION_METHODS = ("attention-rollout", "transformer-attribution")
 #: the methods defined on convolutional feature maps and (batch, features) vectors: they refuse a
 #: transformer's token sequences (rap, rap-journal, fullgrad, patternnet, pattern-attribution) or need
 #: ``layer=`` there (hedge, rsp)
-CONVOLUTIONAL_METHODS = ("rap", "rap-journal", "rsp", "hedge", "fullgrad", "patternnet", "pattern-attribution")
+CONVOLUTIONAL_METHODS = ("rap", "rap-journal", "rsp", "hedge", "fullgrad", "patternnet", "pattern-attribution", "agf")
 
 
 # -- the attention probabilities and the token layout ----------------------------------------------

@@ -7,6 +7,7 @@ reshapes, concatenation), :mod:`.pooling`, :mod:`.sums`, :mod:`.products`, :mod:
 identity and rescaled-sum rules).
 """
 
+from .agf import AGFHead, AGFLayer
 from .base import AffineRule, Rule, Step, shared_term
 from .batchnorm import BatchNormEpsilon
 from .chefer import RescaledSum, Unchanged
@@ -18,7 +19,7 @@ from .sums import AbsoluteSum, EqualSum, ProportionalSum
 from .transformer import LayerNormEpsilon, MatMulUniform, MatMulValue, SoftmaxConstant, SoftmaxTaylor
 
 __all__ = [
-    "AbsoluteSum", "AffineRule", "AlphaBeta", "BatchNormEpsilon", "Contrastive", "Epsilon", "EqualSum", "Flat",
+    "AGFHead", "AGFLayer", "AbsoluteSum", "AffineRule", "AlphaBeta", "BatchNormEpsilon", "Contrastive", "Epsilon", "EqualSum", "Flat",
     "Gamma", "GateProduct", "LayerNormEpsilon", "MatMulUniform", "MatMulValue", "MoveBack", "Pass", "PassThrough",
     "Proportional", "ProportionalPool", "ProportionalSum", "RescaledSum", "Rule", "SoftmaxConstant", "SoftmaxTaylor", "SplitConcat",
     "Step", "Unchanged", "WSquare", "WinnerTakeAll", "ZBox", "ZPlus", "ZRule", "shared_term",
