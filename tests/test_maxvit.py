@@ -81,7 +81,8 @@ def test_cp_lrp_conserves_on_maxvit_t():
 REFUSED_ON_MAXVIT = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
                    "rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
                      "fullgrad": "channels in dimension 1",
-                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU"}
+                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
+                     "agf": "agf is defined for convolutional networks without"}
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,8 @@ def test_cp_lrp_conserves_on_timm_swin():
 #: methods that are not defined on token sequences, and the words of their clear refusal
 REFUSED_ON_TOKENS = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "pass layer=",
                      "hedge": "pass layer=", "fullgrad": "convolutional feature maps",
-                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU"}
+                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
+                     "agf": "agf is defined for convolutional networks without"}
 
 
 @pytest.fixture(scope="module")

@@ -382,7 +382,8 @@ def test_equals_lxt_on_vit_b_16_config(tmp_path, variant):
 #: methods that are not defined on token sequences, and the words of their clear refusal
 REFUSED_ON_TOKENS = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "pass layer=",
                      "hedge": "pass layer=", "fullgrad": "convolutional feature maps",
-                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU"}
+                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
+                     "agf": "agf is defined for convolutional networks without"}
 
 
 @pytest.mark.parametrize("method", sorted(relprop.methods()))
@@ -440,7 +441,8 @@ def test_cp_lrp_conserves_on_convnext_tiny():
 REFUSED_ON_CONVNEXT = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
                        "fullgrad": "channels in dimension 1", "attention-rollout": "ConvNeXt has no attention",
                        "transformer-attribution": "ConvNeXt has no attention",
-                       "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU"}
+                       "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
+                     "agf": "agf is defined for convolutional networks without"}
 
 
 @pytest.fixture(scope="module")

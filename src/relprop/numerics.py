@@ -22,7 +22,12 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     if epsilon == 0:
         return z
     plus = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
-    return torch.where(z >= 0, plus, -plus).add_(z)
+    # epsilon with the sign of z + 0 (-0 + 0 = +0, so sign(-0) = +1 too), in one new tensor;
+    # several times faster than torch.where on large tensors
+    out = torch.add(z, 0.0)
+    if torch.is_grad_enabled() and z.requires_grad:  # out= does not record gradients
+        return torch.copysign(plus, out) + z
+    return torch.copysign(plus, out, out=out).add_(z)
 
 
 def normalize(r: Tensor, z: Tensor, epsilon: float) -> Tensor:

@@ -514,6 +514,11 @@ class Affine(Op):
         return self.cached("|w|", lambda: self.weight.abs())
 
     @property
+    def absolute_bias(self) -> Tensor | None:
+        """``|b|`` of the effective bias (cached); None without a bias."""
+        return None if self.bias is None else self.cached("|b|", lambda: self.bias.abs())
+
+    @property
     def positive_bias(self) -> Tensor | None:
         """``max(b, 0)`` of the effective bias (cached); None without a bias."""
         return None if self.bias is None else self.cached("b+", lambda: self.bias.clamp(min=0))
@@ -551,6 +556,8 @@ class Affine(Op):
                 return torch.matmul(s.permute(0, 2, 3, 1), matrix).permute(0, 3, 1, 2)
             flat = torch.matmul(matrix.t(), s.reshape(*s.shape[:2], -1))
             return flat.view(s.shape[0], weight.shape[1], *s.shape[2:])
+        if self._patchwise():  # non-overlapping patches (a ViT's or ConvNeXt's stem): one matrix product
+            return self._patch_transpose(s, weight, x)
         if self.pre_pad is not None:
             padded = x.new_empty(F.pad(x[:1, :1], self.pre_pad).shape[2:])
             shape = (*x.shape[:2], *padded.shape)
@@ -566,6 +573,24 @@ class Affine(Op):
     def unit_kernel(self) -> bool:
         """A convolution with a 1 x 1 (x 1) kernel (any stride, padding or groups)."""
         return self.layer_type == "conv" and all(k == 1 for k in self.module.kernel_size)
+
+    def _patchwise(self) -> bool:
+        """A 2-d convolution over non-overlapping patches: stride equal to the kernel (larger than 1),
+        no padding or dilation, one group."""
+        return (self.layer_type == "conv" and self.nd == 2 and self.groups == 1 and self.pre_pad is None
+                and tuple(self.stride) == tuple(self.module.kernel_size) and not self.unit_kernel
+                and all(v == 0 for v in self.padding) and all(v == 1 for v in self.dilation))
+
+    def _patch_transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        """``W^T s`` of a patchwise convolution as one matrix product: each output position's vector
+        times the weight matrix fills its patch; input rows and columns that no patch covers get 0."""
+        batch, _, rows, cols = s.shape
+        c_in, kh, kw = weight.shape[1:]
+        patches = torch.matmul(s.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], -1))
+        out = patches.view(batch, rows, cols, c_in, kh, kw).permute(0, 3, 1, 4, 2, 5).reshape(
+            batch, c_in, rows * kh, cols * kw)
+        missing = (x.shape[-1] - cols * kw, x.shape[-2] - rows * kh)
+        return F.pad(out, (0, missing[0], 0, missing[1])) if any(missing) else out
 
     def _pointwise(self) -> bool:
         """A 1x1 convolution with stride 1, no padding and one group (input and output positions agree)."""

@@ -103,8 +103,9 @@ def agf_relevance(model: nn.Module, x: Tensor, target: Target, flat: str = "resi
     graph = propagator.graph
     for node in graph.nodes:
         if node.op.kind in ("layernorm", "softmax", "matmul"):
-            raise ValueError(f"agf is defined for convolutional networks; {node.name!r} is a {node.op.kind} "
-                             "operation (a transformer): use cp-lrp, attnlrp or transformer-attribution")
+            raise ValueError(f"agf is defined for convolutional networks without {node.op.kind} operations; "
+                             f"{node.name!r} is one: use cp-lrp or attnlrp (or transformer-attribution on a "
+                             "transformer)")
     affine = graph.affine_positions()
     head = len(graph.nodes) - 1
     while graph.nodes[head].op.kind == "identity" and len(graph.nodes[head].inputs) == 1 and head > 0:

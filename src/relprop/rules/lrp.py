@@ -12,6 +12,8 @@ conventions follow zennit so that its composites can be matched number for numbe
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Union
 
@@ -156,36 +158,25 @@ class Gamma(AffineRule):
         check_rule_field(self, "stabilizer", _NON_NEGATIVE)
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        # With u = x+ w+ + x- w- + b+, the raised sum is z + gamma u where z > 0 and
-        # z + gamma (z - u) where z < 0: one denominator, whose ratio s is then split by the sign of z.
-        # For a signed input the products come from |x| |W| alone: x+ w+ + x- w- = (x w + |x| |w|) / 2
-        # and x+ w- + x- w+ = (x w - |x| |w|) / 2, so the denominator costs 1 product and the relevance
-        # 2 transposed maps (instead of 2 and 3 from the split parts); for a non-negative input, 1 and 2.
+        # Each contribution x_i w_ij is raised by gamma times its part of z_j's sign: (x w)+ where
+        # z_j > 0, (x w)- where z_j < 0, with (x w)+- = (x w +- |x| |w|) / 2 (biases alike). With
+        # sigma = sign(z) and m = |x| |W| + |b|, the raised sum is (1 + gamma/2) z + gamma/2 sigma m,
+        # and the relevance (1 + gamma/2) x W^T s + gamma/2 |x| |W|^T (sigma s), s its ratio (0 where
+        # z = 0): 1 product for the denominator and 2 transposed maps, for any input.
         g = self.gamma
-        wp = layer.positive_weight
-        bp = layer.positive_bias
 
-        def denominator(x: Tensor, z: Tensor) -> Tensor:
-            if nonnegative:
-                u = layer.apply(x, wp, bp)
-            else:  # (x W + |x| |W|) / 2 + b+, with x W = z - b
-                u = layer.apply(x.abs(), layer.absolute_weight).add_(z).sub_(layer.broadcast_bias(z)).mul_(0.5)
-                if bp is not None:
-                    u.add_(layer.broadcast_bias(z).clamp(min=0))
-            raised = torch.where(z > 0, u, z - u)
-            return raised.mul_(g).add_(z)
+        def terms(x: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            magnitude_of_x = x if nonnegative else x.abs()
+            sign = z.sign()
+            raised = layer.apply(magnitude_of_x, layer.absolute_weight, layer.absolute_bias)
+            raised.mul_(sign).mul_(g / 2).add_(z, alpha=1 + g / 2)
+            # an infinite denominator where z = 0, so that s = 0 there without a mask per target
+            return raised.masked_fill_(sign == 0, math.inf), sign, magnitude_of_x
 
-        s = normalize(r, shared_term(f"gamma:{g}", x, z, denominator), self.stabilizer)
-        sign = z.sign()
-        w = layer.weight
-        if nonnegative:  # x (W^T (s_up + (1 + gamma) s_down) + gamma W+^T (s_up - s_down))
-            down = (z < 0).to(s.dtype).mul_(g)
-            out = layer.transpose(s * sign.abs().add_(down), w, x)
-            out.add_(layer.transpose(s * sign, wp, x), alpha=g)
-            return out.mul_(x)
-        # (1 + gamma/2) x W^T (s_up + s_down) + gamma/2 |x| |W|^T (s_up - s_down)
-        signed = layer.transpose(s * sign.abs(), w, x).mul_(x)
-        absolute = layer.transpose(s.mul_(sign), layer.absolute_weight, x).mul_(x.abs())
+        raised, sign, magnitude_of_x = shared_term(f"gamma:{g}", x, z, terms)
+        s = normalize(r, raised, self.stabilizer)
+        signed = layer.transpose(s, layer.weight, x).mul_(x)
+        absolute = layer.transpose(s.mul_(sign), layer.absolute_weight, x).mul_(magnitude_of_x)
         return signed.mul_(1 + g / 2).add_(absolute, alpha=g / 2)
 
 
