@@ -126,23 +126,24 @@ def reference_backward(layers, backward: dict[str, np.ndarray], x: np.ndarray, t
     fwd = reference_forward(layers, x)
     g = backward["fc"][target].copy()  # (16,): B_fc^T e_target
     g = g.reshape(4, 2, 2) * (fwd["z2"] > 0)
-    b2 = backward["conv2"]
-    gm = np.zeros((3, 3, 3))
-    for o in range(4):
-        for i in range(2):
-            for j in range(2):
-                gm[:, i:i + 2, j:j + 2] += b2[o] * g[o, i, j]
+    gm = _transposed_conv(backward["conv2"], g, (3, 3, 3))
     ga = np.zeros((3, 6, 6))
     for (c, i, j), (cw, h, w) in fwd["winners"]:
         ga[cw, h, w] += gm[c, i, j]
     ga *= fwd["z1"] > 0
-    b1 = backward["conv1"]
-    gp = np.zeros((2, 8, 8))
-    for o in range(3):
-        for i in range(6):
-            for j in range(6):
-                gp[:, i:i + 3, j:j + 3] += b1[o] * ga[o, i, j]
-    return gp[:, 1:-1, 1:-1]
+    return _transposed_conv(backward["conv1"], ga, (2, 8, 8))[:, 1:-1, 1:-1]
+
+
+def _transposed_conv(weights: np.ndarray, g: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Each output position's gradient ``g[o, i, j]`` times the kernel ``weights[o]`` added into its
+    (stride 1) patch of an array of ``shape``."""
+    out = np.zeros(shape)
+    k = weights.shape[-1]
+    for o in range(g.shape[0]):
+        for i in range(g.shape[1]):
+            for j in range(g.shape[2]):
+                out[:, i:i + k, j:j + k] += weights[o] * g[o, i, j]
+    return out
 
 
 @pytest.mark.parametrize("kind", ["relu", "linear"])
