@@ -265,6 +265,18 @@ def test_jobs_compute_what_the_tables_show() -> None:
     assert methods("shapes_vgg", "blurred insertion") == set(P.M002_INSERTION)
     assert not {"agf", "relevance-cam"} & set(P.M002_INSERTION)
 
+
+def test_runs_of_prefers_the_current_box_run() -> None:
+    """A store continued across the rename of the box data set holds both runs; the tables read the
+    current one (it has the methods added since), the earlier one only when alone."""
+    from relprop.reproduce.rundata import RunData
+    from relprop.reproduce.sections.common import runs_of
+
+    old = RunData(dataset="shapes", model="m", targets="labels", boxes=True, run=1, legacy=True)
+    new = RunData(dataset="shapes", model="m", targets="labels", boxes=True, run=12)
+    assert runs_of([old, new], "m")["boxes"] is new
+    assert runs_of([old], "m")["boxes"] is old
+
 def test_reproduce_is_a_subcommand() -> None:
     from relprop.cli import build_parser
 
