@@ -207,6 +207,76 @@ def test_jobs_cover_every_protocol() -> None:
     assert only and all(j.config.methods == ["sglrp"] for j in only)
 
 
+
+def _order_tables() -> dict[str, set[str]]:
+    """ORDERS key -> the labels that its table or figure shows (for a VGG, which has every method)."""
+    from relprop.reproduce.sections.paper003 import _cmp_rows
+
+    vgg = "shapes_vgg"
+    out = {k: set(P.table_1_000(vgg)) for k in ("000-oi-all", "000-oi-pos", "000-pixacc", "000-miou")}
+    out["000-lerf"] = set(P.M000)
+    out["001-pos"] = set(P.table_i_pos_001(vgg))
+    out["001-neg"] = out["001-dk"] = set(P.M001)
+    out.update({k: set(P.M002) for k in ("002-pg-L-all", "002-pg-L-dif", "002-pg-P-all")})
+    out["002-insertion"] = set(P.M002_INSERTION)
+    out["002-map"] = out["002-outin"] = set(P.M002_TABLE3)
+    out["002-ablation"] = set(P.HEDGE_ABLATION)
+    out["002-gamma"] = {str(g) for g in P.HEDGE_GAMMAS}
+    out["003-muw-pvoc"] = {label for label, _ in _cmp_rows("shapes")} | {"uniform baseline"}
+    out["003-muw-imagenet"] = {label for label, _ in _cmp_rows("photos")} | {"uniform baseline"}
+    out.update({k: set(P.M004) | {"random"} for k in ("004-patch-gt", "004-patch-second", "004-energy-high",
+                                                       "004-energy-low")})
+    out["vit-faithfulness"] = set(P.TRANSFORMER_METHODS)
+    return out
+
+
+def test_orders_rank_only_their_tables_methods() -> None:
+    """Every method of a paper's ordering is among the methods its table shows: a method put into the wrong
+    ORDERS entry, or left out of its protocol's methods, fails here."""
+    from relprop.reproduce.paper_orders import ORDERS
+
+    tables = _order_tables()
+    assert set(tables) == set(ORDERS)
+    for key, order in ORDERS.items():
+        named = [m for g in order.groups for m in g]
+        assert len(named) == len(set(named)), key
+        assert set(named) <= tables[key], (key, sorted(set(named) - tables[key]))
+    # the baselines the papers report beside their own methods
+    assert "pattern-attribution" in ORDERS["000-oi-pos"].groups[1]
+    assert {"agf", "relevance-cam"} <= {m for g in ORDERS["002-map"].groups for m in g}
+
+
+def test_jobs_compute_what_the_tables_show() -> None:
+    """The jobs compute every method of the tables, the VGG-only methods on a VGG only, and the figures
+    keep the methods they had."""
+    jobs = P.jobs("small", ["shapes_vgg", "shapes_resnet"])
+
+    def methods(model: str, label: str) -> set[str]:
+        return {m for j in jobs if j.config.model == model and label in j.label for m in j.config.methods}
+
+    loc, seg = methods("shapes_vgg", "localisation (boxes)"), methods("shapes_vgg", "segmentation")
+    assert set(P.table_1_000("shapes_vgg")) | set(P.M002) | set(P.M003) | set(P.M004) <= loc
+    assert set(P.table_1_000("shapes_vgg")) | set(P.M002_TABLE3) <= seg
+    assert set(P.table_i_pos_001("shapes_vgg")) <= methods("shapes_vgg", "perturbation (Table I")
+    pos_only = next(j for j in jobs if j.config.model == "shapes_vgg" and "positive removal only" in j.label)
+    assert pos_only.config.metrics == ["aopc_morf"] and pos_only.config.methods == list(P.M001_POS_VGG)
+    for label in ("localisation (boxes)", "segmentation", "perturbation"):
+        assert "pattern-attribution" not in methods("shapes_resnet", label), label
+    assert methods("shapes_vgg", "blurred insertion") == set(P.M002_INSERTION)
+    assert not {"agf", "relevance-cam"} & set(P.M002_INSERTION)
+
+
+def test_runs_of_prefers_the_current_box_run() -> None:
+    """A store continued across the rename of the box data set holds both runs; the tables read the
+    current one (it has the methods added since), the earlier one only when alone."""
+    from relprop.reproduce.rundata import RunData
+    from relprop.reproduce.sections.common import runs_of
+
+    old = RunData(dataset="shapes", model="m", targets="labels", boxes=True, run=1, legacy=True)
+    new = RunData(dataset="shapes", model="m", targets="labels", boxes=True, run=12)
+    assert runs_of([old, new], "m")["boxes"] is new
+    assert runs_of([old], "m")["boxes"] is old
+
 def test_reproduce_is_a_subcommand() -> None:
     from relprop.cli import build_parser
 

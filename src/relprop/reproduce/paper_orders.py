@@ -51,16 +51,18 @@ ORDERS: dict[str, Order] = {
                      "guided-backprop", "integrated-gradients",
                      why=f"{_DATA}; {_MODEL}; method: ALL counts negative relevance inside the box against "
                          "a method, and gradient-type maps are signed noise around objects (ratio near 1)"),
-    "000-oi-pos": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, VGG-16, POS", "rap", "guided-backprop", "lrp-alpha1beta0",
-                     "lrp-alpha2beta1", "gradient", "input-x-gradient", "integrated-gradients",
+    "000-oi-pos": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, VGG-16, POS", "rap", "pattern-attribution", "guided-backprop",
+                     "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient", "integrated-gradients",
                      why=f"{_DATA}; {_MODEL}; method: RAP's uniform shift (Nam et al. 2020 [Nam2020-RAP], Eq. 8-9) spreads a small "
                          "positive floor over the background at every layer; POS counts it in full, ALL "
                          "weighs it against the negative relevance there, where RAP is best"),
-    "000-pixacc": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, ImageNet segmentation, pixel accuracy", "rap", "lrp-alpha1beta0",
-                     "lrp-alpha2beta1", "guided-backprop", "gradient", ("integrated-gradients", "input-x-gradient"),
+    "000-pixacc": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, ImageNet segmentation, pixel accuracy", "rap",
+                     "pattern-attribution", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop", "gradient",
+                     ("integrated-gradients", "input-x-gradient"),
                      why=f"{_DATA}; {_MODEL}; method: the better of the two thresholds is compared"),
-    "000-miou": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, ImageNet segmentation, mIoU", "rap", "lrp-alpha1beta0", "lrp-alpha2beta1",
-                   "guided-backprop", "gradient", "integrated-gradients", "input-x-gradient",
+    "000-miou": _o("Nam et al. 2020 [Nam2020-RAP], Table 1, ImageNet segmentation, mIoU", "rap", "pattern-attribution",
+                   "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop", "gradient", "integrated-gradients",
+                   "input-x-gradient",
                    why=f"{_DATA}; {_MODEL}; method: per-image IoU, not accumulated over the data set"),
     "000-lerf": _o("Nam et al. 2020 [Nam2020-RAP], Fig. 7 (RAP keeps the accuracy, the others drop)", "rap",
                    ("lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient", "integrated-gradients",
@@ -68,7 +70,8 @@ ORDERS: dict[str, Order] = {
                    why=f"{_DATA}; {_MODEL}; method: mean accuracy over the curve is compared"),
     "001-pos": _o("Nam, Choi and Lee [Nam-RAP-Journal], Table I, positive removal at 4,000 pixels (lower accuracy = the removed "
                   "pixels mattered)", "gradient", ("lrp-preset-b", "lrp-alpha2beta1", "lrp-alpha1beta0",
-                                                   "lrp-preset-a"), "rap-journal", "integrated-gradients",
+                                                   "lrp-preset-a"), "pattern-attribution", "rap-journal",
+                  "integrated-gradients",
                   why=f"{_DATA}; {_MODEL}; method: relprop's gradient is signed, the paper's sensitivity "
                       "analysis ranks |gradient|; with a few dozen images one image moves the accuracy by points"),
     "001-neg": _o("Nam, Choi and Lee [Nam-RAP-Journal], Table I, negative removal at 10,000 pixels (higher accuracy = negative "
@@ -79,17 +82,17 @@ ORDERS: dict[str, Order] = {
                  ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient",
                   "integrated-gradients", "guided-backprop", "lrp-preset-a", "lrp-preset-b"),
                  why=f"{_DATA}; {_MODEL}; method: mean over K is compared"),
-    "002-pg-L-all": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, L ALL", "hedge", "gradcam", "rsp", "contrastive-eb",
-                       "guided-backprop", "excitation-backprop", "clrp",
+    "002-pg-L-all": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, L ALL", "hedge", "gradcam", "rsp", "agf",
+                       "contrastive-eb", "guided-backprop", "excitation-backprop", "clrp", "relevance-cam",
                        why=f"{_DATA}; {_MODEL}; data: with 10 classes and objects on a plain background "
                            "almost every method points into the boxes (most above 0.95), so the order "
                            "among them is a few pairs"),
-    "002-pg-L-dif": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, L DIF", "hedge", "gradcam", "rsp", "contrastive-eb",
-                       "guided-backprop", ("clrp", "excitation-backprop"),
+    "002-pg-L-dif": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, L DIF", "hedge", "gradcam", "rsp", "agf",
+                       "contrastive-eb", "guided-backprop", ("clrp", "excitation-backprop"), "relevance-cam",
                        why=f"{_DATA}; {_MODEL}; data: DIF uses EBP's definition (box < 1/4 of the image, >= 2 "
                            "classes), which holds for most multi-object shapes scenes, so DIF is close to ALL"),
-    "002-pg-P-all": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, P ALL", "hedge", ("rsp", "gradcam"),
-                       "guided-backprop", ("excitation-backprop", "contrastive-eb"), "clrp",
+    "002-pg-P-all": _o("Nam et al. [Nam-Hedge], Table 1, VOC07, VGG-16, P ALL", "hedge", ("rsp", "gradcam"), "agf",
+                       "guided-backprop", ("excitation-backprop", "contrastive-eb"), "clrp", "relevance-cam",
                        why=f"{_DATA}; {_MODEL}; method: relprop's CLRP (Eq. 6-7, ReLU'd) keeps only the "
                            "target's evidence and is nearly perfect on predicted classes"),
     "002-ablation": _o("Nam et al. [Nam-Hedge], Table 2 (all four components best)", "C+A+U+Psi", ("C", "C+Psi", "C+A+U", "A+U+Psi"),
@@ -101,10 +104,12 @@ ORDERS: dict[str, Order] = {
                         why=f"{_DATA}; {_MODEL}; method: mean accuracy over the curve is compared; on a "
                             "blurred 64 x 64 scene a few inserted pixels of any method restore the small "
                             "object, so the curves saturate within 5%"),
-    "002-map": _o("Nam et al. [Nam-Hedge], Table 3, VGG-16, mAP", "rsp", "hedge", "clrp", "contrastive-eb",
+    "002-map": _o("Nam et al. [Nam-Hedge], Table 3, VGG-16, mAP", "rsp", "agf", "hedge", "relevance-cam", "clrp",
+                  "contrastive-eb",
                   why=f"{_DATA}; {_MODEL}; data: the exact shape masks are much tighter than ImageNet's "
                       "object masks, which favours maps concentrated on the object (hedge, CLRP)"),
-    "002-outin": _o("Nam et al. [Nam-Hedge], Table 3, VGG-16, Out/In", "hedge", "rsp", "clrp", "contrastive-eb",
+    "002-outin": _o("Nam et al. [Nam-Hedge], Table 3, VGG-16, Out/In", "hedge", "rsp", "agf", "relevance-cam", "clrp",
+                    "contrastive-eb",
                     why=f"{_DATA}; {_MODEL}; method: relprop's CLRP default is Iwana et al.'s [Iwana2019-SGLRP] Eq. 6-7 with "
                         "the final ReLU (variant='paper'), which leaves the background at exactly 0"),
     "003-muw-pvoc": _o("Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I, PVOC (multi-label, like shapes)", "lrp-cmp (CMP:a2+b)",
@@ -114,7 +119,7 @@ ORDERS: dict[str, Order] = {
                            "little from gradient shattering and the composites gain less (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Sec. IV-C)"),
     "003-muw-imagenet": _o("Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I, ImageNet", "lrp-cmp (CMP:a2+b)", "lrp-cmp (CMP:a2)",
                            ("lrp-cmp (CMP:a1)", "lrp-cmp (CMP:a1+b)"), "lrp-alpha2beta1", "guided-backprop",
-                           "lrp-alpha1beta0", "lrp-z", "uniform baseline",
+                           "lrp-alpha1beta0", "pattern-attribution", "lrp-z", "uniform baseline",
                            why=f"data: a handful of photos instead of 50,000 images; {_MODEL}"),
     "004-patch-gt": _o("Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11 (a) at the largest patch (guided Grad-CAM, then SGLRP lowest)",
                        "guided-gradcam", "sglrp", ("clrp", "lrp-alpha1beta0"), "random",

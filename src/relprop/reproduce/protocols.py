@@ -22,7 +22,8 @@ from ..evaluate.runner import EvaluationConfig
 from ..evaluate.store import variant_key
 
 __all__ = ["PAPER_SIDE", "SIZES", "Job", "Size", "boxes_only", "jobs", "scaled_count", "input_side",
-           "default_dataset", "M000", "M001", "M002", "M003", "M004", "HEDGE_ABLATION", "HEDGE_GAMMAS", "CMP_VARIANTS",
+           "default_dataset", "M000", "M000_VGG", "M001", "M001_POS_VGG", "M002", "M002_TABLE3",
+           "M002_INSERTION", "M003", "M003_IMAGENET", "M004", "is_vgg", "table_1_000", "table_i_pos_001", "HEDGE_ABLATION", "HEDGE_GAMMAS", "CMP_VARIANTS",
            "RANDOMISED", "hedge_variants", "localisation_methods", "TRANSFORMER_METHODS", "ATTENTION_ONLY",
            "TRANSFORMER_MODELS", "TRANSFORMER_DATASETS", "faithfulness_options", "transformer_scenes",
            "transformer_boxes", "is_transformer_run"]
@@ -33,17 +34,52 @@ PAPER_SIDE = 224
 _SIDES = {"shapes_vgg": 64, "shapes_resnet": 64, "shapes_vit": 64}
 
 # -- methods of each paper ---------------------------------------------------------------------------
-#: Nam et al. 2020 [Nam2020-RAP], Table 1 (Pattern Attribution has no relprop implementation)
+#: Nam et al. 2020 [Nam2020-RAP], Table 1 and Fig. 7: the methods measured on VGG-16 and ResNet-50
 M000 = ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient",
         "integrated-gradients", "guided-backprop")
+#: methods that Nam et al. 2020 [Nam2020-RAP] report for VGG-16 only ("Since Pattern Attribution is developed for
+#: the VGG network, we do not report the result of it for experiments with Resnet"): Table 1, POS and the
+#: ImageNet segmentation columns; evaluated on the VGG models only (:func:`is_vgg`)
+M000_VGG = ("pattern-attribution",)
 #: Nam, Choi and Lee [Nam-RAP-Journal], Table I: Nam et al.'s [Nam2020-RAP] methods, the LRP presets and the journal RAP
 M001 = M000 + ("lrp-preset-a", "lrp-preset-b", "rap-journal")
-#: Nam et al. [Nam-Hedge], Table 1 (AGF has no relprop implementation; relevance-cam is not yet in this protocol)
-M002 = ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "clrp", "rsp", "hedge")
+#: Nam, Choi and Lee [Nam-RAP-Journal], Table I, positive removal only (a VGG-16 table): Pattern Attribution, evaluated
+#: on the VGG models only, as for Nam et al. 2020 [Nam2020-RAP]
+M001_POS_VGG = ("pattern-attribution",)
+#: Nam et al. [Nam-Hedge], Table 1 (pointing game): Grad-CAM, guided backprop, EB, c*EB, c*LRP, Relevance-CAM, RSP, AGF
+#: and hedge
+M002 = ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "clrp", "relevance-cam", "rsp", "agf",
+        "hedge")
+#: Nam et al. [Nam-Hedge], Table 3 (mAP, Out/In on segmentation masks): the class-discriminative methods c*LRP, c*EB,
+#: RSP, RCAM, AGF and hedge
+M002_TABLE3 = ("clrp", "contrastive-eb", "rsp", "relevance-cam", "agf", "hedge")
+#: Nam et al. [Nam-Hedge], Fig. 9 (MoRF insertion): the figure's legend is not in the text; Table 1's methods without
+#: Relevance-CAM and AGF, which the text names for Table 1, Table 3 and Fig. 4 only
+M002_INSERTION = ("gradcam", "guided-backprop", "excitation-backprop", "contrastive-eb", "clrp", "rsp", "hedge")
 #: Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I: LRP-z, alpha-beta, guided backprop and the LRP_CMP variants below
 M003 = ("lrp-z", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop", "lrp-cmp")
+#: Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Table I, ImageNet (VGG-16) rows only: Pattern Attribution ("for ImageNet
+#: with Pattern Attribution (PA) only available in iNNvestigate"); not in the PVOC rows, so shown on single-label
+#: data only; computed on the VGG models with :data:`M000_VGG` (the same localisation run)
+M003_IMAGENET = ("pattern-attribution",)
 #: Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 11 / 13: "LRP" is LRP-alpha1beta0 (the rule CLRP and SGLRP build on)
 M004 = ("lrp-alpha1beta0", "clrp", "sglrp", "guided-gradcam")
+
+
+def is_vgg(model: str) -> bool:
+    """Whether ``model`` stands for the papers' VGG-16 (its name says VGG): the model of the VGG-only methods."""
+    return "vgg" in model.lower()
+
+
+def table_1_000(model: str) -> tuple[str, ...]:
+    """The methods of Nam et al.'s [Nam2020-RAP] Table 1 for ``model``: :data:`M000`, and :data:`M000_VGG` on a VGG."""
+    return M000 + (M000_VGG if is_vgg(model) else ())
+
+
+def table_i_pos_001(model: str) -> tuple[str, ...]:
+    """The methods of Nam, Choi and Lee's [Nam-RAP-Journal] Table I, positive removal, for ``model``."""
+    return tuple(_methods(M001 + (M001_POS_VGG if is_vgg(model) else ())))
+
 
 #: "Beyond the papers: transformers": the methods compared on ``shapes_vit`` and the shipped CNNs
 TRANSFORMER_METHODS = ("attnlrp", "cp-lrp", "attention-rollout", "transformer-attribution", "sglrp", "clrp",
@@ -246,9 +282,12 @@ def _methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def localisation_methods() -> tuple[list[str], dict]:
-    """Methods (and variants) of the box-based tables: [Nam2020-RAP], [Nam-Hedge] (Table 1), [Kohlbrenner2020-LRP], [Iwana2019-SGLRP]."""
-    return _methods(M000 + M002 + M003 + M004), {"lrp-cmp": list(CMP_VARIANTS.values())}
+def localisation_methods(model: Optional[str] = None) -> tuple[list[str], dict]:
+    """Methods (and variants) of the box-based tables: [Nam2020-RAP], [Nam-Hedge] (Table 1), [Kohlbrenner2020-LRP], [Iwana2019-SGLRP];
+    with ``model``, also those the papers report for VGG-16 only (:data:`M000_VGG`, which covers
+    :data:`M003_IMAGENET`) when ``model`` is a VGG."""
+    extra = table_1_000(model) if model is not None else ()
+    return _methods(M000 + extra + M002 + M003 + M004), {"lrp-cmp": list(CMP_VARIANTS.values())}
 
 
 def hedge_variants() -> list[dict]:
@@ -323,7 +362,7 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
                     root=root)
         # photos: labels name several ImageNet classes per photo, most without an outline -> top-1 class
         labels = "predicted" if dataset in ("photos", "imagenet-seg") else "labels"
-        names, method_options = localisation_methods()
+        names, method_options = localisation_methods(model)
         out.append(Job(("000", "002", "003", "004"), f"{model}: localisation (boxes)", EvaluationConfig(
             dataset="relprop.reproduce.protocols:boxes_only", dataset_options={"dataset": dataset},
             methods=names, method_options=method_options, targets=labels, limit=limit,
@@ -339,7 +378,7 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
                 metrics=["pointing_game", "target_score"],
                 metric_options={"pointing_game": pointing_options(side)}, **base)))
         out.append(Job(("000", "002"), f"{model}: segmentation (masks)", EvaluationConfig(
-            dataset=dataset, methods=_methods(M000 + M002), targets="predicted", limit=limit,
+            dataset=dataset, methods=_methods(table_1_000(model) + M002 + M002_TABLE3), targets="predicted", limit=limit,
             metrics=["pixel_accuracy", "image_iou", "segmentation_counts", "stacked_map",
                      "normalised_outside_inside_ratio"],
             metric_options={"pixel_accuracy": _SEG, "image_iou": _SEG, "segmentation_counts": _SEG}, **base)))
@@ -355,8 +394,13 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
             metric_options={"aopc_morf": [t1["pos_removal"], t1["pos_shuffle"]],
                             "aopc_lerf": [t1["neg_removal"], t1["neg_shuffle"], lerf_000_options(side, lerf_step)],
                             "topk_distance": {"ks": topk_ks(side)}}, **base)))
+        pos_only = [m for m in table_i_pos_001(model) if m not in M001]
+        if pos_only:  # Table I's positive removal alone, into the same run
+            out.append(Job(("001",), f"{model}: perturbation (Table I, positive removal only)", EvaluationConfig(
+                dataset=dataset, methods=pos_only, targets="predicted", limit=pl, metrics=["aopc_morf"],
+                metric_options={"aopc_morf": [t1["pos_removal"], t1["pos_shuffle"]]}, **base)))
         out.append(Job(("002",), f"{model}: blurred insertion", EvaluationConfig(
-            dataset=dataset, methods=list(M002), targets="predicted", limit=pl,
+            dataset=dataset, methods=list(M002_INSERTION), targets="predicted", limit=pl,
             metrics=["blurred_insertion"], **base)))
         for targets in (labels, "second"):
             out.append(Job(("004",), f"{model}: patch masking ({targets})", EvaluationConfig(

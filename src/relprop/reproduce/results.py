@@ -100,9 +100,17 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "percentile bootstrap intervals over the images, resampled jointly for all methods (images resampled "
         "whole, with all their explained classes).",
         "",
-        "Not reproduced: methods without a relprop implementation (Pattern Attribution, AGF) are left out of "
-        "the tables and the comparisons; Relevance-CAM (`relevance-cam`), Grad-CAM++, FullGrad and DeepLIFT "
-        "are implemented but not yet part of these protocols. Nam, Choi and Lee's [Nam-RAP-Journal] 3-D CT "
+        "The papers' other baselines are in the tables where the papers report them: Pattern Attribution "
+        "(`pattern-attribution`, with relprop's shipped patterns) in Table 1 of Nam et al. 2020 [Nam2020-RAP] (POS "
+        "and the segmentation columns) and Table I of Nam, Choi and Lee [Nam-RAP-Journal] (positive removal), on the "
+        "VGG models only, since both papers report it for VGG-16 only; AGF (`agf`) and Relevance-CAM "
+        "(`relevance-cam`) in Tables 1 and 3 of Nam et al. [Nam-Hedge]. Not reproduced: Pattern Attribution in the "
+        "ImageNet rows of Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP] (relprop ships patterns for the shapes "
+        "models only, whose table follows the PVOC rows, which lack it); these baselines in Fig. 7 of Nam et al. 2020 "
+        "[Nam2020-RAP] (LeRF) and Fig. 9 of Nam et al. [Nam-Hedge] (insertion), whose legends are not in the papers' "
+        "text: those figures keep the methods they had. Grad-CAM++, FullGrad and DeepLIFT are implemented but "
+        "no paper tabulates them (Nam et al. [Nam-Hedge] leave FullGrad out as class-agnostic; Nam et al. 2020 "
+        "[Nam2020-RAP] count DeepLIFT-Rescale as input x gradient). Nam, Choi and Lee's [Nam-RAP-Journal] 3-D CT "
         "model has a synthetic counterpart outside these tables (`nodules3d`, docs/images/nodules3d_fig8.png); "
         "Nam et al.'s [Nam-Hedge] cross-model panel of Fig. 9 has none. The qualitative figures (maps) are "
         "drawn by `relprop reproduce` from the models, not from the store.",

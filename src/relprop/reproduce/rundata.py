@@ -47,6 +47,9 @@ class RunData:
     n_samples: int = 0
     #: "papers" (the five papers' protocols) or "transformers" (the section beyond the papers)
     protocol: str = "papers"
+    #: stored under the name of an earlier relprop version (:data:`BOXES`' second name): a store continued
+    #: since holds the same run under the current name too, and the tables read that one
+    legacy: bool = False
 
     def mean(self, method: str, metric: str, statistic: str = "mean") -> float:
         row = self.cells.get((method, metric, statistic))
@@ -156,7 +159,8 @@ def load_runs(stores: Sequence[str | Path]) -> list[RunData]:
                 data = RunData(dataset=str(opts.get("dataset", run["dataset"])) if named else run["dataset"],
                                model=run["model"], targets=run["targets"], boxes=boxes, store=Path(path),
                                run=run["id"], n_samples=db.sample_count(run["id"]).get("ok", 0),
-                               protocol="transformers" if transformers else "papers")
+                               protocol="transformers" if transformers else "papers",
+                               legacy=run["dataset"] in BOXES[1:])
                 for r in res["summary"]:
                     data.cells[(r["method"], r["metric"], r["statistic"])] = r
                 for r in res["curves"]:

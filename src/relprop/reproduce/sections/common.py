@@ -11,8 +11,10 @@ __all__ = ["count_text", "nanmean", "runs_of"]
 
 
 def runs_of(runs: list[RunData], model: str) -> dict[str, Optional[RunData]]:
-    """The runs of ``model``: ``boxes`` (box-based), ``predicted``, ``labels`` and ``second``."""
-    mine = [r for r in runs if r.model == model]
+    """The runs of ``model``: ``boxes`` (box-based), ``predicted``, ``labels`` and ``second``; a run under
+    the current data set name before one under an earlier version's name (``legacy``), which a continued
+    store may hold beside it without the methods added since."""
+    mine = sorted((r for r in runs if r.model == model), key=lambda r: r.legacy)
     pick = lambda cond: next((r for r in mine if cond(r)), None)  # noqa: E731
     return {"boxes": pick(lambda r: r.boxes),
             "predicted": pick(lambda r: not r.boxes and r.targets == "predicted"),

@@ -60,9 +60,10 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
             "(unions summed over the images), from the per-image counts of `segmentation_counts`. "
             "\"per-image IoU\": the mean over images of each image's background-foreground mean IoU, "
             "for comparison only (not the paper's figure). n = pairs that counted / pairs.", "")
+    table = P.table_1_000(model)  # Pattern Attribution on a VGG only, as in the paper
     cols = ("all", "pos", "acc0", "iou0", "accm", "ioum", "img0", "imgm")
     items: dict[str, dict[str, list[Item]]] = {c: {} for c in cols}
-    for m in P.M000:
+    for m in table:
         items["all"][m], items["pos"][m] = scalar_items(box, m, oi_all), scalar_items(box, m, oi_pos)
         for (acc, iou), k in zip((("acc0", "iou0"), ("accm", "ioum")), counts):
             items[acc][m], items[iou][m] = segmentation_items(pred, m, k)
@@ -70,7 +71,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
             items[c][m] = scalar_items(pred, m, k)
     ivs = {c: intervals(items[c]) for c in cols}
     rows, ours = [], {c: {} for c in cols}
-    for m in P.M000:
+    for m in table:
         pooled = [pooled_segmentation(pred, m, k) for k in counts]
         vals = [box.mean(m, oi_all) if box else math.nan, box.mean(m, oi_pos) if box else math.nan,
                 pooled[0][0] * 100, pooled[0][1] * 100, pooled[1][0] * 100, pooled[1][1] * 100] + \
@@ -87,9 +88,9 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
     doc.order("000-oi-all", ours["all"], higher=False, items=items["all"])
     doc.order("000-oi-pos", ours["pos"], higher=False, items=items["pos"])
     for key, (zero, mean) in (("000-pixacc", ("acc0", "accm")), ("000-miou", ("iou0", "ioum"))):
-        best = {m: zero if not ours[mean][m] > ours[zero][m] else mean for m in P.M000}
-        doc.order(key, {m: ours[best[m]][m] for m in P.M000}, higher=True,
-                  items={m: items[best[m]][m] for m in P.M000})
+        best = {m: zero if not ours[mean][m] > ours[zero][m] else mean for m in table}
+        doc.order(key, {m: ours[best[m]][m] for m in table}, higher=True,
+                  items={m: items[best[m]][m] for m in table})
     # Fig. 7: LeRF accuracy
     if pred is None:
         return

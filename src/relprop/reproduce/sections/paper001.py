@@ -28,7 +28,8 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
         rows = []
         final: dict[str, float] = {}
         final_items: dict[str, list[Item]] = {}
-        for m in P.M001:
+        methods = P.table_i_pos_001(model) if kind == "pos" else P.M001
+        for m in methods:
             rec_a, rec_b = pred.records(rem, m), pred.records(shu, m)
             for stat, what in (("accuracy", "accuracy %"), ("scores", "prediction score")):
                 a, b = pred.curve(m, rem, stat), pred.curve(m, shu, stat)
@@ -48,7 +49,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                     final[m] = a[1][len(counts) - 1] if len(a[1]) >= len(counts) else math.nan
                     final_items[m] = curve_items(pred, m, rem, stat, len(counts) - 1, rec_a)
         title = "positive (MoRF)" if kind == "pos" else "negative (LeRF)"
-        cnt = next((pred.count(m, rem) for m in P.M001 if pred.count(m, rem)), None)
+        cnt = next((pred.count(m, rem) for m in methods if pred.count(m, rem)), None)
         doc.add(f"#### Table I — {title} removal (shuffling) ({model})", "",
                 f"Pixels with {'positive' if kind == 'pos' else 'negative'} relevance, "
                 f"{'most relevant' if kind == 'pos' else 'most negative'} first, set to the image minimum; "

@@ -119,7 +119,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
                       items={str(g): r["items"]["L_all"] for g, r in gam.items()})
     if pred is not None:
         bi = P.key("blurred_insertion")
-        series = {m: pred.curve(m, bi, "accuracy") for m in P.M002}
+        series = {m: pred.curve(m, bi, "accuracy") for m in P.M002_INSERTION}
         series = {m: s for m, s in series.items() if s is not None}
         if series:
             doc.add(f"#### Fig. 9 — MoRF insertion into a blurred image ({model})", "",
@@ -132,7 +132,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
                       items={m: curve_items(pred, m, bi, "accuracy") for m in series})
         mp, noi = P.key("stacked_map"), P.key("normalised_outside_inside_ratio")
         rows, m_ap, m_oi = [], {}, {}
-        it_ap = {m: scalar_items(pred, m, mp) for m in P.M002 if pred.has(m, mp)}
+        it_ap = {m: scalar_items(pred, m, mp) for m in P.M002_TABLE3 if pred.has(m, mp)}
         it_oi = {m: scalar_items(pred, m, noi) for m in it_ap}
         iv_ap, iv_oi = intervals(it_ap), intervals(it_oi)
         for m in it_ap:
@@ -141,7 +141,8 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
         if rows:
             doc.add(f"#### Table 3 — mAP and normalised outside-inside ratio on masks ({model})", "",
                     "Stacked AP of [1 - R, R] against [background, foreground] (Chefer et al.'s [Chefer2021-Transformer] mAP) and "
-                    "Eq. 14 on min-max normalised maps, predicted class against the foreground mask.", "")
+                    "Eq. 14 on min-max normalised maps, predicted class against the foreground mask. Methods: the "
+                    "paper's class-discriminative ones (c*LRP, c*EB, RSP, Relevance-CAM, AGF, hedge).", "")
             doc.add(*md_table(["method", "mAP ↑", "Out/In ↓", "n"], rows))
             doc.order("002-map", m_ap, higher=True, items=it_ap)
             doc.order("002-outin", m_oi, higher=False, items=it_oi)

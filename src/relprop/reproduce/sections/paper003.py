@@ -17,8 +17,11 @@ from .common import count_text
 __all__ = ["section"]
 
 
-def _cmp_rows() -> list[tuple[str, str]]:
-    rows = [(m, m) for m in ("lrp-z", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop")]
+def _cmp_rows(dataset: str = "") -> list[tuple[str, str]]:
+    """``(label, method key)`` of Table I's rows for ``dataset``: Pattern Attribution is in the ImageNet
+    rows only, not in the PVOC (multi-label) ones."""
+    single = () if dataset in MULTI_LABEL else P.M003_IMAGENET
+    rows = [(m, m) for m in ("lrp-z", "lrp-alpha1beta0", "lrp-alpha2beta1", "guided-backprop") + single]
     return rows + [(f"lrp-cmp ({label})", P.key("lrp-cmp", o)) for label, o in P.CMP_VARIANTS.items()]
 
 
@@ -34,7 +37,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
     cols = ("muw", "mu25", "mu50", "mu")
     items: dict[str, dict[str, list[Item]]] = {c: {} for c in cols}
     vals_of: dict[str, tuple[list, str]] = {}
-    for label, m in _cmp_rows():
+    for label, m in _cmp_rows(dataset):
         if not box.has(m, mu):
             continue
         vals = [box.mean(m, muw), box.mean(m, mu, "box<=0.25"), box.mean(m, mu, "box<=0.5"), box.mean(m, mu)]
@@ -48,7 +51,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
     if not vals_of:
         return
     # the uniform baseline: mu = box fraction, mu_w = 1 (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], "Baseline")
-    any_m = next(m for _, m in _cmp_rows() if box.has(m, mu))
+    any_m = next(m for _, m in _cmp_rows(dataset) if box.has(m, mu))
     frac = torch.tensor(points[next(iter(points))][0], dtype=torch.float64)
     base = [1.0, aggregate(frac, include=frac <= 0.25).mean, aggregate(frac, include=frac <= 0.5).mean,
             aggregate(frac).mean]
