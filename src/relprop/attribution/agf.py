@@ -73,9 +73,9 @@ def _flattened_maps(graph, outputs: list) -> dict:
         producer = node.inputs[0]
         while producer > 0 and graph.nodes[producer].op.kind == "identity" and len(graph.nodes[producer].inputs) == 1:
             producer = graph.nodes[producer].inputs[0]  # dropout between the flattening and the layer
-        if producer < 0 or graph.nodes[producer].op.kind != "reshape" or not graph.nodes[producer].inputs:
+        if producer <= 0 or graph.nodes[producer].op.kind != "reshape" or not graph.nodes[producer].inputs:
             continue
-        source = outputs[graph.nodes[producer].inputs[0]] if graph.nodes[producer].inputs[0] >= 0 else outputs[0]
+        source = outputs[max(graph.nodes[producer].inputs[0], 0)]  # -1 and 0: the model input
         if isinstance(source, Tensor) and source.dim() >= 3:
             shapes[op] = tuple(source.shape[1:])
     return shapes

@@ -13,7 +13,6 @@ conventions follow zennit so that its composites can be matched number for numbe
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Union
 
