@@ -15,7 +15,8 @@ from torchvision.models.swin_transformer import (PatchMerging, PatchMergingV2, S
                                                 ShiftedWindowAttentionV2, SwinTransformer, SwinTransformerBlockV2)
 
 import relprop
-from engine_checks import assert_batch_equals_samples, assert_cp_lrp_conserves, assert_explains_or_refuses  # noqa: E402
+from engine_checks import (CONVOLUTIONAL_REFUSALS, assert_batch_equals_samples, assert_cp_lrp_conserves,  # noqa: E402
+                           assert_explains_or_refuses)
 from relprop.structure import inference_copy
 from relprop.window_attention import DecomposedWindowAttention, TraceablePatchMerging
 
@@ -149,9 +150,7 @@ def test_cp_lrp_conserves_on_swin_t():
 #: methods that are not defined on token maps, and the words of their clear refusal
 REFUSED_ON_SWIN = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
                    "rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
-                   "fullgrad": "channels in dimension 1",
-                   "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
-                     "agf": "agf is defined for convolutional networks without"}
+                   "fullgrad": "channels in dimension 1", **CONVOLUTIONAL_REFUSALS}
 
 
 @pytest.fixture(scope="module")

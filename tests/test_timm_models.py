@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import relprop
-from engine_checks import assert_batch_equals_samples, assert_explains_or_refuses  # noqa: E402
+from engine_checks import CONVOLUTIONAL_REFUSALS, assert_batch_equals_samples, assert_explains_or_refuses  # noqa: E402
 
 timm = pytest.importorskip("timm")
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "misuse"))
@@ -110,9 +110,7 @@ def test_cp_lrp_conserves_on_timm_swin():
 # -- every method, batches, the user's model ------------------------------------------------------
 #: methods that are not defined on token sequences, and the words of their clear refusal
 REFUSED_ON_TOKENS = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "pass layer=",
-                     "hedge": "pass layer=", "fullgrad": "convolutional feature maps",
-                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
-                     "agf": "agf is defined for convolutional networks without"}
+                     "hedge": "pass layer=", "fullgrad": "convolutional feature maps", **CONVOLUTIONAL_REFUSALS}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import torch.nn as nn
 import torchvision
 
 import relprop
-from engine_checks import assert_batch_equals_samples, assert_cp_lrp_conserves, assert_explains_or_refuses
+from engine_checks import (CONVOLUTIONAL_REFUSALS, assert_batch_equals_samples, assert_cp_lrp_conserves,
+                           assert_explains_or_refuses)
 from relprop.attribution.registry import get_method
 from relprop.attention import DecomposedAttention
 from relprop.structure import inference_copy
@@ -381,9 +382,7 @@ def test_equals_lxt_on_vit_b_16_config(tmp_path, variant):
 
 #: methods that are not defined on token sequences, and the words of their clear refusal
 REFUSED_ON_TOKENS = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "pass layer=",
-                     "hedge": "pass layer=", "fullgrad": "convolutional feature maps",
-                     "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
-                     "agf": "agf is defined for convolutional networks without"}
+                     "hedge": "pass layer=", "fullgrad": "convolutional feature maps", **CONVOLUTIONAL_REFUSALS}
 
 
 @pytest.mark.parametrize("method", sorted(relprop.methods()))
@@ -440,9 +439,7 @@ def test_cp_lrp_conserves_on_convnext_tiny():
 #: methods not defined on ConvNeXt's channels-last linear layers, and the words of their refusal
 REFUSED_ON_CONVNEXT = {"rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
                        "fullgrad": "channels in dimension 1", "attention-rollout": "ConvNeXt has no attention",
-                       "transformer-attribution": "ConvNeXt has no attention",
-                       "patternnet": "is defined for networks of affine layers, ReLU", "pattern-attribution": "is defined for networks of affine layers, ReLU",
-                     "agf": "agf is defined for convolutional networks without"}
+                       "transformer-attribution": "ConvNeXt has no attention", **CONVOLUTIONAL_REFUSALS}
 
 
 @pytest.fixture(scope="module")
