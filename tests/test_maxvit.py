@@ -79,7 +79,6 @@ def test_cp_lrp_conserves_on_maxvit_t():
 
 #: methods not defined here, and the words of their clear refusal
 REFUSED_ON_MAXVIT = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
-                   "rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
                      "fullgrad": "channels in dimension 1", **CONVOLUTIONAL_REFUSALS}
 
 

@@ -24,6 +24,7 @@ import relprop
 from relprop.ops import Affine
 from relprop.numerics import uniform_shift
 from relprop.rules.rap import RAPHidden, RAPOutput
+from relprop.rules.signed import SignSplitLayer
 
 from dense_reference import dense
 from closed_forms import DT, assert_close, module_of, per_sample, post_relu, psi, sd, seeded, signed
@@ -133,6 +134,55 @@ def test_rap_hidden_rule_closed_form(name, nonnegative):
         expected = ref_rap_hidden(M, x[s].flatten(), r[s].flatten(), conv)
         assert_close(out[s].flatten(), expected)
     assert_close(per_sample(out), per_sample(r))
+
+
+def ref_rap_hidden_signed(M: torch.Tensor, x: torch.Tensor, r: torch.Tensor, conv: bool) -> torch.Tensor:
+    """1.3 / 1.4 on a signed input, written with the contributions ``c_ji = M_ji x_i`` split by their
+    own sign (``P`` positive, ``N`` the magnitudes of the negative ones), then Psi."""
+    c = M * x[None, :]
+    P, N = c.clamp(min=0), c.clamp(max=0).abs()
+    zp, zn = P.sum(1), N.sum(1)
+    if conv:
+        inner = P.T @ sd(r.clamp(min=0), zp) + N.T @ sd(r.clamp(max=0), zn) + N.T @ sd(r, zp + zn)
+    else:
+        inner = P.T @ sd(r, zp) + N.T @ sd(r, zp + zn)
+    return psi(inner, r.sum())
+
+
+#: the layers above, a depthwise convolution and a linear layer on tokens (B, T, C)
+RAP_SIGNED_LAYERS = {**RAP_LAYERS,
+                     "depthwise": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (4, 5, 5)),
+                     "grouped": (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2), (4, 5, 5)),
+                     "linear-tokens": (lambda: nn.Linear(9, 6), (5, 9))}
+
+
+@pytest.mark.parametrize("name", list(RAP_SIGNED_LAYERS))
+def test_rap_hidden_rule_on_signed_inputs_splits_contributions_by_sign(name):
+    """A signed input (after a layer norm, a GELU, a linear bottleneck): each contribution counts as
+    positive or negative by its own sign, one normalisation for both signs of the input, and the
+    layer stays conservative."""
+    make, in_shape = RAP_SIGNED_LAYERS[name]
+    module = module_of(make, 3)
+    M, _ = dense(module, in_shape)
+    x = signed((2, *in_shape), 17)
+    x[0].view(-1)[::7] = 0.0
+    with torch.no_grad():
+        z = module(x)
+    r = signed(tuple(z.shape), 18)
+    layer = Affine.from_module(module, "layer")
+    out = RAPHidden()(layer, x, layer.apply(x, layer.weight, layer.bias), r, False)
+    assert out.shape == x.shape
+    conv = isinstance(module, nn.Conv2d)
+    for s in range(2):
+        assert_close(out[s].flatten(), ref_rap_hidden_signed(M, x[s].flatten(), r[s].flatten(), conv))
+    assert_close(per_sample(out), per_sample(r))
+    # a non-negative sample in the same batch gets exactly the map of the rule on it alone
+    x[1] = x[1].clamp(min=0)
+    with torch.no_grad():
+        z = module(x)
+    both = RAPHidden()(layer, x, z, r, False)
+    alone = RAPHidden()(layer, x[1:], z[1:], r[1:], True)
+    assert_close(both[1:], alone)
 
 
 def test_rap_linear_and_conv_route_negative_relevance_differently():
@@ -287,3 +337,68 @@ def test_rap_batchnorm_is_identity():
     assert_close(rec["0"], rec["1"], rtol=0.0, atol=0.0)
     assert_close(rec["3"], rec["4"], rtol=0.0, atol=0.0)
     assert_close(per_sample(rel), logits.gather(1, t[:, None]).flatten(), rtol=1e-9)
+
+
+# -- signed inputs as a layer of twice the width (relprop.rules.signed) -------------------------------
+@pytest.mark.parametrize("name", ["linear-tokens", "grouped", "conv3x3-s2-p1"])
+def test_sign_split_layer_is_the_same_map_on_the_doubled_input(name):
+    make, in_shape = RAP_SIGNED_LAYERS[name]
+    module = module_of(make, 5)
+    layer = Affine.from_module(module, "layer")
+    doubled = SignSplitLayer(layer)
+    x = signed((2, *in_shape), 19)
+    halves = doubled.split(x)
+    assert bool((halves >= 0).all()) and halves.numel() == 2 * x.numel()
+    assert_close(doubled.apply(halves, doubled.weight, doubled.bias), layer.apply(x, layer.weight, layer.bias))
+    assert_close(doubled.merge(halves), x.abs())
+    with torch.no_grad():  # the doubled weights follow a change of the layer's own
+        module.weight.mul_(2)
+    assert_close(doubled.apply(halves, doubled.weight, None), layer.apply(x, layer.weight, None))
+
+
+def test_rsp_rule_on_signed_tokens_is_the_rule_on_the_explicit_doubled_layer():
+    """RSP on a signed token input equals RSP on a real linear layer of twice the width with weights
+    ``[W, -W]`` on ``[x+; x-]``, its halves summed; a sample's map does not depend on the others."""
+    from relprop.rules.rsp import RSPRule
+
+    module = module_of(lambda: nn.Linear(6, 4), 7)
+    wide = nn.Linear(12, 4).to(DT)
+    with torch.no_grad():
+        wide.weight.copy_(torch.cat([module.weight, -module.weight], dim=1))
+        wide.bias.copy_(module.bias)
+    x = signed((2, 5, 6), 20)
+    r = signed((2, 5, 4), 21)
+    layer, wide_layer = Affine.from_module(module, "layer"), Affine.from_module(wide, "wide")
+    with torch.no_grad():
+        z = module(x)
+    out = RSPRule()(layer, x, z, r, False)
+    halves = torch.cat([x.clamp(min=0), (-x).clamp(min=0)], dim=-1)
+    expected = RSPRule()(wide_layer, halves, z, r, True)
+    assert_close(out, expected[..., :6] + expected[..., 6:])
+    assert_close(out[1:], RSPRule()(layer, x[1:], z[1:], r[1:], False))
+    assert out.abs().sum() > 0
+
+
+def test_rsp_rule_on_tokens_matches_its_formula():
+    """RSP's comparative-gradient rule on a linear layer over tokens (non-negative input), against
+    its formula written out per sample: ``G+- = R+-^T X`` (summed over tokens), ``z+- = X G+-^T`` where
+    R is positive (negative), ``C+- = X * sd(R+-, z+-) G+-``, ``R_in = 2 (C+ - C-)`` shifted uniformly
+    over its nonzero entries to sum to ``sum R``."""
+    from relprop.rules.rsp import RSPRule
+
+    module = module_of(lambda: nn.Linear(6, 4), 8)
+    x = post_relu((2, 5, 6), 22)
+    r = signed((2, 5, 4), 23)
+    layer = Affine.from_module(module, "layer")
+    with torch.no_grad():
+        z = module(x)
+    out = RSPRule()(layer, x, z, r, True)
+    for s in range(2):
+        X, R = x[s], r[s]
+        parts = []
+        for magnitude, mask in ((R.clamp(min=0), R > 0), ((-R).clamp(min=0), R < 0)):
+            G = magnitude.T @ X
+            zs = (X @ G.T) * mask
+            parts.append(X * (sd(magnitude, zs) @ G))
+        doubled = 2 * (parts[0] - parts[1])
+        assert_close(out[s].flatten(), psi(doubled.flatten(), R.sum()))

@@ -84,11 +84,15 @@ def ref_flow(M: torch.Tensor, x: torch.Tensor, r: torch.Tensor, flow: str, effec
 
 
 def ref_bias_effect(module: nn.Module, out_shape: tuple[int, ...]) -> torch.Tensor:
-    """``(b_c - mean_c b) / (w h)`` for every output unit (``w h = 1`` for a linear layer)."""
+    """``(b_c - mean_c b) / (w h)`` for every output unit (``w h = 1`` for a linear layer on a feature
+    vector; the number of tokens for one on tokens)."""
     b = module.bias.detach()
     centred = b - b.mean()
     if isinstance(module, nn.Linear):
-        return centred
+        tokens = 1
+        for s in out_shape[:-1]:
+            tokens *= s
+        return (centred / tokens).expand(out_shape).flatten()
     area = 1
     for s in out_shape[1:]:
         area *= s
@@ -201,6 +205,7 @@ LAYERS = {
     "conv3x3-s2-p1": (lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1), (3, 7, 7)),
     "conv1x1": (lambda: nn.Conv2d(4, 3, 1), (4, 5, 5)),
     "depthwise": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (4, 5, 5)),
+    "linear-tokens": (lambda: nn.Linear(9, 6), (5, 9)),
 }
 
 

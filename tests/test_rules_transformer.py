@@ -216,6 +216,57 @@ def test_matmul_value_rule_treats_attention_as_constant(epsilon):
     torch.testing.assert_close(got["v"], want["v"], rtol=0, atol=0)
 
 
+def test_rap_value_mix_is_raps_linear_rule_on_the_mix():
+    """RAP's attention rule: with ``A`` constant, ``O = A V`` is the linear map ``W = A (x) I`` on the
+    flattened values, and the rule equals RAP's linear rule on it with the values' signs split
+    (``C(V) = V+ W^T (R / z+) + V- W^T (R / (z+ + z-))``, then the uniform shift over the sample)."""
+    from relprop.rules.rap import RAPValueMix
+
+    torch.manual_seed(6)
+    model = _Product(True).double()
+    x = torch.randn(2, 2, dtype=DOUBLE)
+    rec = _explain(model, x, ["a", "v", "drop", "matmul"], (by_type("matmul"), RAPValueMix()))
+    a, v, _ = _summands(model, x)
+    for s in range(2):
+        w = torch.kron(a[s], torch.eye(5, dtype=DOUBLE))  # O.flatten() = W @ V.flatten()
+        vf, r = v[s].flatten(), rec["matmul"][s].flatten()
+        positive, negative = vf.clamp(min=0), (-vf).clamp(min=0)
+        zp, zn = w @ positive, w @ negative
+        def sd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # 0 where b is 0
+            return torch.where(b != 0, a / torch.where(b != 0, b, 1.0), 0.0)
+        c = positive * (w.T @ sd(r, zp)) + negative * (w.T @ sd(r, zp + zn))
+        nonzero = (c != 0).to(DOUBLE)
+        expected = c - nonzero * (c.sum() - r.sum()) / nonzero.sum()
+        torch.testing.assert_close(rec["v"][s].flatten(), expected, rtol=1e-10, atol=1e-12)
+    assert torch.equal(rec["drop"], torch.zeros_like(rec["drop"]))
+
+
+def test_rap_sum_ignores_a_constant_term_and_splits_tensor_terms_by_value():
+    from relprop.rules.rap import RAPSum
+
+    class _Sums(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(3, 4)
+            self.offset = nn.Parameter(torch.randn(4))
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shifted = self.a(x) + self.offset  # a constant term: ignored
+            return self.head(shifted + self.b(x))
+
+    torch.manual_seed(7)
+    model = _Sums().double()
+    x = torch.randn(2, 3, dtype=DOUBLE)
+    rec = _explain(model, x, ["a", "b", "add", "add_1"], (by_type("add"), RAPSum()))
+    torch.testing.assert_close(rec["a"], rec["add"], rtol=0, atol=0)  # all of R to the tensor term
+    with torch.no_grad():
+        terms = (model.a(x) + model.offset, model.b(x))
+    total = terms[0] + terms[1]
+    torch.testing.assert_close(rec["add"], terms[0] * rec["add_1"] / total, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rec["b"], terms[1] * rec["add_1"] / total, rtol=1e-10, atol=1e-12)
+
+
 def test_attention_factor_is_marked_through_identities():
     from relprop.propagate import propagator_for
 

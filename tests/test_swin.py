@@ -149,7 +149,6 @@ def test_cp_lrp_conserves_on_swin_t():
 # -- every method, batches, the user's model ------------------------------------------------------
 #: methods that are not defined on token maps, and the words of their clear refusal
 REFUSED_ON_SWIN = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
-                   "rap": "(batch, features)", "rap-journal": "(batch, features)", "rsp": "(batch, features)",
                    "fullgrad": "channels in dimension 1", **CONVOLUTIONAL_REFUSALS}
 
 

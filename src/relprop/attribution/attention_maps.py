@@ -38,9 +38,9 @@ Tensor = torch.Tensor
 #: the methods that read attention probabilities: they refuse a model without attention (a CNN)
 ATTENTION_METHODS = ("attention-rollout", "transformer-attribution")
 #: the methods defined on convolutional feature maps and (batch, features) vectors: they refuse a
-#: transformer's token sequences (rap, rap-journal, fullgrad, patternnet, pattern-attribution) or need
-#: ``layer=`` there (hedge, rsp)
-CONVOLUTIONAL_METHODS = ("rap", "rap-journal", "rsp", "hedge", "fullgrad", "patternnet", "pattern-attribution", "agf")
+#: transformer's token sequences (fullgrad, patternnet, pattern-attribution, agf) or need ``layer=``
+#: there (hedge, rsp)
+CONVOLUTIONAL_METHODS = ("rsp", "hedge", "fullgrad", "patternnet", "pattern-attribution", "agf")
 
 
 # -- the attention probabilities and the token layout ----------------------------------------------

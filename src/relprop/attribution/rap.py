@@ -4,6 +4,9 @@ Rules (``relprop.rules.rap``): the first propagation at the output layer, the hi
 convolution rules with the uniform shift, z^B at the input with per-image bounds and no bias, batch
 norm as the identity (the official code's net effect; relprop therefore keeps batch norms unfolded),
 winner-take-all max pooling, and proportional average pooling and residual sums without epsilon.
+Transformers: signed and token inputs of linear layers as in ``relprop.rules.rap``; attention
+products by RAP's linear rule on the value mix, layer norms unchanged, constant terms of sums
+(positional embeddings) ignored like biases (:data:`TRANSFORMER_RULES`, :class:`~relprop.rules.rap.RAPSum`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ from ..propagate import forward_for
 from .registry import register_method
 from ..options import choice, names
 from ..rules import ZBox
-from ..rules.rap import RAPHidden, RAPOutput
+from ..rules import Unchanged
+from ..rules.rap import RAPHidden, RAPOutput, RAPSum, RAPValueMix
 from ..targets import Target, resolve_selection
 from .method import Attribution
 
 Tensor = torch.Tensor
+
+
+#: RAP's rules for what transformers add to a network: attention products as RAP's linear rule on
+#: the value mix (attention constant), layer norms passing relevance unchanged (their scale constant,
+#: their shift ignored like RAP's biases; a ratio to the layer norm's output, as in CP-LRP's rule,
+#: would divide the uniform shift's relevance by values near 0)
+TRANSFORMER_RULES: list = [(by_type("matmul"), RAPValueMix()), (by_type("layernorm"), Unchanged())]
 
 
 def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
@@ -34,8 +45,8 @@ def rap_composite(start: str = "one-hot", one_by_one: str = "rap") -> Composite:
     rules: list = [(first(1), ZBox(None, None, stabilizer=0.0, bias=False))]
     rules.append((last(1), RAPOutput() if start == "one-hot" else hidden))
     rules.append((by_type("conv", "linear"), hidden))
-    return Composite(rules, maxpool="winner", add="proportional", batchnorm="identity", norm_epsilon=0.0,
-                     name="rap")
+    rules += TRANSFORMER_RULES
+    return Composite(rules, maxpool="winner", add=RAPSum(), batchnorm="identity", norm_epsilon=0.0, name="rap")
 
 
 @register_method("rap", multi_target=True, summary="Relative Attributing Propagation (Nam et al. 2020 [Nam2020-RAP], Eq. 5-10), as the official code computes it",

@@ -5,7 +5,8 @@ input of the last pooling node; VGG-16: ``features.29``), kept per channel and d
 ``max R0 + 1e-9`` per sample; then the RSP rule on every convolution down to the input, z^B at the
 input (per-image bounds, no bias), batch norm as the identity, winner-take-all max pooling.
 Residual networks (an extension: the official ResNet path does not run): sums are split in
-proportion to each branch's value, and both branches are propagated.
+proportion to each branch's value, and both branches are propagated. Transformers: attention
+products, layer norms and constant terms of sums take RAP's rules (:data:`relprop.attribution.rap.TRANSFORMER_RULES`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from ..propagate import forward_for
 from .registry import register_method
 from ..options import name, names
 from ..rules import ZBox
+from ..rules.rap import RAPSum
 from ..rules.rsp import RSPRule
+from .rap import TRANSFORMER_RULES
 from ..targets import Target
 from .method import Attribution
 
@@ -40,7 +43,6 @@ def rsp(model: nn.Module, x: Tensor, target: Target, *, layer=None, record=()) -
     peak = r0.flatten(1).amax(1).view(-1, *([1] * (r0.dim() - 1)))
     r0 = r0 / (peak + 1e-9)
     composite = Composite([(first(1), ZBox(None, None, stabilizer=0.0, bias=False)),
-                           (by_type("conv", "linear"), RSPRule())],
-                          maxpool="winner", add="proportional", batchnorm="identity", norm_epsilon=0.0,
-                          name="rsp")
+                           (by_type("conv", "linear"), RSPRule()), *TRANSFORMER_RULES],
+                          maxpool="winner", add=RAPSum(), batchnorm="identity", norm_epsilon=0.0, name="rsp")
     return Attribution(*propagator.backward(cache, r0, composite, record, start=start))

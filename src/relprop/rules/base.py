@@ -83,15 +83,6 @@ class Rule:
         raise NotImplementedError
 
 
-def require_feature_vectors(layer: Any, x: Tensor, rule: str) -> None:
-    """Refuse a linear layer whose input is not ``(batch, features)`` (e.g. a transformer's
-    ``(batch, tokens, features)``) for rules defined on feature vectors only, naming the layer."""
-    if getattr(layer, "layer_type", None) == "linear" and x.dim() != 2:
-        raise ValueError(f"rule {rule} is defined for linear layers on (batch, features) inputs; layer "
-                         f"{layer.path!r} receives a {x.dim()}-D input of shape {tuple(x.shape)} (tokens or "
-                         "other extra dimensions): use a method whose rules handle them (e.g. cp-lrp, attnlrp)")
-
-
 class AffineRule(Rule):
     """A rule for an affine layer: subclasses define ``__call__(layer, x, z, r, nonnegative)``, the
     relevance at the layer input ``x`` given the relevance ``r`` at its output ``z`` (``nonnegative``:
@@ -142,4 +133,4 @@ def repeat_rows(t: Tensor, repeats: int) -> Tensor:
     return out
 
 
-__all__ = ["AffineRule", "Rule", "Step", "require_feature_vectors", "repeat_rows", "shared_term"]
+__all__ = ["AffineRule", "Rule", "Step", "repeat_rows", "shared_term"]

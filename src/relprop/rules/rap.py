@@ -2,8 +2,10 @@
 
 Notation (official code, github.com/wjNam/Relative_Attributing_Propagation): ``x+ = max(x, 0)``, ``w+``, ``|w-|``; ``z+_j = sum_i x+_i w+_ij``,
 ``z-_j = sum_i x+_i |w-_ij|``; ``sd`` divides and gives 0 where the denominator is 0 (no epsilon).
-Hidden-layer inputs are post-ReLU in the models RAP was made for; negative inputs receive no
-relevance from these rules (the uniform shift keeps the layer conservative regardless).
+Hidden-layer inputs are post-ReLU in the models RAP was made for. A signed input (after a layer
+norm, a GELU, a linear bottleneck) is split as ``x = x+ - x-`` into a layer of twice the width on a
+non-negative input (:mod:`relprop.rules.signed`), so that contributions are split by their own sign.
+Linear layers may act on the last dimension of tokens ``(B, T, C)`` or channels-last maps.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..numerics import per_sample_sum, quotient_, safe_divide, shift_excess_
+from ..numerics import per_sample_sum, quotient_, reduce_to_shape, safe_divide, shift_excess_
 from ..ops import Affine
 from ..options import check_rule_field, choice
-from .base import AffineRule, require_feature_vectors, shared_term
+from .base import AffineRule, Rule, Step, shared_term
+from .signed import on_nonnegative_input
+from .transformer import MatMulUniform
 
 Tensor = torch.Tensor
 
@@ -39,17 +43,14 @@ def _abs_negative(layer: Affine) -> Tensor:
     return _stacked(layer)[layer.weight.shape[0]:]
 
 
-def _pre_activations(layer: Affine, xp: Tensor, z: Tensor, nonnegative: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``z+`` (one extra convolution), ``z-`` and ``z+ + z-``; for ``x >= 0``, ``z-`` is ``z+ - (z - b)``,
-    from the forward pass's own output (no second extra convolution), else computed."""
-    zp = layer.apply(xp, _positive(layer))
-    if nonnegative:
-        zn = torch.sub(zp, z)
-        if layer.bias is not None:
-            zn.add_(layer.broadcast_bias(z))
-        zn.clamp_(min=0)
-    else:
-        zn = layer.apply(xp, _abs_negative(layer))
+def _pre_activations(layer: Affine, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``z+`` (one extra convolution), ``z-`` and ``z+ + z-`` for ``x >= 0``: ``z-`` is ``z+ - (z - b)``,
+    from the forward pass's own output (no second extra convolution)."""
+    zp = layer.apply(x, _positive(layer))
+    zn = torch.sub(zp, z)
+    if layer.bias is not None:
+        zn.add_(layer.broadcast_bias(z))
+    zn.clamp_(min=0)
     return zp, zn, torch.add(zp, zn)
 
 
@@ -63,7 +64,6 @@ class RAPOutput(AffineRule):
     """
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        require_feature_vectors(layer, x, type(self).__name__)
         if layer.layer_type != "linear" or x.dim() != 2:
             raise ValueError(f"RAP's first propagation needs a linear output layer, got {layer.path!r}")
         target = r.abs().argmax(dim=1)
@@ -75,6 +75,8 @@ class RAPOutput(AffineRule):
         total = positive + negative
         b_pos = safe_divide(b * positive, total)
         b_neg = safe_divide(b * negative, total)
+        # the bias shares go to the units with x > 0 only, as in the official code's first_prop (its
+        # Cb1, Cb2), also where the input is signed (a transformer's layer-normed class token)
         active = x > 0
         up = torch.where(active & (w > 0), c, torch.zeros_like(c))
         down = torch.where(active & (w < 0), c, torch.zeros_like(c))
@@ -93,6 +95,7 @@ class RAPHidden(AffineRule):
     Convolution: ``C_i = x+_i [sum_j w+_ij R+_j / z+_j + sum_j |w-_ij| R-_j / z-_j
     + sum_j |w-_ij| R_j / (z+_j + z-_j)]``. Biases are ignored. ``one_by_one="abs"`` applies the
     AGF copy's rule to 1x1 convolutions: ``|x| |w|`` z-rule on the signed relevance, no Psi.
+    Signed inputs are split into their positive and negative parts (:mod:`relprop.rules.signed`).
     """
 
     one_by_one: str = "rap"
@@ -101,20 +104,28 @@ class RAPHidden(AffineRule):
         check_rule_field(self, "one_by_one", choice("rap", "abs"))
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        require_feature_vectors(layer, x, type(self).__name__)
         if self.one_by_one == "abs" and layer.unit_kernel:
-            w_abs = layer.cached("|w|", lambda: layer.weight.abs())
-            xa = x.abs()
+            w_abs = layer.absolute_weight
             za = shared_term("rap:|x||w|", x, z, lambda x, _: layer.apply(x.abs(), w_abs))
             assert isinstance(za, Tensor)
-            return layer.transpose(safe_divide(r, za), w_abs, x).mul_(xa)
-        xp = x if nonnegative else x.clamp(min=0)
-        zp, zn, total = shared_term("rap:z+,z-", x, z, lambda x, z: _pre_activations(
-            layer, x if nonnegative else x.clamp(min=0), z, nonnegative))
-        # both parts' scaled relevance side by side, for one transposed map with [w+; |w-|]
-        stacked = r.new_empty((r.shape[0], 2, *r.shape[1:]))
-        to_positive, to_negative = stacked[:, 0], stacked[:, 1]
-        if layer.layer_type == "linear":
+            return layer.transpose(safe_divide(r, za), w_abs, x).mul_(x.abs())
+        return on_nonnegative_input(self._rap, layer, x, z, r, nonnegative)
+
+    @staticmethod
+    def _rap(layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
+        """The rule on a non-negative input ``x`` (signed ones are split, :mod:`relprop.rules.signed`)."""
+        zp, zn, total = shared_term("rap:z+,z-", x, z, lambda x, z: _pre_activations(layer, x, z))
+        # both parts' scaled relevance side by side (along the output channels: the last dimension
+        # of a linear layer's input, which may hold tokens, else dimension 1), for one transposed map
+        # with [w+; |w-|]
+        linear = layer.layer_type == "linear"
+        if linear:
+            stacked = r.new_empty((*r.shape[:-1], 2, r.shape[-1]))
+            to_positive, to_negative = stacked[..., 0, :], stacked[..., 1, :]
+        else:
+            stacked = r.new_empty((r.shape[0], 2, *r.shape[1:]))
+            to_positive, to_negative = stacked[:, 0], stacked[:, 1]
+        if linear:
             quotient_(r, total, out=to_negative)
             quotient_(r, zp, out=to_positive)
         else:
@@ -124,13 +135,68 @@ class RAPHidden(AffineRule):
             del relative
         del total, zp, zn
         if layer.layer_type == "conv" and layer.groups != 1:  # stacking would mix the groups
-            c = layer.transpose(to_positive, _positive(layer), xp)
-            c.add_(layer.transpose(to_negative, _abs_negative(layer), xp))
+            c = layer.transpose(to_positive, _positive(layer), x)
+            c.add_(layer.transpose(to_negative, _abs_negative(layer), x))
         else:
-            c = layer.transpose(stacked.flatten(1, 2), _stacked(layer), xp)
+            c = layer.transpose(stacked.flatten(-2) if linear else stacked.flatten(1, 2), _stacked(layer), x)
         del stacked, to_positive, to_negative
-        c.mul_(xp)
+        c.mul_(x)
         return shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r))
 
+@dataclass(frozen=True)
+class RAPSum(Rule):
+    """A sum ``a + b (+ c)`` under RAP: each tensor term's share in proportion to its signed value,
+    ``R_k = term_k R / sum_tensor_terms`` (the official code's residual rule, no stabiliser); a constant
+    term (a positional embedding) is ignored like the biases of RAP's layers, so a single tensor term
+    keeps all of ``R``. ``0/0 := 0``."""
 
-__all__ = ["RAPHidden", "RAPOutput"]
+    kinds = ("add",)
+
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        inputs = step.inputs
+        signs = step.op.signs(len(inputs))
+        if len(inputs) == 1:
+            return [reduce_to_shape(r if signs[0] > 0 else -r, inputs[0].shape)]
+        total = torch.zeros_like(step.output)
+        for sign, x in zip(signs, inputs):
+            total = total + x if sign > 0 else total - x
+        s = safe_divide(r, total)
+        return [reduce_to_shape(x * s if sign > 0 else -(x * s), x.shape) for sign, x in zip(signs, inputs)]
+
+
+@dataclass(frozen=True)
+class RAPValueMix(Rule):
+    """The attention product ``O = P V`` under RAP: the attention probabilities ``P >= 0`` are
+    constants (as in CP-LRP, Ali et al. 2022 [Ali2022-CPLRP]), so ``O`` mixes the values linearly,
+    and RAP's hidden linear rule (Nam et al. 2020 [Nam2020-RAP]) runs on that mix with the values'
+    signs split: ``z+_jp = sum_i P_ji V+_ip``, ``z-_jp = sum_i P_ji V-_ip``,
+    ``C(V_ip) = V+_ip sum_j P_ji R_jp / z+_jp + V-_ip sum_j P_ji R_jp / (z+_jp + z-_jp)``, then the
+    uniform shift Psi per sample. Its denominators are sums of non-negative terms, so unlike a ratio to
+    ``O`` itself they do not blow up where positive and negative values cancel. ``P`` gets nothing; a
+    product without attention probabilities (``Q K^T``) takes :class:`~relprop.rules.MatMulUniform`
+    without a stabiliser."""
+
+    kinds = ("matmul",)
+
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        attention = getattr(step.op, "attention", None)
+        if attention is None:
+            return MatMulUniform(0.0).relevance(step, r)
+        p, v = step.inputs[attention], step.inputs[1 - attention]
+        if attention == 1:  # O = V P: the same rule on O^T = P^T V^T
+            p, v, r = p.transpose(-1, -2), v.transpose(-1, -2), r.transpose(-1, -2)
+        positive, negative = v.clamp(min=0), v.clamp(max=0).neg_()
+        zp, zn = torch.matmul(p, positive), torch.matmul(p, negative)
+        pt = p.transpose(-1, -2)
+        c = positive.mul_(torch.matmul(pt, safe_divide(r, zp)))
+        c.add_(negative.mul_(torch.matmul(pt, safe_divide(r, zp.add_(zn)))))
+        c = reduce_to_shape(c, v.shape)
+        c = shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r))
+        if attention == 1:
+            c = c.transpose(-1, -2)
+        shares: list[Tensor | None] = [None, None]
+        shares[1 - attention] = c
+        return shares
+
+
+__all__ = ["RAPHidden", "RAPOutput", "RAPSum", "RAPValueMix"]

@@ -19,7 +19,7 @@ import torch
 
 from ..numerics import per_sample, per_sample_sum, safe_divide, uniform_shift
 from ..ops import Affine
-from .base import AffineRule, require_feature_vectors, Rule, Step
+from .base import AffineRule, Rule, Step
 
 Tensor = torch.Tensor
 
@@ -59,15 +59,19 @@ def _zero_sum(c: Tensor) -> Tensor:
 
 
 def bias_effect(layer: Affine, r: Tensor) -> Tensor:
-    """``(b_c - mean(b)) / (w x h)`` of Eq. 10, shaped to broadcast against ``r`` (zeros if no bias)."""
+    """``(b_c - mean(b)) / (w x h)`` of Eq. 10, shaped to broadcast against ``r`` (zeros if no bias).
+    A linear layer's channels are ``r``'s last dimension and its positions (tokens, or the rows and
+    columns of a channels-last map) the ones between: ``w x h = 1`` on a feature vector."""
     b = layer.bias
     if b is None:
         return torch.zeros((), dtype=r.dtype, device=r.device)
+    linear = layer.layer_type == "linear"
+    positions = r.shape[1:-1] if linear else r.shape[2:]
     area = 1
-    for size in r.shape[2:]:
+    for size in positions:
         area *= size
     centred = (b - b.mean()) / area
-    return centred.view(1, -1, *([1] * (r.dim() - 2)))
+    return centred if linear else centred.view(1, -1, *([1] * (r.dim() - 2)))
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,6 @@ class FirstPropagation(AffineRule):
     center: bool = True
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        require_feature_vectors(layer, x, type(self).__name__)
         c = _share(layer, x, nonnegative, r, promoting=True)
         c.sub_(_share(layer, x, nonnegative, r, promoting=False))
         return _zero_sum(c) if self.center else c
@@ -107,7 +110,6 @@ class Flow(AffineRule):
         check_flow(self.flow)
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        require_feature_vectors(layer, x, type(self).__name__)
         kappa = KAPPA[self.flow]
         if self.bias and layer.bias is not None:
             r = r - kappa * bias_effect(layer, r)

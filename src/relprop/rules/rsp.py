@@ -8,6 +8,10 @@ As the official code computes it: with ``x+`` the layer input, ``R+ = max(R, 0)`
 
 ``R_in = 2 (C+ - C-) - [nonzero] * sum(R+ - R-) / #nonzero`` for k x k kernels and
 ``R_in = C+ - C-`` for 1 x 1 kernels. The learned weights W do not enter the result.
+
+The official code's ``x+`` assumes post-ReLU inputs; a signed input is split as ``x = x+ - x-`` into
+a layer of twice the width on a non-negative input (:mod:`relprop.rules.signed`). A linear layer on
+tokens ``(B, T, C)`` sums its comparative gradient over the tokens, as a convolution over positions.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import torch
 
 from ..numerics import safe_divide
 from ..ops import Affine
-from .base import AffineRule, require_feature_vectors
+from .base import AffineRule
+from .signed import on_nonnegative_input
 
 Tensor = torch.Tensor
 
 
 def _weight_gradient(layer: Affine, x: Tensor, r: Tensor) -> Tensor:
     """``d <layer(x), r> / dW`` for one sample (batch of one)."""
-    if layer.layer_type == "linear":
-        return r.transpose(0, 1).matmul(x)
+    if layer.layer_type == "linear":  # positions (tokens) of the sample summed, as a convolution's
+        return r.reshape(-1, r.shape[-1]).transpose(0, 1).matmul(x.reshape(-1, x.shape[-1]))
     weight = layer.weight
     if layer.pre_pad is not None:
         x = torch.nn.functional.pad(x, layer.pre_pad)
@@ -40,10 +45,11 @@ class RSPRule(AffineRule):
     """One RSP layer (per sample; the official code runs a batch of one)."""
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        require_feature_vectors(layer, x, type(self).__name__)
-        xp = x if nonnegative else x.clamp(min=0)
+        return on_nonnegative_input(self._rsp, layer, x, z, r, nonnegative)
+
+    def _rsp(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         one_by_one = layer.unit_kernel
-        outputs = [self._sample(layer, xp[b:b + 1], r[b:b + 1], one_by_one) for b in range(x.shape[0])]
+        outputs = [self._sample(layer, x[b:b + 1], r[b:b + 1], one_by_one) for b in range(x.shape[0])]
         return torch.cat(outputs, dim=0)
 
     @staticmethod
