@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .graph import Graph
 from .propagate import Propagator
 
 Tensor = torch.Tensor
@@ -61,7 +62,12 @@ def spatial_features(value: Tensor, x: Tensor, name: str, what: str) -> Tensor:
 def last_attention_tokens(propagator: Propagator) -> str | None:
     """The tokens entering the last attention block: the last layer norm before its attention
     probabilities (the factor of a product ``P V`` marked as attention); None without attention."""
-    nodes = propagator.graph.nodes
+    return attention_tokens_in(propagator.graph)
+
+
+def attention_tokens_in(graph: Graph) -> str | None:
+    """:func:`last_attention_tokens` of a traced graph."""
+    nodes = graph.nodes
     last = max((i for i, n in enumerate(nodes) if n.op.kind == "matmul" and getattr(n.op, "attention", None)
                 is not None), default=None)
     if last is None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type, first
-from ..layer_gradient import default_layer, gradient_at_layer
+from ..layer_gradient import channel_weights, channels_last, default_layer, gradient_at_layer
 from ..multi_target import ClassTargets, expand_targets
 from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
 from .registry import register_method
@@ -23,11 +23,12 @@ from .method import Attribution
 Tensor = torch.Tensor
 
 
-def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """``R0 = A * mean_hw(dz_t/dA)`` per channel, divided by ``|sum R0|`` per sample (Eq. 4-5)."""
-    spatial = tuple(range(2, activation.dim()))
-    alpha = gradient.mean(dim=spatial, keepdim=True) if spatial else gradient
-    r0 = activation * alpha
+def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """``R0 = A * alpha`` with Grad-CAM's channel weights ``alpha = mean over positions of dz_t/dA``,
+    divided by ``|sum R0|`` per sample (Eq. 4-5). ``channels_last``: ``A`` is tokens (B, T, C) or a
+    (B, H, W, C) map, whose channels are the last dimension
+    (:func:`relprop.layer_gradient.channel_weights`)."""
+    r0 = activation * channel_weights(gradient, channels_last)
     return safe_divide(r0, per_sample_sum(r0, keepdim=True).abs())
 
 
@@ -52,8 +53,12 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str | None) -> tupl
 def hedge(model: nn.Module, x: Tensor, target: Target, *,
           gamma=2.0, layer=None, use_c=True, use_a=True, use_u=True, use_psi=True,
           add="absolute", record=()) -> Attribution:
-    """Hedged relevance; ``gamma`` in [1, 2] (official default 2: the map sums to gamma - 2 = 0),
-    ``layer``: where the initial map lives (default: see :func:`default_layer`), ``use_*``: the
+    """Hedged relevance; ``gamma`` in [1, 2] (official default 2: the map of a CNN sums to
+    gamma - 2 = 0; on a ViT whose patch embedding is the first layer the residual stream carries a
+    share of the start map past the hedged branches, docs/methods.md),
+    ``layer``: where the initial map lives (default: see :func:`default_layer`: the input of the last
+    pooling node; on a vision transformer the tokens entering the last attention block, after its
+    layer norm, with Grad-CAM's weights averaged over the tokens, :func:`initial_contribution`), ``use_*``: the
     terms of Table 2's ablation. Batch norm is the identity (official code). ``add``: how a
     residual sum ``a + b`` splits its relevance: ``"absolute"`` (default) in proportion to
     ``|a|`` and ``|b|``, conservative and bounded however closely ``a`` and ``b`` cancel;
@@ -71,7 +76,7 @@ def hedge(model: nn.Module, x: Tensor, target: Target, *,
     propagator, cache = _forward(model, x, None if isinstance(target, ClassTargets) else layer)
     cache, target = expand_targets(propagator, cache, target)
     start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
-    r0 = initial_contribution(activation, gradient)
+    r0 = initial_contribution(activation, gradient, channels_last(propagator, cache, start))
     rule = Hedge(gamma, use_c, use_a, use_u, use_psi)
     composite = Composite([(first(1), ZBox(None, None, stabilizer=0.0, bias=False)),
                            (by_type("conv", "linear"), rule)],
