@@ -79,7 +79,7 @@ def test_cp_lrp_conserves_on_maxvit_t():
 
 #: methods not defined here, and the words of their clear refusal
 REFUSED_ON_MAXVIT = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
-                     "fullgrad": "channels in dimension 1", **CONVOLUTIONAL_REFUSALS}
+                     **CONVOLUTIONAL_REFUSALS}
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def test_cp_lrp_conserves_on_swin_t():
 # -- every method, batches, the user's model ------------------------------------------------------
 #: methods that are not defined on token maps, and the words of their clear refusal
 REFUSED_ON_SWIN = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
-                   "fullgrad": "channels in dimension 1", **CONVOLUTIONAL_REFUSALS}
+                   **CONVOLUTIONAL_REFUSALS}
 
 
 @pytest.fixture(scope="module")

@@ -109,8 +109,7 @@ def test_cp_lrp_conserves_on_timm_swin():
 
 # -- every method, batches, the user's model ------------------------------------------------------
 #: methods that are not defined on token sequences, and the words of their clear refusal
-REFUSED_ON_TOKENS = {"rsp": "pass layer=",
-                     "hedge": "pass layer=", "fullgrad": "convolutional feature maps", **CONVOLUTIONAL_REFUSALS}
+REFUSED_ON_TOKENS = {**CONVOLUTIONAL_REFUSALS}
 
 
 @pytest.fixture(scope="module")

@@ -37,10 +37,9 @@ Tensor = torch.Tensor
 
 #: the methods that read attention probabilities: they refuse a model without attention (a CNN)
 ATTENTION_METHODS = ("attention-rollout", "transformer-attribution")
-#: the methods defined on convolutional feature maps and (batch, features) vectors: they refuse a
-#: transformer's token sequences (fullgrad, patternnet, pattern-attribution, agf) or need ``layer=``
-#: there (hedge, rsp)
-CONVOLUTIONAL_METHODS = ("rsp", "hedge", "fullgrad", "patternnet", "pattern-attribution", "agf")
+#: the methods defined for convolutional networks only: they refuse a model with layer norms or
+#: attention, by name
+CONVOLUTIONAL_METHODS = ("patternnet", "pattern-attribution", "agf")
 
 
 # -- the attention probabilities and the token layout ----------------------------------------------
@@ -82,7 +81,7 @@ def applicable_methods(model: nn.Module, names: Sequence[str],
     kept, skipped, reasons = list(names), [], []
     if attention is not None:
         if attention:
-            excluded, reason = CONVOLUTIONAL_METHODS, "has attention: {} left out (defined for convolutional feature maps)"
+            excluded, reason = CONVOLUTIONAL_METHODS, "has attention: {} left out (defined for convolutional networks only)"
         else:
             excluded, reason = ATTENTION_METHODS, "has no attention: {} left out (they read attention probabilities)"
         skipped = [n for n in kept if n in excluded]
