@@ -199,3 +199,32 @@ def test_swin_v2_is_explained(method):
     x = image()
     r = relprop.explain(model, x, target=4, method=method)
     assert r.shape == x.shape and bool(r.isfinite().all()) and r.abs().sum() > 0
+
+
+def test_gradcam_reads_swins_channels_last_maps():
+    """Grad-CAM's default layer on a Swin is a layer norm's (B, H, W, C) output: its channels are the
+    last dimension (read from the graph), so the weights are means over H and W per channel, as a
+    hand computation with a forward hook on the module gives (reading it channels-first would take
+    H as the channels)."""
+    import torch.nn.functional as F
+
+    from relprop.attribution.gradients import default_gradcam_layer
+
+    model, x = small_swin(), image()
+    layer = default_gradcam_layer(model, x)
+    assert layer.endswith("norm1")
+    kept = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: kept.setdefault("a", o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    features = kept["a"]  # (B, H, W, C)
+    assert features.dim() == 4 and features.shape[-1] != features.shape[1]
+    target = torch.tensor([1, 4])
+    grads, = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), features)
+    weights = grads.mean(dim=(1, 2), keepdim=True)
+    cam = (weights * features).sum(-1).clamp(min=0)[:, None].detach()
+    expected = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False) / x.shape[1]
+    r = relprop.explain(model, x, target=target, method="gradcam")
+    torch.testing.assert_close(r, expected.expand_as(x), rtol=1e-9, atol=1e-12)

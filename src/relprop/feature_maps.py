@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .graph import Graph
+from .graph import Graph
 from .propagate import Propagator
 
 Tensor = torch.Tensor
@@ -41,22 +42,70 @@ def token_grid(tokens: Tensor, x: Tensor) -> Tensor | None:
     return None
 
 
-def as_feature_map(value: Tensor, x: Tensor) -> Tensor | None:
-    """``value`` itself when it has the rank of ``x`` (B, C, *spatial), a vision transformer's tokens on
-    the patch grid (:func:`token_grid`), else None."""
+def as_feature_map(value: Tensor, x: Tensor, channels_last: bool = False) -> Tensor | None:
+    """``value`` as a feature map (B, C, *spatial) of the rank of ``x``: itself when it has that rank
+    (moved from channels-last (B, *spatial, C) when ``channels_last``), a vision transformer's tokens
+    on the patch grid (:func:`token_grid`), else None."""
     if value.dim() == x.dim() and value.dim() >= 3:
-        return value
+        return value.movedim(-1, 1) if channels_last else value
     return token_grid(value, x)
 
 
-def spatial_features(value: Tensor, x: Tensor, name: str, what: str) -> Tensor:
+def spatial_features(value: Tensor, x: Tensor, name: str, what: str, channels_last: bool = False) -> Tensor:
     """:func:`as_feature_map`, or a ValueError naming the layer and its shape."""
-    features = as_feature_map(value, x)
+    features = as_feature_map(value, x, channels_last)
     if features is None:
         raise ValueError(f"{what} needs a layer with spatial dimensions (a feature map of rank {x.dim()}, or a "
                          f"vision transformer's tokens that tile the image), but {name!r} outputs shape "
                          f"{tuple(value.shape)}")
     return features
+
+
+def normalizes_last_dim(op: ops.LayerNorm, args: tuple | None = None, kwargs: dict | None = None) -> bool | None:
+    """Whether the layer norm ``op`` normalises over the last dimension alone: from its module, from
+    the forward pass's ``args`` when given, else from the traced call's literal ``normalized_shape``;
+    None when none of them tells."""
+    if op.module is not None:
+        return len(op.module.normalized_shape) == 1
+    if args is not None:
+        shape, *_ = op.parameters(args, kwargs or {})
+        return len(shape) == 1
+    node = getattr(op, "fx_node", None)
+    given = node.args[1] if node is not None and len(node.args) > 1 else (
+        node.kwargs.get("normalized_shape") if node is not None else None)
+    if isinstance(given, int):
+        return True
+    if isinstance(given, (tuple, list)) and all(isinstance(v, int) for v in given):
+        return len(given) == 1
+    return None
+
+
+def feeds_linear(graph: Graph, position: int) -> bool:
+    """Whether the node's value reaches a linear layer directly or through pass-through nodes (dropout)."""
+    pending, seen = list(graph.nodes[position].users), set()
+    while pending:
+        user = pending.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        op = graph.nodes[user].op
+        if isinstance(op, ops.Affine) and op.layer_type == "linear":
+            return True
+        if op.kind == "identity":
+            pending.extend(graph.nodes[user].users)
+    return False
+
+
+def holds_channels_last(graph: Graph, name: str, args: tuple | None = None, kwargs: dict | None = None) -> bool:
+    """Whether the layer ``name`` outputs its channels in the last dimension, read from the graph, not
+    from the shape: the output of a layer norm over the last dimension (a transformer's tokens
+    (B, T, C); Swin's and ConvNeXt's (B, H, W, C) maps) or the input of a linear layer. ``args``:
+    the layer's arguments in the forward pass, for a layer norm whose shape was computed."""
+    position = graph.find(name)
+    op = graph.nodes[position].op
+    if isinstance(op, ops.LayerNorm) and normalizes_last_dim(op, args, kwargs):
+        return True
+    return feeds_linear(graph, position)
 
 
 def last_attention_tokens(propagator: Propagator) -> str | None:
@@ -105,7 +154,7 @@ def pick_feature_map(kept: dict[str, Tensor], x: Tensor, propagator: Propagator)
     """The first candidate (in the order of :func:`feature_map_candidates`) that is a feature map."""
     for name in feature_map_candidates(propagator):
         value = kept.get(name)
-        if value is not None and as_feature_map(value, x) is not None:
+        if value is not None and as_feature_map(value, x, holds_channels_last(propagator.graph, name)) is not None:
             return name
     raise ValueError(
         f"Grad-CAM found no feature map of rank {x.dim()} in {type(propagator.model_ref()).__name__} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .feature_maps import attention_tokens_in, token_grid
+from .feature_maps import attention_tokens_in, holds_channels_last, token_grid
 from .graph import Graph
 from .propagate import ForwardCache, Propagator
 from .targets import Target, one_hot, resolve_target
@@ -48,32 +48,6 @@ def gradient_at_layer(propagator: Propagator, cache: ForwardCache, layer: str | 
     return start, activation, gradient
 
 
-def _normalizes_last_dim(op: ops.LayerNorm, args: tuple | None, kwargs: dict | None, layer: str) -> bool:
-    """Whether the layer norm ``layer`` normalises over the last dimension alone."""
-    if op.module is not None:
-        return len(op.module.normalized_shape) == 1
-    if args is None:
-        raise ValueError(f"the arguments of the layer norm {layer!r} are no longer in the forward cache")
-    shape, *_ = op.parameters(args, kwargs or {})
-    return len(shape) == 1
-
-
-def _feeds_linear(graph: Graph, position: int) -> bool:
-    """Whether the node's value reaches a linear layer directly or through pass-through nodes (dropout)."""
-    pending, seen = list(graph.nodes[position].users), set()
-    while pending:
-        user = pending.pop()
-        if user in seen:
-            continue
-        seen.add(user)
-        op = graph.nodes[user].op
-        if isinstance(op, ops.Affine) and op.layer_type == "linear":
-            return True
-        if op.kind == "identity":
-            pending.extend(graph.nodes[user].users)
-    return False
-
-
 def channels_last(propagator: Propagator, cache: ForwardCache, layer: str) -> bool:
     """Whether the activation of ``layer`` holds its channels in the last dimension, decided by the
     layer, not by the shape alone: the output of a layer norm over the last dimension (a
@@ -83,11 +57,7 @@ def channels_last(propagator: Propagator, cache: ForwardCache, layer: str) -> bo
     (B, C, *spatial). Reads the forward pass in ``cache`` (before any backward pass released it)."""
     graph = propagator.graph
     position = graph.find(layer)
-    node = graph.nodes[position]
-    if isinstance(node.op, ops.LayerNorm) and _normalizes_last_dim(node.op, cache.args[position],
-                                                                   cache.kwargs[position], layer):
-        return True
-    if _feeds_linear(graph, position):
+    if holds_channels_last(graph, layer, cache.args[position], cache.kwargs[position]):
         return True
     value, x = cache.outputs[position], cache.outputs[0]
     if value is None or x is None:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from ..composite import Composite, by_type
-from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map,
-                            spatial_features, upsample)
+from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, holds_channels_last, interpolation_mode,
+                            pick_feature_map, spatial_features, upsample)
 from ..options import choice, flag, name, number
 from ..multi_target import expand_targets
 from ..propagate import forward_for
@@ -67,9 +67,11 @@ def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = 
         logits, kept = propagator.forward_differentiable(leaf, keep=keep)
         indices = resolve_target(target, logits.detach())
         chosen = layer if layer is not None else pick_feature_map(kept, x, propagator)
-        spatial_features(kept[chosen], x, chosen, "Grad-CAM++")
-        grads = spatial_features(gradient_or_zeros(target_score(logits, indices), kept[chosen]), x, chosen, "Grad-CAM++")
-    features = spatial_features(kept[chosen].detach(), x, chosen, "Grad-CAM++")
+        last = holds_channels_last(propagator.graph, chosen)
+        spatial_features(kept[chosen], x, chosen, "Grad-CAM++", last)
+        grads = spatial_features(gradient_or_zeros(target_score(logits, indices), kept[chosen]), x, chosen,
+                                 "Grad-CAM++", last)
+    features = spatial_features(kept[chosen].detach(), x, chosen, "Grad-CAM++", last)
     weights = gradcam_plus_plus_weights(features, grads, epsilon)
     return (weights * features).sum(dim=1, keepdim=True), indices
 
@@ -129,13 +131,14 @@ def relevance_cam_map(model, x: Tensor, target: Target, layer: str | None = None
     features = cache.outputs[graph.find(layer)]
     if features is None:
         raise ValueError(f"Relevance-CAM: node {layer!r} keeps no output")
-    features = spatial_features(features, x, layer, "Relevance-CAM").detach().clone()
+    last = holds_channels_last(graph, layer)
+    features = spatial_features(features, x, layer, "Relevance-CAM", last).detach().clone()
     logits = cache.outputs[-1]
     indices = resolve_target(target, logits)
     composite = relevance_cam_composite(maxpool, add, batchnorm)
     _, recorded = propagator.backward(cache, relevance_cam_initial(logits, indices, initial), composite,
                                       record=[layer])
-    relevance = spatial_features(recorded[layer], x, layer, "Relevance-CAM")
+    relevance = spatial_features(recorded[layer], x, layer, "Relevance-CAM", last)
     alpha = relevance.mean(dim=tuple(range(2, relevance.dim())), keepdim=True)
     return (alpha * features).sum(dim=1, keepdim=True), indices
 

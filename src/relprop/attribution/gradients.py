@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, interpolation_mode, pick_feature_map,
-                            spatial_features, upsample)
+from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, holds_channels_last, interpolation_mode,
+                            pick_feature_map, spatial_features, upsample)
 from ..options import bound, choice, flag, integer, name, number
 from ..propagate import Propagator
 from ..targets import Selection, Target, resolve_selection
@@ -343,9 +343,11 @@ def _gradcam_map(propagator: Propagator, x: Tensor, target: Target, layer: str |
         logits, kept = propagator.forward_differentiable(leaf, keep=keep)
         indices = resolve_selection(target, logits.detach())
         name = layer if layer is not None else pick_feature_map(kept, x, propagator)
-        spatial_features(kept[name], x, name, "Grad-CAM")
-        grads = spatial_features(gradient_or_zeros(target_score(logits, indices), kept[name]), x, name, "Grad-CAM")
-        features = spatial_features(kept[name], x, name, "Grad-CAM")
+        last = holds_channels_last(propagator.graph, name)
+        spatial_features(kept[name], x, name, "Grad-CAM", last)
+        grads = spatial_features(gradient_or_zeros(target_score(logits, indices), kept[name]), x, name, "Grad-CAM",
+                                 last)
+        features = spatial_features(kept[name], x, name, "Grad-CAM", last)
     spatial = tuple(range(2, features.dim()))
     weights = grads.mean(dim=spatial, keepdim=True)            # alpha_k: global-average-pooled gradients
     cam = (weights * features).sum(dim=1, keepdim=True).detach()
