@@ -4,8 +4,9 @@ model-randomisation sanity check?
 
 Models and data (all offline): efficientnet_lite0 on the annotated ``photos`` (every outlined object's
 class is explained; the three photos with two objects of different classes - astronaut, camera,
-grace_hopper - give the class-contrast cases), ``shapes_vgg`` and ``shapes_resnet`` on ``shapes`` test
-scenes with two or more classes. Columns of the main table, per method and model:
+grace_hopper - give the class-contrast cases), ``shapes_vgg``, ``shapes_resnet`` and ``shapes_vit`` on
+``shapes`` test scenes with two or more classes (each model with the methods that explain it:
+``relprop.attribution.attention_maps.applicable_methods``). Columns of the main table, per method and model:
 
 - ``finite``: every map finite;
 - ``point``: pointing game hits (maximum of the channel-summed map within 15 px of the object's mask);
@@ -22,7 +23,7 @@ batch-norm term, SmoothGrad's defaults), on efficientnet_lite0 and on random-wei
 ``--randomisation`` adds the cascading model-randomisation check (Spearman of |R| with the original map
 after randomising the top 1..6 of six evenly spaced layers).
 
-Usage: ``PYTHONPATH=src python benchmarks/faithfulness.py [--models lite0,shapes_vgg,shapes_resnet]
+Usage: ``PYTHONPATH=src python benchmarks/faithfulness.py [--models lite0,shapes_vgg,shapes_resnet,shapes_vit]
 [--methods a,b] [--variants] [--randomisation]``
 """
 
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 
 import relprop
+from relprop.attribution.attention_maps import applicable_methods
 from relprop.data.base import to_model_input
 from relprop.metrics import pointing_game
 
@@ -274,7 +276,7 @@ def randomisation_table(model, cases: Cases, methods: Sequence[str], images: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="lite0,shapes_vgg,shapes_resnet")
+    p.add_argument("--models", default="lite0,shapes_vgg,shapes_resnet,shapes_vit")
     p.add_argument("--methods", default=None)
     p.add_argument("--variants", action="store_true")
     p.add_argument("--randomisation", action="store_true")
@@ -284,10 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    methods = args.methods.split(",") if args.methods else relprop.methods()
     for name in args.models.split(","):
         model, cases = load(name)
         print(f"\n## {name}: {len(cases.targets)} cases, {len(cases.pairs)} class-contrast cases\n")
+        methods, _, reason = applicable_methods(model, args.methods.split(",") if args.methods else relprop.methods())
+        if reason:
+            print(f"{name} {reason}\n")
         variants = []
         if args.variants and name == "lite0":
             variants = HEDGE_VARIANTS + RAPJ_VARIANTS + SMOOTHGRAD_VARIANTS
