@@ -23,11 +23,12 @@ METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS + PATTERN_
 #: cheaper settings for the sampling methods, used where a method has the option (the checks here
 #: are about shapes, finiteness and consistency, not about the number of steps)
 CHEAP_OPTIONS = {"steps": 4, "samples": 3}
-#: methods defined for convolutional networks only, and the words of their refusal on a model with
-#: layer norms or attention (merged into each test's table of refusals)
-CONVOLUTIONAL_REFUSALS = {"patternnet": "is defined for networks of affine layers, ReLU",
-                          "pattern-attribution": "is defined for networks of affine layers, ReLU",
-                          "agf": "agf is defined for convolutional networks without"}
+#: what the methods that cannot explain a random transformer say (merged into each test's table of
+#: refusals): agf is defined for convolutional networks only; the pattern methods need patterns computed
+#: on data for each model (shipped for shapes_vit; tests/test_pattern_transformers.py computes some)
+REFUSALS_ON_TRANSFORMERS = {"patternnet": "needs the signal patterns of",
+                            "pattern-attribution": "needs the signal patterns of",
+                            "agf": "agf is defined for convolutional networks without"}
 
 #: (model name, input side) for the zoo checks; inception_v3 needs at least 75 pixels
 ZOO_SMALL = [("vgg16", 64), ("vgg16_bn", 64), ("resnet50", 64), ("inception_v3", 107),

@@ -151,7 +151,7 @@ POINTING = {
         "guided-backprop": 13, "guided-gradcam": 17, "hedge": 11, "input-x-gradient": 14, "integrated-gradients": 19,
         "lrp-alpha1beta0": 11, "lrp-alpha2beta1": 10, "lrp-cmp": 19, "lrp-epsilon": 19, "lrp-preset-a": 19,
         "lrp-preset-b": 19, "lrp-z": 19, "rap": 7, "rap-journal": 12, "relevance-cam": 9, "rsp": 7, "sglrp": 17,
-        "smoothgrad": 18, "transformer-attribution": 16,
+        "smoothgrad": 18, "transformer-attribution": 16, "patternnet": 3, "pattern-attribution": 10,
     },
     "shapes_resnet": {
         "clrp": 19, "contrastive-eb": 18, "excitation-backprop": 19, "gradcam": 19, "gradient": 15,

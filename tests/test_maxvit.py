@@ -13,7 +13,7 @@ import torchvision
 from torchvision.models.maxvit import MaxVit
 
 import relprop
-from engine_checks import CONVOLUTIONAL_REFUSALS, assert_cp_lrp_conserves, assert_explains_or_refuses  # noqa: E402
+from engine_checks import REFUSALS_ON_TRANSFORMERS, assert_cp_lrp_conserves, assert_explains_or_refuses  # noqa: E402
 
 DOUBLE = torch.float64
 #: two stages of one block, 2 x 2 windows and grids, 4-wide heads, 32-pixel images
@@ -79,7 +79,7 @@ def test_cp_lrp_conserves_on_maxvit_t():
 
 #: methods not defined here, and the words of their clear refusal
 REFUSED_ON_MAXVIT = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
-                     **CONVOLUTIONAL_REFUSALS}
+                     **REFUSALS_ON_TRANSFORMERS}
 
 
 @pytest.fixture(scope="module")

@@ -377,19 +377,19 @@ def test_corrupt_files_are_refused_clearly(tmp_path):
 
 
 # -- what the methods refuse ----------------------------------------------------------------------------------
-def test_other_activations_and_transformers_are_refused():
+def test_other_activations_are_refused_and_the_shipped_vit_is_explained():
     net = MobileNet().eval()  # ReLU6, SiLU, Hardswish
     with pytest.raises(ValueError, match=r"patternnet is defined for networks of affine layers, ReLU.*ReLU6"):
         relprop.explain(net, torch.randn(1, 3, 16, 16), method="patternnet")
-    vit, _ = relprop.load_model("shapes_vit")
-    with pytest.raises(ValueError, match=r"pattern-attribution is defined for networks of affine layers.*ShapesViT has node"):
-        relprop.explain(vit, torch.randn(1, 3, 64, 64), method="pattern-attribution")
+    vit, _ = relprop.load_model("shapes_vit")  # its shipped patterns (tests/test_pattern_transformers.py)
+    r = relprop.explain(vit, torch.randn(1, 3, 64, 64), method="pattern-attribution")
+    assert r.shape == (1, 3, 64, 64) and bool(r.isfinite().all())
     kept, skipped, reason = applicable_methods(vit, ["gradient", *METHODS])
-    assert kept == ["gradient"] and skipped == list(METHODS)
+    assert kept == ["gradient", *METHODS] and skipped == []
 
 
 # -- the shipped models ---------------------------------------------------------------------------------------
-SHIPPED = [("shapes_vgg", "shapes"), ("shapes_resnet", "shapes"), ("nodules3d_vgg", "nodules3d")]
+SHIPPED = [("shapes_vgg", "shapes"), ("shapes_resnet", "shapes"), ("shapes_vit", "shapes"), ("nodules3d_vgg", "nodules3d")]
 
 
 @pytest.mark.parametrize("name,dataset", SHIPPED)
@@ -453,7 +453,7 @@ def test_patterns_command_errors(tmp_path, capsys):
     assert "no-such-data" in capsys.readouterr().err
     assert main(["patterns", "shapes_vgg", "--data", "shapes", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
-    assert main(["patterns", "shapes_vit", "--data", "shapes", "--dataset-option", "count=2",
-                 "--out", str(tmp_path / "vit.pt"), "--no-progress"]) == 2
-    assert "ShapesViT" in capsys.readouterr().err
-    assert not (tmp_path / "vit.pt").exists()
+    assert main(["patterns", "efficientnet_lite0", "--data", "shapes", "--dataset-option", "count=2",
+                 "--out", str(tmp_path / "lite0.pt"), "--no-progress"]) == 2
+    assert "ReLU6" in capsys.readouterr().err
+    assert not (tmp_path / "lite0.pt").exists()

@@ -15,7 +15,7 @@ from torchvision.models.swin_transformer import (PatchMerging, PatchMergingV2, S
                                                 ShiftedWindowAttentionV2, SwinTransformer, SwinTransformerBlockV2)
 
 import relprop
-from engine_checks import (CONVOLUTIONAL_REFUSALS, assert_batch_equals_samples, assert_cp_lrp_conserves,  # noqa: E402
+from engine_checks import (REFUSALS_ON_TRANSFORMERS, assert_batch_equals_samples, assert_cp_lrp_conserves,  # noqa: E402
                            assert_explains_or_refuses)
 from relprop.structure import inference_copy
 from relprop.window_attention import DecomposedWindowAttention, TraceablePatchMerging
@@ -149,7 +149,7 @@ def test_cp_lrp_conserves_on_swin_t():
 # -- every method, batches, the user's model ------------------------------------------------------
 #: methods that are not defined on token maps, and the words of their clear refusal
 REFUSED_ON_SWIN = {"attention-rollout": "global self-attention", "transformer-attribution": "global self-attention",
-                   **CONVOLUTIONAL_REFUSALS}
+                   **REFUSALS_ON_TRANSFORMERS}
 
 
 @pytest.fixture(scope="module")

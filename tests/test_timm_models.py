@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 import relprop
-from engine_checks import CONVOLUTIONAL_REFUSALS, assert_batch_equals_samples, assert_explains_or_refuses  # noqa: E402
+from engine_checks import REFUSALS_ON_TRANSFORMERS, assert_batch_equals_samples, assert_explains_or_refuses  # noqa: E402
 
 timm = pytest.importorskip("timm")
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "misuse"))
@@ -109,7 +109,7 @@ def test_cp_lrp_conserves_on_timm_swin():
 
 # -- every method, batches, the user's model ------------------------------------------------------
 #: methods that are not defined on token sequences, and the words of their clear refusal
-REFUSED_ON_TOKENS = {**CONVOLUTIONAL_REFUSALS}
+REFUSED_ON_TOKENS = {**REFUSALS_ON_TRANSFORMERS}
 
 
 @pytest.fixture(scope="module")

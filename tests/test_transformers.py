@@ -16,7 +16,7 @@ import torch.nn as nn
 import torchvision
 
 import relprop
-from engine_checks import (CONVOLUTIONAL_REFUSALS, assert_batch_equals_samples, assert_cp_lrp_conserves,
+from engine_checks import (REFUSALS_ON_TRANSFORMERS, assert_batch_equals_samples, assert_cp_lrp_conserves,
                            assert_explains_or_refuses)
 from relprop.attribution.registry import get_method
 from relprop.attention import DecomposedAttention
@@ -406,7 +406,7 @@ def test_equals_lxt_on_vit_b_16_config(tmp_path, variant):
 
 
 #: methods that are not defined on token sequences, and the words of their clear refusal
-REFUSED_ON_TOKENS = {**CONVOLUTIONAL_REFUSALS}
+REFUSED_ON_TOKENS = {**REFUSALS_ON_TRANSFORMERS}
 
 
 @pytest.mark.parametrize("method", sorted(relprop.methods()))
@@ -462,7 +462,7 @@ def test_cp_lrp_conserves_on_convnext_tiny():
 
 #: methods not defined on ConvNeXt's channels-last linear layers, and the words of their refusal
 REFUSED_ON_CONVNEXT = {"attention-rollout": "ConvNeXt has no attention",
-                       "transformer-attribution": "ConvNeXt has no attention", **CONVOLUTIONAL_REFUSALS}
+                       "transformer-attribution": "ConvNeXt has no attention", **REFUSALS_ON_TRANSFORMERS}
 
 
 @pytest.fixture(scope="module")

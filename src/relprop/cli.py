@@ -642,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
     p.add_argument("--kind", default="relu", choices=["relu", "linear"],
-                   help="relu: two-component estimator, active samples (default); linear: all samples")
+                   help="relu: two-component estimator, active samples (default; on transformers only for layers "
+                        "followed by an activation, the linear estimator elsewhere); linear: all samples")
     p.add_argument("--weights", default=None, help="weights name or state-dict file, as for `relprop explain`")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="the model's precision during the pass (statistics always accumulate in float64)")

@@ -11,16 +11,19 @@ unit,
 where ``E+`` averages over the samples in which the unit is active (its output with bias ``> 0``,
 the ReLU regime that the backward gate keeps) and ``E`` over all samples; a zero denominator is
 replaced by 1 (iNNvestigate's ``safe_divide``). ``kind="linear"`` averages over all samples (the
-linear estimator ``S_a`` of the same section). The patterns are computed on the model as relprop propagates
-through it, batch norms folded into the preceding layer (:mod:`relprop.canonize`), so ``W`` is the
-folded weight and the pattern has its shape.
+linear estimator ``S_a`` of the same section). A Linear layer on tokens ``(B, T, C)`` or on a
+channels-last map ``(B, H, W, C)`` has one sample per token or position. On networks that are not
+ReLU networks (transformers) ``kind="relu"`` chooses the estimator per layer
+(:func:`layer_estimators`): ``S_a+`` before a ReLU, GELU or SiLU, ``S_a`` elsewhere. The patterns
+are computed on the model as relprop propagates through it, batch norms folded into the preceding
+layer (:mod:`relprop.canonize`), so ``W`` is the folded weight and the pattern has its shape.
 
 :func:`compute_patterns` makes one pass over an iterable of input batches, accumulating
 ``sum m x y``, ``sum m x``, ``sum m``, ``sum y`` and the sample count per unit in float64 (the sums
 over patches are the weight gradients of the layer for the output gradients ``m y`` and ``m``);
 :class:`Patterns` holds the result, keyed by layer (module path), with :meth:`Patterns.save` and
-:meth:`Patterns.load`. The shipped models ``shapes_vgg``, ``shapes_resnet`` and ``nodules3d_vgg``
-have shipped patterns (:func:`shipped_patterns`), computed on their training data with
+:meth:`Patterns.load`. The shipped models ``shapes_vgg``, ``shapes_resnet``, ``shapes_vit`` and
+``nodules3d_vgg`` have shipped patterns (:func:`shipped_patterns`), computed on their training data with
 ``relprop patterns``.
 """
 
@@ -43,7 +46,7 @@ from . import ops
 Tensor = torch.Tensor
 
 __all__ = ["KINDS", "Patterns", "PatternsError", "compute_patterns", "layer_fingerprint", "pattern_layers",
-           "register_patterns", "resolve_patterns", "shipped_patterns", "weights_digest"]
+           "layer_estimators", "register_patterns", "resolve_patterns", "shipped_patterns", "weights_digest"]
 
 #: pattern estimators: ``"relu"`` (two-component S_a+, the active regime) and ``"linear"`` (S_a)
 KINDS = ("relu", "linear")
@@ -52,7 +55,8 @@ FORMAT_VERSION = 1
 #: the folder of the shipped pattern files, one per shipped model
 SHIPPED_DIR = Path(__file__).resolve().parent / "models" / "patterns"
 #: the models with shipped patterns: ``relprop patterns <model> --data <data set> ...`` made them
-SHIPPED = {"shapes_vgg": "shapes", "shapes_resnet": "shapes", "nodules3d_vgg": "nodules3d"}
+SHIPPED = {"shapes_vgg": "shapes", "shapes_resnet": "shapes", "nodules3d_vgg": "nodules3d",
+           "shapes_vit": "shapes"}
 #: what to tell a user whose model has no patterns
 HOW_TO = ("compute them on training data with relprop.patterns.compute_patterns(model, batches) (then "
           "Patterns.save(path)) or `relprop patterns MODEL --data DATASET --out FILE`, and pass them "
@@ -110,6 +114,42 @@ def weights_digest(propagator) -> str:
         with _DIGEST_LOCK:
             _DIGESTS[model] = (state, digest)
     return digest
+
+
+#: ops through which a layer's output still is its own output, for the choice of its estimator
+_SAME_OUTPUT_KINDS = ("identity", "batchnorm", "reshape", "getitem", "pad", "scale")
+
+
+def _activation_follows(nodes: list, pos: int) -> bool:
+    """Whether every path from node ``pos`` reaches a ReLU, GELU or SiLU through ops that keep the
+    value as it is (dropout, folded batch norms, reshapes, padding, constant scales)."""
+    from .attribution.pattern import rectifier_like
+
+    users = nodes[pos].users
+    return bool(users) and all(rectifier_like(nodes[u].op) or (nodes[u].op.kind in _SAME_OUTPUT_KINDS
+                                                               and _activation_follows(nodes, u)) for u in users)
+
+
+def layer_estimators(propagator, kind: str) -> dict[str, str]:
+    """The estimator of every affine layer (module path -> ``"relu"`` or ``"linear"``) for ``kind``.
+
+    ``"linear"``: the linear estimator ``S_a`` everywhere. ``"relu"``: on a ReLU network (affine layers,
+    ReLU, pooling, sums; Kindermans et al. 2018, Sec. 4) the two-component estimator ``S_a+`` on every
+    layer, as the paper and iNNvestigate use it; on other networks (transformers) it is chosen per
+    layer from the graph: ``S_a+`` for a layer whose output goes into a ReLU, GELU or SiLU (the split
+    ``y > 0`` / ``y <= 0`` of the paper's Sec. 5, nearly the regimes of GELU and SiLU), the linear
+    estimator for a layer with no activation after it (attention projections, an MLP's second layer,
+    a patch projection, the head), which the paper uses for linear neurons (Sec. 5)."""
+    from .attribution.pattern import relu_network
+
+    layers = pattern_layers(propagator)
+    if kind == "linear":
+        return {path: "linear" for path, _ in layers}
+    if relu_network(propagator):
+        return {path: "relu" for path, _ in layers}
+    positions = {id(node.op): pos for pos, node in enumerate(propagator.graph.nodes)}
+    nodes = propagator.graph.nodes
+    return {path: "relu" if _activation_follows(nodes, positions[id(op)]) else "linear" for path, op in layers}
 
 
 def _describe(fp: tuple) -> str:
@@ -294,8 +334,11 @@ def compute_patterns(model: nn.Module, data: Iterable[Tensor] | Tensor, kind: st
 
     ``data``: an input batch, or an iterable of batches (or of ``(input, label)`` pairs, as a
     DataLoader gives), preprocessed as the model expects. ``kind``: ``"relu"`` (default; the
-    two-component estimator, samples where the unit's output with bias is > 0) or ``"linear"``
-    (all samples). ``progress`` shows a progress bar (tqdm, on stderr) with ``total`` batches.
+    two-component estimator, samples where the unit's output with bias is > 0, on the layers that
+    :func:`layer_estimators` gives it: all of a ReLU network, those followed by an activation in a
+    transformer, which records the choice in ``info["estimators"]``) or ``"linear"`` (all samples).
+    Every token of a linear layer on tokens ``(B, T, C)`` or channels-last maps ``(B, H, W, C)`` is a
+    sample, as every patch of a convolution is. ``progress`` shows a progress bar (tqdm, on stderr) with ``total`` batches.
     ``device``: where batches are moved (default: the model's). Statistics accumulate in float64;
     the model is not changed (relprop traces an inference copy of it).
     """
@@ -311,6 +354,7 @@ def compute_patterns(model: nn.Module, data: Iterable[Tensor] | Tensor, kind: st
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear or convolution layer: nothing to compute patterns for")
     positions = {id(node.op): pos for pos, node in enumerate(propagator.graph.nodes)}
+    estimators = layer_estimators(propagator, kind)
     if device is None:
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else "cpu"
@@ -332,7 +376,7 @@ def compute_patterns(model: nn.Module, data: Iterable[Tensor] | Tensor, kind: st
             cache = propagator.forward(x.detach())
             for path, op in layers:
                 pos = positions[id(op)]
-                stats[path].update(op, cache.args[pos][0], cache.outputs[pos], kind)
+                stats[path].update(op, cache.args[pos][0], cache.outputs[pos], estimators[path])
             samples += x.shape[0]
             del cache
             if bar is not None:
@@ -343,8 +387,10 @@ def compute_patterns(model: nn.Module, data: Iterable[Tensor] | Tensor, kind: st
     if samples == 0:
         raise ValueError("compute_patterns got no input batch")
     patterns = {path: stats[path].pattern(op.weight.detach().to(torch.float64)).cpu() for path, op in layers}
-    return Patterns(patterns, kind, layer_fingerprint(propagator), weights_digest(propagator), samples,
-                    dict(info or {}))
+    info = dict(info or {})
+    if len(set(estimators.values())) > 1:
+        info["estimators"] = dict(estimators)
+    return Patterns(patterns, kind, layer_fingerprint(propagator), weights_digest(propagator), samples, info)
 
 
 # -- for the methods ---------------------------------------------------------------------------------

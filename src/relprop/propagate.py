@@ -153,13 +153,18 @@ class Propagator:
 
     def forward_differentiable(self, x: Tensor, activation: Callable[[ops.Op, Tensor, Tensor], Tensor] | None = None,
                                keep: Sequence[str] = (),
-                               affine: Callable[[ops.Affine, Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                               affine: Callable[[ops.Affine, Tensor], Tensor] | None = None,
+                               other: Callable[[ops.Op, tuple, dict, Tensor], Tensor] | None = None,
+                               ) -> tuple[Tensor, dict[str, Tensor]]:
         """Differentiable forward through relprop's graph (batch norms folded).
 
         ``activation(op, input, output) -> output`` may replace the value of every activation node
         (e.g. to change its gradient, as guided backprop does, also for functional ``F.relu``).
         ``affine(op, input) -> output`` may evaluate every affine node instead of its own forward
         (e.g. with another weight in the backward pass, as PatternNet does).
+        ``other(op, args, kwargs, output) -> output`` may replace the value of every other node
+        (neither affine nor an activation; e.g. to hold a layer norm's scale constant in the
+        backward pass, as PatternNet does on transformers).
         ``keep`` names nodes whose outputs are returned too (e.g. for Grad-CAM).
         Returns the model output and ``{name: output}`` of the kept nodes.
         """
@@ -173,6 +178,8 @@ class Propagator:
                 out = op.forward(args, kwargs)
             if activation is not None and op.kind == "activation":
                 out = activation(op, args[0], out)
+            elif other is not None and op.kind not in ("activation", "affine"):
+                out = other(op, args, kwargs, out)
             if pos in wanted:
                 kept[wanted[pos]] = out
             return out

@@ -39,7 +39,7 @@ Tensor = torch.Tensor
 ATTENTION_METHODS = ("attention-rollout", "transformer-attribution")
 #: the methods defined for convolutional networks only: they refuse a model with layer norms or
 #: attention, by name
-CONVOLUTIONAL_METHODS = ("patternnet", "pattern-attribution", "agf")
+CONVOLUTIONAL_METHODS = ("agf",)
 
 
 # -- the attention probabilities and the token layout ----------------------------------------------

@@ -7,6 +7,12 @@ replaced in the backward pass: by its pattern ``A`` (PatternNet: a signal estima
 by ``W * A`` elementwise (PatternAttribution: DTD with root point ``x - a+ y``), as the paper's section
 "PatternNet and PatternAttribution" defines them.
 The patterns come from :mod:`relprop.patterns` (``patterns=``; shipped for the shipped models).
+
+On transformers the same backward pass (the gradient's, with the weights replaced) goes through
+GELU and SiLU by their derivative at the forward input, as through ReLU's mask; through layer norms
+with their scale ``sigma`` constant and through attention with the probabilities constant, so that
+only the value path carries the signal (the constant treatment of CP-LRP, Ali et al. 2022
+[Ali2022-CPLRP]); residual sums pass the signal to both terms.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import ops
 from ..options import choice, patterns as patterns_option
@@ -30,25 +37,108 @@ Tensor = torch.Tensor
 #: its value y_c (iNNvestigate's PatternNet: the map then scales with y_c, the signal estimate a y)
 SEEDS = ("unit", "logit")
 
-#: op kinds whose gradient PatternNet passes back unchanged: fixed linear maps (reshapes, pools,
+#: op kinds whose gradient PatternNet passes back unchanged: fixed linear maps (reshapes, indexing, pools,
 #: sums, concatenations, unfolded batch norms, constant scales, padding) and max pooling's switches
-_LINEAR_KINDS = ("input", "identity", "reshape", "pad", "maxpool", "avgpool", "add", "concat", "batchnorm", "scale")
+_LINEAR_KINDS = ("input", "identity", "reshape", "getitem", "pad", "maxpool", "avgpool", "add", "concat", "batchnorm",
+                 "scale")
+#: the kinds of a ReLU network (Kindermans et al. 2018, Sec. 4), besides affine layers and ReLU
+_RELU_NETWORK_KINDS = ("input", "identity", "reshape", "pad", "maxpool", "avgpool", "add", "concat", "batchnorm",
+                       "scale")
+#: smooth rectifiers: their derivative at the forward input gates the backward pass, as ReLU's mask does
+_SMOOTH_RECTIFIERS = (nn.GELU, nn.SiLU)
+#: the same activations under other libraries' class names (timm's GELU, GELUTanh, Swish)
+_SMOOTH_RECTIFIER_NAMES = ("GELU", "GELUTanh", "SiLU", "Swish")
+_SMOOTH_RECTIFIER_FUNCS = (F.gelu, F.silu, "gelu", "silu")
+#: what may lie between attention scores ``Q K^T`` and their softmax (scaling, a bias, reshapes)
+_SCORE_KINDS = ("identity", "reshape", "getitem", "scale", "add", "multiply")
+
+
+def rectifier_like(op: ops.Op) -> bool:
+    """ReLU, GELU or SiLU (module or function): the activations whose backward pass is the derivative at
+    the forward input (ReLU's mask, Kindermans et al. 2018, Sec. 4; GELU's and SiLU's derivative)."""
+    if op.kind != "activation":
+        return False
+    if rectifier_upper(op) == math.inf:
+        return True
+    if isinstance(op, ops.Activation):
+        return isinstance(op.module, _SMOOTH_RECTIFIERS) or type(op.module).__name__ in _SMOOTH_RECTIFIER_NAMES
+    target = getattr(op, "activation", None)
+    return any(target is f or (isinstance(f, str) and target == f) for f in _SMOOTH_RECTIFIER_FUNCS)
+
+
+def _scores_only(nodes: list, pos: int) -> bool:
+    """Whether every path from node ``pos`` ends at a softmax through scalings, biases and reshapes only
+    (attention scores ``Q K^T``, whose probabilities the backward pass holds constant)."""
+    users = nodes[pos].users
+    return bool(users) and all(nodes[u].op.kind == "softmax" or (nodes[u].op.kind in _SCORE_KINDS
+                                                                    and _scores_only(nodes, u)) for u in users)
+
+
+def _unsupported(nodes: list, pos: int) -> str | None:
+    """Why PatternNet has no backward pass through node ``pos`` (None when it has one)."""
+    op = nodes[pos].op
+    if op.kind in _LINEAR_KINDS or op.kind in ("affine", "layernorm", "softmax"):
+        return None
+    if op.kind == "activation":
+        return None if rectifier_like(op) else "an activation other than ReLU, GELU and SiLU"
+    if op.kind == "multiply":
+        return None if len(op.tensor_arg_nodes) <= 1 else "a product of two tensors"
+    if op.kind == "matmul":
+        if getattr(op, "attention", None) is not None or _scores_only(nodes, pos):
+            return None
+        return "a product of two tensors that is neither attention scores nor attention times values"
+    return f"an operation of kind {op.kind!r}"
 
 
 def check_pattern_ops(propagator, method: str) -> None:
-    """A ValueError naming the first op that PatternNet is not defined for: anything but affine layers,
-    ReLU, pooling, reshapes, sums, concatenations and (unfolded) batch norms."""
+    """A ValueError naming the first op that PatternNet is not defined for. Defined: affine layers, ReLU,
+    pooling, reshapes, sums, concatenations and batch norms (Kindermans et al. 2018, Sec. 4); GELU and
+    SiLU (their derivative); layer norms (their scale constant), softmax and attention products (the
+    probabilities constant, Ali et al. 2022) and products with constants."""
     model = propagator.model_ref()
-    for node in propagator.graph.nodes:
+    nodes = propagator.graph.nodes
+    for pos, node in enumerate(nodes):
+        why = _unsupported(nodes, pos)
+        if why is None:
+            continue
         op = node.op
-        if op.kind in _LINEAR_KINDS or op.kind == "affine":
-            continue
-        if op.kind == "activation" and rectifier_upper(op) == math.inf:
-            continue
         what = type(op.module).__name__ if op.module is not None else getattr(op, "path", "") or op.kind
         raise ValueError(f"{method} is defined for networks of affine layers, ReLU, pooling, flatten and sums "
-                         f"(Kindermans et al. 2018); {type(model).__name__} has node {node.name!r}, a {op.kind} "
-                         f"({what}), which it does not support")
+                         f"(Kindermans et al. 2018), and for transformers with GELU/SiLU, layer norms and attention; "
+                         f"{type(model).__name__} has node {node.name!r}, a {op.kind} ({what}): {why}, which it "
+                         "does not support")
+
+
+def relu_network(propagator) -> bool:
+    """Whether the model has nothing but affine layers, ReLU, pooling, reshapes, sums, concatenations
+    and batch norms: the networks of Kindermans et al. 2018, Sec. 4."""
+    return all(n.op.kind in _RELU_NETWORK_KINDS or n.op.kind == "affine"
+               or (n.op.kind == "activation" and rectifier_upper(n.op) == math.inf) for n in propagator.graph.nodes)
+
+
+def _fixed_scale_layer_norm(op: ops.LayerNorm, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
+    """The layer norm's value ``out`` with the backward pass of ``gamma (x - mean(x)) / sigma`` for a
+    constant ``sigma`` (Ali et al. 2022, LN-rule; the gradient with sigma fixed)."""
+    x = args[0]
+    shape, weight, _, eps = op.parameters(args, kwargs)
+    dims = tuple(range(-len(shape), 0))
+    with torch.no_grad():
+        sigma = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+    linear = (x - x.mean(dims, keepdim=True)) / sigma
+    if weight is not None:
+        linear = linear * weight.detach()
+    return out.detach() + (linear - linear.detach())
+
+
+def constant_treatment(op: ops.Op, args: tuple, kwargs: dict, out: Tensor) -> Tensor:
+    """The value of a node for PatternNet's backward pass: layer norms with their scale constant,
+    attention probabilities constant (Ali et al. 2022: only the value path of attention carries the
+    backward signal); every other node unchanged."""
+    if op.kind == "layernorm":
+        return _fixed_scale_layer_norm(op, args, kwargs, out)  # type: ignore[arg-type]
+    if op.kind == "softmax":
+        return out.detach()
+    return out
 
 
 #: the methods that need the model's signal patterns (and a ReLU network)
@@ -149,7 +239,8 @@ def pattern_backward(model: nn.Module, x: Tensor, target: Target, patterns, attr
 
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits, _ = propagator.forward_differentiable(leaf, activation=activation, affine=affine)
+        logits, _ = propagator.forward_differentiable(leaf, activation=activation, affine=affine,
+                                                      other=constant_treatment)
         indices = resolve_target(target, logits.detach())
         if seed == "logit":  # iNNvestigate: the backward pass starts from the value y_c
             scores = indices.score(logits) if isinstance(indices, Selection) else logits.gather(1, indices.view(-1, 1))
@@ -190,7 +281,9 @@ def patternnet(model: nn.Module, x: Tensor, target: Target, *, patterns=None, se
     ``patterns``: a :class:`relprop.patterns.Patterns` or the path of a patterns file computed for
     this model (:func:`relprop.patterns.compute_patterns`, ``relprop patterns``); by default those
     registered for the model (:func:`relprop.patterns.register_patterns`), else the shipped patterns
-    of ``shapes_vgg``, ``shapes_resnet`` and ``nodules3d_vgg``. ``seed``: ``"unit"`` (default) starts
+    of ``shapes_vgg``, ``shapes_resnet``, ``shapes_vit`` and ``nodules3d_vgg``. On transformers,
+    layer norms' scales and attention probabilities are constants of the backward pass (Ali et al.
+    2022), GELU and SiLU pass their derivative. ``seed``: ``"unit"`` (default) starts
     from 1 at the target logit, ``"logit"`` from its value ``y_c`` (iNNvestigate), which gives the
     signal estimate ``a y`` on a linear model. ``normalize``: ``"none"`` (default) keeps the scale of
     the backward pass; ``"max"`` divides each sample's map by its absolute maximum, the scale of
