@@ -241,6 +241,31 @@ def test_rap_value_mix_is_raps_linear_rule_on_the_mix():
     assert torch.equal(rec["drop"], torch.zeros_like(rec["drop"]))
 
 
+def test_rap_value_mix_stays_finite_where_masked_probabilities_underflow():
+    """Swin's shifted windows mask attention logits with -100: in float32 the probabilities are
+    denormal (about 4e-44), and where such a probability alone meets a positive value, R / z+ would
+    overflow. The rule computes in float64: finite, each value's share at most the output's |R|, and
+    the same as the float64 rule on the same inputs."""
+    from types import SimpleNamespace
+
+    from relprop.rules.rap import RAPValueMix
+
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(1, 2, 4, 4, generator=gen)
+    logits[..., 3] = -100.0  # the last key masked for every query
+    p = logits.softmax(-1)
+    assert 0 < float(p[..., 3].max()) < torch.finfo(torch.float32).tiny
+    v = -torch.rand(1, 2, 4, 3, generator=gen)
+    v[..., 3, :] = 1.0  # the only positive values sit at the masked key
+    r = torch.randn(1, 2, 4, 3, generator=gen)
+    step = SimpleNamespace(inputs=[p, v], op=SimpleNamespace(attention=0))
+    shares = RAPValueMix().relevance(step, r)
+    assert shares[0] is None and bool(shares[1].isfinite().all())
+    step64 = SimpleNamespace(inputs=[p.double(), v.double()], op=SimpleNamespace(attention=0))
+    torch.testing.assert_close(shares[1], RAPValueMix().relevance(step64, r.double())[1].float())
+    assert float(shares[1].abs().sum()) < 10 * float(r.abs().sum())
+
+
 def test_rap_sum_ignores_a_constant_term_and_splits_tensor_terms_by_value():
     from relprop.rules.rap import RAPSum
 

@@ -185,13 +185,18 @@ class RAPValueMix(Rule):
         p, v = step.inputs[attention], step.inputs[1 - attention]
         if attention == 1:  # O = V P: the same rule on O^T = P^T V^T
             p, v, r = p.transpose(-1, -2), v.transpose(-1, -2), r.transpose(-1, -2)
+        dtype = v.dtype
+        # in double precision: a masked probability (softmax of -100, Swin's shifted windows) is a
+        # denormal in float32, and R / z+ over such a z+ would overflow; in float64 the quotient is
+        # finite and meets the same tiny probabilities again, so each share stays below |R|
+        p, v, r = p.double(), v.double(), r.double()
         positive, negative = v.clamp(min=0), v.clamp(max=0).neg_()
         zp, zn = torch.matmul(p, positive), torch.matmul(p, negative)
         pt = p.transpose(-1, -2)
         c = positive.mul_(torch.matmul(pt, safe_divide(r, zp)))
         c.add_(negative.mul_(torch.matmul(pt, safe_divide(r, zp.add_(zn)))))
         c = reduce_to_shape(c, v.shape)
-        c = shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r))
+        c = shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r)).to(dtype)
         if attention == 1:
             c = c.transpose(-1, -2)
         shares: list[Tensor | None] = [None, None]
