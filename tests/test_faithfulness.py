@@ -77,9 +77,9 @@ _LRP_CONVS = ("alpha-beta on the convolutions passes mostly positive evidence sh
 #: (models, reason) of the methods whose maps are not meant to change (much) with the class: documented
 #: exceptions to CORR_BOUND, measured mean correlation in brackets
 CLASS_AGNOSTIC = {
-    "rap": (("lite0", "shapes_vgg", "shapes_resnet", "shapes_vit"),
+    "rap": (("lite0", "shapes_vgg", "shapes_resnet"),
             "the first propagation hands out |x w| (Nam et al. 2020 [Nam2020-RAP], Eq. 5-6): every unit gets relevance of one sign "
-            "whatever the class; lite0 0.96, shapes_vgg 0.77, shapes_resnet 0.88, shapes_vit 0.40 (docs/methods.md)"),
+            "whatever the class; lite0 0.96, shapes_vgg 0.77, shapes_resnet 0.88 (shapes_vit 0.28, docs/methods.md)"),
     "excitation-backprop": (("lite0", "shapes_vgg", "shapes_resnet", "shapes_vit"),
                             "z+ everywhere: excitatory paths shared by all classes (Zhang et al. 2016, the reason "
                             "for contrastive-eb); lite0 0.96, shapes_vgg 0.64, shapes_resnet 0.33, shapes_vit 0.81"),
@@ -150,7 +150,7 @@ POINTING = {
         "excitation-backprop": 12, "fullgrad": 11, "gradcam": 16, "gradcam-plus-plus": 6, "gradient": 12,
         "guided-backprop": 13, "guided-gradcam": 17, "hedge": 11, "input-x-gradient": 14, "integrated-gradients": 19,
         "lrp-alpha1beta0": 11, "lrp-alpha2beta1": 10, "lrp-cmp": 19, "lrp-epsilon": 19, "lrp-preset-a": 19,
-        "lrp-preset-b": 19, "lrp-z": 19, "rap": 7, "rap-journal": 12, "relevance-cam": 9, "rsp": 7, "sglrp": 17,
+        "lrp-preset-b": 19, "lrp-z": 19, "rap": 10, "rap-journal": 12, "relevance-cam": 9, "rsp": 13, "sglrp": 17,
         "smoothgrad": 18, "transformer-attribution": 16, "patternnet": 3, "pattern-attribution": 10,
     },
     "shapes_resnet": {

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 
 import relprop
 from relprop.composite import Composite, by_type
@@ -290,6 +291,34 @@ def test_rap_sum_ignores_a_constant_term_and_splits_tensor_terms_by_value():
     total = terms[0] + terms[1]
     torch.testing.assert_close(rec["add"], terms[0] * rec["add_1"] / total, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(rec["b"], terms[1] * rec["add_1"] / total, rtol=1e-10, atol=1e-12)
+    # by magnitude: each share at most |R|, the sum kept
+    rec = _explain(model, x, ["a", "b", "add", "add_1"], (by_type("add"), RAPSum(absolute=True)))
+    magnitude = terms[0].abs() + terms[1].abs()
+    torch.testing.assert_close(rec["add"], terms[0].abs() * rec["add_1"] / magnitude, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rec["b"], terms[1].abs() * rec["add_1"] / magnitude, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rec["a"], rec["add"], rtol=0, atol=0)
+
+
+def test_rap_splits_residual_sums_by_magnitude_on_transformers_only():
+    """``add="auto"``: the official signed split on a network without layer norms, the magnitude split
+    on one with them; naming either gives the same map as the default where it is the default."""
+    from relprop.attribution.rap import residual_rule
+    from relprop.propagate import propagator_for
+
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
+                                               hidden_dim=8, mlp_dim=16, num_classes=3).double().eval()
+    cnn = torchvision.models.resnet18(num_classes=3).double().eval()
+    assert residual_rule("auto", propagator_for(vit).graph).absolute
+    assert not residual_rule("auto", propagator_for(cnn).graph).absolute
+    with pytest.raises(ValueError, match="add must be"):
+        residual_rule("signed", propagator_for(cnn).graph)
+    torch.manual_seed(9)
+    nn.init.normal_(vit.heads.head.weight)
+    x = torch.randn(2, 3, 16, 16, dtype=DOUBLE)
+    for method in ("rap", "rsp"):
+        auto = relprop.explain(vit, x, target=1, method=method)
+        torch.testing.assert_close(auto, relprop.explain(vit, x, target=1, method=method, add="absolute"))
+        assert not torch.allclose(auto, relprop.explain(vit, x, target=1, method=method, add="proportional"))
 
 
 def test_attention_factor_is_marked_through_identities():

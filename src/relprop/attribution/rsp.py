@@ -21,11 +21,10 @@ from ..layer_gradient import channel_weights, channels_last, gradient_at_layer
 from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
-from ..options import name, names
+from ..options import choice, name, names
 from ..rules import ZBox
-from ..rules.rap import RAPSum
 from ..rules.rsp import RSPRule
-from .rap import TRANSFORMER_RULES
+from .rap import TRANSFORMER_RULES, residual_rule
 from ..targets import Target
 from .method import Attribution
 
@@ -33,12 +32,13 @@ Tensor = torch.Tensor
 
 
 @register_method("rsp", multi_target=True, summary="Relative Sectional Propagation (official code): comparative-gradient propagation from a Grad-CAM map",
-                 layer=name(), record=names())
-def rsp(model: nn.Module, x: Tensor, target: Target, *, layer=None, record=()) -> Attribution:
+                 layer=name(), add=choice("auto", "proportional", "absolute"), record=names())
+def rsp(model: nn.Module, x: Tensor, target: Target, *, layer=None, add="auto", record=()) -> Attribution:
     """RSP; ``layer``: where the initial Grad-CAM-weighted map lives (default: the input of the last
     pooling node; on a vision transformer the tokens entering the last attention block after its
     layer norm, weighted by the gradient's mean over the tokens per feature:
-    :func:`relprop.layer_gradient.channel_weights`)."""
+    :func:`relprop.layer_gradient.channel_weights`); ``add``: residual sums as in ``rap``
+    (:func:`relprop.attribution.rap.residual_rule`)."""
     propagator, cache = forward_for(model, x, fold_batchnorm=False)
     cache, target = expand_targets(propagator, cache, target)
     start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
@@ -47,5 +47,6 @@ def rsp(model: nn.Module, x: Tensor, target: Target, *, layer=None, record=()) -
     r0 = r0 / (peak + 1e-9)
     composite = Composite([(first(1), ZBox(None, None, stabilizer=0.0, bias=False)),
                            (by_type("conv", "linear"), RSPRule()), *TRANSFORMER_RULES],
-                          maxpool="winner", add=RAPSum(), batchnorm="identity", norm_epsilon=0.0, name="rsp")
+                          maxpool="winner", add=residual_rule(add, propagator.graph), batchnorm="identity",
+                          norm_epsilon=0.0, name="rsp")
     return Attribution(*propagator.backward(cache, r0, composite, record, start=start))

@@ -145,23 +145,37 @@ class RAPHidden(AffineRule):
 
 @dataclass(frozen=True)
 class RAPSum(Rule):
-    """A sum ``a + b (+ c)`` under RAP: each tensor term's share in proportion to its signed value,
-    ``R_k = term_k R / sum_tensor_terms`` (the official code's residual rule, no stabiliser); a constant
-    term (a positional embedding) is ignored like the biases of RAP's layers, so a single tensor term
-    keeps all of ``R``. ``0/0 := 0``."""
+    """A sum ``a + b (+ c)`` under RAP. ``absolute=False``: each tensor term's share in proportion to
+    its signed value, ``R_k = term_k R / sum_tensor_terms`` (the official code's residual rule, no
+    stabiliser; unbounded where the terms nearly cancel). ``absolute=True``: in proportion to its
+    magnitude, ``R_k = |term_k| R / sum |tensor_terms|`` (each share at most ``|R|``, as hedge's and
+    rap-journal's sums), for residual streams such as a transformer's, whose terms cancel closely.
+    A constant term (a positional embedding) is ignored like the biases of RAP's layers, so a single
+    tensor term keeps all of ``R``. ``0/0 := 0``."""
 
     kinds = ("add",)
+
+    absolute: bool = False
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
         inputs = step.inputs
         signs = step.op.signs(len(inputs))
         if len(inputs) == 1:
             return [reduce_to_shape(r if signs[0] > 0 else -r, inputs[0].shape)]
-        total = torch.zeros_like(step.output)
-        for sign, x in zip(signs, inputs):
-            total = total + x if sign > 0 else total - x
+        terms = [x if sign > 0 else -x for sign, x in zip(signs, inputs)]
+        if self.absolute:
+            terms = [t.abs() for t in terms]
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
         s = safe_divide(r, total)
-        return [reduce_to_shape(x * s if sign > 0 else -(x * s), x.shape) for sign, x in zip(signs, inputs)]
+        return [reduce_to_shape(t * s, x.shape) for t, x in zip(terms, inputs)]
+
+
+def has_layer_norms(graph) -> bool:
+    """Whether a traced model normalises with layer norms (a transformer's or ConvNeXt's residual
+    stream), where RAP's and RSP's residual sums split by magnitude (:class:`RAPSum`)."""
+    return any(node.op.kind == "layernorm" for node in graph.nodes)
 
 
 @dataclass(frozen=True)
@@ -204,4 +218,4 @@ class RAPValueMix(Rule):
         return shares
 
 
-__all__ = ["RAPHidden", "RAPOutput", "RAPSum", "RAPValueMix"]
+__all__ = ["RAPHidden", "RAPOutput", "RAPSum", "RAPValueMix", "has_layer_norms"]
