@@ -212,3 +212,11 @@ def test_refuses_a_transformer_without_a_head():
     model.heads = nn.Identity()
     with pytest.raises(ValueError, match="agf: the model must end in a linear or convolution layer.*getitem"):
         relprop.explain(model, _image(1, 32), target=0, method="agf")
+
+
+def test_a_zero_head_gives_a_zero_map():
+    """torchvision's ViTs start with a zero head: no relevance anywhere, and no 0/0 in the shift."""
+    model = small_vit()
+    nn.init.zeros_(model.heads.head.weight)
+    r = relprop.explain(model, _image(2, 32), target=[1, 2], method="agf")
+    assert bool(torch.isfinite(r).all()) and float(r.abs().amax()) == 0.0

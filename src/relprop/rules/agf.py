@@ -61,10 +61,11 @@ def sample_max(t: Tensor) -> Tensor:
 
 def delta_shift(c: Tensor, r: Tensor) -> Tensor:
     """``C + R - (sum R / #[C != 0]) [C != 0]`` per sample: ``R`` added where ``C`` is nonzero,
-    without changing the sum of ``C``."""
+    without changing the sum of ``C`` (no shift for a sample whose ``C`` is all zero, e.g. a zero head,
+    where the authors' code divides 0 by 0)."""
     nonzero = (c != 0).to(c.dtype)
     dims = tuple(range(1, r.dim()))
-    return c + r - r.sum(dim=dims, keepdim=True) / nonzero.sum(dim=dims, keepdim=True) * nonzero
+    return c + r - r.sum(dim=dims, keepdim=True) / nonzero.sum(dim=dims, keepdim=True).clamp(min=1) * nonzero
 
 
 def channel_dim(channels_last: bool) -> int:
