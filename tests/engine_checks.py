@@ -23,12 +23,11 @@ METHODS = [m for m in relprop.methods() if m not in ATTENTION_METHODS + PATTERN_
 #: cheaper settings for the sampling methods, used where a method has the option (the checks here
 #: are about shapes, finiteness and consistency, not about the number of steps)
 CHEAP_OPTIONS = {"steps": 4, "samples": 3}
-#: what the methods that cannot explain a random transformer say (merged into each test's table of
-#: refusals): agf is defined for convolutional networks only; the pattern methods need patterns computed
-#: on data for each model (shipped for shapes_vit; tests/test_pattern_transformers.py computes some)
+#: what the pattern methods say on a random transformer (merged into each test's table of refusals):
+#: they need patterns computed on data for each model (shipped for shapes_vit;
+#: tests/test_pattern_transformers.py computes some)
 REFUSALS_ON_TRANSFORMERS = {"patternnet": "needs the signal patterns of",
-                            "pattern-attribution": "needs the signal patterns of",
-                            "agf": "agf is defined for convolutional networks without"}
+                            "pattern-attribution": "needs the signal patterns of"}
 
 #: (model name, input side) for the zoo checks; inception_v3 needs at least 75 pixels
 ZOO_SMALL = [("vgg16", 64), ("vgg16_bn", 64), ("resnet50", 64), ("inception_v3", 107),

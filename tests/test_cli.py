@@ -401,12 +401,14 @@ def test_real_demo_one_photo(tmp_path, capsys) -> None:
 
 
 def test_real_demo_of_shapes_vit_with_every_method(tmp_path, capsys) -> None:
-    """``demo --model shapes_vit`` with the default methods succeeds: the methods defined for
-    convolutional feature maps are left out, saying so, and every other one explains."""
+    """``demo --model shapes_vit`` with the default methods succeeds: every registered method explains
+    it (the pattern methods with its shipped patterns), none is left out."""
     assert main(["demo", "--out", str(tmp_path), "--model", "shapes_vit", "--scenes", "1"]) == 0
     captured = capsys.readouterr()
-    assert "shapes_vit has attention: agf left out" in captured.err
-    assert "FAILED" not in captured.out and "attnlrp" in captured.out
+    assert "left out" not in captured.err
+    assert "FAILED" not in captured.out
+    for method in relprop.methods():
+        assert method in captured.out
     assert (tmp_path / "demo_grid.png").exists()
 
 

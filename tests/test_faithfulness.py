@@ -10,8 +10,7 @@ explained object (pointing game) in at least the measured number of cases. Model
   camera) and grace_hopper (military uniform / Windsor tie) hold two classes in different places and
   give the six class-contrast cases;
 * ``shapes_vgg``, ``shapes_resnet`` and ``shapes_vit`` (shipped weights) on the first eight ``shapes`` test
-  scenes with two or more classes (19 cases, 28 class-contrast cases); on ``shapes_vit`` every method that
-  explains it (the convolution-only ones refuse it).
+  scenes with two or more classes (19 cases, 28 class-contrast cases); on ``shapes_vit`` every method.
 
 Every bound was measured on 2026-12-06 with
 
@@ -47,7 +46,7 @@ import pytest
 import torch
 
 import relprop
-from relprop.attribution.attention_maps import ATTENTION_METHODS, CONVOLUTIONAL_METHODS
+from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.attribution.pattern import PATTERN_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +150,7 @@ POINTING = {
         "guided-backprop": 13, "guided-gradcam": 17, "hedge": 11, "input-x-gradient": 14, "integrated-gradients": 19,
         "lrp-alpha1beta0": 11, "lrp-alpha2beta1": 10, "lrp-cmp": 19, "lrp-epsilon": 19, "lrp-preset-a": 19,
         "lrp-preset-b": 19, "lrp-z": 19, "rap": 10, "rap-journal": 12, "relevance-cam": 9, "rsp": 13, "sglrp": 17,
-        "smoothgrad": 18, "transformer-attribution": 16, "patternnet": 3, "pattern-attribution": 10,
+        "smoothgrad": 18, "transformer-attribution": 16, "patternnet": 3, "pattern-attribution": 10, "agf": 11,
     },
     "shapes_resnet": {
         "clrp": 19, "contrastive-eb": 18, "excitation-backprop": 19, "gradcam": 19, "gradient": 15,
@@ -224,8 +223,8 @@ def test_shapes_models(rows, name, method):
     _check(rows(name, method), name, method)
 
 
-#: every method that explains shapes_vit (the convolution-only ones refuse it: tests/test_transformers.py)
-VIT_METHODS = [m for m in relprop.methods() if m not in CONVOLUTIONAL_METHODS]
+#: every method explains shapes_vit
+VIT_METHODS = relprop.methods()
 
 
 @pytest.mark.parametrize("method", VIT_METHODS)

@@ -9,18 +9,30 @@ bias on the layer that reads the image, and LRP-0 elsewhere (ReLU identity, max-
 average pools and residual sums in proportion), as the authors' ``AGFPropSimple`` layers. The map is
 divided by each sample's maximum (the authors' ``vgg.py``/``resnet.py``); summed over the channels
 it is the authors' map.
+
+Transformers: linear layers on tokens (B, T, C) and channels-last maps (B, H, W, C) take the
+convolution's rule with the channels last (:class:`~relprop.rules.agf.AGFLayer`); the softmax and
+the layer norm's scale are constants as in CP-LRP (Ali et al. 2022 [Ali2022-CPLRP]), and AGF's |z|
+term runs on the linear maps that leaves (:class:`~relprop.rules.agf.AGFLayerNorm`,
+:class:`~relprop.rules.agf.AGFValueMix`), sums in proportion to their terms' magnitudes
+(:data:`TRANSFORMER_RULES`, in models with layer norms). After AGF's shift the relevance is not
+proportional to the activations, so a ratio to a layer's output (CP-LRP's ``R / y`` of the layer
+norm, ``R / O`` of the attention product, the proportional sum) would blow up where it is near 0;
+these rules are bounded by the relevance and conserve it.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from .. import ops
 from ..composite import Composite, by_type, first, last
-from ..options import choice
-from ..rules import ZBox
-from ..rules.agf import AGF_EPSILON, AGFHead, AGFLayer, agf_divide, sample_max
+from ..options import choice, names
+from ..rules import AbsoluteSum, ZBox
+from ..rules.agf import AGF_EPSILON, AGFHead, AGFLayer, AGFLayerNorm, AGFValueMix, agf_divide, sample_max
 from ..targets import Target, one_hot, resolve_target
 from ..traced_gradient import checked_propagator
 from .method import Attribution
@@ -29,6 +41,16 @@ from .registry import register_method
 Tensor = torch.Tensor
 #: which convolutions return the |z| term alone (the authors' ``flat=True``)
 FLAT_CHOICES = ("residual", "none")
+#: AGF's rules for what transformers add, in models with layer norms (the softmax keeps CP-LRP's
+#: constant attention, :class:`~relprop.rules.SoftmaxConstant`; ResNets keep the authors'
+#: proportional sums)
+TRANSFORMER_RULES: list = [(by_type("layernorm"), AGFLayerNorm()), (by_type("matmul"), AGFValueMix()),
+                           (by_type("add"), AbsoluteSum())]
+
+
+def _has_layer_norm(graph) -> bool:
+    """Whether the model normalises with layer norms (a transformer, ConvNeXt)."""
+    return any(node.op.kind == "layernorm" for node in graph.nodes)
 
 
 def agf_score(logits: Tensor, indices: Tensor) -> Tensor:
@@ -84,28 +106,32 @@ def _flattened_maps(graph, outputs: list) -> dict:
 @register_method("agf",
                  "Attribution-guided factorization (Gur, Ali & Wolf 2021 [Gur2021-AGF]): |z|-rule relevance "
                  "guided by the gradient stream and a foreground/background factorisation of input and gradient",
-                 display="positive", flat=choice(*FLAT_CHOICES))
-def agf(model: nn.Module, x: Tensor, target: Target, *, flat="residual") -> Attribution:
+                 display="positive", flat=choice(*FLAT_CHOICES), record=names())
+def agf(model: nn.Module, x: Tensor, target: Target, *, flat="residual", record=()) -> Attribution:
     """AGF (Gur, Ali & Wolf, AAAI 2021 [Gur2021-AGF], Sec. 3 and the authors' code), divided by each
     sample's maximum (summed over the channels: the authors' map). See
     :mod:`relprop.rules.agf` for the per-layer terms. The model must end in a linear or convolution
-    layer (the classifier head). ``flat``: ``"residual"`` (default) returns the |z| term alone on 1 x 1
-    convolutions and on the convolutions that feed a residual sum, as the authors' ResNet does;
+    layer (the classifier head); transformers run as the module docstring says. ``flat``:
+    ``"residual"`` (default) returns the |z| term alone on 1 x 1 convolutions and on the
+    convolutions that feed a residual sum, as the authors' ResNet does;
     ``"none"`` applies the full rule on every convolution (the authors' VGG has no such layers)."""
-    relevance, _ = agf_relevance(model, x, target, flat)
-    return Attribution(agf_divide(relevance, sample_max(relevance)))
+    relevance, recorded, _ = _propagate(model, x, target, flat, record)
+    return Attribution(agf_divide(relevance, sample_max(relevance)), recorded)
 
 
 def agf_relevance(model: nn.Module, x: Tensor, target: Target, flat: str = "residual") -> tuple[Tensor, Tensor]:
     """The AGF relevance of ``x`` before the per-sample normalisation (its sum is the head's
     relevance ``sum x * dy^_t/dx``, up to what the stabilisers absorb), and the resolved targets."""
+    relevance, _, indices = _propagate(model, x, target, flat)
+    return relevance, indices
+
+
+def _propagate(model: nn.Module, x: Tensor, target: Target, flat: str,
+               record: Sequence[str] = ()) -> tuple[Tensor, dict, Tensor]:
+    """The AGF relevance of ``x``, the relevance recorded at the nodes named in ``record``, and the
+    resolved targets."""
     propagator = checked_propagator(model, x)
     graph = propagator.graph
-    for node in graph.nodes:
-        if node.op.kind in ("layernorm", "softmax", "matmul"):
-            raise ValueError(f"agf is defined for convolutional networks without {node.op.kind} operations; "
-                             f"{node.name!r} is one: use cp-lrp or attnlrp (or transformer-attribution on a "
-                             "transformer)")
     affine = graph.affine_positions()
     head = len(graph.nodes) - 1
     while graph.nodes[head].op.kind == "identity" and len(graph.nodes[head].inputs) == 1 and head > 0:
@@ -129,9 +155,10 @@ def agf_relevance(model: nn.Module, x: Tensor, target: Target, flat: str = "resi
         (first(1), ZBox(None, None, stabilizer=AGF_EPSILON, bias=False)),
         (by_type("conv", "linear"), AGFLayer(gradients, _flat_layers(graph, flat),
                                              _flattened_maps(graph, cache.outputs))),
+        *(TRANSFORMER_RULES if _has_layer_norm(graph) else []),
     ], norm_epsilon=AGF_EPSILON, name="agf")
-    relevance, _ = propagator.backward(cache, one_hot(logits.detach(), indices), composite)
-    return relevance, indices
+    relevance, recorded = propagator.backward(cache, one_hot(logits.detach(), indices), composite, record)
+    return relevance, recorded, indices
 
 
 __all__ = ["agf", "agf_relevance", "agf_score"]

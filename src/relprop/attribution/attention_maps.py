@@ -37,9 +37,7 @@ Tensor = torch.Tensor
 
 #: the methods that read attention probabilities: they refuse a model without attention (a CNN)
 ATTENTION_METHODS = ("attention-rollout", "transformer-attribution")
-#: the methods defined for convolutional networks only: they refuse a model with layer norms or
-#: attention, by name
-CONVOLUTIONAL_METHODS = ("agf",)
+
 
 
 # -- the attention probabilities and the token layout ----------------------------------------------
@@ -73,21 +71,14 @@ def has_attention(model: nn.Module) -> bool:
 def applicable_methods(model: nn.Module, names: Sequence[str],
                        options: Mapping[str, Any] | None = None) -> tuple[list[str], list[str], str]:
     """``names`` split into those that can explain ``model`` and those that cannot, with the reason:
-    the attention methods on a model without attention, the convolutional methods
-    (:data:`CONVOLUTIONAL_METHODS`) on a model with attention, the pattern methods on a model without
+    the attention methods on a model without attention, the pattern methods on a model without
     registered or shipped patterns and none in ``options`` (method name -> its options), or with ops
     they do not support."""
-    attention = has_attention(model) if any(n in ATTENTION_METHODS + CONVOLUTIONAL_METHODS for n in names) else None
     kept, skipped, reasons = list(names), [], []
-    if attention is not None:
-        if attention:
-            excluded, reason = CONVOLUTIONAL_METHODS, "has attention: {} left out (defined for convolutional networks only)"
-        else:
-            excluded, reason = ATTENTION_METHODS, "has no attention: {} left out (they read attention probabilities)"
-        skipped = [n for n in kept if n in excluded]
-        kept = [n for n in kept if n not in excluded]
-        if skipped:
-            reasons.append(reason.format(", ".join(skipped)))
+    if any(n in ATTENTION_METHODS for n in names) and not has_attention(model):
+        skipped = [n for n in kept if n in ATTENTION_METHODS]
+        kept = [n for n in kept if n not in ATTENTION_METHODS]
+        reasons.append(f"has no attention: {', '.join(skipped)} left out (they read attention probabilities)")
     from .pattern import PATTERN_METHODS, pattern_problem
 
     options = options or {}
@@ -274,6 +265,6 @@ def transformer_attribution(model: nn.Module, x: Tensor, target: Target, *, star
     return Attribution(class_token_map(joint, x, "transformer-attribution"))
 
 
-__all__ = ["ATTENTION_METHODS", "CONVOLUTIONAL_METHODS", "applicable_methods", "attention_nodes", "has_attention", "attention_rollout", "class_token_map", "joint_attention", "patch_grid",
+__all__ = ["ATTENTION_METHODS", "applicable_methods", "attention_nodes", "has_attention", "attention_rollout", "class_token_map", "joint_attention", "patch_grid",
            "rollout_matrices", "rollout_matrix", "transformer_attribution", "transformer_attribution_composite",
            "transformer_attribution_matrices", "with_identity"]

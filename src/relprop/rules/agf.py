@@ -16,9 +16,13 @@ For a convolution with input ``x``, relevance ``R`` at its output and ``m = [R !
   ``C + R' - (sum R' / #[C != 0]) [C != 0]`` keeps the sum of ``C`` (``delta_shift``).
 
 ``flat`` layers (the authors apply it to the 1 x 1 convolutions and to the convolutions that feed a
-residual sum of ResNet) return ``C`` alone. A linear layer returns ``C``, shifted by ``M`` where its
-input is a flattened feature map. ``sd(a, b)`` is the authors' ``safe_divide``: ``a / (b + 1e-9)``
-where ``b != 0``, else 0.
+residual sum of ResNet) return ``C`` alone. A linear layer on a vector (B, C) returns ``C``, shifted
+by ``M`` where its input is a flattened feature map; on tokens (B, T, C) or a channels-last map
+(B, H, W, C) it is a 1 x 1 convolution and takes the convolution's rule, with the channels in the
+last dimension and the positions between batch and channels. :class:`AGFLayerNorm` and
+:class:`AGFValueMix` apply ``C`` to the linear maps of a layer norm at constant scale and of an
+attention head at constant probabilities (CP-LRP, Ali et al. 2022 [Ali2022-CPLRP]).
+``sd(a, b)`` is the authors' ``safe_divide``: ``a / (b + 1e-9)`` where ``b != 0``, else 0.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..numerics import reduce_to_shape
 from ..ops import Affine
-from .base import AffineRule, Step, _stepping
+from .base import AffineRule, Rule, Step, _stepping
 
 Tensor = torch.Tensor
 #: the stabiliser of the authors' ``safe_divide``
@@ -56,24 +61,43 @@ def sample_max(t: Tensor) -> Tensor:
 
 def delta_shift(c: Tensor, r: Tensor) -> Tensor:
     """``C + R - (sum R / #[C != 0]) [C != 0]`` per sample: ``R`` added where ``C`` is nonzero,
-    without changing the sum of ``C``."""
+    without changing the sum of ``C`` (no shift for a sample whose ``C`` is all zero, e.g. a zero head,
+    where the authors' code divides 0 by 0)."""
     nonzero = (c != 0).to(c.dtype)
     dims = tuple(range(1, r.dim()))
-    return c + r - r.sum(dim=dims, keepdim=True) / nonzero.sum(dim=dims, keepdim=True) * nonzero
+    return c + r - r.sum(dim=dims, keepdim=True) / nonzero.sum(dim=dims, keepdim=True).clamp(min=1) * nonzero
 
 
-def channel_mean_map(t: Tensor) -> Tensor:
-    """``relu(mean_c t)`` broadcast over the channels, divided by its per-sample maximum."""
-    m = F.relu(t.mean(dim=1, keepdim=True)).expand_as(t)
+def channel_dim(channels_last: bool) -> int:
+    """The channel dimension of a feature map: the last one of tokens (B, T, C) and channels-last maps
+    (B, H, W, C), the input of a linear layer; dimension 1 of a channels-first map (B, C, *spatial)."""
+    return -1 if channels_last else 1
+
+
+def channel_mean_map(t: Tensor, channels_last: bool = False) -> Tensor:
+    """``relu(mean_c t)`` broadcast over the channels, divided by its per-sample maximum (the ``M``
+    term of Gur, Ali & Wolf 2021 [Gur2021-AGF], Sec. 3)."""
+    m = F.relu(t.mean(dim=channel_dim(channels_last), keepdim=True)).expand_as(t)
     return agf_divide(m, sample_max(m))
 
 
-def factorization(x: Tensor, gradient: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
-    """``(F_x, F_dx)``: the authors' ``get_factorization``. ``phi`` (one channel) splits the positions
-    into foreground (``phi > 0``) and background (``phi < 0``); for ``H = sigmoid(10 t)`` of the
-    normalised input (``t = x / max x``) and gradient, the representatives ``r-``, ``r+`` (per-channel
-    means of ``H`` over each region) form ``R`` (C x 2); ``W = relu((R^T R + I)^-1 R^T H)``, and
-    ``F = W+ - W-`` broadcast over the channels."""
+def factorization(x: Tensor, gradient: Tensor, phi: Tensor,
+                  channels_last: bool = False) -> tuple[Tensor, Tensor]:
+    """``(F_x, F_dx)``: the authors' ``get_factorization`` (Gur, Ali & Wolf 2021 [Gur2021-AGF], Sec. 3).
+    ``phi`` (one channel) splits the positions into foreground (``phi > 0``) and background
+    (``phi < 0``); for ``H = sigmoid(10 t)`` of the normalised input (``t = x / max x``) and gradient,
+    the representatives ``r-``, ``r+`` (per-channel means of ``H`` over each region) form ``R``
+    (C x 2); ``W = relu((R^T R + I)^-1 R^T H)``, and ``F = W+ - W-`` broadcast over the channels.
+    ``channels_last``: the channels are the last dimension and the positions those between batch and
+    channels (tokens, or a channels-last map)."""
+    if channels_last:
+        f_x, f_dx = _factorization(x.movedim(-1, 1), gradient.movedim(-1, 1), phi.movedim(-1, 1))
+        return f_x.movedim(1, -1), f_dx.movedim(1, -1)
+    return _factorization(x, gradient, phi)
+
+
+def _factorization(x: Tensor, gradient: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`factorization` of a channels-first map (B, C, *positions)."""
     spatial = tuple(range(2, x.dim()))
     regions = []
     for part in (phi.clamp(max=0), phi.clamp(min=0)):  # background first, as the authors' code
@@ -133,9 +157,11 @@ class AGFHead(_GradientStream):
 
 @dataclass(frozen=True, eq=False)
 class AGFLayer(_GradientStream):
-    """AGF on a convolution or linear layer (see the module docstring). ``flat``: the operations
-    that return ``C`` alone; ``feature_maps``: for a linear layer that reads a flattened feature
-    map, that map's shape (without the batch), so that ``M`` is taken over its channels."""
+    """AGF on a convolution or linear layer (see the module docstring; Gur, Ali & Wolf 2021
+    [Gur2021-AGF], Sec. 3). A linear layer on tokens or a channels-last map takes the
+    convolution's rule with the channels last. ``flat``: the operations that return ``C`` alone;
+    ``feature_maps``: for a linear layer that reads a flattened feature map, that map's shape
+    (without the batch), so that ``M`` is taken over its channels."""
 
     flat: frozenset = frozenset()
     feature_maps: dict = field(default_factory=dict, repr=False)
@@ -144,19 +170,79 @@ class AGFLayer(_GradientStream):
         c = _absolute_rule(layer, x, r)
         if step.op in self.flat:
             return c
-        if layer.layer_type == "linear":
+        if layer.layer_type == "linear" and x.dim() < 3:
             shape: Any = self.feature_maps.get(step.op)
             if shape is None:
                 return c
             product = (x * layer.transpose(g, layer.weight, x)).view(x.shape[0], *shape)
             m = F.relu(product.mean(dim=1, keepdim=True)).expand_as(product).reshape(x.shape) * (c != 0)
             return delta_shift(c, agf_divide(m, sample_max(m)))
+        last = layer.layer_type == "linear"  # tokens (B, T, C) or a channels-last map (B, H, W, C)
         nonzero = (r != 0).to(r.dtype)
-        m = channel_mean_map(x * layer.transpose(g, layer.weight, x))
-        f_x, f_dx = factorization(x, layer.transpose(g * nonzero, layer.weight, x), c.mean(dim=1, keepdim=True))
+        m = channel_mean_map(x * layer.transpose(g, layer.weight, x), last)
+        phi = c.mean(dim=channel_dim(last), keepdim=True)
+        f_x, f_dx = factorization(x, layer.transpose(g * nonzero, layer.weight, x), phi, last)
         a = _absolute_rule(layer, x, r, ones=True)
         rest = (F.relu(f_x) + m) / (1 + torch.exp(-c)) + F.relu(f_dx) + a
         return delta_shift(c, rest * (c != 0))
 
 
-__all__ = ["AGFHead", "AGFLayer", "agf_divide", "delta_shift", "factorization"]
+@dataclass(frozen=True)
+class AGFLayerNorm(Rule):
+    """A layer norm under AGF: the scale ``sigma = sqrt(var(x) + eps)`` a constant, as in CP-LRP's
+    LN-rule (Ali et al. 2022 [Ali2022-CPLRP]), so that ``y = D x + beta`` with
+    ``D_ki = (gamma_k / sigma) (delta_ki - 1/n)`` over the ``n`` normalised values; then AGF's |z| term
+    (``C``, Gur, Ali & Wolf 2021 [Gur2021-AGF], Sec. 3) on that linear map, ``beta`` ignored like the
+    biases of AGF's layers: ``R(x_i) = |x_i| sum_k |D_ki| sd(R_k, sum_j |x_j| |D_kj|)``, which is
+    ``|x_i| ((1 - 2/n) q_i + sum_k q_k / n)`` with ``q_k = sd(R_k, (1 - 2/n) |x_k| + sum_j |x_j| / n)``
+    where ``gamma_k != 0`` (``sigma`` and ``|gamma_k|`` cancel). It conserves the relevance and is
+    bounded by it: after AGF's factorisation step the relevance is not proportional to the
+    activations, and the epsilon rule's ratio ``R_k / y_k`` would blow up where ``y_k`` is near 0."""
+
+    kinds = ("layernorm",)
+
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        x = step.inputs[0]
+        shape, weight, _, _ = step.op.parameters(step.args, step.kwargs)
+        dims = tuple(range(-len(shape), 0))
+        n = x[(0,) * (x.dim() - len(shape))].numel()
+        if n < 2:
+            raise ValueError(f"AGF: the layer norm {step.op.path!r} normalises a single value (its output is "
+                             "its shift alone)")
+        magnitude = x.abs()
+        den = (1 - 2 / n) * magnitude + magnitude.sum(dims, keepdim=True) / n
+        q = agf_divide(r, den)
+        if weight is not None:
+            q = q * (weight != 0)
+        return [magnitude * ((1 - 2 / n) * q + q.sum(dims, keepdim=True) / n)]
+
+
+@dataclass(frozen=True)
+class AGFValueMix(Rule):
+    """The attention product ``O = P V`` under AGF: the attention probabilities ``P >= 0`` are
+    constants (CP-LRP's AH-rule, Ali et al. 2022 [Ali2022-CPLRP]), so ``O`` is a linear map of the
+    values, and AGF's |z| term (Gur, Ali & Wolf 2021 [Gur2021-AGF], Sec. 3) runs on it:
+    ``R(V_ip) = |V_ip| sum_j P_ji sd(R_jp, sum_i' P_ji' |V_i'p|)``. ``P`` gets nothing. Conservative
+    and bounded by the relevance, unlike a ratio to ``O``, which is near 0 where positive and
+    negative values cancel. A product without attention probabilities (``Q K^T``, which receives
+    relevance only through a softmax) gets nothing."""
+
+    kinds = ("matmul",)
+
+    def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        attention = getattr(step.op, "attention", None)
+        if attention is None:
+            return [None] * len(step.inputs)
+        p, v = step.inputs[attention], step.inputs[1 - attention]
+        if attention == 1:  # O = V P: the same rule on O^T = P^T V^T
+            p, v, r = p.transpose(-1, -2), v.transpose(-1, -2), r.transpose(-1, -2)
+        magnitude = v.abs()
+        c = magnitude * torch.matmul(p.transpose(-1, -2), agf_divide(r, torch.matmul(p, magnitude)))
+        c = reduce_to_shape(c, v.shape)
+        shares: list[Tensor | None] = [None, None]
+        shares[1 - attention] = c.transpose(-1, -2) if attention == 1 else c
+        return shares
+
+
+__all__ = ["AGFHead", "AGFLayer", "AGFLayerNorm", "AGFValueMix", "agf_divide", "channel_dim",
+           "channel_mean_map", "delta_shift", "factorization"]
