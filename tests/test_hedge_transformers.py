@@ -15,7 +15,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-import torchvision
 
 import relprop
 from relprop import composite
@@ -24,27 +23,14 @@ from relprop.feature_maps import last_attention_tokens
 from relprop.layer_gradient import channel_weights, channels_last, default_layer, gradient_at_layer
 from relprop.propagate import forward_for, propagator_for
 from relprop.rules import LayerNormEpsilon
+from test_transformers import small_vit  # noqa: E402 - the small random ViT of the transformer tests
 
 DOUBLE = torch.float64
-SMALL = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
 #: the small ViT's layers: the start layer (tokens entering block 1) and block 0 below it
 START = "encoder.layers.encoder_layer_1.ln_1"
 BLOCK0 = "encoder.layers.encoder_layer_0"
 #: float64 totals of at most a few thousand terms of order one: rounding stays below 1e-13
 TOTAL_ATOL = 1e-11
-
-
-def small_vit(seed: int = 0, conservative: bool = False) -> nn.Module:
-    """A random float64 torchvision ViT (head drawn, not zero); ``conservative``: every bias, layer-norm
-    beta, the class token and the positional embedding zero."""
-    torch.manual_seed(seed)
-    model = torchvision.models.VisionTransformer(**SMALL).double().eval()
-    with torch.no_grad():
-        nn.init.normal_(model.heads.head.weight, std=0.5)
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or name in ("class_token", "encoder.pos_embedding"):
-                p.zero_() if conservative else p.normal_(0, 0.1)
-    return model
 
 
 def image(batch: int = 3, side: int = 32, seed: int = 1) -> torch.Tensor:

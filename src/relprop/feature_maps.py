@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from . import ops
 from .graph import Graph
-from .graph import Graph
 from .propagate import Propagator
 
 Tensor = torch.Tensor
