@@ -26,7 +26,7 @@ from PIL import Image
 import relprop
 from relprop.cli import build_parser, main
 from relprop.data.base import to_model_input
-from relprop.evaluate import EvaluationConfig, Store, run_evaluation, write_report
+from relprop.evaluate import EvaluationConfig, Store, run_evaluation
 from relprop.evaluate.cli import config_from_args
 from relprop.evaluate.store import BatchRows, to_json
 from relprop.metrics import inside_total_ratio, pointing_game

@@ -365,7 +365,7 @@ def test_every_option_is_declared():
 
 @pytest.mark.parametrize("method, option, bad", list(_cases()))
 def test_bad_option_is_refused_naming_it(method, option, bad):
-    model, x = net(), batch()
+    model = net()
     before = snapshot(model)
     with pytest.raises(ValueError, match=f"option '{option}' of method '{method}'"):
         relprop.Explainer(model, method, **{option: bad})

@@ -17,7 +17,6 @@ length holds as many positives as negatives.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -17,7 +17,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from .metricset import NO_METHOD
 from .store import Store

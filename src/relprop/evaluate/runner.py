@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..api import Explainer
 from ..data.base import CorruptSampleError, ModelInput, Sample, to_model_input
 from . import distributed
-from .metricset import (DEFAULT_METRICS, NO_METHOD, MetricSpec, PairBatch, check_metric_specs,
+from .metricset import (DEFAULT_METRICS, NO_METHOD, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
 from .specs import InputSpec, check_logits, input_spec, resolve_dataset, resolve_model
 from .store import BatchRows, Store, canonical_json, config_hash, model_digest, to_json, variant_key

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torchvision import transforms as T
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer

@@ -13,7 +13,7 @@ files it finds (:data:`FIGURES`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
