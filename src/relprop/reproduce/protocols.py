@@ -82,8 +82,8 @@ def table_i_pos_001(model: str) -> tuple[str, ...]:
 
 
 #: "Beyond the papers: transformers": the methods compared on ``shapes_vit`` and the shipped CNNs
-TRANSFORMER_METHODS = ("attnlrp", "cp-lrp", "attention-rollout", "transformer-attribution", "sglrp", "clrp",
-                       "gradient", "input-x-gradient", "gradcam")
+TRANSFORMER_METHODS = ("attnlrp", "cp-lrp", "attention-rollout", "transformer-attribution", "rap", "rap-journal",
+                       "hedge", "rsp", "sglrp", "clrp", "gradient", "input-x-gradient", "gradcam")
 #: of those, the methods defined on attention only (left out for the CNNs)
 ATTENTION_ONLY = ("attention-rollout", "transformer-attribution")
 #: models evaluated only in the transformer section (the papers' protocols are for CNNs)

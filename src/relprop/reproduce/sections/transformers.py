@@ -91,7 +91,8 @@ def section(doc: Doc, runs: list[RunData]) -> None:
             "None of the five papers explains a transformer. Here `shapes_vit` (a 4-block ViT whose convolutional "
             "stem makes 8 x 8 tokens of 8 x 8 pixels, docs/shapes.md) and the shipped CNNs are explained by the transformer methods (attnlrp, cp-lrp, "
             "attention-rollout, transformer-attribution; the last two only on the ViT, they need attention) "
-            "and the seeds' methods (sglrp, clrp, gradient, input x gradient, gradcam), on the same scenes of "
+            "and the seeds' methods (rap, rap-journal, hedge, rsp, sglrp, clrp, gradient, input x gradient, gradcam), "
+            "on the same scenes of "
             "`shapes` (`relprop.reproduce.protocols.TRANSFORMER_METHODS`). attnlrp and cp-lrp differ only inside "
             "attention, so on the CNNs their maps coincide (and equal input x gradient up to the stabiliser: "
             "LRP-0 on a ReLU network).", "")
