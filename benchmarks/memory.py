@@ -4,7 +4,7 @@ without one.
 
 Run from the repository root::
 
-    python benchmarks/memory.py [--cases 1x2048:4GB+8GB,64x224:4GB+6GB] [--fallback 1x1024]
+    python benchmarks/memory.py [--cases 1x2048:4GB+9GB,64x224:4GB+8GB] [--fallback 1x1024]
                                 [--out docs/benchmarks.md]
 
 torchvision VGG-16 at random initialisation (float32, CPU, nothing downloaded) explains a batch of
@@ -127,7 +127,7 @@ def rows_for(case: str, budgets: list[str], folder: Path) -> tuple[list[str], bo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="1x2048:4GB+8GB,64x224:4GB+6GB",
+    parser.add_argument("--cases", default="1x2048:4GB+9GB,64x224:4GB+8GB",
                         help="comma separated BxSIZE:BUDGET+BUDGET...")
     parser.add_argument("--fallback", default="1x1024", help="case measured when an unbounded run fails")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import contextvars
 import re
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Union
 
@@ -44,6 +45,8 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 #: at most this many nodes per segment (None: as many as the budget allows; 1 evaluates every node again)
 MAX_SEGMENT_NODES: int | None = None
+#: how many plans (input shape, dtype, budget) each propagator remembers
+PLANS_KEPT = 16
 #: the budget of the explanation under way (see :func:`bounded`): bytes, "unlimited" or None (automatic)
 _BUDGET: contextvars.ContextVar[int | str | None] = contextvars.ContextVar("relprop_memory_budget", default=None)
 
@@ -147,10 +150,17 @@ def tensor_bytes(value: object, seen: set[int]) -> int:
     return total
 
 
-def working_bytes(out_bytes: int, in_bytes: int) -> int:
+#: operations whose rules pass relevance on elementwise (no temporaries beyond one tensor)
+_LIGHT = {"input", "identity", "activation", "reshape", "getitem", "pad", "scale"}
+
+
+def working_bytes(kind: str, out_bytes: int, in_bytes: int) -> int:
     """Estimated memory of one node's backward step besides the cached activations: the relevance
-    at its output and inputs and the rule's temporaries (a few tensors of the larger size)."""
-    return 2 * out_bytes + 2 * in_bytes + max(out_bytes, in_bytes)
+    at its output and inputs and the rule's temporaries (a few tensors of the larger size; one for
+    elementwise operations of kind in :data:`_LIGHT`)."""
+    if kind in _LIGHT:
+        return 2 * out_bytes
+    return 2 * (out_bytes + in_bytes + max(out_bytes, in_bytes))
 
 
 # -- the cache -------------------------------------------------------------------------------------
@@ -159,14 +169,15 @@ class _Slots(list):
 
     def __init__(self, cache: "SegmentedCache", n: int) -> None:
         super().__init__([None] * n)
-        self.cache = cache
+        self.cache = weakref.ref(cache)  # no cycle: a dropped cache frees its tensors at once
 
     def __getitem__(self, index):  # type: ignore[override]
         value = super().__getitem__(index)
-        if value is None and isinstance(index, int):
+        cache = self.cache()
+        if value is None and isinstance(index, int) and cache is not None:
             pos = index % len(self)
-            if self.cache.missing(pos):
-                self.cache.load(self.cache.segment_of[pos])
+            if cache.missing(pos):
+                cache.load(cache.segment_of[pos])
                 value = super().__getitem__(index)
         return value
 
@@ -305,7 +316,7 @@ def _node_sizes(nodes: list, pos: int, out: object, state: object, inputs: list[
     out_bytes = tensor_bytes(out, seen)
     size = out_bytes + tensor_bytes(state, seen)
     in_bytes = sum(tensor_bytes(v, set()) for v in inputs)
-    return size, out_bytes, working_bytes(out_bytes, in_bytes)
+    return size, out_bytes, working_bytes(nodes[pos].op.kind, out_bytes, in_bytes)
 
 
 def measure(propagator: "Propagator", x: Tensor) -> Sizes:
@@ -425,8 +436,10 @@ def segmented_forward(propagator: "Propagator", x: Tensor, start: int | None, bu
         except OverBudget:
             pass
     plans = propagator.notes.setdefault("memory_plans", {})
-    key = (tuple(x.shape), x.dtype, x.device, str(x.stride()), budget, last, MAX_SEGMENT_NODES)
+    key = (tuple(x.shape), x.dtype, x.device, x.stride(), budget, last, MAX_SEGMENT_NODES)
     if key not in plans:
+        if len(plans) >= PLANS_KEPT:
+            del plans[next(iter(plans))]
         plans[key] = plan(propagator, measure(propagator, x), budget, last)
     return _run(propagator, x, start, plans[key], None)
 
