@@ -14,6 +14,7 @@ from .checks import check_input, check_target
 from .composite import Composite
 from .multi_target import ClassTargets, by_columns, class_targets, collect, is_multi_target
 from .propagate import NotBatchMajor
+from .segments import Budget, bounded, parse_budget
 from .targets import Target, selecting, split_output
 
 Tensor = torch.Tensor
@@ -27,12 +28,21 @@ class Explainer:
     before any work. relprop explains the model's inference-mode function whatever its training
     flags, and never changes the model (parameters, buffers, flags, hooks). Explanations run outside
     ``torch.inference_mode`` even when called inside it (they need autograd).
+
+    ``memory_budget`` (bytes, or a size such as ``"4GB"`` or ``"512MiB"``) bounds the memory of the
+    methods that propagate through relprop's cached forward pass: past it, the forward pass keeps
+    segment boundaries only and the backward pass evaluates each segment again
+    (:mod:`relprop.segments`). None (default): the budget of a surrounding
+    ``relprop.segments.bounded(...)`` block, else half the memory available when the call starts;
+    ``"unlimited"``: never segment. Results do not depend on it.
     """
 
-    def __init__(self, model: nn.Module, method: str | Composite = "lrp-cmp", **options: Any) -> None:
+    def __init__(self, model: nn.Module, method: str | Composite = "lrp-cmp", memory_budget: Budget = None,
+                 **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.memory_budget = parse_budget(memory_budget)
         self.composite = method if isinstance(method, Composite) else None
         if self.composite is None:
             self.method = get_method(method)
@@ -52,7 +62,7 @@ class Explainer:
         if is_multi_target(target):
             target = class_targets(target, x.shape[0])
         name = self.composite.name if self.composite is not None else self.method.name
-        with torch.inference_mode(False), selecting(output, name):
+        with torch.inference_mode(False), selecting(output, name), bounded(self.memory_budget):
             return self._explain(_outside_inference(x), _outside_inference(target), record)
 
     def _explain(self, x: Tensor, target: Target,
@@ -98,13 +108,14 @@ def _outside_inference(value: Any) -> Any:
 
 
 def explain(model: nn.Module, x: Tensor, target: Target = None, method: str | Composite = "lrp-cmp",
-            **options: Any) -> Tensor:
+            memory_budget: Budget = None, **options: Any) -> Tensor:
     """Explain ``model``'s decision for the batch ``x``: relevance shaped like ``x``.
 
     ``target``: None (the predicted class), an int, or one class index per sample; K class indices
     per sample (a list of class lists, or a (B, K) integer tensor) for maps shaped (B, K, ...); or an output
     selector: :class:`relprop.targets.Region` (a class inside a region of a segmentation output),
     :class:`relprop.targets.Output` (an entry of a dict or tuple output) or a callable
-    ``output -> score per sample`` (see docs/methods.md, Output selectors).
+    ``output -> score per sample`` (see docs/methods.md, Output selectors). ``memory_budget``: see
+    :class:`Explainer` (docs/methods.md, Memory).
     """
-    return Explainer(model, method, **options).explain(x, target)  # type: ignore[return-value]
+    return Explainer(model, method, memory_budget, **options).explain(x, target)  # type: ignore[return-value]

@@ -277,7 +277,19 @@ def _explain_volume(args: argparse.Namespace, path: Path, method: str, out: Path
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Explain images with methods: write one figure (image, map, overlay per row), or bare maps with ``--raw``."""
+    """Explain images with methods: write one figure (image, map, overlay per row), or bare maps with
+    ``--raw``; every explanation holds to ``--memory-budget``."""
+    from relprop.segments import bounded
+
+    try:
+        budget = bounded(args.memory_budget)
+    except ValueError as err:
+        raise CliError(f"--memory-budget: {err}") from None
+    with budget:
+        return _explain_images(args)
+
+
+def _explain_images(args: argparse.Namespace) -> int:
     import relprop
     from relprop import viz
     from relprop.evaluate.specs import allow_plugins_from_cwd
@@ -618,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of the figure")
     p.add_argument("--overlay", action="store_true", help="with --raw: blend the heatmap over the image")
     p.add_argument("--slice", type=int, default=None, help="volumes: the axial slice to show (default: the centre)")
+    p.add_argument("--memory-budget", default=None,
+                   help="memory for an explanation, e.g. 4GB or 512MiB: past it, activations are evaluated again "
+                        "segment by segment (default: half the available memory; 'unlimited': never)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help=f"explain the bundled photos with {DEMO_MODEL} and every method")

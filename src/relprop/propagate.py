@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import ops
+from . import ops, segments
 from .canonize import fold_batch_norms, fold_zero_padding
 from .composite import Composite
 from .graph import Graph, registrations, trace
@@ -126,16 +126,22 @@ class Propagator:
         raise RuntimeError("the traced graph has no output")
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, x: Tensor, differentiable_from: str | None = None) -> ForwardCache:
+    def forward(self, x: Tensor, differentiable_from: str | None = None,
+                memory_budget: int | None = None, automatic: bool = False) -> ForwardCache:
         """Run the model through relprop's graph, keeping what the backward pass needs.
 
         ``differentiable_from`` names a node whose output becomes an autograd leaf: the nodes after
         it are evaluated with autograd, so that :meth:`gradient_at` at that node needs no second
-        forward pass of them.
+        forward pass of them. With ``memory_budget`` (bytes), only the boundaries of segments that
+        fit the budget are kept, and the backward pass evaluates each segment again
+        (:mod:`relprop.segments`); ``automatic``: the budget is the automatic one (the whole pass is
+        tried first).
         """
         n = len(self.graph.nodes)
-        cache = ForwardCache([None] * n, [None] * n, [None] * n, [None] * n)
         start = self.graph.find(differentiable_from) if differentiable_from is not None else None
+        if memory_budget is not None:
+            return segments.segmented_forward(self, x, start, memory_budget, automatic)  # type: ignore[return-value]
+        cache = ForwardCache([None] * n, [None] * n, [None] * n, [None] * n)
         cache.outputs[0] = x
 
         def evaluate(pos: int, op: ops.Op, args: tuple, kwargs: dict) -> Tensor:
@@ -198,6 +204,8 @@ class Propagator:
         start = self.graph.find(name)
         if cache.leaf is not None and cache.leaf[0] == start and cache.outputs[-1] is not None:
             return self._gradient_from_leaf(cache, output_gradient)
+        if isinstance(cache, segments.SegmentedCache):
+            return segments.segmented_gradient_at(cache, start, output_gradient)
         if cache.outputs[start] is None:
             raise RuntimeError("gradient_at needs the forward cache before any backward pass released it")
         leaf = cache.outputs[start].detach().requires_grad_(True)
@@ -245,6 +253,9 @@ class Propagator:
         A :class:`NotBatchMajor` error if a value does not hold the batch along its first dimension."""
         if repeats == 1:
             return cache
+        if isinstance(cache, segments.SegmentedCache):
+            raise NotBatchMajor("a forward pass held in segments (under a memory budget) is not repeated "
+                                "per target: one target per sample at a time")
         if cache.leaf is not None or cache.outputs[0] is None:
             raise RuntimeError("repeat needs a plain forward pass that no backward pass released yet")
         batch = cache.outputs[0].shape[0]
@@ -363,10 +374,11 @@ def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
                 differentiable_from: str | None = None) -> tuple[Propagator, ForwardCache]:
     """The model's propagator and its cached forward pass for ``x``, after checking ``x``'s rank
     against the first layer (e.g. 4-D for Conv2d models); ``differentiable_from``: see
-    :meth:`Propagator.forward`."""
+    :meth:`Propagator.forward`. The forward pass holds to the memory budget of the explanation
+    under way (:func:`relprop.segments.current_budget`)."""
     propagator = propagator_for(model, fold_batchnorm)
     propagator.check_input(x)
-    return propagator, propagator.forward(x, differentiable_from)
+    return propagator, propagator.forward(x, differentiable_from, *segments.current_budget(x))
 
 
 def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:
