@@ -2,8 +2,10 @@
 
 ``relprop reproduce`` evaluates the same methods on the same images in several jobs (localisation,
 segmentation, perturbation, insertion, ...): a map is a function of the method variant, the model
-input and the explained class, so each is computed once and looked up afterwards. Entries are keyed
-by the method's key, a digest of the image's bytes and the class; the least recently used are
+input and the explained class (and, at float round-off, of the batch it is computed in), so the
+maps of a batch of pairs are computed once and looked up when the same batch comes again (jobs with
+the same data set order, batch size and targets: their batches agree). Entries are keyed by the
+method's key and a digest of the pairs' image bytes and classes; the least recently used are
 dropped beyond :data:`MAP_CACHE_BYTES`.
 """
 
@@ -16,10 +18,19 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["MAP_CACHE_BYTES", "MapCache", "image_digests"]
+__all__ = ["MAP_CACHE_BYTES", "MapCache", "batch_digest", "image_digests"]
 
 #: the most bytes of maps a cache keeps (64 x 64 float32 maps: 16 KiB each)
 MAP_CACHE_BYTES = 2 * 1024 ** 3
+
+
+def batch_digest(digests: list[bytes], targets: Tensor) -> bytes:
+    """A digest of a batch of pairs: its images' digests and classes, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for d, t in zip(digests, targets.tolist()):
+        h.update(d)
+        h.update(int(t).to_bytes(8, "little", signed=True))
+    return h.digest()
 
 
 def image_digests(images: Tensor) -> list[bytes]:
@@ -62,17 +73,20 @@ class MapCache:
             self.bytes -= dropped.numel() * dropped.element_size()
 
     def maps(self, method: str, digests: list[bytes], targets: Tensor,
-             explain: Callable[[Tensor], Tensor]) -> Tensor:
-        """(N, H, W) maps of ``method`` for the pairs (``digests[i]``, ``targets[i]``): those not kept
-        come from ``explain(indices)`` (the maps of those pairs, in one batch) and are kept."""
-        keys = [(method, d, int(t)) for d, t in zip(digests, targets.tolist())]
-        found = [self.get(k) for k in keys]
-        missing = [i for i, m in enumerate(found) if m is None]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            fresh = explain(torch.tensor(missing, device=targets.device))
-            for j, i in enumerate(missing):
-                found[i] = fresh[j]
-                self.put(keys[i], fresh[j].clone())
-        return torch.stack(found)  # type: ignore[arg-type]
+             explain: Callable[[], Tensor]) -> Tensor:
+        """(N, H, W) maps of ``method`` for the batch of pairs (``digests[i]``, ``targets[i]``): kept
+        ones when the same pairs came in the same order before, else ``explain()`` (then kept).
+
+        Whole batches are kept, not single pairs: a method's arithmetic may depend on the batch it
+        runs in (convolution kernels are chosen by batch size), so only the same batch gives the
+        very maps, to the bit, that computing them again would."""
+        key = (method, batch_digest(digests, targets))
+        found = self.get(key)
+        n = len(digests)
+        if found is not None:
+            self.hits += n
+            return found.clone()  # a metric may change its maps in place
+        self.misses += n
+        fresh = explain()
+        self.put(key, fresh.detach().clone())
+        return fresh

@@ -408,12 +408,10 @@ class Evaluation:
         return rows
 
     def _maps(self, key: str, explainer: Explainer, batch: PairBatch, digests: Optional[list[bytes]]) -> Tensor:
-        """(N, S, S) maps of ``explainer`` for ``batch``: from the shared model's cache where it holds
-        them, the others explained together (all in one batch when none is kept)."""
-        def explain(idx: Optional[Tensor] = None) -> Tensor:
-            if idx is None or idx.numel() == batch.targets.numel():
-                return explainer.explain(batch.images, batch.targets).detach().sum(1)  # type: ignore[union-attr]
-            return explainer.explain(batch.images[idx], batch.targets[idx]).detach().sum(1)  # type: ignore[union-attr]
+        """(N, S, S) maps of ``explainer`` for ``batch``, from the shared model's cache when it holds
+        this very batch."""
+        def explain() -> Tensor:
+            return explainer.explain(batch.images, batch.targets).detach().sum(1)  # type: ignore[union-attr]
         if self.map_cache is None or digests is None:
             return explain()
         return self.map_cache.maps(key, digests, batch.targets, explain)
