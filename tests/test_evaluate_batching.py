@@ -26,8 +26,6 @@ from relprop.metrics.inference import FrozenForward, frozen_forward  # noqa: E40
 from relprop.metrics.perturbation import region_perturbation  # noqa: E402
 from relprop.models.shapes_models import load_shapes_model  # noqa: E402
 
-import evaluate_fixtures as fx  # noqa: E402
-
 #: the forward-only metrics of the runner, with options that keep them short
 FORWARD_METRICS = [
     ("aopc_morf", {"counts": [0, 40, 400, 4096], "restrict": "positive", "removal": "min"}),

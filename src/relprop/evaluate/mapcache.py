@@ -15,7 +15,6 @@ import hashlib
 from collections import OrderedDict
 from typing import Callable, Optional
 
-import torch
 from torch import Tensor
 
 __all__ = ["MAP_CACHE_BYTES", "MapCache", "batch_digest", "image_digests"]
