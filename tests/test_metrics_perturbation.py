@@ -620,7 +620,7 @@ def test_default_chunk_size_follows_the_device_and_the_image_size():
     from relprop.metrics.perturbation import chunk_size
 
     assert chunk_size(None, torch.zeros(1, 3, 224, 224)) == 8
-    assert chunk_size(None, torch.zeros(1, 3, 32, 32)) == 64  # capped
+    assert chunk_size(None, torch.zeros(1, 3, 32, 32)) == 16  # capped (CPU_MAX_CHUNK)
     assert chunk_size(None, torch.zeros(1, 3, 1000, 1000)) == 1
     assert chunk_size(None, torch.zeros(1, 3, 224, 224, device="meta")) == 64
     assert chunk_size(5, torch.zeros(1, 3, 224, 224)) == 5

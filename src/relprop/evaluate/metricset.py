@@ -52,7 +52,9 @@ class PairBatch:
 
     ``images`` (N, C, S, S) model inputs; ``masks`` (N, S, S) bool, the class's objects (or the
     foreground); ``targets`` (N,) class indices; ``seeds``: one int per pair; ``model``: in eval mode;
-    ``explain``: ``(model, images, targets) -> (N, S, S)`` maps of the method being evaluated.
+    ``explain``: ``(model, images, targets) -> (N, S, S)`` maps of the method being evaluated;
+    ``forward``: the model's logits for metrics that only run it forward (perturbation curves, patch
+    masking, occlusion; default ``model``), e.g. a frozen copy (:mod:`relprop.metrics.inference`).
     """
 
     images: Tensor
@@ -61,6 +63,7 @@ class PairBatch:
     seeds: list[int]
     model: nn.Module
     explain: Optional[Callable[[nn.Module, Tensor, Tensor], Tensor]] = None
+    forward: Optional[Callable[[Tensor], Tensor]] = None
 
 
 Compute = Callable[[PairBatch, Optional[Tensor], dict], list[tuple[float, Any]]]
@@ -108,11 +111,15 @@ def _compute(info: M.MetricInfo) -> Compute:
     """The runner's computation of a registered metric, from its :class:`~relprop.metrics.Wiring`."""
     wiring = info.wiring
     fn = wiring.call or info.fn
+    forward_only = "explain" not in wiring.inputs  # a metric that explains again needs the module
 
     def compute(b: PairBatch, maps: Optional[Tensor], o: dict) -> list[tuple[float, Any]]:
         args = []
         for name in wiring.inputs:
-            value = maps if name == "maps" else getattr(b, name)
+            if name == "model" and forward_only and b.forward is not None:
+                value = b.forward
+            else:
+                value = maps if name == "maps" else getattr(b, name)
             if name == "explain" and value is None:
                 raise ValueError(f"{info.name} needs the method's explain function")
             args.append(value)

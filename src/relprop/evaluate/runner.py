@@ -39,7 +39,9 @@ from torch import Tensor, nn
 
 from ..api import Explainer
 from ..data.base import CorruptSampleError, ModelInput, Sample, to_model_input
+from ..metrics.inference import frozen_forward
 from . import distributed
+from .mapcache import MapCache, image_digests
 from .metricset import (DEFAULT_METRICS, NO_METHOD, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
 from .specs import InputSpec, check_logits, input_spec, resolve_dataset, resolve_model
@@ -48,11 +50,17 @@ from .store import BatchRows, Store, canonical_json, config_hash, model_digest, 
 __all__ = ["TARGET_MODES", "EvaluationConfig", "Evaluation", "EvaluationSummary", "run_evaluation"]
 
 TARGET_MODES = ("labels", "predicted", "second")
-#: models (and their explainers) kept by ``EvaluationConfig(share_model=True)``, by model identity
-_SHARED: dict[str, tuple[nn.Module, Any, dict, str]] = {}
+#: models (their explainers and explanation maps) kept by ``EvaluationConfig(share_model=True)``, by model identity
+_SHARED: dict[str, tuple[nn.Module, Any, dict, str, MapCache]] = {}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: pointing game "difficult": the mask covers less than this fraction and >= 2 classes are present
 DIFFICULT_FRACTION = 0.25
+#: methods that expand every image into many rows (integrated gradients' steps, SmoothGrad's samples)
+#: run them on the CPU in chunks of about this many pixels unless their options say otherwise: the
+#: same maps (each row's gradient is its own), two to three times sooner than all rows at once
+EXPLAIN_CHUNK_PIXELS = 8 * 224 * 224
+#: the most rows of such a chunk
+EXPLAIN_CHUNK_ROWS = 64
 
 
 @dataclass
@@ -85,8 +93,13 @@ class EvaluationConfig:
     progress_label: Optional[str] = None
     #: keep the model and its prepared explainers in this process for later evaluations of the same
     #: model (relprop reproduce runs many jobs on one model: preparing an explainer of a large
-    #: model costs seconds); does not enter the run's identity
+    #: model costs seconds), and the maps computed, for later evaluations of the same methods on the
+    #: same images and classes (:mod:`.mapcache`); does not enter the run's identity
     share_model: bool = False
+    #: metrics that only run the model forward use a frozen, inference-optimised copy of it on the CPU
+    #: (:mod:`relprop.metrics.inference`: the same logits up to float round-off); does not enter
+    #: the run's identity
+    frozen_forward: bool = True
 
 
 @dataclass
@@ -132,8 +145,10 @@ class Evaluation:
             options["root"] = config.root
         self.dataset = resolve_dataset(config.dataset, options)
         shared_key = canonical_json([config.model, config.model_options, str(self.device), config.dtype])
+        #: maps kept across the evaluations of a shared model (None: not shared)
+        self.map_cache: Optional[MapCache] = None
         if config.share_model and shared_key in _SHARED:
-            model, preprocess, self._explainers, self.model_digest = _SHARED[shared_key]
+            model, preprocess, self._explainers, self.model_digest, self.map_cache = _SHARED[shared_key]
         else:
             model, preprocess = resolve_model(config.model, dict(config.model_options))
             #: the weights as loaded (before the dtype cast): changed weights never reuse old records
@@ -141,7 +156,8 @@ class Evaluation:
             model = model.to(device=self.device, dtype=self.dtype)
             self._explainers: dict[str, Explainer] = {}
             if config.share_model:
-                _SHARED[shared_key] = (model, preprocess, self._explainers, self.model_digest)
+                self.map_cache = MapCache()
+                _SHARED[shared_key] = (model, preprocess, self._explainers, self.model_digest, self.map_cache)
         self.model: nn.Module = model.eval()
         self.input: InputSpec = input_spec(preprocess, config.input_size, config.mean, config.std)
         self.methods = self._methods()
@@ -172,7 +188,8 @@ class Evaluation:
                 raise ValueError(f"unknown method {name!r}; known: {', '.join(known())}")
             for opts in _variants(self.config.method_options.get(name, {})):
                 key = variant_key(name, opts)
-                explainer = self._explainers.get(key) or Explainer(self.model, name, **opts)  # validates
+                explainer = self._explainers.get(key) or Explainer(
+                    self.model, name, **_explain_options(name, opts, self.input.size, self.device))  # validates
                 if self.config.share_model:
                     self._explainers[key] = explainer
                 out.append((key, name, opts, explainer))
@@ -345,6 +362,8 @@ class Evaluation:
         x = images[owner_t.to(self.device)]
         t = torch.tensor(classes, dtype=torch.long, device=self.device)
         mask_t = torch.stack(masks).to(self.device)
+        digests = image_digests(x) if self.map_cache is not None else []
+        forward = frozen_forward(self.model, images) if self.config.frozen_forward else None
         wanted = self.metrics_by_method()
         specs = {m.key: m for m in self.metrics}
         method_list: list[tuple[str, Optional[Explainer]]] = [(k, e) for k, _, _, e in self.methods]
@@ -360,12 +379,12 @@ class Evaluation:
                 continue
             sel_t = torch.tensor(sel, device=self.device)
             batch = PairBatch(images=x[sel_t], masks=mask_t[sel_t], targets=t[sel_t],
-                              seeds=[seeds[p] for p in sel], model=self.model)
+                              seeds=[seeds[p] for p in sel], model=self.model, forward=forward)
             maps = None
             if explainer is not None:
                 batch.explain = _explain_fn(explainer)
                 try:
-                    maps = explainer.explain(batch.images, batch.targets).detach().sum(1)  # type: ignore[union-attr]
+                    maps = self._maps(mkey, explainer, batch, [digests[p] for p in sel] if digests else None)
                 except Exception as err:  # noqa: BLE001 - recorded per sample; the run goes on
                     self._fail(rows, [items[owner[p]] for p in sel], mkey, "", err)
                     continue
@@ -388,6 +407,15 @@ class Evaluation:
                 tm["images"] += len({owner[p] for p in sel})
         return rows
 
+    def _maps(self, key: str, explainer: Explainer, batch: PairBatch, digests: Optional[list[bytes]]) -> Tensor:
+        """(N, S, S) maps of ``explainer`` for ``batch``, from the shared model's cache when it holds
+        this very batch."""
+        def explain() -> Tensor:
+            return explainer.explain(batch.images, batch.targets).detach().sum(1)  # type: ignore[union-attr]
+        if self.map_cache is None or digests is None:
+            return explain()
+        return self.map_cache.maps(key, digests, batch.targets, explain)
+
     @staticmethod
     def _fail(rows: BatchRows, items: list[_Item], method: str, metric: str, err: Exception) -> None:
         reason = f"{type(err).__name__}: {err}"
@@ -404,6 +432,19 @@ def _variants(options: dict | list) -> list[dict]:
     if isinstance(options, (list, tuple)) and options and all(isinstance(o, dict) for o in options):
         return [dict(o) for o in options]
     raise ValueError(f"options must be a dict or a non-empty list of dicts, got {options!r}")
+
+
+def _explain_options(name: str, options: dict, side: int, device: torch.device) -> dict:
+    """``options`` of method ``name``, with the CPU chunk of its rows (:data:`EXPLAIN_CHUNK_PIXELS`)
+    when the method has an ``internal_batch_size`` that the options leave unset."""
+    from ..attribution.registry import get_method
+
+    if device.type != "cpu" or "internal_batch_size" in options:
+        return options
+    if "internal_batch_size" not in get_method(name).option_specs:
+        return options
+    rows = max(1, min(EXPLAIN_CHUNK_ROWS, EXPLAIN_CHUNK_PIXELS // max(1, side * side)))
+    return dict(options, internal_batch_size=rows)
 
 
 def _explain_fn(explainer: Explainer):

@@ -1,0 +1,208 @@
+"""The evaluation's shared work: explanation maps kept across jobs, frozen forward passes, chunking.
+
+Every shortcut must give the values of the plain computation: maps from the cache equal freshly
+computed ones, metrics through the frozen forward pass equal the per-sample computation with the
+module itself (up to float round-off), and the runner's records do not change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from relprop.evaluate import EvaluationConfig, run_evaluation  # noqa: E402
+from relprop.evaluate import runner  # noqa: E402
+from relprop.evaluate.mapcache import MapCache, image_digests  # noqa: E402
+from relprop.evaluate.metricset import PairBatch, metric_spec  # noqa: E402
+from relprop.metrics.inference import FrozenForward, frozen_forward  # noqa: E402
+from relprop.metrics.perturbation import region_perturbation  # noqa: E402
+from relprop.models.shapes_models import load_shapes_model  # noqa: E402
+
+#: the forward-only metrics of the runner, with options that keep them short
+FORWARD_METRICS = [
+    ("aopc_morf", {"counts": [0, 40, 400, 4096], "restrict": "positive", "removal": "min"}),
+    ("aopc_morf", {"counts": [0, 40, 400], "removal": "shuffle"}),
+    ("aopc_lerf", {"counts": [0, 8, 16, 24], "removal": "zero"}),
+    ("aopc_morf", {"patch_size": 8, "counts": [0, 4, 8, 12], "removal": "zero"}),
+    ("blurred_insertion", {"fractions": [0.05, 0.1]}),
+    ("maximal_patch_masking", {}),
+    ("maximal_patch_masking", {"location": "random"}),
+    ("rise_deletion_auc", {"step": 1024}),
+    ("object_context_occlusion", {}),
+    ("target_score", {}),
+]
+
+
+def _shapes(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    return load_shapes_model(arch, weights=False).eval()
+
+
+def _batch(model: nn.Module, n: int = 3) -> PairBatch:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, 64, 64, generator=g)
+    masks = torch.zeros(n, 64, 64, dtype=torch.bool)
+    masks[:, 16:40, 20:44] = True
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    return PairBatch(images=x, masks=masks, targets=t, seeds=[11, 12, 13][:n], model=model)
+
+
+def _pairs(batch: PairBatch, i: int) -> PairBatch:
+    return PairBatch(images=batch.images[i:i + 1], masks=batch.masks[i:i + 1], targets=batch.targets[i:i + 1],
+                     seeds=batch.seeds[i:i + 1], model=batch.model)
+
+
+def _close(a: list, b: list, tol: float = 1e-4) -> None:
+    assert len(a) == len(b)
+    for (sa, va), (sb, vb) in zip(a, b):
+        assert sa == pytest.approx(sb, rel=tol, abs=tol), (sa, sb)
+        if isinstance(va, dict) and "correct" in va:
+            assert va["correct"] == vb["correct"]
+
+
+@pytest.mark.parametrize("arch", ["shapes_vgg", "shapes_resnet"])
+def test_frozen_forward_matches_the_module(arch: str) -> None:
+    model = _shapes(arch)
+    x = torch.randn(5, 3, 64, 64)
+    fast = frozen_forward(model, x)
+    assert isinstance(fast, FrozenForward) and fast.module is model
+    with torch.no_grad():
+        for n in (1, 2, 5):
+            assert torch.allclose(fast(x[:n]), model(x[:n]), rtol=1e-4, atol=1e-4)
+    assert frozen_forward(model, x) is fast  # kept
+
+
+def test_frozen_forward_follows_weight_changes_and_declines_what_it_cannot_do() -> None:
+    model = _shapes("shapes_vgg")
+    x = torch.randn(2, 3, 64, 64)
+    fast = frozen_forward(model, x)
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)
+        again = frozen_forward(model, x)
+        assert again is not fast and torch.allclose(again(x), model(x), rtol=1e-4, atol=1e-4)
+    assert frozen_forward(model.train(), x) is model
+    model.eval()
+    assert frozen_forward(model.double(), x.double()) is model
+    plain = lambda z: z.flatten(1)[:, :3]  # noqa: E731
+    assert frozen_forward(plain, x) is plain
+
+
+@pytest.mark.parametrize("name,options", FORWARD_METRICS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FORWARD_METRICS)])
+def test_forward_metrics_through_the_frozen_copy_equal_the_per_sample_computation(name: str, options: dict) -> None:
+    model = _shapes("shapes_resnet")
+    batch = _batch(model)
+    maps = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    spec = metric_spec(name, options, 64)
+    fast = spec.compute(replace(batch, forward=frozen_forward(model, batch.images)), maps, spec.options)
+    slow = [spec.compute(_pairs(batch, i), maps[i:i + 1], dict(spec.options, **(
+        {"internal_batch_size": 1} if "internal_batch_size" in _option_names(name) else {})))[0]
+        for i in range(3)]
+    _close(fast, slow)
+
+
+def _option_names(name: str) -> set:
+    from relprop.evaluate.metricset import _options
+    from relprop.metrics import METRICS
+
+    return _options(METRICS[name])
+
+
+def test_incremental_evaluation_uses_the_module_behind_a_frozen_copy() -> None:
+    model = _shapes("shapes_vgg")
+    batch = _batch(model, 2)
+    maps = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(3))
+    fast = frozen_forward(model, batch.images)
+    kw = dict(counts=[0, 1, 2, 3], patch_size=8, removal="zero")
+    a = region_perturbation(fast, batch.images, maps, batch.targets, incremental=True, **kw)
+    b = region_perturbation(model, batch.images, maps, batch.targets, incremental=False, **kw)
+    assert torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_map_cache_keeps_whole_batches() -> None:
+    cache = MapCache()
+    x = torch.randn(4, 3, 8, 8)
+    digests = image_digests(x)
+    targets = torch.tensor([0, 1, 0, 1])
+    calls = []
+
+    def explain(idx: list[int]):
+        def run() -> torch.Tensor:
+            calls.append(idx)
+            return x[idx].sum(1) * (targets[idx] + 1)[:, None, None]
+        return run
+
+    first = cache.maps("m", digests, targets, explain([0, 1, 2, 3]))
+    again = cache.maps("m", digests, targets, explain([0, 1, 2, 3]))
+    assert calls == [[0, 1, 2, 3]] and torch.equal(first, again)
+    assert (cache.hits, cache.misses) == (4, 4)
+    cache.maps("m", digests[:2], targets[:2], explain([0, 1]))  # another batch
+    cache.maps("other", digests, targets, explain([0, 1, 2, 3]))  # another method
+    cache.maps("m", digests, targets.flip(0), explain([0, 1, 2, 3]))  # other classes
+    assert len(calls) == 4 and len(cache) == 4
+
+
+def test_map_cache_drops_the_least_recently_used_beyond_its_size() -> None:
+    cache = MapCache(max_bytes=2 * 16 * 4)  # two 4 x 4 float32 maps
+    for i in range(3):
+        cache.put(("m", bytes([i]), 0), torch.full((4, 4), float(i)))
+    assert len(cache) == 2 and cache.get(("m", bytes([0]), 0)) is None
+    assert cache.get(("m", bytes([2]), 0)) is not None
+
+
+def _records(store: Path, targets: str) -> dict:
+    con = sqlite3.connect(store)
+    rows = con.execute("SELECT c.sample, c.target, c.method, c.metric, c.scalar FROM records c JOIN runs r "
+                       "ON r.id = c.run WHERE r.targets = ?", (targets,)).fetchall()
+    con.close()
+    return {r[:4]: r[4] for r in rows}
+
+
+def test_shared_model_reuses_maps_across_jobs_and_keeps_the_records(tmp_path: Path) -> None:
+    """Jobs with the same batches (targets, batch size, data set order) reuse the maps; the records
+    equal those of separate runs (to the bit for map metrics, up to the frozen forward's round-off)."""
+    base = dict(dataset="evaluate_fixtures:tiny_dataset", dataset_options={"count": 6},
+                model="evaluate_fixtures:tiny_model", methods=["gradient", "lrp-epsilon"], batch_size=4,
+                progress=False)
+    first = EvaluationConfig(targets="predicted", metrics=["pointing_game"], **base)
+    second = EvaluationConfig(targets="predicted", metrics=["mu", "aopc_morf"],
+                              metric_options={"aopc_morf": {"counts": [0, 10, 20]}}, **base)
+    try:
+        for cfg in (first, second):
+            run_evaluation(replace(cfg, share_model=True), tmp_path / "shared.sqlite")
+        (cache,) = [entry[4] for entry in runner._SHARED.values()]
+        assert cache.hits > 0
+    finally:
+        runner._SHARED.clear()
+    for cfg in (first, second):
+        run_evaluation(replace(cfg, frozen_forward=False), tmp_path / "plain.sqlite")
+    shared, plain = _records(tmp_path / "shared.sqlite", "predicted"), _records(tmp_path / "plain.sqlite", "predicted")
+    assert shared.keys() == plain.keys() and shared
+    for k, v in plain.items():
+        if k[3].startswith("aopc"):
+            assert shared[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+        else:
+            assert shared[k] == v, k
+
+
+def test_expanding_methods_run_in_chunks_with_the_same_maps() -> None:
+    from relprop.api import Explainer
+    from relprop.evaluate.runner import Evaluation
+
+    cfg = EvaluationConfig(dataset="shapes", model="shapes_vgg", model_options={"weights": False}, limit=2,
+                           methods=["integrated-gradients", "gradient"], progress=False)
+    ev = Evaluation(cfg)
+    (ig_key, _, ig_opts, ig), (_, _, _, grad) = ev.methods
+    assert ig_key == "integrated-gradients" and ig_opts == {} and ig.options == {"internal_batch_size": 64}
+    assert grad.options == {}
+    x = torch.randn(3, 3, 64, 64)
+    t = torch.tensor([0, 1, 2])
+    assert torch.equal(ig.explain(x, t), Explainer(ev.model, "integrated-gradients").explain(x, t))
