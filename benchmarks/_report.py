@@ -49,3 +49,12 @@ def dist_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def status_kib(name: str) -> int:
+    """A field of /proc/self/status in KiB (e.g. ``VmHWM``, the peak resident set)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no field {name!r}")

@@ -37,17 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import cpu_model, dist_version, write_section  # noqa: E402
+from _report import cpu_model, dist_version, status_kib, write_section  # noqa: E402
 
 TIME_TARGET = 1.5  #: the bounded run may take at most this multiple of the unbounded run's time
-
-
-def status_kib(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(name)
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the relprop to measure: src/ of this checkout, or the snapshot benchmarks/speed.py hands over
 sys.path.insert(0, os.environ.get("RELPROP_BENCH_PATH") or str(ROOT / "src"))
-from _report import cpu_model, dist_version, write_section  # noqa: E402
+from _report import cpu_model, dist_version, status_kib, write_section  # noqa: E402
 
 import relprop  # noqa: E402
 
@@ -226,14 +226,6 @@ def load_lxt() -> LxtPatches | None:
 # --------------------------------------------------------------------------------------------------
 # memory: one subprocess per method
 # --------------------------------------------------------------------------------------------------
-def status_kib(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(name)
-
-
 def worker(args: argparse.Namespace) -> None:
     lxt = load_lxt()
     model, x, target = make(args)
