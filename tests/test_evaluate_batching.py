@@ -193,6 +193,25 @@ def test_shared_model_reuses_maps_across_jobs_and_keeps_the_records(tmp_path: Pa
             assert shared[k] == v, k
 
 
+def test_shared_maps_are_dropped_when_the_model_weights_change(tmp_path: Path) -> None:
+    """A shared model changed in place between two evaluations: its kept maps are not reused (the
+    second run's maps are those of the changed weights)."""
+    cfg = EvaluationConfig(dataset="evaluate_fixtures:tiny_dataset", dataset_options={"count": 4},
+                           model="evaluate_fixtures:tiny_model", methods=["gradient"], batch_size=4,
+                           progress=False, targets="labels", metrics=["pointing_game"], share_model=True)
+    try:
+        run_evaluation(cfg, tmp_path / "a.sqlite")
+        (entry,) = runner._SHARED.values()
+        model, cache = entry[0], entry[4]
+        misses = cache.misses
+        with torch.no_grad():
+            next(model.parameters()).mul_(-1.0)
+        run_evaluation(cfg, tmp_path / "b.sqlite")
+        assert cache.misses > misses and cache.hits == 0
+    finally:
+        runner._SHARED.clear()
+
+
 def test_expanding_methods_run_in_chunks_with_the_same_maps() -> None:
     from relprop.api import Explainer
     from relprop.evaluate.runner import Evaluation

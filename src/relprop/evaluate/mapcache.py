@@ -6,7 +6,7 @@ input and the explained class (and, at float round-off, of the batch it is compu
 maps of a batch of pairs are computed once and looked up when the same batch comes again (jobs with
 the same data set order, batch size and targets: their batches agree). Entries are keyed by the
 method's key and a digest of the pairs' image bytes and classes; the least recently used are
-dropped beyond :data:`MAP_CACHE_BYTES`.
+dropped beyond :data:`MAP_CACHE_BYTES`, and all of them when the model's weights change.
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ from typing import Callable, Optional
 
 from torch import Tensor
 
-__all__ = ["MAP_CACHE_BYTES", "MapCache", "batch_digest", "image_digests"]
+__all__ = ["MAP_CACHE_BYTES", "MapCache", "batch_digest", "image_digests", "weights_state"]
 
 #: the most bytes of maps a cache keeps (64 x 64 float32 maps: 16 KiB each)
 MAP_CACHE_BYTES = 2 * 1024 ** 3
+
+
+def weights_state(model) -> tuple:
+    """Identity, storage and version of every parameter and buffer of ``model``: changes when any of
+    them is replaced or updated in place."""
+    return tuple((id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+                 for t in list(model.parameters()) + list(model.buffers()))
 
 
 def batch_digest(digests: list[bytes], targets: Tensor) -> bytes:
@@ -48,6 +55,16 @@ class MapCache:
         self.hits = 0
         self.misses = 0
         self._maps: OrderedDict[tuple, Tensor] = OrderedDict()
+        #: the state of the model's weights the kept maps were computed with
+        self.state: tuple = ()
+
+    def follow(self, state: tuple) -> None:
+        """Drop every kept map when the model's weights changed (``state``: their storage and
+        version, :func:`weights_state`): a map never outlives the weights it was computed with."""
+        if state != self.state:
+            self._maps.clear()
+            self.bytes = 0
+            self.state = state
 
     def __len__(self) -> int:
         return len(self._maps)

@@ -41,7 +41,7 @@ from ..api import Explainer
 from ..data.base import CorruptSampleError, ModelInput, Sample, to_model_input
 from ..metrics.inference import frozen_forward
 from . import distributed
-from .mapcache import MapCache, image_digests
+from .mapcache import MapCache, image_digests, weights_state
 from .metricset import (DEFAULT_METRICS, NO_METHOD, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
 from .specs import InputSpec, check_logits, input_spec, resolve_dataset, resolve_model
@@ -414,6 +414,7 @@ class Evaluation:
             return explainer.explain(batch.images, batch.targets).detach().sum(1)  # type: ignore[union-attr]
         if self.map_cache is None or digests is None:
             return explain()
+        self.map_cache.follow(weights_state(self.model))
         return self.map_cache.maps(key, digests, batch.targets, explain)
 
     @staticmethod
