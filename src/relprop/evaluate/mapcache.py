@@ -17,17 +17,10 @@ from typing import Callable, Optional
 
 from torch import Tensor
 
-__all__ = ["MAP_CACHE_BYTES", "MapCache", "batch_digest", "image_digests", "weights_state"]
+__all__ = ["MAP_CACHE_BYTES", "MapCache", "batch_digest", "image_digests"]
 
 #: the most bytes of maps a cache keeps (64 x 64 float32 maps: 16 KiB each)
 MAP_CACHE_BYTES = 2 * 1024 ** 3
-
-
-def weights_state(model) -> tuple:
-    """Identity, storage and version of every parameter and buffer of ``model``: changes when any of
-    them is replaced or updated in place."""
-    return tuple((id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape))
-                 for t in list(model.parameters()) + list(model.buffers()))
 
 
 def batch_digest(digests: list[bytes], targets: Tensor) -> bytes:
@@ -60,7 +53,7 @@ class MapCache:
 
     def follow(self, state: tuple) -> None:
         """Drop every kept map when the model's weights changed (``state``: their storage and
-        version, :func:`weights_state`): a map never outlives the weights it was computed with."""
+        version, :func:`relprop.metrics.inference.weights_state`): a map never outlives the weights it was computed with."""
         if state != self.state:
             self._maps.clear()
             self.bytes = 0

@@ -41,7 +41,8 @@ from ..api import Explainer
 from ..data.base import CorruptSampleError, ModelInput, Sample, to_model_input
 from ..metrics.inference import frozen_forward
 from . import distributed
-from .mapcache import MapCache, image_digests, weights_state
+from ..metrics.inference import weights_state
+from .mapcache import MapCache, image_digests
 from .metricset import (DEFAULT_METRICS, NO_METHOD, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
 from .specs import InputSpec, check_logits, input_spec, resolve_dataset, resolve_model

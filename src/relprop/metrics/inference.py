@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FrozenForward", "frozen_forward", "eager_module"]
+__all__ = ["FrozenForward", "eager_module", "frozen_forward", "weights_state"]
 
 #: the largest difference of the logits from the module's, relative to their magnitude, accepted
 #: when a frozen copy is checked
@@ -45,9 +45,11 @@ def eager_module(model: Callable) -> Callable:
     return model.module if isinstance(model, FrozenForward) else model
 
 
-def _state(model: nn.Module) -> tuple:
-    """What a frozen copy depends on: every parameter's and buffer's storage and version."""
-    return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+def weights_state(model: nn.Module) -> tuple:
+    """Identity, storage and version of every parameter and buffer of ``model``: changes when any of
+    them is replaced or updated in place (what a frozen copy, or a map computed with the model,
+    depends on)."""
+    return tuple((id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape))
                  for t in list(model.parameters()) + list(model.buffers()))
 
 
@@ -85,7 +87,7 @@ def frozen_forward(model: Callable, example: Tensor) -> Callable:
             or model.training or example.device.type != "cpu" or example.dtype != torch.float32
             or example.shape[0] < 1):
         return model
-    state = (tuple(example.shape[1:]),) + _state(model)
+    state = (tuple(example.shape[1:]),) + weights_state(model)
     kept = _CACHE.get(model)
     if kept is not None and kept[0] == state:
         return kept[1] if kept[1] is not None else model
