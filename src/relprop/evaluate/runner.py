@@ -39,9 +39,8 @@ from torch import Tensor, nn
 
 from ..api import Explainer
 from ..data.base import CorruptSampleError, ModelInput, Sample, to_model_input
-from ..metrics.inference import frozen_forward
+from ..metrics.inference import frozen_forward, weights_state
 from . import distributed
-from ..metrics.inference import weights_state
 from .mapcache import MapCache, image_digests
 from .metricset import (DEFAULT_METRICS, NO_METHOD, PairBatch, check_metric_specs,
                         metric_spec, pair_seed)
