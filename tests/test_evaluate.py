@@ -50,6 +50,7 @@ def _env(**extra: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a worker that aborts shows where
     env.update(extra)
     return env
 
@@ -183,6 +184,20 @@ def test_torchrun_two_processes_equal_one_process(reference: Path, tmp_path: Pat
     con = sqlite3.connect(store)
     assert con.execute("SELECT COUNT(DISTINCT idx) FROM samples").fetchone()[0] == COUNT
     con.close()
+
+
+@pytest.mark.parametrize("world, ends", [("2", True), ("1", False)])
+def test_a_torchrun_worker_ends_without_interpreter_finalisation(world: str, ends: bool) -> None:
+    """Under torchrun the command line ends its process with os._exit once the command returned
+    (interpreter finalisation after a gloo group can abort a finished worker); elsewhere it returns."""
+    script = ("import atexit, sys; atexit.register(lambda: print('finalised')); "
+              "from relprop.cli import main; sys.argv = ['relprop', 'methods']; print('exit', main())")
+    done = subprocess.run([sys.executable, "-c", script], env=_env(WORLD_SIZE=world, RANK="0"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "lrp-cmp" in done.stdout
+    assert ("finalised" not in done.stdout and "exit" not in done.stdout) if ends else \
+        done.stdout.rstrip().endswith("exit 0\nfinalised")
 
 
 def test_rerun_with_an_extra_method_computes_only_that_method(reference: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -681,7 +682,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code. As a ``torchrun`` worker (``argv`` None, more than
+    one process) the process ends here, see :func:`_end_torchrun_worker`."""
+    code = _run_command(argv)
+    if argv is None:
+        _end_torchrun_worker(code)
+    return code
+
+
+def _end_torchrun_worker(code: int) -> None:
+    """End a ``torchrun`` worker with ``os._exit(code)`` once its command has returned (its results
+    written, its process group destroyed), after flushing its output. Interpreter finalisation
+    after a gloo process group can abort the process (``terminate called without an active
+    exception``), and torchrun then reports a finished evaluation as failed. A no-op outside torchrun."""
+    if "WORLD_SIZE" not in os.environ:  # not started by torchrun: nothing to import
+        return
+    from relprop.evaluate.distributed import torchrun_env
+
+    if torchrun_env() is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
