@@ -39,6 +39,7 @@ CASES = {
         "pixacc_mean": 0.5,  # pred = {7..12}; all 6 others correct
         "iou_mean": 0.25,  # bg 6/12, fg 0/6
         "fg_ap": nan,
+        "silent": 0.0, "neg": 0.0,  # no pixel of 1..12 is zero; all 12 are background
     }),
     "whole_image_box": (RAMP, box(slice(None), slice(None)), {
         "pointing": 1.0, "pointing_any": 1.0, "epg": [1.0, 1.0],
@@ -47,6 +48,7 @@ CASES = {
         "pixacc_mean": 0.5,  # pred = {7..12} all correct, the rest wrong
         "iou_mean": 0.25,  # bg 0/6, fg 6/12
         "fg_ap": 1.0,
+        "silent": nan, "neg": 0.0,  # no background
     }),
     "constant_map": (torch.full((3, 4), 2.0, dtype=torch.float64), box(slice(0, 2), 3), {
         "pointing": nan, "pointing_any": nan,
@@ -60,6 +62,7 @@ CASES = {
         "iou_mean": (10 / 12 + 0.0) / 2,
         "stacked_ap": nan, "fg_ap": 1 / 6,  # one threshold: precision = foreground rate
         "dk2": 0.5,  # top-2 by row-major ties: (0,0), (0,1): (0 + 1) / 2
+        "silent": 0.0, "neg": 0.0,
     }),
     "all_negative_map": (-RAMP, box(slice(1, 3), slice(0, 2)), {
         "pointing": 0.0,  # max -1 at (0, 0), outside the box
@@ -74,6 +77,7 @@ CASES = {
         "iou_mean": (2 / 8 + 4 / 10) / 2,
         "fg_ap": (1 / 5 + 2 / 6 + 3 / 9 + 4 / 10) / 4,  # positives at ranks 5, 6, 9, 10
         "dk2": nan, "pr": 0.0,
+        "silent": 0.0, "neg": 1.0,  # no zero among the 8 background pixels; all relevance negative
     }),
     "ties_at_maximum": (TIES, box(2, 0), {
         "pointing": 0.0,  # first maximum (0, 2) misses
@@ -84,6 +88,8 @@ CASES = {
         "dk2": SQ2 / 2,  # r_1 = (0,2), r_2 = (1,3)
         "dk3": SQ2,  # (0 + sqrt 2 + sqrt 8) / 3
         "pr": 0.5,
+        "silent": 6 / 11,  # the six zeros all lie outside the one-pixel box at (2, 0)
+        "neg": 0.0,
     }),
 }
 
@@ -109,6 +115,8 @@ METRICS = {
     "dk2": lambda r, s: M.topk_distance(r, ks=(2,))[:, 0],
     "dk3": lambda r, s: M.topk_distance(r, ks=(3,))[:, 0],
     "pr": lambda r, s: M.positive_ratio(r),
+    "silent": M.silent_background,
+    "neg": lambda r, s: M.negative_share(r),
 }
 
 PAIRS = [(case, metric) for case, (_, _, exp) in CASES.items() for metric in exp]
@@ -164,3 +172,18 @@ def test_per_sample_positive_scaling_changes_nothing(name) -> None:
     scale = torch.tensor([0.3, 1.0, 7.5, 1e3], dtype=torch.float64)[:, None, None]
     a, b = SCALE_FREE[name](r, s), SCALE_FREE[name](r * scale, s)
     assert torch.allclose(a.to(torch.float64), b.to(torch.float64), atol=1e-10, rtol=1e-10, equal_nan=True)
+
+
+def test_map_statistics_on_zero_maps_and_relative_floor() -> None:
+    """An all-zero map is silent everywhere and has no negative share; silence is relative to the
+    map's own largest |R| (a map scaled by 1e-12 keeps its silent pixels); a bad floor is refused."""
+    mask = box(0, 0)
+    zero = torch.zeros(1, 3, 4, dtype=torch.float64)
+    assert M.silent_background(zero, mask[None]).item() == 1.0
+    assert math.isnan(M.negative_share(zero).item())
+    r = RAMP.clone()
+    r[2, 3] = 1e-9  # below 1e-6 of the maximum 11 -> silent; the other 10 background pixels are not
+    for scale in (1.0, 1e-12):
+        assert M.silent_background(scale * r[None], mask[None]).item() == pytest.approx(1 / 11)
+    with pytest.raises(ValueError, match="floor"):
+        M.silent_background(r[None], mask[None], floor=-1.0)

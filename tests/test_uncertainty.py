@@ -179,7 +179,8 @@ def test_verdict_counts_agree_reversed_undecided_after_holm() -> None:
     assert d[("a", "c")] == ("agrees", pytest.approx(0.04)) and d[("b", "c")] == ("reversed", pytest.approx(0.04))
     text = verdict(order, ours, higher=True, p_values=p)
     assert "**partly agrees**" in text and "2 agree, 1 reversed, 0 undecided" in text
-    assert "c before b (p_Holm=0.04)" in text and "Why: reason" in text
+    assert "c before b (p_Holm=0.04)" in text
+    assert "Why: no cause specific to this table was measured. Differences from the paper's setting: reason" in text
     # the same point estimates, without significance: every pair undecided, not "agrees"
     weak = verdict(order, ours, higher=True, p_values={k: 0.3 for k in p})
     assert "**undecided**" in weak and "0 agree, 0 reversed, 3 undecided" in weak
@@ -189,6 +190,31 @@ def test_verdict_counts_agree_reversed_undecided_after_holm() -> None:
     assert part[("a", "b")] == ("undecided", pytest.approx(0.06)) and part[("a", "c")][0] == "undecided"
     # lower is better: the direction flips
     assert decide([("a", "b")], {"a": 1.0, "b": 2.0}, False, {("a", "b"): 0.001})[("a", "b")][0] == "agrees"
+
+
+def test_a_significant_reversal_gets_its_measured_reason_not_noise() -> None:
+    from relprop.reproduce.diagnosis import Profile, reversal_reasons
+    from relprop.reproduce.paper_orders import _DATA, Order, verdict
+
+    order = Order("test", (("a",), ("b",)), why=f"{_DATA}; method: m")
+    ours, p = {"a": 1.0, "b": 2.0}, {("a", "b"): 0.001}
+    found = {"a": Profile(inside=0.70, silent=0.03, negative=0.30, positive=0.50),
+             "b": Profile(inside=0.96, silent=0.99, negative=0.00, positive=0.05)}
+    text = verdict(order, ours, higher=True, p_values=p, measured=lambda rev: reversal_reasons(rev, found))
+    assert "b before a (p_Holm=0.001)" in text
+    assert ("Why: measured on the same images and classes: b keeps 96% of its positive relevance inside the "
+            "objects (a: 70%) and leaves 99% of the background at zero (a: 3%) and has 0% of its |R| negative "
+            "(a: 30%) and marks 5% of the pixels positive (a: 50%).") in text
+    assert "within the noise" not in text and "method: m" in text
+    # undecided pairs keep the noise as their reason
+    assert "within the noise" in verdict(order, ours, higher=True, p_values={("a", "b"): 0.5})
+    # profiles that do not differ by the margins: said so, with the numbers
+    same = {"a": found["a"], "b": Profile(inside=0.72, silent=0.05, negative=0.28, positive=0.45)}
+    assert reversal_reasons([("a", "b")], same) == (
+        "measured on the same images and classes: no measured map property separates b from a (positive "
+        "relevance inside the objects 72% vs 70%, background at zero 5% vs 3%)")
+    # no profile of a pair's methods: nothing measured
+    assert reversal_reasons([("a", "c")], found) == ""
 
 
 def test_results_items_give_tests_and_intervals() -> None:

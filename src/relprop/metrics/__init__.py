@@ -12,8 +12,8 @@ and its :class:`Wiring` (how ``relprop evaluate`` computes it); each metric is d
 
 from __future__ import annotations
 
-from . import (aggregate, distance, localisation, patch, perturbation, pointing, randomisation, registry,
-               segmentation)
+from . import (aggregate, distance, localisation, map_statistics, patch, perturbation, pointing, randomisation,
+               registry, segmentation)
 from ._common import SIGNS, apply_sign, check_maps, check_masks, check_pair, reduce_channels
 from .aggregate import (Aggregate, ClassAggregate, CurveAggregate, aggregate_curves, binned_mean,
                         per_class_mean)
@@ -24,6 +24,7 @@ from .localisation import (box_fraction, energy_pointing_game, inside_total_rati
                            outside_inside_ratio, pointing_game, pointing_hits, positive_ratio,
                            relevance_mass_accuracy, relevance_rank_accuracy, top_k_intersection,
                            weighted_inside_total_ratio)
+from .map_statistics import negative_share, silent_background
 from .occlusion import object_context_occlusion, target_score
 from .patch import maximal_patch_masking, ranked_classes
 from .pointing import PointingPairs, PointingReport, pointing_game_report, pointing_pairs
@@ -47,7 +48,7 @@ __all__ = [
     "energy_pointing_game", "outside_inside_ratio",
     "normalised_outside_inside_ratio", "inside_total_ratio", "weighted_inside_total_ratio",
     "inside_total_summary", "box_fraction", "positive_ratio", "top_k_intersection",
-    "relevance_rank_accuracy", "relevance_mass_accuracy",
+    "relevance_rank_accuracy", "relevance_mass_accuracy", "silent_background", "negative_share",
     "threshold_maps", "otsu_thresholds", "percentile_thresholds", "pixel_accuracy", "image_iou",
     "segmentation_counts", "pooled_segmentation",
     "average_precision", "stacked_average_precision",
@@ -56,6 +57,6 @@ __all__ = [
     "rise_insertion", "gaussian_blur",
     "maximal_patch_masking", "ranked_classes", "topk_distance", "object_context_occlusion", "target_score",
     "cascading_randomisation", "spearman", "ssim",
-    "distance", "localisation", "patch", "perturbation", "pointing", "randomisation", "registry",
+    "distance", "localisation", "map_statistics", "patch", "perturbation", "pointing", "randomisation", "registry",
     "segmentation",
 ]

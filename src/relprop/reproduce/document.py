@@ -9,7 +9,8 @@ from typing import Any, Optional, Sequence
 from ..metrics.aggregate import Interval
 from . import protocols as P
 from .paper_orders import ORDERS, Order, decide, pairs, verdict
-from .rundata import Item, pair_p_values
+from .diagnosis import profiles, reversal_reasons
+from .rundata import Item, RunData, pair_p_values
 
 __all__ = ["Doc", "fmt", "fmt_ci", "md_table", "method_label", "series_plot"]
 
@@ -73,13 +74,19 @@ class Doc:
         self.add(f"![{caption}]({self.rel}/{name})", "", f"*{caption}*", "")
 
     def order(self, order_key: str, ours: dict[str, float], higher: bool,
-              items: Optional[dict[str, list[Item]]] = None) -> None:
+              items: Optional[dict[str, list[Item]]] = None, maps_run: Optional[RunData] = None,
+              method_keys: Optional[dict[str, str]] = None) -> None:
         """The verdict line comparing ``ours`` (label -> value) with the paper's order; ``items``:
-        the per-image values of each label, for the paired tests (pairs without them: undecided)."""
+        the per-image values of each label, for the paired tests (pairs without them: undecided);
+        ``maps_run``: the run whose map statistics explain significant reversals
+        (:mod:`relprop.reproduce.diagnosis`), with ``method_keys`` (label -> method key; default:
+        the label)."""
         order: Order = ORDERS[order_key]
         comparable = pairs(order, ours)
         p = pair_p_values(items or {}, comparable)
-        text = verdict(order, ours, higher, photos=self.dataset == "photos", p_values=p)
+        found = profiles(maps_run, {label: (method_keys or {}).get(label, label) for label in ours})
+        text = verdict(order, ours, higher, photos=self.dataset == "photos", p_values=p,
+                       measured=lambda rev: reversal_reasons(rev, found))
         self.add(text, "")
         word = text.split("**")[3] if text.count("**") >= 4 else "not comparable"
         counts = None

@@ -13,22 +13,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from ..metrics.aggregate import holm
 
-__all__ = ["DATA_PHOTOS", "Order", "ORDERS", "verdict", "pairs", "decide", "ALPHA"]
+__all__ = ["DATA_PHOTOS", "Order", "ORDERS", "verdict", "pairs", "decide", "reversal_why", "ALPHA"]
 
 #: family-wise significance level of a verdict's pairs (Holm over the table's pairs)
 ALPHA = 0.05
 
+#: the reasons that speak of noise: stated for undecided pairs, dropped for significant reversals
+_NOISE = ", so differences of a few points are within the noise"
+_PHOTO_NOISE = ", so one photo moves a mean by a tenth"
 _DATA = ("data: 64 x 64 synthetic shapes with at most three objects and a few dozen images, against "
-         "thousands of ImageNet / VOC photos, so differences of a few points are within the noise")
+         "thousands of ImageNet / VOC photos" + _NOISE)
 #: the data reason for a model evaluated on the photos (replaces the shapes one)
-DATA_PHOTOS = ("data: a handful of photos (one explained class each, one or two outlined objects), so one "
-               "photo moves a mean by a tenth, against thousands of ImageNet / VOC images")
+DATA_PHOTOS = ("data: a handful of photos (one explained class each, one or two outlined objects)" + _PHOTO_NOISE
+               + ", against thousands of ImageNet / VOC images")
 _MODEL = "model: a small 5-convolution VGG / bottleneck ResNet (or EfficientNet-Lite0) instead of VGG-16 / ResNet-50"
 
 
@@ -175,14 +178,17 @@ def _word(k: int, r: int) -> str:
 
 
 def verdict(order: Order, ours: dict[str, float], higher: bool, photos: bool = False,
-            p_values: Optional[dict[tuple[str, str], float]] = None, alpha: float = ALPHA) -> str:
+            p_values: Optional[dict[tuple[str, str], float]] = None, alpha: float = ALPHA,
+            measured: Optional[Callable[[list[tuple[str, str]]], str]] = None) -> str:
     """One markdown paragraph: does ``ours`` (label -> value) keep the paper's pairwise orders?
     ``photos``: the values come from the photos, not from shapes (changes the stated reasons).
 
     ``p_values``: ``(better, worse) -> p`` of a paired test of the pair over the images; with them
     each pair agrees, is reversed (significant after Holm over the table's pairs, :func:`decide`)
     or is undecided, and the verdict word follows the decided pairs only. Without them (no per-image
-    values) the point estimates are compared."""
+    values) the point estimates are compared. ``measured``: the measured reasons for the significantly
+    reversed pairs (:func:`relprop.reproduce.diagnosis.reversal_reasons`); a significant reversal is
+    not put down to noise, and without a measured reason the text says that none was measured."""
     if photos:
         order = Order(order.source, order.groups, order.why.replace(_DATA, DATA_PHOTOS))
     ok = {k: v for k, v in ours.items() if v is not None and not math.isnan(v)}
@@ -198,7 +204,8 @@ def verdict(order: Order, ours: dict[str, float], higher: bool, photos: bool = F
     k, r, n = len(held), len(reversed_), len(pairs_)
     ties = f", {n - k - r} tied" if n - k - r else ""
     if p_values is not None:
-        return _tested(order, ok, higher, pairs_, p_values, alpha, f"{k} hold, {r} reversed{ties}", ranked, paper)
+        return _tested(order, ok, higher, pairs_, p_values, alpha, f"{k} hold, {r} reversed{ties}", ranked, paper,
+                       measured)
     word = "agrees" if r == 0 and k > 0 else ("partly agrees" if k > r else "disagrees")
     text = (f"**Ordering vs paper** ({order.source}): **{word}** — {k} of {n} pairwise orders hold, "
             f"{r} reversed{ties}. Here (best first): {' > '.join(ranked)}. Paper: {paper}.")
@@ -210,8 +217,17 @@ def verdict(order: Order, ours: dict[str, float], higher: bool, photos: bool = F
     return text
 
 
+def reversal_why(order: Order, measured: str) -> str:
+    """The reasons given for significantly reversed pairs: the measured ones first (or the statement
+    that none was measured), then the differences from the paper's setting, without the noise."""
+    setting = order.why.replace(_NOISE, "").replace(_PHOTO_NOISE, "")
+    head = measured if measured else "no cause specific to this table was measured"
+    return f"{head}. Differences from the paper's setting: {setting}" if setting else head
+
+
 def _tested(order: Order, ok: dict[str, float], higher: bool, pairs_: list[tuple[str, str]],
-            p_values: dict[tuple[str, str], float], alpha: float, points: str, ranked: list[str], paper: str) -> str:
+            p_values: dict[tuple[str, str], float], alpha: float, points: str, ranked: list[str], paper: str,
+            measured: Optional[Callable[[list[tuple[str, str]]], str]] = None) -> str:
     """The verdict paragraph with each pair decided by its Holm-corrected paired test."""
     d = decide(pairs_, ok, higher, p_values, alpha)
     agree = [p for p, (w, _) in d.items() if w == "agrees"]
@@ -223,7 +239,8 @@ def _tested(order: Order, ok: dict[str, float], higher: bool, pairs_: list[tuple
             f"{' > '.join(ranked)}. Paper: {paper}.")
     if r:
         broken = [f"{b} before {a} (p_Holm={d[(a, b)][1]:.2g})" for a, b in rev]
-        text += f" Reversed: {', '.join(broken[:6])}{' ...' if len(broken) > 6 else ''}. Why: {order.why}."
+        why = reversal_why(order, measured(rev) if measured is not None else "")
+        text += f" Reversed: {', '.join(broken[:6])}{' ...' if len(broken) > 6 else ''}. Why: {why}."
     elif k < n:
         text += f" Why undecided: {order.why}."
     return text

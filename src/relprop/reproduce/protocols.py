@@ -33,6 +33,10 @@ PAPER_SIDE = 224
 #: input side of relprop's models (others: 224)
 _SIDES = {"shapes_vgg": 64, "shapes_resnet": 64, "shapes_vit": 64}
 
+#: the map statistics that explain significant reversals (relprop.reproduce.diagnosis), measured in
+#: the localisation and segmentation runs
+MAP_STATISTICS = ("silent_background", "negative_share")
+
 # -- methods of each paper ---------------------------------------------------------------------------
 #: Nam et al. 2020 [Nam2020-RAP], Table 1 and Fig. 7: the methods measured on VGG-16 and ResNet-50
 M000 = ("rap", "lrp-alpha1beta0", "lrp-alpha2beta1", "gradient", "input-x-gradient",
@@ -367,7 +371,7 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
             dataset="relprop.reproduce.protocols:boxes_only", dataset_options={"dataset": dataset},
             methods=names, method_options=method_options, targets=labels, limit=limit,
             metrics=["pointing_game", "positive_ratio", "outside_inside_ratio", "mu", "mu_w",
-                     "energy_pointing_game", "target_score", "object_context_occlusion"],
+                     "energy_pointing_game", "target_score", "object_context_occlusion", *MAP_STATISTICS],
             metric_options={"pointing_game": pointing_options(side), "outside_inside_ratio": _OI}, **base)))
         if shapes:  # hedge's ablation and gamma sweep: pointing game only, into the same run
             hv = (sz.hedge_variants or {}).get(model, limit)
@@ -380,7 +384,7 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
         out.append(Job(("000", "002"), f"{model}: segmentation (masks)", EvaluationConfig(
             dataset=dataset, methods=_methods(table_1_000(model) + M002 + M002_TABLE3), targets="predicted", limit=limit,
             metrics=["pixel_accuracy", "image_iou", "segmentation_counts", "stacked_map",
-                     "normalised_outside_inside_ratio"],
+                     "normalised_outside_inside_ratio", "mu", "positive_ratio", *MAP_STATISTICS],
             metric_options={"pixel_accuracy": _SEG, "image_iou": _SEG, "segmentation_counts": _SEG}, **base)))
         if shapes and sz.perturbation is not None and sz.perturbation.get(model) is not None:
             pl = sz.perturbation[model] if limit is None else min(limit, sz.perturbation[model])

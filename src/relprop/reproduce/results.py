@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from ..evaluate.store import Store
 from . import protocols as P
+from .diagnosis import MARGINS
 from .document import Doc, md_table
 from .rundata import RunData, load_runs
 from .sections import SECTIONS
@@ -96,7 +97,14 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "objects. Each ordering verdict counts the paper's pairwise orders (best-first groups read from the "
         "paper's table, `relprop.reproduce.paper_orders`) that the values here keep significantly (agree), "
         "reverse significantly (reversed) or cannot separate (undecided): paired permutation tests of the two "
-        "methods over the images, Holm-corrected over the table's pairs at 5%. Values in brackets: 95% "
+        "methods over the images, Holm-corrected over the table's pairs at 5%. A significant reversal is not "
+        "put down to noise: its \"Why\" first names the map statistics, measured in the same run, that separate "
+        "the two methods (positive relevance inside the objects, `mu`; background left at zero, "
+        "`silent_background`; negative share of |R|, `negative_share`; positive pixels, `positive_ratio`; a "
+        f"difference counts from {', '.join(f'{v * 100:.0f}' for v in MARGINS.values())} points on: "
+        "`relprop.reproduce.diagnosis`), or says that none "
+        "does or that none was measured for that table, then the differences from the paper's setting. "
+        "Values in brackets: 95% "
         "percentile bootstrap intervals over the images, resampled jointly for all methods (images resampled "
         "whole, with all their explained classes).",
         "",

@@ -85,12 +85,12 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
     doc.add(*md_table(["method", "O/I ALL ↓", "O/I POS ↓", "pix. acc. (0) ↑", "mIoU (0) ↑", "pix. acc. (mean) ↑",
                      "mIoU (mean) ↑", "per-image IoU (0)", "per-image IoU (mean)", "n (O/I)", "n (seg.)"],
                     rows))
-    doc.order("000-oi-all", ours["all"], higher=False, items=items["all"])
-    doc.order("000-oi-pos", ours["pos"], higher=False, items=items["pos"])
+    doc.order("000-oi-all", ours["all"], higher=False, items=items["all"], maps_run=box)
+    doc.order("000-oi-pos", ours["pos"], higher=False, items=items["pos"], maps_run=box)
     for key, (zero, mean) in (("000-pixacc", ("acc0", "accm")), ("000-miou", ("iou0", "ioum"))):
         best = {m: zero if not ours[mean][m] > ours[zero][m] else mean for m in table}
         doc.order(key, {m: ours[best[m]][m] for m in table}, higher=True,
-                  items={m: items[best[m]][m] for m in table})
+                  items={m: items[best[m]][m] for m in table}, maps_run=pred)
     # Fig. 7: LeRF accuracy
     if pred is None:
         return

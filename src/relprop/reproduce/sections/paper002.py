@@ -81,7 +81,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
             doc.add(*md_table(["method", "L ALL ↑", "L DIF ↑", "P ALL ↑", "P DIF ↑", "PR",
                              "pairs (all / DIF / P)"], rows))
             for key, c in (("002-pg-L-all", "L_all"), ("002-pg-L-dif", "L_dif"), ("002-pg-P-all", "P_all")):
-                doc.order(key, {m: r[c] for m, r in res.items()}, higher=True, items=pg_items[c])
+                doc.order(key, {m: r[c] for m, r in res.items()}, higher=True, items=pg_items[c], maps_run=box)
         # Table 2 and Fig. 7 on the pairs every hedge variant has (the variants may see fewer images)
         keys = [P.key("hedge", o) for o in P.hedge_variants()]
         sets = [{(r[0], r[1]) for r in box.records(pg, method=k)} for k in keys]
@@ -144,8 +144,8 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
                     "Eq. 14 on min-max normalised maps, predicted class against the foreground mask. Methods: the "
                     "paper's class-discriminative ones (c*LRP, c*EB, RSP, Relevance-CAM, AGF, hedge).", "")
             doc.add(*md_table(["method", "mAP ↑", "Out/In ↓", "n"], rows))
-            doc.order("002-map", m_ap, higher=True, items=it_ap)
-            doc.order("002-outin", m_oi, higher=False, items=it_oi)
+            doc.order("002-map", m_ap, higher=True, items=it_ap, maps_run=pred)
+            doc.order("002-outin", m_oi, higher=False, items=it_oi, maps_run=pred)
         cr = P.key("cascading_randomisation")
         series, layers = {}, None
         for m in P.RANDOMISED:

@@ -72,7 +72,8 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
             "the paper. Uniform baseline: a constant map (mu = box fraction, mu_w = 1).", "")
     doc.add(*md_table(["analyzer", "mu_w ↑", "mu <= 0.25 ↑", "mu <= 0.5 ↑", "mu ↑", "n"], [r[1] for r in rows]))
     doc.order("003-muw-pvoc" if dataset in MULTI_LABEL else "003-muw-imagenet", order_vals, higher=True,
-              items=items["muw"])
+              items=items["muw"], maps_run=box,
+              method_keys=dict(_cmp_rows(dataset)))
     points["uniform baseline"] = (points[next(iter(points))][0], points[next(iter(points))][0])
 
     def draw_mu(fig: Any) -> None:

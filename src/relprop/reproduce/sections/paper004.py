@@ -72,4 +72,4 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
     for key, pick in (("004-energy-high", lambda c: len(c) - 1), ("004-energy-low", lambda c: 0)):
         it = {m: curve_items(box, m, ep, "mean", pick(series[m][1]), r) for m, r in recs.items()}
         doc.order(key, {m: s[1][pick(s[1])] for m, s in series.items()}, higher=True,
-                  items=dict(it, random=rnd_items))
+                  items=dict(it, random=rnd_items), maps_run=box)
