@@ -139,6 +139,29 @@ def test_a_budget_too_small_names_the_largest_node():
         relprop.explain(model, x, 3, memory_budget=1000)
 
 
+def test_a_batch_over_the_budget_is_explained_in_parts():
+    """A budget that one sample fits but the batch does not (not even in segments): the batch is
+    explained in parts and joined, per-sample targets, K targets per sample and records included."""
+    model, x = vgg16(), image(batch=4)
+    one = tightest(model, x[:1])
+    assert one * 3 < tightest(model, x)  # the batch of 4 cannot fit this budget in segments
+    budget = one * 3 // 2
+    cases = [dict(target=torch.tensor([3, 1, 4, 1])), dict(target=[[1, 2], [3, 4], [5, 6], [7, 8]]),
+             dict(target=3, record=["features.28"])]
+    for case in cases:
+        got = relprop.Explainer(model, "lrp-cmp", memory_budget=budget).explain(x, **case)
+        want = relprop.Explainer(model, "lrp-cmp", memory_budget="unlimited").explain(x, **case)
+        if "record" in case:
+            got, got_rec = got
+            want, want_rec = want
+            torch.testing.assert_close(got_rec["features.28"], want_rec["features.28"], rtol=1e-4, atol=1e-6)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    # too small for a single sample: the single sample's error
+    with pytest.raises(ValueError, match=r"memory_budget of .* is too small"):
+        relprop.explain(model, x, 3, memory_budget=one // 2)
+
+
 def test_the_model_is_unchanged():
     model, x = resnet50(), image()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -14,7 +14,7 @@ from .checks import check_input, check_target
 from .composite import Composite
 from .multi_target import ClassTargets, by_columns, class_targets, collect, is_multi_target
 from .propagate import NotBatchMajor
-from .segments import Budget, bounded, parse_budget
+from .segments import Budget, BudgetTooSmall, batch_parts, bounded, parse_budget, target_rows
 from .targets import Target, selecting, split_output
 
 Tensor = torch.Tensor
@@ -34,7 +34,8 @@ class Explainer:
     segment boundaries only and the backward pass evaluates each segment again
     (:mod:`relprop.segments`). None (default): the budget of a surrounding
     ``relprop.segments.bounded(...)`` block, else half the memory available when the call starts;
-    ``"unlimited"``: never segment. Results do not depend on it.
+    ``"unlimited"``: never segment. A batch that does not fit even in segments is explained in
+    parts (samples are explained independently). Results do not depend on it.
     """
 
     def __init__(self, model: nn.Module, method: str | Composite = "lrp-cmp", memory_budget: Budget = None,
@@ -67,6 +68,23 @@ class Explainer:
 
     def _explain(self, x: Tensor, target: Target,
                  record: Sequence[str] | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """The explanation of the batch; a batch whose forward pass does not fit the memory budget even
+        in segments is explained in parts (samples are explained independently) and joined."""
+        try:
+            return self._explain_batch(x, target, record)
+        except BudgetTooSmall as error:
+            parts = batch_parts(x.shape[0], error)
+            rows = [target_rows(target, lo, hi, x.shape[0]) for lo, hi in parts or []]
+            if parts is None or not all(ok for ok, _ in rows):
+                raise
+        results = [self._explain(x[lo:hi], t, record) for (lo, hi), (_, t) in zip(parts, rows)]
+        if record is None:
+            return torch.cat(results)  # type: ignore[arg-type]
+        relevance = torch.cat([r[0] for r in results])  # type: ignore[index]
+        return relevance, {k: torch.cat([r[1][k] for r in results]) for k in results[0][1]}  # type: ignore[index]
+
+    def _explain_batch(self, x: Tensor, target: Target,
+                       record: Sequence[str] | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         if self.composite is not None:
             relevance, recorded = self._composite_relevance(x, target, record or ())
         else:

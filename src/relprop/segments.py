@@ -409,12 +409,23 @@ def _refuse(propagator: "Propagator", sizes: Sizes, budget: int, ends: list[int]
     need, lo, hi = max(needs)
     largest = max(range(lo, hi + 1), key=lambda p: sizes.size[p] + sizes.work[p])
     where = f"the segment from {nodes[lo].name!r} to {nodes[hi].name!r}" if hi > lo else f"node {nodes[lo].name!r}"
-    raise ValueError(
+    raise BudgetTooSmall(
+        need + pinned, budget,
         f"memory_budget of {shown(budget)} is too small for this input: node {nodes[largest].name!r} outputs "
         f"{shown(sizes.size[largest])} and its backward step needs about {shown(sizes.work[largest])} more; "
         f"{where}, which cannot be split, needs about {shown(need + pinned)} with its input"
         + (f" and {shown(pinned)} kept for the gradient" if pinned else "")
         + "; give a larger budget or a smaller input")
+
+
+class BudgetTooSmall(ValueError):
+    """A memory budget below what the largest unsplittable segment of the input needs: ``need`` bytes
+    (for the whole batch) against ``budget``. :class:`relprop.Explainer` explains a batch in smaller
+    parts when it gets one."""
+
+    def __init__(self, need: int, budget: int, message: str) -> None:
+        super().__init__(message)
+        self.need, self.budget = need, budget
 
 
 class OverBudget(Exception):
@@ -539,3 +550,33 @@ def segmented_gradient_at(cache: SegmentedCache, start: int, output_gradient: Te
         result = walk_range(cache, lo, len(cache.kept) - 1, evaluate)
     gradient, = torch.autograd.grad(result, leaf, output_gradient)
     return leaf.detach(), gradient
+
+
+# -- batches in parts ------------------------------------------------------------------------------
+def batch_parts(batch: int, error: BudgetTooSmall) -> list[tuple[int, int]] | None:
+    """Row ranges ``[lo, hi)`` that split a batch of ``batch`` samples refused with ``error`` into
+    parts that should fit its budget (the memory of a forward pass grows with the batch); None for a
+    single sample, which cannot be split."""
+    if batch <= 1:
+        return None
+    size = max(1, min(batch // 2, int(batch * error.budget / max(error.need, 1))))
+    return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
+
+
+def target_rows(target: object, lo: int, hi: int, batch: int) -> tuple[bool, object]:
+    """``(True, rows lo..hi of target)`` for a target that names one class (or K classes) per sample,
+    the same class for all (an int, None) or a per-sample tensor or list; ``(False, None)`` for any
+    other target (it is not split)."""
+    from .multi_target import ClassTargets
+
+    if target is None or (isinstance(target, int) and not isinstance(target, bool)):
+        return True, target
+    if isinstance(target, ClassTargets):
+        return True, ClassTargets(target.classes[lo:hi])
+    if isinstance(target, Tensor):
+        if target.dim() == 0:
+            return True, target
+        return (True, target[lo:hi]) if target.shape[0] == batch else (False, None)
+    if isinstance(target, (list, tuple)) and len(target) == batch:
+        return True, type(target)(target[lo:hi])
+    return False, None
