@@ -48,7 +48,7 @@ def _table(doc: Doc, run: RunData) -> None:
             "is better). Outside-inside ratio of Nam et al. 2020 [Nam2020-RAP] (Eq. 11, ALL: signed map, "
             "POS: positive relevance; lower is better). Positive ratio: the fraction of voxels with positive "
             "relevance (descriptive). Rows by the energy in mask; brackets: 95% bootstrap intervals over the "
-            "cubes.", "")
+            f"cubes. Store: `{run.store.name if run.store else '?'}`.", "")
     doc.add(*md_table(["method"] + [head for _, head in COLUMNS], rows))
 
 
@@ -62,8 +62,9 @@ def section(doc: Doc, runs: list[RunData]) -> None:
             "(Fig. 8) without scoring them. Here `nodules3d_vgg` (a 3-D VGG with batch normalisation, "
             "docs/shapes.md) is explained on the synthetic `nodules3d` cubes, whose nodules come with exact "
             "voxel masks, by every method that runs on a 3-D CNN (all but the attention methods), and the maps "
-            "are scored with the 3-D forms of the localisation metrics (the same formulas over voxels). Run "
-            "alone with `relprop reproduce --models nodules3d_vgg --size small --no-figures`.", "")
+            "are scored with the 3-D forms of the localisation metrics (the same formulas over voxels). Part of "
+            "`relprop reproduce`; this model alone: `relprop reproduce --models nodules3d_vgg --size small "
+            "--no-figures --store nodules3d.sqlite --out nodules3d/results.md`.", "")
     for run in mine:
         doc.add(f"### {run.model} on {run.dataset}", "")
         doc.context, doc.dataset = run.model, run.dataset
