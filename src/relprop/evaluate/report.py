@@ -300,6 +300,13 @@ def _digest_line(runs: list[dict]) -> str:
     return "Model digests (parameters and buffers of each run's model): " + "; ".join(parts)
 
 
+def _input_text(spec: dict) -> str:
+    """The model input of a run: ``S x S`` for images, the volume's shape for volumes."""
+    if "volume" in spec:
+        return "volume " + " x ".join(str(n) for n in spec["volume"])
+    return f"{spec['size']}x{spec['size']}"
+
+
 def write_report(store_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the report of every run in ``store_path`` into ``out_dir``; returns the files written."""
     out = Path(out_dir)
@@ -329,7 +336,7 @@ def write_report(store_path: str | Path, out_dir: str | Path) -> list[Path]:
             opts = ", ".join(f"{k}={v}" for k, v in sorted(cfg.get("dataset_options", {}).items()))
             md += [f"## {run['dataset']}{' (' + opts + ')' if opts else ''} / {run['model']} "
                    f"(run {run['hash']}, model digest {_digest(run)})", "",
-                   f"Targets: {run['targets']}; input {cfg['input']['size']}x{cfg['input']['size']}, "
+                   f"Targets: {run['targets']}; input {_input_text(cfg['input'])}, "
                    f"{cfg['dtype']}. Samples: {counts.get('ok', 0)} evaluated, {counts.get('error', 0)} "
                    "unreadable. Cells: NaN-aware mean [95% bootstrap interval over images] (n = values that "
                    "counted / values computed); ↑ higher is better, ↓ lower is better.", ""]

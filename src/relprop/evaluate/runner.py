@@ -1,7 +1,9 @@
 """The evaluation runner: methods x metrics x data set -> per-sample records in a SQLite store.
 
 For every batch of samples not yet stored, the runner reads the samples, resizes them with their
-masks to the model's input (:func:`relprop.data.base.to_model_input`), predicts, forms the explained
+masks to the model's input (:func:`relprop.data.base.to_model_input`; volume samples such as
+``nodules3d`` cubes go through the model's preprocess instead and keep their exact voxel masks,
+:mod:`relprop.evaluate.volumes`), predicts, forms the explained
 (sample, class) pairs, computes each method's maps once per batch and every requested metric from
 them, and writes the batch in one transaction (:mod:`relprop.evaluate.store`). Started again with
 the same configuration it skips what is stored; under ``torchrun`` the samples are sharded over the
@@ -46,6 +48,7 @@ from .metricset import (DEFAULT_METRICS, NO_METHOD, PairBatch, check_metric_spec
                         metric_spec, pair_seed)
 from .specs import InputSpec, check_logits, input_spec, resolve_dataset, resolve_model
 from .store import BatchRows, Store, canonical_json, config_hash, model_digest, to_json, variant_key
+from .volumes import VolumeSpec, check_volume_metrics, first_sample, is_volume_sample, volume_input, volume_spec
 
 __all__ = ["TARGET_MODES", "EvaluationConfig", "Evaluation", "EvaluationSummary", "run_evaluation"]
 
@@ -144,6 +147,11 @@ class Evaluation:
         if config.root is not None:
             options["root"] = config.root
         self.dataset = resolve_dataset(config.dataset, options)
+        probe = first_sample(self.dataset)
+        #: the data set gives volumes (cubes through the model's preprocess, voxel masks)
+        self.volumes = probe is not None and is_volume_sample(probe)
+        if self.volumes:
+            check_volume_metrics(config.metrics, config.dataset)
         shared_key = canonical_json([config.model, config.model_options, str(self.device), config.dtype])
         #: maps kept across the evaluations of a shared model (None: not shared)
         self.map_cache: Optional[MapCache] = None
@@ -159,7 +167,11 @@ class Evaluation:
                 self.map_cache = MapCache()
                 _SHARED[shared_key] = (model, preprocess, self._explainers, self.model_digest, self.map_cache)
         self.model: nn.Module = model.eval()
-        self.input: InputSpec = input_spec(preprocess, config.input_size, config.mean, config.std)
+        self.input: InputSpec | VolumeSpec
+        if self.volumes:
+            self.input = volume_spec(preprocess, probe, config.model, (config.input_size, config.mean, config.std))
+        else:
+            self.input = input_spec(preprocess, config.input_size, config.mean, config.std)
         self.methods = self._methods()
         self.metrics = [metric_spec(name, opts, self.input.size) for name in dict.fromkeys(config.metrics)
                         for opts in _variants(config.metric_options.get(name, {}))]
@@ -189,7 +201,7 @@ class Evaluation:
             for opts in _variants(self.config.method_options.get(name, {})):
                 key = variant_key(name, opts)
                 explainer = self._explainers.get(key) or Explainer(
-                    self.model, name, **_explain_options(name, opts, self.input.size, self.device))  # validates
+                    self.model, name, **_explain_options(name, opts, self.input.pixels, self.device))  # validates
                 if self.config.share_model:
                     self._explainers[key] = explainer
                 out.append((key, name, opts, explainer))
@@ -212,10 +224,10 @@ class Evaluation:
             if self.config.targets == "labels" and not sample.labels:
                 raise ValueError(f"data set {self.config.dataset!r} has no labels (sample {sample.key}); "
                                  "use --targets predicted")
-            if needing and not sample.objects and sample.segmentation is None:
+            if needing and not sample.objects and sample.segmentation is None and not self.volumes:
                 raise ValueError(f"metric(s) {', '.join(needing)} need object boxes or masks, but data set "
                                  f"{self.config.dataset!r} gives none (sample {sample.key})")
-            mi = to_model_input(sample, self.input.size, self.input.mean, self.input.std)
+            mi = self._model_input(sample)
             with torch.no_grad():
                 out = check_logits(self.model(mi.image[None].to(self.device, self.dtype)), self.config.model)
             if out.dim() != 2:
@@ -268,7 +280,7 @@ class Evaluation:
         sample: Optional[Sample] = None
         try:
             sample = self.dataset[idx]
-            mi = to_model_input(sample, self.input.size, self.input.mean, self.input.std)
+            mi = self._model_input(sample)
         except CorruptSampleError as err:
             key = sample.key if sample is not None else f"#{idx}"
             rows.samples.append((idx, key, err.path, 0, "error"))
@@ -282,8 +294,15 @@ class Evaluation:
             return None
         return _Item(idx, sample, mi)
 
+    def _model_input(self, sample: Sample) -> ModelInput:
+        """The sample at the model's input: a volume through the model's preprocess, else an image resized."""
+        if isinstance(self.input, VolumeSpec):
+            return volume_input(sample, self.input.preprocess)
+        return to_model_input(sample, self.input.size, self.input.mean, self.input.std)
+
     def _class_mask(self, item: _Item, cls: Optional[int]) -> Tensor:
-        """Union of the objects of ``cls`` (all objects when None), else from the segmentation map."""
+        """Union of the objects of ``cls`` (all objects when None), else from the segmentation map
+        (images only), else empty (at the input's spatial shape: (S, S) or (D, H, W))."""
         size = self.input.size
         mi = item.input
         labels = torch.as_tensor(mi.object_labels, dtype=torch.long)
@@ -292,11 +311,11 @@ class Evaluation:
             if bool(sel.any()):
                 return mi.masks[sel].any(0)
         seg = item.sample.segmentation
-        if seg is not None:
+        if seg is not None and not self.volumes:
             s = torch.as_tensor(seg, dtype=torch.float32)[None, None]
             s = F.interpolate(s, size=(size, size), mode="nearest")[0, 0]
             return s > 0 if cls is None else s == cls
-        return torch.zeros(size, size, dtype=torch.bool)
+        return torch.zeros(tuple(mi.image.shape[1:]), dtype=torch.bool)
 
     def _pairs(self, item: _Item, ranked: list[int]) -> list[tuple[int, Tensor, bool]]:
         """The explained (class, mask, difficult) of one sample."""
@@ -435,7 +454,7 @@ def _variants(options: dict | list) -> list[dict]:
     raise ValueError(f"options must be a dict or a non-empty list of dicts, got {options!r}")
 
 
-def _explain_options(name: str, options: dict, side: int, device: torch.device) -> dict:
+def _explain_options(name: str, options: dict, pixels: int, device: torch.device) -> dict:
     """``options`` of method ``name``, with the CPU chunk of its rows (:data:`EXPLAIN_CHUNK_PIXELS`)
     when the method has an ``internal_batch_size`` that the options leave unset."""
     from ..attribution.registry import get_method
@@ -444,7 +463,7 @@ def _explain_options(name: str, options: dict, side: int, device: torch.device) 
         return options
     if "internal_batch_size" not in get_method(name).option_specs:
         return options
-    rows = max(1, min(EXPLAIN_CHUNK_ROWS, EXPLAIN_CHUNK_PIXELS // max(1, side * side)))
+    rows = max(1, min(EXPLAIN_CHUNK_ROWS, EXPLAIN_CHUNK_PIXELS // max(1, pixels)))
     return dict(options, internal_batch_size=rows)
 
 

@@ -32,6 +32,11 @@ class InputSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @property
+    def pixels(self) -> int:
+        """Pixels per input image."""
+        return self.size * self.size
+
     def as_dict(self) -> dict:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
 

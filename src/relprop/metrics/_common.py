@@ -60,11 +60,13 @@ def check_finite(t: Tensor, name: str) -> Tensor:
     return t
 
 
-def check_images(images, name: str = "images") -> Tensor:
-    """Validate images: a finite floating-point ``(B, C, H, W)`` tensor."""
+def check_images(images, name: str = "images", volumes: bool = False) -> Tensor:
+    """Validate images: a finite floating-point ``(B, C, H, W)`` tensor (or ``(B, C, D, H, W)``
+    volumes with ``volumes=True``)."""
     x = as_tensor(images, name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got {_shape(x)}")
+    if x.dim() != 4 and not (volumes and x.dim() == 5):
+        want = "(B, C, H, W) or (B, C, D, H, W)" if volumes else "(B, C, H, W)"
+        raise ValueError(f"{name} must have shape {want}, got {_shape(x)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     return check_finite(x, name)

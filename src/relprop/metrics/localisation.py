@@ -107,7 +107,7 @@ def _dilate(masks: Tensor, tolerance: int, strict: bool) -> Tensor:
     return out > 0.5
 
 
-@register("pointing_game", higher_is_better=True, source=_PG_SOURCE, category="localisation")
+@register("pointing_game", volumes=True, higher_is_better=True, source=_PG_SOURCE, category="localisation")
 def pointing_game(maps, masks, *, tolerance: int = 15, strict: bool = True, ties: str = "first",
                   sign: str = "signed", constant_map: str = "nan", resize: Optional[str] = None) -> Tensor:
     """Pointing game (Zhang et al. 2016 [Zhang2016-EB]) with TorchRay's protocol; per sample 1.0 hit / 0.0 miss / NaN.
@@ -151,7 +151,7 @@ def pointing_game(maps, masks, *, tolerance: int = 15, strict: bool = True, ties
 DEFAULT_ENERGIES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
-@register("energy_pointing_game", higher_is_better=True,
+@register("energy_pointing_game", volumes=True, higher_is_better=True,
           source="[Iwana2019-SGLRP] Eq. 11-12, Fig. 13", category="localisation",
           result=vector_records, fixed={"return_counts": False},
           x_axis=lambda options, side: (list(options.get("energies", DEFAULT_ENERGIES)), "energy"))
@@ -209,7 +209,7 @@ def _inside_outside_means(t: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     return mean_in, mean_out
 
 
-@register("outside_inside_ratio", higher_is_better=False,
+@register("outside_inside_ratio", volumes=True, higher_is_better=False,
           source="[Nam2020-RAP] Eq. 11 (signed, 'ALL'); Lapuschkin et al. 2016 [Lapuschkin2016-Fisher] ('POS')",
           category="localisation")
 def outside_inside_ratio(maps, masks, *, sign: str = "signed", resize: Optional[str] = None) -> Tensor:
@@ -266,7 +266,7 @@ def normalised_outside_inside_ratio(maps, masks, *, resize: Optional[str] = None
 
 def _mu(maps, masks, sign: str, resize) -> tuple[Tensor, Tensor, int]:
     check_sign(sign)
-    maps, masks = check_pair(maps, masks, resize)
+    maps, masks = check_pair(maps, masks, resize, volumes=True)
     t, m = _flat(apply_sign(maps, sign), masks)
     rin = (t * m.to(t.dtype)).sum(1)
     rtot = t.sum(1)
@@ -276,7 +276,7 @@ def _mu(maps, masks, sign: str, resize) -> tuple[Tensor, Tensor, int]:
     return mu, nin, m.shape[1]
 
 
-@register("mu", higher_is_better=True, source="[Kohlbrenner2020-LRP] Eq. 5 (mu)",
+@register("mu", volumes=True, higher_is_better=True, source="[Kohlbrenner2020-LRP] Eq. 5 (mu)",
           category="localisation")
 def inside_total_ratio(maps, masks, *, sign: str = "positive", resize: Optional[str] = None) -> Tensor:
     """Inside-total relevance ratio ``mu = R_in / R_tot`` (Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP], Eq. 5). Higher is better.
@@ -285,12 +285,12 @@ def inside_total_ratio(maps, masks, *, sign: str = "positive", resize: Optional[
     paper's definition, ``sign="positive"``; other sign options transform the map first). Unlike
     Quantus ``AttributionLocalisation`` there is no ``1e-9`` in the denominator and the default is
     R+ rather than |R|. NaN: empty mask, zero total relevance (e.g. an all-negative map). A mask
-    covering the whole image gives 1.
+    covering the whole image gives 1. Accepts (B, D, H, W) volumes (voxels instead of pixels).
     """
     return _mu(maps, masks, sign, resize)[0]
 
 
-@register("mu_w", higher_is_better=True,
+@register("mu_w", volumes=True, higher_is_better=True,
           source="[Kohlbrenner2020-LRP] Eq. 5 (mu_w = mu * S_tot / S_in)", category="localisation")
 def weighted_inside_total_ratio(maps, masks, *, sign: str = "positive",
                                 resize: Optional[str] = None) -> Tensor:
@@ -299,6 +299,7 @@ def weighted_inside_total_ratio(maps, masks, *, sign: str = "positive",
     ``S_tot``: image size in pixels, ``S_in``: mask size. A uniform map scores 1 (chance level);
     small objects are emphasised. (Quantus's ``weighted=True`` multiplies by the *inverse* of this
     weight, with a wrong image size; it is not reproduced.) Higher is better. NaN as :func:`inside_total_ratio`.
+    Accepts (B, D, H, W) volumes (``S_tot``, ``S_in`` in voxels).
     """
     mu, nin, n = _mu(maps, masks, sign, resize)
     return mu * (n / nin.to(mu.dtype))
@@ -310,15 +311,16 @@ def box_fraction(masks) -> Tensor:
     return m.flatten(1).sum(1).to(torch.float64) / (m.shape[1] * m.shape[2])
 
 
-@register("positive_ratio", higher_is_better=None,
+@register("positive_ratio", volumes=True, higher_is_better=None,
           source="[Nam-Hedge] Table 1 (PR)", category="localisation", inputs=("maps",))
 def positive_ratio(maps) -> Tensor:
     """Positive ratio PR (Nam et al. [Nam-Hedge], Table 1): fraction of pixels with ``R > 0``.
 
     Descriptive (no preferred direction in general; Nam et al. [Nam-Hedge] present a low PR together with a high
-    pointing accuracy as concentrated evidence). Always defined; an all-zero map gives 0.
+    pointing accuracy as concentrated evidence). Always defined; an all-zero map gives 0. Accepts
+    (B, D, H, W) volumes (fraction of voxels).
     """
-    r = check_maps(maps).flatten(1)
+    r = check_maps(maps, volumes=True).flatten(1)
     return (r > 0).to(torch.float64).mean(1)
 
 
@@ -407,10 +409,10 @@ def relevance_rank_accuracy(maps, masks, *, sign: str = "signed", resize: Option
     return out
 
 
-@register("relevance_mass_accuracy", higher_is_better=True,
+@register("relevance_mass_accuracy", volumes=True, higher_is_better=True,
           source="Quantus RelevanceMassAccuracy (Arras et al. 2022 [Arras2022-CLEVRXAI])", category="localisation")
 def relevance_mass_accuracy(maps, masks, *, sign: str = "signed", resize: Optional[str] = None) -> Tensor:
-    """``sum(S * R) / sum(R)`` of the sign-transformed map (Quantus default: signed).
+    """``sum(S * R) / sum(R)`` of the sign-transformed map (Quantus default: signed); accepts (B, D, H, W) volumes.
 
     With ``sign="positive"`` it equals :func:`inside_total_ratio`. NaN: empty mask, zero total
     (Quantus returns inf/NaN there).

@@ -71,13 +71,14 @@ def object_context_occlusion(model: Callable, images, masks, targets, *,
     return out
 
 
-@register("target_score", higher_is_better=None,
+@register("target_score", volumes=True, higher_is_better=None,
           source="[Nam-Hedge] Sec. 5.3.1 (P: predicted classes)", category="model",
           inputs=("model", "images", "targets"), result=scalar_records)
 def target_score(model: Callable, images, targets, *, score: str = "logit") -> Tensor:
     """(B,) the model's ``score`` (``"logit"``, ``"softmax"``, ``"log_softmax"``) of the target class on
-    the clean image; tells which explained classes the model predicts (Nam et al. [Nam-Hedge], Table 1, "P")."""
-    x = check_images(images)
+    the clean image; tells which explained classes the model predicts (Nam et al. [Nam-Hedge], Table 1, "P");
+    images may be (B, C, D, H, W) volumes."""
+    x = check_images(images, volumes=True)
     t = check_targets(targets, x.shape[0], x.device)
     if t is None:
         raise ValueError("targets are required")

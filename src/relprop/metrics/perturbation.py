@@ -195,6 +195,14 @@ def region_ids(height: int, width: int, patch_size: int) -> tuple[Tensor, int, i
     width. Like Quantus, an image whose size is not a multiple of the patch size is padded
     symmetrically (``floor`` of the padding before, ``ceil`` after), so border regions are partial;
     region ids are row-major over the grid."""
+    ids, n, grid = grid_region_ids((height, width), patch_size)
+    return ids, n, grid[-1]
+
+
+def grid_region_ids(shape: Sequence[int], patch_size: int) -> tuple[Tensor, int, tuple[int, ...]]:
+    """:func:`region_ids` for any number of spatial dimensions: (H*W,) ids of ``patch_size`` squares,
+    or (D*H*W,) ids of ``patch_size`` cubes for a (D, H, W) volume (the same symmetric padding per
+    axis, ids row-major over the grid); returns the ids, the number of regions and the grid shape."""
     if patch_size < 1:
         raise ValueError(f"patch_size must be >= 1, got {patch_size}")
 
@@ -202,13 +210,12 @@ def region_ids(height: int, width: int, patch_size: int) -> tuple[Tensor, int, i
         r = n % patch_size
         return 0 if r == 0 else (patch_size - r) // 2
 
-    ph, pw = pad_before(height), pad_before(width)
-    gh = -(-(height + ph) // patch_size)
-    gw = -(-(width + pw) // patch_size)
-    rows = (torch.arange(height) + ph) // patch_size
-    cols = (torch.arange(width) + pw) // patch_size
-    ids = (rows[:, None] * gw + cols[None, :]).flatten()
-    return ids, gh * gw, gw
+    grid = tuple(-(-(n + pad_before(n)) // patch_size) for n in shape)
+    ids = torch.zeros((), dtype=torch.long)
+    for axis, (n, g) in enumerate(zip(shape, grid)):
+        cell = (torch.arange(n) + pad_before(n)) // patch_size
+        ids = ids[..., None] * g + cell.view((1,) * axis + (n,))
+    return ids.flatten(), math.prod(grid), grid
 
 
 def model_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
@@ -225,19 +232,32 @@ def model_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
     return logits.gather(1, targets[:, None])[:, 0]
 
 
-def check_perturbation_inputs(images, maps, targets) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+def check_perturbation_inputs(images, maps, targets, volumes: bool = False) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """The shared input check of every perturbation metric: finite float images (B, C, H, W), finite
     maps (B, H, W) of the same batch and size, targets None or (B,) integer class indices (their range
-    is checked against the model's outputs in :func:`model_scores`)."""
-    x = check_images(images)
-    m = check_maps(maps).to(x.device)
+    is checked against the model's outputs in :func:`model_scores`). ``volumes=True`` also accepts
+    (B, C, D, H, W) volumes with (B, D, H, W) maps."""
+    x = check_images(images, volumes=volumes)
+    m = check_maps(maps, volumes=volumes).to(x.device)
     if m.shape[0] != x.shape[0] or m.shape[1:] != x.shape[2:]:
-        raise ValueError(f"maps {tuple(m.shape)} must be (B, H, W) matching images {tuple(x.shape)}")
+        want = "(B, D, H, W)" if x.dim() == 5 else "(B, H, W)"
+        raise ValueError(f"maps {tuple(m.shape)} must be {want} matching images {tuple(x.shape)}")
     return x, m, check_targets(targets, x.shape[0], x.device)
 
 
 def _substrate(x: Tensor, removal, seeds: list[int], blur: dict, noise_range) -> Tensor:
-    """The values that replace removed pixels, (B, C, H, W), computed from the original images."""
+    """The values that replace removed pixels, (B, C, H, W), computed from the original images;
+    (B, C, D, H, W) for volumes, where a removal tensor has shape (), (C,) or (B, C) and ``"blur"`` is
+    refused (the Gaussian blur here is 2-D)."""
+    if x.dim() == 5:
+        if removal == "blur":
+            raise ValueError("removal 'blur' has no 3-D form here (a 2-D Gaussian blur); on volumes use "
+                             "'min', 'zero', 'mean', 'noise', 'shuffle', a number or a (C,) / (B, C) tensor")
+        if isinstance(removal, Tensor) and removal.dim() > 2:
+            raise ValueError(f"a removal tensor for volumes must have shape (), (C,) or (B, C), got "
+                             f"{tuple(removal.shape)}")
+        flat = x.flatten(3)  # (B, C, D, H*W): every rule below works per channel over all voxels
+        return _substrate(flat, removal, seeds, blur, noise_range).view_as(x)
     b, c, h, w = x.shape
     if isinstance(removal, Tensor):
         v = check_finite(removal.to(device=x.device, dtype=x.dtype), "removal values")
@@ -283,9 +303,9 @@ def _pixel_ranks(maps: Tensor, patch_size: int, order: str, restrict: Optional[s
         raise ValueError(f"restrict must be None, 'positive' or 'negative', got {restrict!r}")
     if region_score not in ("sum", "mean"):
         raise ValueError(f"region_score must be 'sum' or 'mean', got {region_score!r}")
-    b, h, w = maps.shape
+    b = maps.shape[0]
     dev = maps.device
-    ids, nreg, _ = region_ids(h, w, patch_size)
+    ids, nreg, _ = grid_region_ids(tuple(maps.shape[1:]), patch_size)
     ids = ids.to(dev)
     flat = maps.flatten(1)
     sizes = torch.zeros(nreg, dtype=torch.long, device=dev).index_add_(0, ids, torch.ones_like(ids))
@@ -326,7 +346,8 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
     Copy (b, s) is ``base[b]`` with pixels of rank < k[b, s] replaced by ``fill[b]`` (or, when
     ``shuffle_seeds`` is given, with those pixels' values permuted among themselves).
     """
-    b, c, h, w = base.shape
+    b, c = base.shape[:2]
+    spatial = tuple(base.shape[2:])
     s_steps = k.shape[1]
     dev = base.device
     scores = torch.empty(b, s_steps, dtype=torch.float64, device=dev)
@@ -351,7 +372,7 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
         sel = pixel_rank[bs] < kk[:, None]
         if shuffle_seeds is None:
             f = fill if fill.shape[0] == 1 else fill[bs]
-            return torch.where(sel.view(-1, 1, h, w), f, base[bs])
+            return torch.where(sel.view(-1, 1, *spatial), f, base[bs])
         x = base[bs].clone()
         for i in range(bs.shape[0]):
             idx = torch.nonzero(sel[i]).flatten()
@@ -359,8 +380,8 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
                 continue
             g = torch.Generator().manual_seed((shuffle_seeds[int(bs[i])] * 1_000_003 + int(ss[i])) % (2 ** 63))
             perm = torch.randperm(idx.numel(), generator=g).to(dev)
-            xi = x[i].view(c, h * w)
-            xi[:, idx] = base[bs[i]].view(c, h * w)[:, idx[perm]]
+            xi = x[i].view(c, -1)
+            xi[:, idx] = base[bs[i]].view(c, -1)[:, idx[perm]]
         return x
 
     def record(bs: Tensor, ss: Tensor, logits: Tensor) -> None:
@@ -434,7 +455,9 @@ def _incremental_evaluator(model, base: Tensor, pixel_rank: Tensor, k: Tensor, s
         return None
     model = eager_module(model)
     why = None
-    if shuffle:
+    if base.dim() == 5:
+        why = "it recomputes windows of 2-D feature maps, and these are volumes"
+    elif shuffle:
         why = "shuffling changes every selected pixel at every step"
     elif not isinstance(model, torch.nn.Module):
         why = "the model is not an nn.Module"
@@ -567,7 +590,8 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
     """Region perturbation curves (Samek et al. 2017 [Samek2017-Perturbation]; Nam, Choi and Lee [Nam-RAP-Journal] Table I; Nam et al. 2020 [Nam2020-RAP] Fig. 7).
 
     ``images`` (B, C, H, W), ``maps`` (B, H, W), ``targets`` (B,) class indices (None: the class
-    predicted on the clean image). The map is cut into a non-overlapping ``patch_size`` grid (1 =
+    predicted on the clean image); or (B, C, D, H, W) volumes with (B, D, H, W) maps, where the regions
+    are ``patch_size`` cubes of voxels (removal ``"blur"`` has no 3-D form there). The map is cut into a non-overlapping ``patch_size`` grid (1 =
     single pixels, as in [Nam2020-RAP] and [Nam-RAP-Journal]), regions are scored by the ``region_score`` (sum or mean)
     of the map and ranked: ``order="morf"`` descending, ``"lerf"`` ascending (ties: smaller row-major
     region index first), ``"random"`` a seeded permutation. ``restrict="positive"`` only perturbs
@@ -598,7 +622,7 @@ def region_perturbation(model: Callable, images, maps, targets=None, *, counts: 
     region per step); ``False`` pushes all copies through the model in chunks of
     ``internal_batch_size`` (the automatic choice on a GPU).
     """
-    x, m, targets = check_perturbation_inputs(images, maps, targets)
+    x, m, targets = check_perturbation_inputs(images, maps, targets, volumes=True)
     counts = check_counts(counts)
     seeds = as_seeds(seed, x.shape[0])
     shuffle = removal == "shuffle" if isinstance(removal, str) else False
@@ -639,7 +663,7 @@ _AOPC = dict(call=region_perturbation, inputs=("model", "images", "maps", "targe
              defaults={"counts": tuple(range(0, 101))}, result=_aopc_records, x_axis=_removal_axis)
 
 
-@register("aopc_morf", higher_is_better=True,
+@register("aopc_morf", volumes=True, higher_is_better=True,
           source="Samek et al. 2017 [Samek2017-Perturbation] AOPC; MoRF removal of [Nam-RAP-Journal] Table I",
           category="perturbation", fixed={"order": "morf"}, **_AOPC)
 def aopc_morf(model, images, maps, targets=None, **kwargs) -> Tensor:
@@ -649,7 +673,7 @@ def aopc_morf(model, images, maps, targets=None, **kwargs) -> Tensor:
     return region_perturbation(model, images, maps, targets, order="morf", **kwargs).aopc()
 
 
-@register("aopc_lerf", higher_is_better=False,
+@register("aopc_lerf", volumes=True, higher_is_better=False,
           source="Samek et al. 2017 [Samek2017-Perturbation] AOPC; LeRF removal of [Nam2020-RAP] Fig. 7",
           category="perturbation", fixed={"order": "lerf"}, **_AOPC)
 def aopc_lerf(model, images, maps, targets=None, **kwargs) -> Tensor:
@@ -778,13 +802,13 @@ CPU_MAX_CHUNK = 16
 
 
 def chunk_size(internal_batch_size: Optional[int], images: Tensor, cpu_max: int = CPU_MAX_CHUNK) -> int:
-    """``internal_batch_size``, checked; ``None``: the default for ``images`` (B, C, H, W): on the CPU
-    :data:`CPU_CHUNK_PIXELS` pixels' worth of images (1 to ``cpu_max``), elsewhere
+    """``internal_batch_size``, checked; ``None``: the default for ``images`` (B, C, H, W) (or
+    (B, C, D, H, W), counting voxels): on the CPU :data:`CPU_CHUNK_PIXELS` pixels' worth of images (1 to ``cpu_max``), elsewhere
     :data:`DEFAULT_CHUNK`."""
     if internal_batch_size is None:
         if images.device.type != "cpu":
             return DEFAULT_CHUNK
-        return max(1, min(cpu_max, CPU_CHUNK_PIXELS // max(1, images.shape[-2] * images.shape[-1])))
+        return max(1, min(cpu_max, CPU_CHUNK_PIXELS // max(1, math.prod(images.shape[2:]))))
     if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size < 1:
         raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
     return internal_batch_size

@@ -82,7 +82,9 @@ class MetricInfo:
     ``higher_is_better`` is True or False, or None for descriptive statistics that have no preferred
     direction (e.g. the positive ratio). ``source`` names the reference (a key of
     ``docs/references.md``) and equation/figure (or the anchor implementation) that the metric follows. ``wiring``: how the
-    evaluation runner computes it.
+    evaluation runner computes it. ``volumes``: the metric has a 3-D form, the same formula over
+    voxels of (B, D, H, W) maps and masks (and (B, C, D, H, W) inputs); the runner refuses the others
+    on volume data sets.
     """
 
     name: str
@@ -91,6 +93,7 @@ class MetricInfo:
     source: str
     category: str
     wiring: Wiring = field(default_factory=Wiring)
+    volumes: bool = False
 
     @property
     def direction(self) -> str:
@@ -104,18 +107,20 @@ def register(name: str, *, higher_is_better: Optional[bool], source: str, catego
              fn: Optional[Callable] = None, inputs: Sequence[str] = ("maps", "masks"),
              call: Optional[Callable] = None, result: Callable[[Any], Records] = scalar_records,
              fixed: Optional[Mapping[str, Any]] = None, defaults: Optional[Mapping[str, Any]] = None,
-             seeded: bool = False, x_axis: Optional[Callable[[dict, int], tuple[list, str]]] = None):
+             seeded: bool = False, x_axis: Optional[Callable[[dict, int], tuple[list, str]]] = None,
+             volumes: bool = False):
     """Register ``fn`` (or decorate a function) under ``name`` in :data:`METRICS`.
 
-    The keyword arguments after ``fn`` are the runner's :class:`Wiring` (default: a function of the
-    maps and the masks returning one value per pair).
+    The keyword arguments after ``fn`` up to ``x_axis`` are the runner's :class:`Wiring` (default: a
+    function of the maps and the masks returning one value per pair); ``volumes=True`` declares
+    that the function also takes volumes (:attr:`MetricInfo.volumes`).
     """
     wiring = Wiring(tuple(inputs), call, result, dict(fixed or {}), dict(defaults or {}), seeded, x_axis)
 
     def deco(f: Callable) -> Callable:
         if name in METRICS:
             raise ValueError(f"metric {name!r} registered twice")
-        METRICS[name] = MetricInfo(name, f, higher_is_better, source, category, wiring)
+        METRICS[name] = MetricInfo(name, f, higher_is_better, source, category, wiring, volumes)
         if not hasattr(f, "higher_is_better"):
             try:
                 f.higher_is_better = higher_is_better  # type: ignore[attr-defined]

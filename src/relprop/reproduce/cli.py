@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 __all__ = ["DEFAULT_MODELS", "DESCRIPTION", "add_arguments", "add_parsers", "cmd_report", "cmd_reproduce"]
 
-DEFAULT_MODELS = "shapes_vgg,shapes_resnet,shapes_vit,efficientnet_lite0"
+DEFAULT_MODELS = "shapes_vgg,shapes_resnet,shapes_vit,efficientnet_lite0,nodules3d_vgg"
 
 DESCRIPTION = """Regenerate docs/results.md: the five papers' evaluation protocols, run with relprop.
 

@@ -26,7 +26,8 @@ __all__ = ["PAPER_SIDE", "SIZES", "Job", "Size", "boxes_only", "jobs", "scaled_c
            "M002_INSERTION", "M003", "M003_IMAGENET", "M004", "is_vgg", "table_1_000", "table_i_pos_001", "HEDGE_ABLATION", "HEDGE_GAMMAS", "CMP_VARIANTS",
            "RANDOMISED", "hedge_variants", "localisation_methods", "TRANSFORMER_METHODS", "ATTENTION_ONLY",
            "TRANSFORMER_MODELS", "TRANSFORMER_DATASETS", "faithfulness_options", "transformer_scenes",
-           "transformer_boxes", "is_transformer_run"]
+           "transformer_boxes", "is_transformer_run", "VOLUME_MODELS", "VOLUME_DATASET", "nodule_cubes",
+           "volume_methods", "is_volume_run"]
 
 #: input side of the papers' ImageNet / VOC models; pixel counts are given for it
 PAPER_SIDE = 224
@@ -193,6 +194,59 @@ def is_transformer_run(dataset_spec: str) -> bool:
     return dataset_spec in TRANSFORMER_DATASETS
 
 
+# -- volumes: the positive nodules3d cubes -------------------------------------------------------------
+
+#: 3-D models, evaluated only in the volume section (localisation in the nodule's voxel mask)
+VOLUME_MODELS = ("nodules3d_vgg",)
+#: the dataset spec of the volume section's job
+VOLUME_DATASET = "relprop.reproduce.protocols:nodule_cubes"
+
+
+class _Positives:
+    """The positive samples (label ``label``) among the first ``count`` of ``dataset``, in order."""
+
+    def __init__(self, dataset: Any, label: int, name: str) -> None:
+        self.inner = dataset
+        self.name = name
+        self.class_names = dataset.class_names
+        self.indices = [i for i in range(len(dataset)) if dataset.label(i) == label]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.inner[self.indices[index]]
+
+
+def nodule_cubes(split: str = "test", count: Optional[int] = None, seed: int = 0) -> Dataset:
+    """The cubes with a nodule among the first ``count`` ``nodules3d`` cubes of ``split`` (half of them:
+    labels are balanced in every pair of indices); their keys are the ``nodules3d`` keys. Localisation
+    in the nodule mask is defined on these only (a negative cube's mask is empty)."""
+    from ..data.nodules3d import Nodules3DDataset
+
+    return _Positives(Nodules3DDataset(split, count=count, seed=seed), 1, "nodules3d-positives")  # type: ignore[return-value]
+
+
+def is_volume_run(dataset_spec: str) -> bool:
+    """Whether a run's dataset spec is the volume section's."""
+    return dataset_spec == VOLUME_DATASET
+
+
+def volume_methods() -> list[str]:
+    """Every registered method that explains a 3-D CNN: all but those that need attention layers."""
+    from ..attribution.attention_maps import ATTENTION_METHODS
+    from ..attribution.registry import methods
+
+    return [m for m in methods() if m not in ATTENTION_METHODS]
+
+
+def volume_pointing_options() -> dict:
+    """The pointing game on 32^3 cubes: TorchRay's 15-pixel tolerance scaled by the side ratio."""
+    from ..data.nodules3d import VOLUME_SIZE
+
+    return pointing_options(VOLUME_SIZE)
+
+
 # -- metric variants ------------------------------------------------------------------------------------
 
 
@@ -258,18 +312,23 @@ class Size:
     photo_randomisation: int = 0
     #: images of the transformer section, per model (``shapes_vit`` and the shipped CNNs)
     transformers: Optional[dict[str, Optional[int]]] = None
+    #: cubes of the volume section (half of them hold a nodule and are explained), per 3-D model;
+    #: None: the whole ``nodules3d`` test split
+    volumes: Optional[dict[str, Optional[int]]] = None
 
 
 SIZES: dict[str, Size] = {
     "tiny": Size(shapes={"shapes_vgg": 4, "shapes_resnet": 2}, randomisation=2, photos=1,
                  lerf_step=1000, photo_lerf_step=1000,
-                 transformers={"shapes_vit": 4, "shapes_vgg": 2, "shapes_resnet": 2}),
+                 transformers={"shapes_vit": 4, "shapes_vgg": 2, "shapes_resnet": 2}, volumes={"nodules3d_vgg": 8}),
     "small": Size(shapes={"shapes_vgg": 64, "shapes_resnet": 16}, randomisation=4, lerf_step=400,
                   hedge_variants={"shapes_vgg": 32, "shapes_resnet": 16},
                   perturbation={"shapes_vgg": 40, "shapes_resnet": 12}, photo_lerf_step=800,
-                  transformers={"shapes_vit": 64, "shapes_vgg": 32, "shapes_resnet": 16}),
+                  transformers={"shapes_vit": 64, "shapes_vgg": 32, "shapes_resnet": 16},
+                  volumes={"nodules3d_vgg": 80}),
     "full": Size(shapes={"shapes_vgg": None, "shapes_resnet": None}, randomisation=200, photo_lerf_step=100,
-                 photo_randomisation=9, transformers={"shapes_vit": None, "shapes_vgg": None, "shapes_resnet": None}),
+                 photo_randomisation=9, transformers={"shapes_vit": None, "shapes_vgg": None, "shapes_resnet": None},
+                 volumes={"nodules3d_vgg": None}),
 }
 
 
@@ -305,7 +364,7 @@ def default_dataset(model: str) -> str:
 
 
 def jobs(size: str | Size = "small",
-         models: Sequence[str] = ("shapes_vgg", "shapes_resnet", "shapes_vit", "efficientnet_lite0"),
+         models: Sequence[str] = ("shapes_vgg", "shapes_resnet", "shapes_vit", "efficientnet_lite0", "nodules3d_vgg"),
          model_options: Optional[dict] = None, batch_size: int = 16, device: str = "cpu",
          datasets: Optional[dict[str, str]] = None, root: Optional[str] = None,
          methods: Optional[Sequence[str]] = None) -> list[Job]:
@@ -345,6 +404,18 @@ def _transformer_jobs(sz: Size, model: str, dataset: str, base: dict) -> list[Jo
     ]
 
 
+def _volume_jobs(sz: Size, model: str, base: dict) -> list[Job]:
+    """The volume section's job: localisation in the nodule's voxel mask on the positive cubes."""
+    if sz.volumes is None or model not in sz.volumes:
+        return []
+    count = sz.volumes[model]
+    return [Job(("volumes",), f"{model}: localisation in the nodule mask (volumes)", EvaluationConfig(
+        dataset=VOLUME_DATASET, dataset_options={} if count is None else {"count": count},
+        methods=volume_methods(), targets="labels",
+        metrics=["mu", "pointing_game", "outside_inside_ratio", "positive_ratio"],
+        metric_options={"pointing_game": volume_pointing_options(), "outside_inside_ratio": _OI}, **base))]
+
+
 def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], batch_size: int, device: str,
               datasets: Optional[dict[str, str]], root: Optional[str]) -> list[Job]:
     out: list[Job] = []
@@ -355,6 +426,9 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
         base = dict(model=model, model_options=opts, batch_size=batch_size, device=device, progress=False,
                     root=root)
         transformer_jobs += _transformer_jobs(sz, model, dataset, base)
+        if model in VOLUME_MODELS:
+            transformer_jobs += _volume_jobs(sz, model, dict(base, root=None))
+            continue
         if model in TRANSFORMER_MODELS:
             continue
         side = input_side(model)

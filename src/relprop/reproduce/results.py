@@ -26,6 +26,7 @@ from .rundata import RunData, load_runs
 from .sections import SECTIONS
 from .sections.common import runs_of
 from .sections.transformers import section as transformer_section
+from .sections.volumes import section as volume_section
 
 __all__ = ["PAPERS", "REAL_DATA", "write_results"]
 
@@ -119,7 +120,8 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "text: those figures keep the methods they had. Grad-CAM++, FullGrad and DeepLIFT are implemented but "
         "no paper tabulates them (Nam et al. [Nam-Hedge] leave FullGrad out as class-agnostic; Nam et al. 2020 "
         "[Nam2020-RAP] count DeepLIFT-Rescale as input x gradient). Nam, Choi and Lee's [Nam-RAP-Journal] 3-D CT "
-        "model has a synthetic counterpart outside these tables (`nodules3d`, docs/images/nodules3d_fig8.png); "
+        "model has a synthetic counterpart outside these tables (`nodules3d`, docs/images/nodules3d_fig8.png; "
+        "localisation in the nodule mask per method: \"Beyond the papers: 3-D volumes\" below); "
         "Nam et al.'s [Nam-Hedge] cross-model panel of Fig. 9 has none. The qualitative figures (maps) are "
         "drawn by `relprop reproduce` from the models, not from the store.",
         "",
@@ -193,6 +195,7 @@ def write_results(stores: Sequence[str | Path], out: str | Path = "docs/results.
             if len(doc.lines) == n0:
                 doc.add("(no records for this protocol in the store)", "")
     transformer_section(doc, everything)
+    volume_section(doc, everything)
     summary = ["## Summary: orderings against the papers", "",
                "Each row: a table or figure of a paper, and whether the methods come out in the paper's order "
                "(details and reasons next to each table below). In parentheses: of the paper's pairwise orders, "

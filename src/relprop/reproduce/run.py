@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     images = Path(args.images) if args.images else out.parent / "images" / "results"
     if not args.no_figures:
-        for model in [m for m in models if m not in P.TRANSFORMER_MODELS]:  # the papers' figures
+        for model in [m for m in models if m not in P.TRANSFORMER_MODELS + P.VOLUME_MODELS]:  # the papers' figures
             _figures(model, model_options.get(model, {}), datasets.get(model, P.default_dataset(model)),
                      args.root, images)
     wall = time.perf_counter() - start

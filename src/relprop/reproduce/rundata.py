@@ -19,7 +19,7 @@ import torch
 from ..evaluate.report import _curve_of, summarise_run
 from ..evaluate.store import Store
 from ..metrics.aggregate import RESAMPLES, Interval, Sums, bootstrap_sums, permutation_test
-from .protocols import TRANSFORMER_DATASETS, is_transformer_run
+from .protocols import TRANSFORMER_DATASETS, is_transformer_run, is_volume_run
 
 __all__ = ["BOXES", "MULTI_LABEL", "Item", "RunData", "curve_items", "finite", "intervals", "load_runs",
            "pair_p_values", "scalar_items"]
@@ -45,7 +45,7 @@ class RunData:
     store: Optional[Path] = None
     run: int = 0
     n_samples: int = 0
-    #: "papers" (the five papers' protocols) or "transformers" (the section beyond the papers)
+    #: "papers" (the five papers' protocols), "transformers" or "volumes" (the sections beyond the papers)
     protocol: str = "papers"
     #: stored under the name of an earlier relprop version (:data:`BOXES`' second name): a store continued
     #: since holds the same run under the current name too, and the tables read that one
@@ -154,12 +154,14 @@ def load_runs(stores: Sequence[str | Path]) -> list[RunData]:
                 res = summarise_run(db, run["id"], uncertainty=False)  # intervals: from the items
                 opts = run["config"].get("dataset_options", {})
                 transformers = is_transformer_run(run["dataset"])
+                volumes = is_volume_run(run["dataset"])
                 boxes = run["dataset"] in BOXES or run["dataset"] == TRANSFORMER_DATASETS[1]
                 named = boxes or transformers
-                data = RunData(dataset=str(opts.get("dataset", run["dataset"])) if named else run["dataset"],
+                name = "nodules3d" if volumes else str(opts.get("dataset", run["dataset"])) if named else run["dataset"]
+                data = RunData(dataset=name,
                                model=run["model"], targets=run["targets"], boxes=boxes, store=Path(path),
                                run=run["id"], n_samples=db.sample_count(run["id"]).get("ok", 0),
-                               protocol="transformers" if transformers else "papers",
+                               protocol="transformers" if transformers else "volumes" if volumes else "papers",
                                legacy=run["dataset"] in BOXES[1:])
                 for r in res["summary"]:
                     data.cells[(r["method"], r["metric"], r["statistic"])] = r
