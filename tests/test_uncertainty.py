@@ -208,13 +208,17 @@ def test_a_significant_reversal_gets_its_measured_reason_not_noise() -> None:
     assert "within the noise" not in text and "method: m" in text
     # undecided pairs keep the noise as their reason
     assert "within the noise" in verdict(order, ours, higher=True, p_values={("a", "b"): 0.5})
-    # profiles that do not differ by the margins: said so, with the numbers
-    same = {"a": found["a"], "b": Profile(inside=0.72, silent=0.05, negative=0.28, positive=0.45)}
-    assert reversal_reasons([("a", "b")], same) == (
-        "measured on the same images and classes: no measured map property separates b from a (positive "
-        "relevance inside the objects 72% vs 70%, background at zero 5% vs 3%)")
+    # one method ranked ahead of several: grouped; a pair that no statistic separates (here the paper's
+    # better one keeps more inside): said so, with the numbers
+    found["c"] = Profile(inside=0.80, silent=0.10, negative=0.28, positive=0.45)
+    found["d"] = Profile(inside=0.90, silent=0.05, negative=0.25, positive=0.50)
+    assert reversal_reasons([("a", "b"), ("c", "b"), ("d", "c")], found) == (
+        "measured on the same images and classes: b keeps 96% of its positive relevance inside the objects "
+        "(a: 70%, c: 80%) and leaves 99% of the background at zero (a: 3%, c: 10%) and has 0% of its |R| "
+        "negative (a: 30%, c: 28%) and marks 5% of the pixels positive (a: 50%, c: 45%); no measured map "
+        "property favours c over d (inside the objects 80% vs 90%, background at zero 10% vs 5%)")
     # no profile of a pair's methods: nothing measured
-    assert reversal_reasons([("a", "c")], found) == ""
+    assert reversal_reasons([("a", "e")], found) == ""
 
 
 def test_results_items_give_tests_and_intervals() -> None:

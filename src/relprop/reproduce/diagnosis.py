@@ -57,43 +57,48 @@ def _pct(v: float) -> str:
     return f"{v:.0%}"
 
 
-def _clauses(won: str, lost: str, p: Profile, q: Profile) -> list[str]:
-    """What separates ``won`` (profile ``p``), ranked ahead here, from ``lost`` (``q``)."""
+#: how each statistic is stated for the method ranked ahead, with its value
+_PHRASES = {"inside": "keeps {} of its positive relevance inside the objects",
+            "silent": "leaves {} of the background at zero",
+            "negative": "has {} of its |R| negative",
+            "positive": "marks {} of the pixels positive"}
+
+
+def _separating(p: Profile, q: Profile) -> list[str]:
+    """The statistics on which ``p`` (the method ranked ahead here) differs from ``q`` by their margin:
+    more inside the objects or more background at zero, or a different negative or positive share."""
     out = []
-    d = {f: getattr(p, f) - getattr(q, f) for f in MARGINS}
-    if d["inside"] >= MARGINS["inside"]:
-        out.append(f"keeps {_pct(p.inside)} of its positive relevance inside the objects ({lost}: {_pct(q.inside)})")
-    if d["silent"] >= MARGINS["silent"]:
-        out.append(f"leaves {_pct(p.silent)} of the background at zero ({lost}: {_pct(q.silent)})")
-    if abs(d["negative"]) >= MARGINS["negative"]:
-        out.append(f"has {_pct(p.negative)} of its |R| negative ({lost}: {_pct(q.negative)})")
-    if abs(d["positive"]) >= MARGINS["positive"]:
-        out.append(f"marks {_pct(p.positive)} of the pixels positive ({lost}: {_pct(q.positive)})")
+    for f, margin in MARGINS.items():
+        d = getattr(p, f) - getattr(q, f)
+        if d >= margin or (f in ("negative", "positive") and -d >= margin):
+            out.append(f)
     return out
 
 
 def reversal_reasons(reversed_pairs: Sequence[tuple[str, str]], found: dict[str, Profile],
-                     limit: int = 6) -> str:
-    """One sentence per reversed pair ``(paper's better, here better)``, from the measured profiles;
-    empty when no pair has both profiles."""
-    parts = []
+                     limit: int = 8) -> str:
+    """The measured properties behind the reversed pairs ``(paper's better, here better)``: for each
+    method ranked ahead, the statistics that separate it from the methods it passed (grouped), and the
+    pairs that no statistic separates; empty when no pair has both profiles."""
+    grouped: dict[str, dict[str, list[str]]] = {}
+    unexplained = []
     for a, b in reversed_pairs:
         if a not in found or b not in found:
             continue
         p, q = found[b], found[a]
         if any(math.isnan(v) for v in (p.inside, q.inside, p.silent, q.silent)):
             continue
-        clauses = _clauses(b, a, p, q)
-        if clauses:
-            parts.append(f"{b} " + " and ".join(clauses))
-        else:
-            parts.append(f"no measured map property separates {b} from {a} (positive relevance inside the "
-                         f"objects {_pct(p.inside)} vs {_pct(q.inside)}, background at zero {_pct(p.silent)} vs "
-                         f"{_pct(q.silent)})")
-        if len(parts) == limit:
-            break
+        fields = _separating(p, q)
+        for f in fields:
+            grouped.setdefault(b, {}).setdefault(f, []).append(f"{a}: {_pct(getattr(q, f))}")
+        if not fields:
+            unexplained.append(f"no measured map property favours {b} over {a} (inside the objects {_pct(p.inside)} vs "
+                               f"{_pct(q.inside)}, background at zero {_pct(p.silent)} vs {_pct(q.silent)})")
+    parts = [f"{b} " + " and ".join(f"{_PHRASES[f].format(_pct(getattr(found[b], f)))} ({', '.join(losers)})"
+                                     for f, losers in stats.items())
+             for b, stats in grouped.items()] + unexplained
     if not parts:
         return ""
-    more = len(reversed_pairs) - len(parts)
-    return ("measured on the same images and classes: " + "; ".join(parts)
-            + (f"; ({more} more reversed pairs)" if more > 0 else ""))
+    shown_parts = parts[:limit]
+    more = f"; and {len(parts) - limit} more" if len(parts) > limit else ""
+    return "measured on the same images and classes: " + "; ".join(shown_parts) + more
