@@ -188,7 +188,7 @@ def test_incremental_true_explains_why_it_is_impossible():
     with pytest.raises(ValueError, match="not an nn.Module"):
         region_perturbation(lambda t: model(t), x, maps, None, counts=range(4), patch_size=4,
                             incremental=True)
-    with pytest.raises(ValueError, match="reaches more than half"):
+    with pytest.raises(ValueError, match="reaches more than 90%"):
         rise_deletion(model, x, maps, None, step=300, incremental=True)
 
     class Branchy(nn.Module):  # data-dependent control flow cannot be traced
