@@ -13,7 +13,8 @@ max and average pooling (``ceil_mode=False``; average pooling counting the paddi
 eval mode, and element-wise operations (activations, ``+ - * /`` of same-shaped feature maps or of
 numbers). Every other node, and every node fed by one, is computed in full on the current feature
 maps, so any traceable model gives the same logits as a plain forward pass (up to float round-off:
-a window is convolved separately from the rest of its map).
+a window is convolved separately from the rest of its map, and a convolution followed by an
+eval-mode batch norm is evaluated on windows as one convolution with the batch norm folded in).
 """
 
 from __future__ import annotations
@@ -98,10 +99,12 @@ def _window_of(module: nn.Module) -> Optional[_Window]:
     return None
 
 
-def _apply_window(module: nn.Module, crop: Tensor) -> Tensor:
-    """The module on an explicitly padded crop (its own padding set to 0)."""
+def _apply_window(module: nn.Module, crop: Tensor, folded: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+    """The module on an explicitly padded crop (its own padding set to 0); ``folded``: the (weight,
+    bias) of a convolution with the batch norm that follows it folded in."""
     if isinstance(module, nn.Conv2d):
-        return F.conv2d(crop, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
+        weight, bias = folded if folded is not None else (module.weight, module.bias)
+        return F.conv2d(crop, weight, bias, module.stride, 0, module.dilation, module.groups)
     if isinstance(module, nn.MaxPool2d):
         return F.max_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0, module.dilation)
     return F.avg_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0)
@@ -114,6 +117,29 @@ def _crop(t: Tensor, i: int, box: Box, value: float) -> Tensor:
     part = t[i, :, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
     pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
     return F.pad(part, pads, value=value) if any(pads) else part
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one convolution (batch norm in eval mode)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
+    return weight, bias.to(conv.weight.dtype)
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a ReLU (module, function or method) that may run in place on a fresh tensor."""
+    if node.op == "call_module":
+        return type(modules[node.target]) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (torch.relu, F.relu) and len(node.args) == 1
+    return node.op == "call_method" and node.target == "relu" and len(node.args) == 1
 
 
 def _union(a: Optional[Box], b: Optional[Box]) -> Optional[Box]:
@@ -153,6 +179,8 @@ class IncrementalForward:
         self.values: dict[fx.Node, Any] = {}
         self._shapes: dict[fx.Node, Any] = {}
         self._pending: dict[fx.Node, Tensor] = {}
+        self._folded: dict[fx.Node, tuple[Tensor, Tensor]] = {}  # windowed conv -> weights with its bn
+        self._absorbed: set[fx.Node] = set()  # batch norms folded into the convolution before them
         self._spans: dict[fx.Node, tuple[int, int]] = {}
         self._last_use: dict[fx.Node, int] = {}
         self._planned = False
@@ -243,12 +271,26 @@ class IncrementalForward:
             if len(users) == 1 and users[0] in windowed and self._kind(users[0], shapes) == "pointwise" \
                     and self._inputs(users[0]) == [node]:
                 self.transient.add(node)
+        self._absorbed = {bn for _, bn in self._foldable()}
         order = {n: i for i, n in enumerate(self.nodes)}
         self._last_use = {}
         for node in self.nodes:
             for a in self._inputs(node):
                 self._last_use[a] = max(self._last_use.get(a, -1), order[node])
         self._planned = True
+
+    def _foldable(self) -> list[tuple[fx.Node, fx.Node]]:
+        """(convolution, batch norm) pairs of windowed nodes where the batch norm (eval mode, running
+        statistics) is the convolution's only user: their windows are computed as one convolution."""
+        pairs = []
+        for node in self.transient:
+            if node.op != "call_module" or not isinstance(self.modules[node.target], nn.Conv2d):
+                continue
+            user = next(iter(node.users))
+            bn = self.modules[user.target] if user.op == "call_module" else None
+            if isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None:
+                pairs.append((node, user))
+        return pairs
 
     # ------------------------------------------------------------------------------------------
     def _full(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
@@ -355,7 +397,11 @@ class IncrementalForward:
                 r0, r1, c0, c1 = boxes[i]
                 crops.append(_crop(source, i, (*window.inputs(r0, r1, 0), *window.inputs(c0, c1, 1)),
                                    window.pad_value))
-            new = _apply_window(self.modules[node.target], torch.stack(crops))
+            new = _apply_window(self.modules[node.target], torch.stack(crops), self._folded.get(node))
+        elif node in self._absorbed:  # its convolution's windows already include it
+            new = self._pending.pop(inputs[0])
+        elif _is_relu(node, self.modules) and inputs[0] in self._pending:  # a fresh tensor: in place
+            new = torch.relu_(self._pending.pop(inputs[0]))
         else:
             def stacked(a: fx.Node) -> Tensor:
                 if a in self._pending:  # the windows of a transient input, same boxes
@@ -380,6 +426,8 @@ class IncrementalForward:
         """Logits of ``x``; keeps the feature maps that later steps update."""
         self.values = {}
         logits = self._run(x, None)
+        self._folded = {conv: _fold(self.modules[conv.target], self.modules[bn.target])
+                        for conv, bn in self._foldable()}
         for node in self.windowed - self.transient:  # a kept map must be its own storage (no view)
             self.values[node] = self.values[node].clone()
         return logits

@@ -419,6 +419,11 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
 #: kept feature maps of the incremental evaluation, at most this many bytes per group of samples
 INCREMENTAL_MEMORY = 2 * 1024 ** 3
 
+#: incremental evaluation updates a feature map window by window where a step reaches at most this
+#: fraction of it (``IncrementalForward(max_fraction=...)``): on the CPU, resnet50 at 224 px with 8 x 8
+#: patches, 0.9 took 6.6 s of CPU time where 0.5 took 7.0 s (8 images, 15 steps, one thread)
+INCREMENTAL_FRACTION = 0.9
+
 
 def _step_boxes(pixel_rank: Tensor, previous: Tensor, current: Tensor, h: int, w: int):
     """Pixels that change between two steps, (B, H, W), and their bounding boxes (None: no change)."""
@@ -479,7 +484,7 @@ def _incremental_evaluator(model, base: Tensor, pixel_rank: Tensor, k: Tensor, s
     if incremental is None and box[0] * box[1] > 0.25 * h * w:
         return None
     try:
-        evaluator = IncrementalForward(model, box)
+        evaluator = IncrementalForward(model, box, max_fraction=INCREMENTAL_FRACTION)
         evaluator.reset(base[:1])
     except Exception as exc:  # noqa: BLE001 - tracing errors come in many types
         if incremental:
@@ -491,7 +496,8 @@ def _incremental_evaluator(model, base: Tensor, pixel_rank: Tensor, k: Tensor, s
     if not convs:
         if incremental:
             raise ValueError(f"incremental evaluation is impossible here: a typical step changes a "
-                             f"{box[0]} x {box[1]} pixel box, which reaches more than half of every "
+                             f"{box[0]} x {box[1]} pixel box, which reaches more than "
+                             f"{INCREMENTAL_FRACTION:.0%} of every "
                              f"convolution's feature map (or the model has no windowed convolution)")
         return None
     return evaluator
