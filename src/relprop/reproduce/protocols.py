@@ -326,6 +326,11 @@ SIZES: dict[str, Size] = {
                   perturbation={"shapes_vgg": 40, "shapes_resnet": 12}, photo_lerf_step=800,
                   transformers={"shapes_vit": 64, "shapes_vgg": 32, "shapes_resnet": 16},
                   volumes={"nodules3d_vgg": 80}),
+    # Nam, Choi and Lee [Nam-RAP-Journal] evaluate 500 images: 500 scenes per shipped model, every photo
+    "paper": Size(shapes={"shapes_vgg": 500, "shapes_resnet": 500}, randomisation=50, lerf_step=100,
+                  photo_lerf_step=100, photo_randomisation=9,
+                  transformers={"shapes_vit": 500, "shapes_vgg": 500, "shapes_resnet": 500},
+                  volumes={"nodules3d_vgg": 1000}),
     "full": Size(shapes={"shapes_vgg": None, "shapes_resnet": None}, randomisation=200, photo_lerf_step=100,
                  photo_randomisation=9, transformers={"shapes_vit": None, "shapes_vgg": None, "shapes_resnet": None},
                  volumes={"nodules3d_vgg": None}),

@@ -71,7 +71,7 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "(evaluations, qualitative figures, this file) with",
         "",
         "```bash",
-        "relprop reproduce --store results.sqlite --size small       # or --size full (GPU advised)",
+        "relprop reproduce --store results.sqlite --size small       # or --size paper (500 scenes per model), full (GPU advised)",
         "relprop report results.sqlite --results docs/results.md   # this file alone, from the store",
         "```",
         "",
