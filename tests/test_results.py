@@ -290,7 +290,7 @@ def test_reproduce_command_checks_the_size(tmp_path, capsys) -> None:
     from relprop.cli import main
 
     assert main(["reproduce", "--store", str(tmp_path / "r.sqlite"), "--size", "huge"]) == 2
-    assert "unknown size 'huge'; known: full, small" in capsys.readouterr().err
+    assert "unknown size 'huge'; known: full, paper, small, tiny" in capsys.readouterr().err
     assert not (tmp_path / "r.sqlite").exists()
 
 
