@@ -196,8 +196,7 @@ def test_the_volume_section_of_the_results(tmp_path):
     P.SIZES["test-volumes"] = P.Size(shapes={}, randomisation=0, volumes={"nodules3d_vgg": 4})
     try:
         rc = main(["--store", str(tmp_path / "r.sqlite"), "--size", "test-volumes", "--models", "nodules3d_vgg",
-                   "--methods", "rap,gradient", "--out", str(tmp_path / "results.md"), "--no-figures",
-                   "--no-progress"])
+                   "--methods", "rap,gradient", "--out", str(tmp_path / "results.md"), "--no-progress"])
     finally:
         del P.SIZES["test-volumes"]
     assert rc == 0
@@ -217,3 +216,6 @@ def test_the_volume_section_of_the_results(tmp_path):
     low, high = (float(v) for v in cell.split("[")[1].rstrip("]").split(","))
     assert low - 1e-3 <= mean <= high + 1e-3
     assert "| gradient |" in section and "pointing game" in section
+    # Fig. 8, drawn by the reproduction and linked in the section
+    assert (tmp_path / "images" / "results" / "nodules3d_vgg_001_fig8_volumes.png").is_file()
+    assert "(images/results/nodules3d_vgg_001_fig8_volumes.png)" in section

@@ -4,7 +4,9 @@
 * Nam, Choi and Lee [Nam-RAP-Journal]: relevance at intermediate layers (``Explainer(...).explain(x, record=[...])``);
 * Nam et al. [Nam-Hedge], Fig. 6: hedge's maps as the layers are re-initialised from the output down
   (:func:`relprop.metrics.cascading_randomisation` with ``return_maps=True``);
-* Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 6: LRP, CLRP, SGLRP and guided Grad-CAM for each of the two classes of an image.
+* Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 6: LRP, CLRP, SGLRP and guided Grad-CAM for each of the two classes of an image;
+* Nam, Choi and Lee [Nam-RAP-Journal], Fig. 8: slices of RAP's positive and negative relevance on volumes
+  (:func:`write_volume_figure`, on ``nodules3d``).
 
 Written by the reproduction (:mod:`.run`) next to the tables; :mod:`.results` links the
 files it finds (:data:`FIGURES`).
@@ -13,7 +15,7 @@ files it finds (:data:`FIGURES`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from ..api import Explainer
 from ..viz import heatmap_rgb
 
-__all__ = ["FIGURES", "write_figures"]
+__all__ = ["FIGURES", "VOLUME_FIGURE", "write_figures", "write_volume_figure"]
 
 #: paper -> (file suffix, caption) of the qualitative figures
 FIGURES: dict[str, list[tuple[str, str]]] = {
@@ -31,6 +33,45 @@ FIGURES: dict[str, list[tuple[str, str]]] = {
     "002": [("002_fig6_maps.png", "Nam et al. [Nam-Hedge], Fig. 6: hedge maps after cascading randomisation of the layers")],
     "004": [("004_fig6_contrast.png", "Iwana et al. 2019 [Iwana2019-SGLRP], Fig. 6: maps of each of the two classes of an image")],
 }
+
+#: (file suffix, caption) of Nam, Choi and Lee's [Nam-RAP-Journal] Fig. 8 on a volume model
+VOLUME_FIGURE = ("001_fig8_volumes.png", "Nam, Choi and Lee [Nam-RAP-Journal], Fig. 8: one slice of each test cube, "
+                 "RAP's positive and negative relevance for the predicted class, the nodule's voxel mask outlined")
+
+
+def write_volume_figure(model: nn.Module, preprocess: Callable[[Any], Tensor], data: Any, out_dir: str | Path,
+                        tag: str, count: int = 6, method: str = "rap") -> tuple[Path, list[dict]]:
+    """Nam, Choi and Lee's [Nam-RAP-Journal] Fig. 8 on the first ``count`` cubes of the volume data set
+    ``data`` (``render(i) -> (volume, mask, label)``): one axial slice of the input and of ``method``'s
+    positive and negative relevance for the predicted class, the mask outlined. The paper shows the
+    centre slice of candidate-centred cubes; here the slice goes through the nodule's centroid
+    (positive cubes) or holds the largest |relevance| (negative ones). Returns the file and, per
+    cube, its label, prediction, slice and (positive cubes) the 3-D localisation of the map."""
+    from ..metrics.localisation import energy_pointing_game, outside_inside_ratio, pointing_game
+    from ..viz3d import VolumeRow, save_volume_slices
+
+    names = getattr(data, "class_names", None) or [str(c) for c in range(2)]
+    rows, facts = [], []
+    for i in range(count):
+        vol, mask, label = data.render(i)
+        x = preprocess(vol)
+        with torch.no_grad():
+            probs = torch.softmax(model(x), 1)[0]
+        pred = int(probs.argmax())
+        rel = Explainer(model, method).explain(x, pred)[0, 0]  # type: ignore[index]
+        k = (int(round(np.argwhere(mask)[:, 0].mean())) if mask.any() else int(rel.abs().amax((1, 2)).argmax()))
+        title = f"test {i}: {names[label]}; predicted {names[pred]} ({float(probs[pred]):.2f})"
+        rows.append(VolumeRow(vol, rel, title, slice=k, mask=mask))
+        fact: dict = {"cube": i, "label": int(label), "predicted": pred, "slice": k}
+        if mask.any():
+            r, m = rel[None].double(), torch.from_numpy(mask)[None]
+            fact.update(pointing=float(pointing_game(r, m, tolerance=0)),
+                        energy=float(energy_pointing_game(r, m, energies=(0.5,))),
+                        outside_inside=float(outside_inside_ratio(r, m)), mask_fraction=float(mask.mean()))
+        facts.append(fact)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return save_volume_slices(out / f"{tag}_{VOLUME_FIGURE[0]}", rows), facts
 
 
 def _image(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -55,6 +55,16 @@ def _figures(model_name: str, options: dict, dataset: str, root: Optional[str], 
                   out, model_name.replace("/", "_"))
 
 
+def _volume_figure(model_name: str, options: dict, out: Path) -> None:
+    """Nam, Choi and Lee's [Nam-RAP-Journal] Fig. 8 of ``model_name`` on the first ``nodules3d`` test cubes."""
+    from ..data.nodules3d import Nodules3DDataset
+    from ..evaluate.specs import resolve_model
+    from .figures import write_volume_figure
+
+    model, preprocess = resolve_model(model_name, dict(options))
+    write_volume_figure(model, preprocess, Nodules3DDataset("test", count=24), out, model_name.replace("/", "_"))
+
+
 def _record_time(store: str, size: str, models: list[str], call: float, wall: float) -> None:
     """Record the wall time so far of the call started at ``call`` in the store (``wall_s`` adds up
     the calls, so an interrupted and continued reproduction reports its whole time)."""
@@ -98,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         for model in [m for m in models if m not in P.TRANSFORMER_MODELS + P.VOLUME_MODELS]:  # the papers' figures
             _figures(model, model_options.get(model, {}), datasets.get(model, P.default_dataset(model)),
                      args.root, images)
+        for model in [m for m in models if m in P.VOLUME_MODELS]:
+            _volume_figure(model, model_options.get(model, {}), images)
     wall = time.perf_counter() - start
     _record_time(args.store, args.size, models, call, wall)
     files = write_results([args.store], out, images)

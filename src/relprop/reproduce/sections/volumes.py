@@ -52,6 +52,16 @@ def _table(doc: Doc, run: RunData) -> None:
     doc.add(*md_table(["method"] + [head for _, head in COLUMNS], rows))
 
 
+def _figure(doc: Doc, model: str) -> None:
+    """The link to Fig. 8 of ``model`` when the reproduction drew it (:func:`..figures.write_volume_figure`)."""
+    from ..figures import VOLUME_FIGURE
+
+    path = doc.image_dir / f"{model.replace('/', '_')}_{VOLUME_FIGURE[0]}"
+    if path.is_file():
+        doc.add(f"#### Fig. 8 — slices of RAP's relevance on test cubes ({model})", "",
+                f"![{VOLUME_FIGURE[1]}]({doc.rel}/{path.name})", "", f"*{VOLUME_FIGURE[1]} ({model})*", "")
+
+
 def section(doc: Doc, runs: list[RunData]) -> None:
     """The volume section from the runs of the volume job (``protocol == "volumes"``)."""
     mine = [r for r in runs if r.protocol == "volumes"]
@@ -69,3 +79,4 @@ def section(doc: Doc, runs: list[RunData]) -> None:
         doc.add(f"### {run.model} on {run.dataset}", "")
         doc.context, doc.dataset = run.model, run.dataset
         _table(doc, run)
+        _figure(doc, run.model)
