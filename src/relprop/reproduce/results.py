@@ -120,8 +120,8 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "text: those figures keep the methods they had. Grad-CAM++, FullGrad and DeepLIFT are implemented but "
         "no paper tabulates them (Nam et al. [Nam-Hedge] leave FullGrad out as class-agnostic; Nam et al. 2020 "
         "[Nam2020-RAP] count DeepLIFT-Rescale as input x gradient). Nam, Choi and Lee's [Nam-RAP-Journal] 3-D CT "
-        "model has a synthetic counterpart outside these tables (`nodules3d`, docs/images/nodules3d_fig8.png; "
-        "localisation in the nodule mask per method: \"Beyond the papers: 3-D volumes\" below); "
+        "model has a synthetic counterpart outside these tables (`nodules3d`: localisation in the nodule mask "
+        "per method and Fig. 8, in \"Beyond the papers: 3-D volumes\" below); "
         "Nam et al.'s [Nam-Hedge] cross-model panel of Fig. 9 has none. The qualitative figures (maps) are "
         "drawn by `relprop reproduce` from the models, not from the store.",
         "",
