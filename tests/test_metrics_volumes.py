@@ -92,3 +92,23 @@ def test_volume_resizing_and_rank_checks():
         pointing_game(r, big[:, 0])
     with pytest.raises(ValueError, match=r"rank 3\) or \(B, D, H, W\)"):
         pointing_game(r[None], big)
+
+
+def test_the_flat_metrics_score_a_volume_like_its_voxels_laid_out_as_an_image():
+    """Metrics whose formula runs over the pixels as a set (or a ranking) give a (B, D, H, W) volume the
+    value of its (B, D * H, W) image: the same voxels in the same row-major order."""
+    import relprop.metrics as M
+
+    g = torch.Generator().manual_seed(3)
+    r = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
+    r[0, :2] = 0.0  # silent voxels
+    m = torch.rand(3, 4, 5, 6, generator=g) > 0.6
+    flat_r, flat_m = r.reshape(3, 20, 6), m.reshape(3, 20, 6)
+    for name, fn in [("normalised_outside_inside_ratio", M.normalised_outside_inside_ratio),
+                     ("top_k_intersection", lambda a, b: M.top_k_intersection(a, b, k=7)),
+                     ("relevance_rank_accuracy", M.relevance_rank_accuracy),
+                     ("relevance_mass_accuracy", M.relevance_mass_accuracy),
+                     ("mu", M.inside_total_ratio), ("silent_background", M.silent_background),
+                     ("negative_share", lambda a, b: M.negative_share(a))]:
+        assert M.METRICS[name].volumes, name
+        torch.testing.assert_close(fn(r, m), fn(flat_r, flat_m), rtol=0, atol=1e-12, equal_nan=True, msg=name)

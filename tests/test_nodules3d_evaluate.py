@@ -78,7 +78,7 @@ def test_a_resumed_run_computes_nothing_new(evaluated):
     assert _rows(store, "select count(*) from records")[0][0] == before
 
 
-@pytest.mark.parametrize("metric", ["blurred_insertion", "maximal_patch_masking", "normalised_outside_inside_ratio"])
+@pytest.mark.parametrize("metric", ["blurred_insertion", "maximal_patch_masking", "topk_distance"])
 def test_a_2d_only_metric_on_volumes_is_a_clear_error_before_any_work(tmp_path, metric):
     store = tmp_path / "s.sqlite"
     with pytest.raises(ValueError, match=rf"metric\(s\) {metric} have no 3-D form: .* 'nodules3d' gives volumes"):

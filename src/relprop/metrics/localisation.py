@@ -243,7 +243,7 @@ def outside_inside_ratio(maps, masks, *, sign: str = "signed", resize: Optional[
     return out
 
 
-@register("normalised_outside_inside_ratio", higher_is_better=False,
+@register("normalised_outside_inside_ratio", volumes=True, higher_is_better=False,
           source="[Nam-Hedge] Eq. 14, Table 3", category="localisation")
 def normalised_outside_inside_ratio(maps, masks, *, resize: Optional[str] = None) -> Tensor:
     """Normalised outside-inside ratio of Nam et al. [Nam-Hedge] (Eq. 14): ``mean_out N(R) / mean_in N(R)``.
@@ -252,7 +252,7 @@ def normalised_outside_inside_ratio(maps, masks, *, resize: Optional[str] = None
     [0, 1]"), so negative relevance counts as low rather than being discarded. Lower is better.
     NaN: empty or whole-image mask, constant map (N undefined), ``mean_in N = 0``.
     """
-    maps, masks = check_pair(maps, masks, resize)
+    maps, masks = check_pair(maps, masks, resize, volumes=True)
     r, m = _flat(maps, masks)
     lo = r.amin(1, keepdim=True)
     span = r.amax(1, keepdim=True) - lo
@@ -373,18 +373,18 @@ def _ranks_desc(r: Tensor) -> Tensor:
     return ranks
 
 
-@register("top_k_intersection", higher_is_better=True,
+@register("top_k_intersection", volumes=True, higher_is_better=True,
           source="Quantus TopKIntersection (Theiner et al. 2022 [Theiner2022-TKI])", category="localisation")
 def top_k_intersection(maps, masks, k: int = 1000, *, concept_influence: bool = False,
                        sign: str = "signed", resize: Optional[str] = None) -> Tensor:
-    """Fraction of the ``k`` highest-ranked pixels that lie in the mask (``k`` capped at H*W).
+    """Fraction of the ``k`` highest-ranked pixels (voxels, for volumes) that lie in the mask (``k`` capped at H*W).
 
     ``concept_influence`` multiplies by ``H*W / |S|``. Stable ranking (row-major tie rule). NaN for an
     empty mask. Equals Quantus ``TopKIntersection`` for maps without ties.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    maps, masks = check_pair(maps, masks, resize)
+    maps, masks = check_pair(maps, masks, resize, volumes=True)
     r, m = _flat(apply_sign(maps, sign), masks)
     keff = min(int(k), r.shape[1])
     inside = (_ranks_desc(r) < keff) & m
@@ -396,11 +396,11 @@ def top_k_intersection(maps, masks, k: int = 1000, *, concept_influence: bool = 
     return out
 
 
-@register("relevance_rank_accuracy", higher_is_better=True,
+@register("relevance_rank_accuracy", volumes=True, higher_is_better=True,
           source="Quantus RelevanceRankAccuracy (Arras et al. 2022 [Arras2022-CLEVRXAI])", category="localisation")
 def relevance_rank_accuracy(maps, masks, *, sign: str = "signed", resize: Optional[str] = None) -> Tensor:
     """Fraction of the ``K = |S|`` highest-ranked pixels that lie in the mask. NaN for an empty mask."""
-    maps, masks = check_pair(maps, masks, resize)
+    maps, masks = check_pair(maps, masks, resize, volumes=True)
     r, m = _flat(apply_sign(maps, sign), masks)
     nin = m.sum(1)
     inside = (_ranks_desc(r) < nin[:, None]) & m

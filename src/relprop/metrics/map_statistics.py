@@ -3,7 +3,7 @@
 Localisation metrics reward maps that are silent outside the objects and penalise negative evidence
 inside them; these statistics measure those properties directly, per map, so that a ranking can be
 traced to them (docs/results.md uses them to explain the papers' orderings that the reproduction
-reverses). None has a preferred direction.
+reverses). None has a preferred direction; both take (B, D, H, W) volumes as well (the same formulas over voxels).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["silent_background", "negative_share", "SILENCE"]
 SILENCE = 1e-6
 
 
-@register("silent_background", higher_is_better=None, category="descriptive",
+@register("silent_background", volumes=True, higher_is_better=None, category="descriptive",
           source="descriptive; the background term of the outside-inside ratios, [Nam2020-RAP] Eq. 11 and [Nam-Hedge] Eq. 14")
 def silent_background(maps, masks, *, floor: float = SILENCE, resize: Optional[str] = None) -> Tensor:
     """(B,) share of the pixels outside each mask whose ``|R| <= floor * max |R|`` of that map: the
@@ -31,7 +31,7 @@ def silent_background(maps, masks, *, floor: float = SILENCE, resize: Optional[s
     whole image (no background)."""
     if not floor >= 0:
         raise ValueError(f"floor must be >= 0, got {floor!r}")
-    r, m = check_pair(maps, masks, resize)
+    r, m = check_pair(maps, masks, resize, volumes=True)
     a = r.abs().flatten(1).to(torch.float64)
     outside = ~m.flatten(1)
     peak = a.amax(1, keepdim=True)
@@ -41,12 +41,12 @@ def silent_background(maps, masks, *, floor: float = SILENCE, resize: Optional[s
     return torch.where(n_out > 0, out, torch.full_like(out, float("nan")))
 
 
-@register("negative_share", higher_is_better=None, category="descriptive", inputs=("maps",),
+@register("negative_share", volumes=True, higher_is_better=None, category="descriptive", inputs=("maps",),
           source="descriptive; the negative relevance that [Nam2020-RAP] Eq. 11 (ALL) counts")
 def negative_share(maps) -> Tensor:
     """(B,) ``sum(max(-R, 0)) / sum(|R|)`` of each map: 0 for a non-negative map, 1 for a
     non-positive one; NaN for an all-zero map."""
-    r = check_maps(maps).flatten(1).to(torch.float64)
+    r = check_maps(maps, volumes=True).flatten(1).to(torch.float64)
     total = r.abs().sum(1)
     neg = (-r).clamp(min=0).sum(1)
     return torch.where(total > 0, neg / total.clamp(min=torch.finfo(torch.float64).tiny),
