@@ -201,3 +201,31 @@ def test_the_measured_peak_of_a_tiled_step_stays_under_the_budget():
     activation = 16 * 2048 * 512 * 4
     budget = int(5.5 * activation)
     assert peak_growth(str(budget)) < budget
+
+
+def other_nets() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """Groups, a folded asymmetric zero padding, 1-d and 3-d convolutions."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(4)
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, groups=2), nn.ReLU(), nn.ZeroPad2d((1, 2, 0, 3)),
+                            nn.Conv2d(8, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 6, 3))
+    one_d = nn.Sequential(nn.Conv1d(3, 6, 5, padding=2), nn.ReLU(), nn.Conv1d(6, 4, 3, stride=2, dilation=2),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14, 3))
+    three_d = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 3, stride=2, padding=1),
+                            nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 3 * 3, 3))
+    return {"grouped-padded": (grouped.double().eval(), torch.randn(2, 4, 15, 11, dtype=torch.float64,
+                                                                     generator=generator)),
+            "1-d": (one_d.double().eval(), torch.randn(2, 3, 31, dtype=torch.float64, generator=generator)),
+            "3-d": (three_d.double().eval(), torch.randn(1, 2, 7, 5, 6, dtype=torch.float64, generator=generator))}
+
+
+@pytest.mark.parametrize("net", ["grouped-padded", "1-d", "3-d"])
+@pytest.mark.parametrize("method", ["lrp-cmp", "lrp-epsilon", "lrp-alpha2beta1"])
+def test_bands_of_other_convolutions(net, method, monkeypatch):
+    model, x = other_nets()[net]
+    expected = explain(model, x, method)
+    spy = Spy(monkeypatch)
+    for rows in (1, 2):
+        monkeypatch.setattr(tiling, "FORCE_ROWS", rows)
+        torch.testing.assert_close(explain(model, x, method), expected, rtol=0, atol=1e-12)
+    assert len(spy.rules) == 4

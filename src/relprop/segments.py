@@ -10,8 +10,9 @@ memory then holds one segment's activations, the boundaries and the relevance.
 
 Segments are grouped while the forward pass runs: a segment grows until the boundaries kept so far,
 its activations and the estimated working memory of its nodes' rules (:func:`working_bytes`) would
-exceed the budget, and is closed at its last cut. A budget too small for the smallest segment
-raises a ValueError naming its largest node.
+exceed the budget, and is closed at its last cut. A convolution whose whole backward step does not
+fit the budget is computed in bands of output rows (:mod:`relprop.tiling`, :func:`bands_for`). A
+budget too small for the smallest segment raises a ValueError naming its largest node.
 
 The budget is set per explanation (:func:`bounded`, ``memory_budget=`` of :func:`relprop.explain`);
 without one, :func:`auto_budget` (half the memory available on the input's device) applies, so
