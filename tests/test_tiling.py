@@ -170,6 +170,34 @@ def test_the_planner_tiles_a_step_that_does_not_fit(monkeypatch):
     assert len(spy.rules) == len(bands)
 
 
+def test_every_convolution_is_tiled_when_the_needed_ones_do_not_suffice(monkeypatch):
+    """Tiling only the steps that cannot fit alone leaves a budget refused that tiling every
+    convolution fits (the boundaries kept before a step count too); the map is the unbounded one."""
+    model = vgg_float32()
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(tiling, "BAND_BYTES", 2 * 10**6)
+    propagator = propagator_for(model)
+    sizes = segments.measure(propagator, x)
+    last = len(sizes.size) - 2
+    low, high = 1, sum(sizes.size) + max(sizes.work)
+    while high - low > high // 100:
+        middle = (low + high) // 2
+        try:
+            segments.tiled_plan(propagator, sizes, middle, last)
+            high = middle
+        except ValueError:
+            low = middle
+    budget = high * 101 // 100
+    with pytest.raises(segments.BudgetTooSmall):
+        segments.plan(propagator, segments.bands_for(sizes, budget)[0], budget, last)
+    _, bands = segments.tiled_plan(propagator, sizes, budget, last)
+    assert len(bands) > len(segments.bands_for(sizes, budget)[1])
+    assert set(bands) == {p for p, band in enumerate(sizes.band) if band is not None}
+    got = relprop.explain(model, x, 3, method="lrp-cmp", memory_budget=budget)
+    want = relprop.explain(model, x, 3, method="lrp-cmp", memory_budget="unlimited")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+
+
 PEAK = textwrap.dedent("""
     import json, resource, sys, torch, torch.nn as nn, relprop
     from relprop import tiling

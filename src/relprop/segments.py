@@ -373,16 +373,29 @@ def _forget(env: dict, last_use: dict, i: int, graph) -> None:
         del env[done]
 
 
-def bands_for(sizes: Sizes, budget: int) -> tuple[Sizes, dict[int, int]]:
-    """The convolutions to tile under ``budget``: those whose whole backward step, with their input,
-    output and the model input, exceeds it (:mod:`relprop.tiling`); ``(sizes with their tiled
-    working memory, {position: output rows per band})``. A node is tiled only where its rule is
-    local (:meth:`relprop.rules.AffineRule.banded`); another rule takes the whole step."""
+def bands_for(sizes: Sizes, budget: int, everywhere: bool = False) -> tuple[Sizes, dict[int, int]]:
+    """The convolutions to tile under ``budget`` (:mod:`relprop.tiling`): those whose whole backward
+    step, with their input, output and the model input, exceeds it (``everywhere``: every one whose
+    step tiling makes smaller); ``(sizes with their tiled working memory, {position: output rows per
+    band})``. A node is tiled only where its rule is local (:meth:`relprop.rules.AffineRule.banded`);
+    another rule takes the whole step."""
     work, bands = list(sizes.work), {}
     for pos, band in enumerate(sizes.band):
-        if band is not None and sizes.out[0] + band[2] + sizes.size[pos] + sizes.work[pos] > budget:
+        if band is not None and (everywhere or sizes.out[0] + band[2] + sizes.size[pos] + sizes.work[pos] > budget):
             bands[pos], work[pos] = band[0], band[1]
     return replace(sizes, work=work), bands
+
+
+def tiled_plan(propagator: "Propagator", sizes: Sizes, budget: int,
+               last: int) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """:func:`plan` with the convolutions that must be tiled (:func:`bands_for`) and, if that does not
+    fit, with every convolution tiled where it saves memory; ``(segments, bands)``."""
+    try:
+        tiled, bands = bands_for(sizes, budget)
+        return plan(propagator, tiled, budget, last), bands
+    except BudgetTooSmall:
+        tiled, bands = bands_for(sizes, budget, everywhere=True)
+        return plan(propagator, tiled, budget, last), bands
 
 
 def plan(propagator: "Propagator", sizes: Sizes, budget: int, last: int) -> list[tuple[int, int]]:
@@ -471,8 +484,7 @@ def segmented_forward(propagator: "Propagator", x: Tensor, start: int | None, bu
     if key not in plans:
         if len(plans) >= PLANS_KEPT:
             del plans[next(iter(plans))]
-        sizes, bands = bands_for(measure(propagator, x), budget)
-        plans[key] = (plan(propagator, sizes, budget, last), bands)
+        plans[key] = tiled_plan(propagator, measure(propagator, x), budget, last)
     bounds, bands = plans[key]
     cache = _run(propagator, x, start, bounds, None)
     cache.bands = dict(bands)
