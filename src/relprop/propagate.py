@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -50,6 +50,8 @@ class ForwardCache:
     repeats: int = 1
     #: the forward pass with each sample once, when ``repeats`` > 1
     base: "ForwardCache | None" = None
+    #: output rows per band of the steps that the memory plan tiles, by position (:mod:`relprop.tiling`)
+    bands: dict[int, int] = field(default_factory=dict)
 
     def release(self, pos: int) -> None:
         """Free what is kept of node ``pos`` (also in the base pass)."""
@@ -327,6 +329,7 @@ class Propagator:
                 else:
                     step = Step(node.op, [cache.outputs[i] for i in node.inputs], cache.args[pos],
                                 cache.kwargs[pos], cache.outputs[pos], cache.state[pos], self.nonnegative_inputs[pos])
+                    step.band_rows = cache.bands.get(pos)
                     if cache.base is not None:
                         step.repeats = cache.repeats
                         step.base_inputs = [cache.base.outputs[i] for i in node.inputs]

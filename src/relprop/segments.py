@@ -10,8 +10,9 @@ memory then holds one segment's activations, the boundaries and the relevance.
 
 Segments are grouped while the forward pass runs: a segment grows until the boundaries kept so far,
 its activations and the estimated working memory of its nodes' rules (:func:`working_bytes`) would
-exceed the budget, and is closed at its last cut. A budget too small for the smallest segment
-raises a ValueError naming its largest node.
+exceed the budget, and is closed at its last cut. A convolution whose whole backward step does not
+fit the budget is computed in bands of output rows (:mod:`relprop.tiling`, :func:`bands_for`). A
+budget too small for the smallest segment raises a ValueError naming its largest node.
 
 The budget is set per explanation (:func:`bounded`, ``memory_budget=`` of :func:`relprop.explain`);
 without one, :func:`auto_budget` (half the memory available on the input's device) applies, so
@@ -25,13 +26,13 @@ import functools
 import contextvars
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Union
 
 import torch
 import torch.fx as fx
 
-from . import ops
+from . import ops, tiling
 
 if TYPE_CHECKING:
     from .propagate import ForwardCache, Propagator
@@ -303,11 +304,14 @@ def walk_range(cache: SegmentedCache, lo: int, hi: int,
 @dataclass
 class Sizes:
     """What one forward pass of an input holds per node: ``size`` (bytes of output and state),
-    ``out`` (bytes of the output) and ``work`` (estimated working memory of the backward step)."""
+    ``out`` (bytes of the output), ``work`` (estimated working memory of the backward step) and
+    ``band`` (for a convolution: ``(rows, work, input bytes)`` of its step in bands of rows, see
+    :mod:`relprop.tiling`; None for other nodes)."""
 
     size: list[int]
     out: list[int]
     work: list[int]
+    band: list[tuple[int, int, int] | None] = field(default_factory=list)
 
 
 def _node_sizes(nodes: list, pos: int, out: object, state: object, inputs: list[object]) -> tuple[int, int, int]:
@@ -324,7 +328,7 @@ def measure(propagator: "Propagator", x: Tensor) -> Sizes:
     frees each value after its last use."""
     graph = propagator.graph
     n = len(graph.nodes)
-    sizes = Sizes([0] * n, [0] * n, [0] * n)
+    sizes = Sizes([0] * n, [0] * n, [0] * n, [None] * n)
     sizes.out[0] = sizes.size[0] = tensor_bytes(x, set())
     order, last_use = _last_uses(graph)
     fx_of = {pos: node for node, pos in graph.position.items()}
@@ -347,6 +351,9 @@ def measure(propagator: "Propagator", x: Tensor) -> Sizes:
                 out, state = graph.nodes[pos].op.forward_with_state(args, kwargs)
                 inputs = [env[fx_of[i]] for i in graph.nodes[pos].inputs if fx_of.get(i) in env]
                 sizes.size[pos], sizes.out[pos], sizes.work[pos] = _node_sizes(graph.nodes, pos, out, state, inputs)
+                in_bytes = sum(tensor_bytes(v, set()) for v in inputs)
+                band = tiling.band_plan(graph.nodes[pos].op, out, sizes.work[pos], in_bytes, sizes.out[pos])
+                sizes.band[pos] = None if band is None else (*band, in_bytes)
                 env[fx_node] = out
                 del out, state, inputs
             _forget(env, last_use, i, graph)
@@ -364,6 +371,31 @@ def _forget(env: dict, last_use: dict, i: int, graph) -> None:
     """Drop from ``env`` the node values whose last user is the ``i``-th fx node or earlier."""
     for done in [a for a in env if last_use[a] <= i and graph.position.get(a) is not None]:
         del env[done]
+
+
+def bands_for(sizes: Sizes, budget: int, everywhere: bool = False) -> tuple[Sizes, dict[int, int]]:
+    """The convolutions to tile under ``budget`` (:mod:`relprop.tiling`): those whose whole backward
+    step, with their input, output and the model input, exceeds it (``everywhere``: every one whose
+    step tiling makes smaller); ``(sizes with their tiled working memory, {position: output rows per
+    band})``. A node is tiled only where its rule is local (:meth:`relprop.rules.AffineRule.banded`);
+    another rule takes the whole step."""
+    work, bands = list(sizes.work), {}
+    for pos, band in enumerate(sizes.band):
+        if band is not None and (everywhere or sizes.out[0] + band[2] + sizes.size[pos] + sizes.work[pos] > budget):
+            bands[pos], work[pos] = band[0], band[1]
+    return replace(sizes, work=work), bands
+
+
+def tiled_plan(propagator: "Propagator", sizes: Sizes, budget: int,
+               last: int) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """:func:`plan` with the convolutions that must be tiled (:func:`bands_for`) and, if that does not
+    fit, with every convolution tiled where it saves memory; ``(segments, bands)``."""
+    try:
+        tiled, bands = bands_for(sizes, budget)
+        return plan(propagator, tiled, budget, last), bands
+    except BudgetTooSmall:
+        tiled, bands = bands_for(sizes, budget, everywhere=True)
+        return plan(propagator, tiled, budget, last), bands
 
 
 def plan(propagator: "Propagator", sizes: Sizes, budget: int, last: int) -> list[tuple[int, int]]:
@@ -448,11 +480,15 @@ def segmented_forward(propagator: "Propagator", x: Tensor, start: int | None, bu
             pass
     plans = propagator.notes.setdefault("memory_plans", {})
     key = (tuple(x.shape), x.dtype, x.device, x.stride(), budget, last, MAX_SEGMENT_NODES)
+    key = (*key, tiling.BAND_BYTES)
     if key not in plans:
         if len(plans) >= PLANS_KEPT:
             del plans[next(iter(plans))]
-        plans[key] = plan(propagator, measure(propagator, x), budget, last)
-    return _run(propagator, x, start, plans[key], None)
+        plans[key] = tiled_plan(propagator, measure(propagator, x), budget, last)
+    bounds, bands = plans[key]
+    cache = _run(propagator, x, start, bounds, None)
+    cache.bands = dict(bands)
+    return cache
 
 
 def _run(propagator: "Propagator", x: Tensor, start: int | None, bounds: list[tuple[int, int]],
@@ -526,7 +562,7 @@ def _plain(cache: SegmentedCache) -> "ForwardCache":
     from .propagate import ForwardCache
 
     lists = [[slots.raw(p) for p in range(len(slots))] for slots in (cache.args, cache.kwargs, cache.outputs, cache.state)]
-    return ForwardCache(*lists, leaf=cache.leaf)  # type: ignore[attr-defined]
+    return ForwardCache(*lists, leaf=cache.leaf, bands=cache.bands)  # type: ignore[attr-defined]
 
 
 def segmented_gradient_at(cache: SegmentedCache, start: int, output_gradient: Tensor) -> tuple[Tensor, Tensor]:

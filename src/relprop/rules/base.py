@@ -25,6 +25,8 @@ from typing import Any, Callable, ClassVar, Iterator, Union
 
 import torch
 
+from .. import tiling
+
 Tensor = torch.Tensor
 Terms = Union[Tensor, tuple[Tensor, ...]]
 
@@ -53,6 +55,8 @@ class Step:
     base_output: Tensor | None = None
     #: the terms computed by :meth:`shared`, by key
     memo: dict[str, Terms] = field(default_factory=dict)
+    #: output rows per band where the memory plan tiles this step (:mod:`relprop.tiling`); None: whole
+    band_rows: int | None = None
 
     def shared(self, key: str, make: Callable[[list[Tensor], Tensor], Terms]) -> Terms:
         """``make(inputs, output)``, a term (or a tuple of terms) that depends on the forward values
@@ -78,6 +82,10 @@ class Rule:
 
     #: the operation kinds the rule applies to (see :data:`relprop.ops.KINDS`)
     kinds: ClassVar[tuple[str, ...]] = ()
+    #: each output position's term depends only on the relevance and values there and on the input
+    #: under its kernel (no statistic of the whole layer or sample), so that a convolution's step may be
+    #: computed in bands of rows (:mod:`relprop.tiling`)
+    spatially_local: ClassVar[bool] = False
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
         raise NotImplementedError
@@ -93,7 +101,17 @@ class AffineRule(Rule):
     def __call__(self, layer: Any, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         raise NotImplementedError
 
+    def banded(self, x: Tensor) -> "AffineRule | None":
+        """The rule to apply to bands of rows of the layer input ``x`` (and of the output) so that the
+        bands' relevance adds up to this rule's on the whole (:mod:`relprop.tiling`): the rule itself
+        when it is :attr:`spatially_local`, None when it cannot be split."""
+        return self if self.spatially_local else None
+
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
+        rows = tiling.rows_for(step)
+        band_rule = self.banded(step.inputs[0]) if rows is not None else None
+        if rows is not None and band_rule is not None:
+            return [tiling.relevance_in_bands(band_rule, step, r, rows)]
         with _stepping(step):
             return [self(step.op, step.inputs[0], step.output, r, step.nonnegative)]
 

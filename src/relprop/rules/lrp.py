@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Union
 
 import torch
 
@@ -47,6 +47,8 @@ class Epsilon(AffineRule):
     ``epsilon=0`` is LRP-0 (the z rule, Kohlbrenner et al. 2020 [Kohlbrenner2020-LRP] Eq. 1) with ``0/0 := 0``.
     """
 
+    spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+
     epsilon: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -70,6 +72,8 @@ class AlphaBeta(AffineRule):
     is ``AlphaBeta(2, 1)`` here. Correct for signed inputs: positive contributions are
     ``x+ w+`` and ``x- w-`` (plus the positive bias), negative ones ``x+ w-`` and ``x- w+``.
     """
+
+    spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
 
     alpha: float = 1.0
     beta: float = 0.0
@@ -149,6 +153,8 @@ class Gamma(AffineRule):
     ``z_j < 0`` it follows ``x+ (w + gamma w-) + x- (w + gamma w+)``. Biases are raised alike.
     """
 
+    spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+
     gamma: float = 0.25
     stabilizer: float = 1e-6
 
@@ -187,6 +193,8 @@ class Flat(AffineRule):
     with ``n_j`` the number of inputs connected to ``j`` (fewer at padded borders).
     """
 
+    spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+
     stabilizer: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -206,6 +214,8 @@ class WSquare(AffineRule):
 
     As zennit's ``WSquare``, the squared bias joins the denominator unless ``zero_bias``.
     """
+
+    spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
 
     stabilizer: float = 1e-6
     zero_bias: bool = False
@@ -244,6 +254,17 @@ class ZBox(AffineRule):
         low, high = self.low, self.high
         if low is not None and high is not None and bool(torch.any(torch.as_tensor(low) > torch.as_tensor(high))):
             raise ValueError(f"'low' of rule ZBox must not exceed 'high', got low={low}, high={high}")
+
+    def banded(self, x: Tensor) -> "ZBox | None":
+        """The rule for bands of rows of ``x``: per-image bounds (None) are taken from the whole image
+        once, so that every band uses the same; bounds that vary along the rows are not split (None)."""
+        given = [b for b in (self.low, self.high) if isinstance(b, Tensor)]
+        if x.dim() > 2 and any(b.dim() >= x.dim() - 2 and b.shape[2 - x.dim()] > 1 for b in given):
+            return None
+        if self.low is not None and self.high is not None:
+            return self
+        low, high = self._bounds(x)
+        return ZBox(low, high, self.stabilizer, self.bias)
 
     def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Lower and upper bound tensors broadcast to the shape of ``x``."""
@@ -341,6 +362,11 @@ class Contrastive(AffineRule):
     """
 
     rule: "AffineRule"
+
+    def banded(self, x: Tensor) -> "Contrastive | None":
+        """Local where the rule it contrasts is (:meth:`AffineRule.banded`)."""
+        inner = self.rule.banded(x)
+        return None if inner is None else (self if inner is self.rule else Contrastive(inner))
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         target = self.rule(layer, x, z, r, nonnegative)
