@@ -275,7 +275,9 @@ MAP_ONLY = {
 @given(data=maps_and_masks(same_shape=True))
 def test_map_metrics_give_a_documented_result_or_a_value_error(name: str, data) -> None:
     maps, _, valid = data
-    valid = (maps.dim() == 3 and not maps.is_complex() and min(maps.shape[1:]) > 0
+    takes_volumes = name == "max_points" or (name in M.METRICS and M.METRICS[name].volumes)
+    ranks = (3, 4) if takes_volumes else (3,)  # (B, H, W) maps, and (B, D, H, W) volumes where declared
+    valid = (maps.dim() in ranks and not maps.is_complex() and min(maps.shape[1:]) > 0
              and bool(torch.isfinite(maps.double()).all()))
     fn, check = MAP_ONLY[name]
     try:
