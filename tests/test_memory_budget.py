@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 import torchvision
@@ -44,11 +46,17 @@ def tightest(model: torch.nn.Module, x: torch.Tensor, method: str = "lrp-cmp") -
     last = len(sizes.size) - 2
     if method == "hedge":
         last = propagator.graph.find(default_layer(propagator.graph))
+    return smallest_budget(lambda budget: segments.plan(propagator, sizes, budget, last), sizes)
+
+
+def smallest_budget(plan: Callable[[int], object], sizes: segments.Sizes) -> int:
+    """The smallest budget (within 1 %) for which ``plan(budget)`` raises no ValueError (bisection
+    from the whole forward pass's need)."""
     low, high = 1, sum(sizes.size) + max(sizes.work)
     while high - low > high // 100:
         middle = (low + high) // 2
         try:
-            segments.plan(propagator, sizes, middle, last)
+            plan(middle)
             high = middle
         except ValueError:
             low = middle

@@ -20,6 +20,8 @@ from relprop.propagate import forward_for, propagator_for
 from relprop.rules import AlphaBeta, Contrastive, Epsilon, Flat, Gamma, WSquare, ZBox
 from relprop.rules.rap import RAPHidden
 
+from test_memory_budget import smallest_budget
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -131,26 +133,25 @@ def vgg_float32() -> nn.Module:
 
 def tightest_tiled(propagator, sizes: segments.Sizes, last: int) -> int:
     """The smallest budget (within 1 %) that the planner accepts with tiling."""
-    low, high = 1, sum(sizes.size) + max(sizes.work)
-    while high - low > high // 100:
-        middle = (low + high) // 2
-        try:
-            segments.plan(propagator, segments.bands_for(sizes, middle)[0], middle, last)
-            high = middle
-        except ValueError:
-            low = middle
-    return high
+    return smallest_budget(lambda budget: segments.plan(propagator, segments.bands_for(sizes, budget)[0], budget,
+                                                        last), sizes)
 
 
-def test_the_planner_tiles_a_step_that_does_not_fit(monkeypatch):
-    """A budget below what VGG-16's largest convolution needs whole is refused without tiling and
-    accepted with it; the steps it tiles give the unbounded run's map."""
+def vgg_sizes(monkeypatch) -> tuple:
+    """VGG-16 on one 128 x 128 image with 2 MB bands: ``(model, x, propagator, sizes, last)``."""
     model = vgg_float32()
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
     monkeypatch.setattr(tiling, "BAND_BYTES", 2 * 10**6)
     propagator = propagator_for(model)
     sizes = segments.measure(propagator, x)
     last = len(sizes.size) - 2
+    return model, x, propagator, sizes, last
+
+
+def test_the_planner_tiles_a_step_that_does_not_fit(monkeypatch):
+    """A budget below what VGG-16's largest convolution needs whole is refused without tiling and
+    accepted with it; the steps it tiles give the unbounded run's map."""
+    model, x, propagator, sizes, last = vgg_sizes(monkeypatch)
     budget = tightest_tiled(propagator, sizes, last) * 102 // 100
     with pytest.raises(segments.BudgetTooSmall):
         segments.plan(propagator, sizes, budget, last)
@@ -173,21 +174,8 @@ def test_the_planner_tiles_a_step_that_does_not_fit(monkeypatch):
 def test_every_convolution_is_tiled_when_the_needed_ones_do_not_suffice(monkeypatch):
     """Tiling only the steps that cannot fit alone leaves a budget refused that tiling every
     convolution fits (the boundaries kept before a step count too); the map is the unbounded one."""
-    model = vgg_float32()
-    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(tiling, "BAND_BYTES", 2 * 10**6)
-    propagator = propagator_for(model)
-    sizes = segments.measure(propagator, x)
-    last = len(sizes.size) - 2
-    low, high = 1, sum(sizes.size) + max(sizes.work)
-    while high - low > high // 100:
-        middle = (low + high) // 2
-        try:
-            segments.tiled_plan(propagator, sizes, middle, last)
-            high = middle
-        except ValueError:
-            low = middle
-    budget = high * 101 // 100
+    model, x, propagator, sizes, last = vgg_sizes(monkeypatch)
+    budget = smallest_budget(lambda b: segments.tiled_plan(propagator, sizes, b, last), sizes) * 101 // 100
     with pytest.raises(segments.BudgetTooSmall):
         segments.plan(propagator, segments.bands_for(sizes, budget)[0], budget, last)
     _, bands = segments.tiled_plan(propagator, sizes, budget, last)
