@@ -55,10 +55,14 @@ def band_plan(op: object, out: Tensor, work: int, in_bytes: int, out_bytes: int)
     return (rows, tiled) if tiled < work else None
 
 
+def _extent(op: Affine) -> int:
+    """Input rows one output row reads along the first spatial dimension (the dilated kernel)."""
+    return op.dilation[0] * (op.module.kernel_size[0] - 1) + 1
+
+
 def _halo_rows(op: Affine) -> int:
     """Input rows a band reads beyond its own share (the kernel's extent), as a number of output rows."""
-    extent = op.dilation[0] * (op.module.kernel_size[0] - 1) + 1
-    return -(-extent // op.stride[0])
+    return -(-_extent(op) // op.stride[0])
 
 
 def rows_for(step: "Step") -> int | None:
@@ -117,7 +121,7 @@ def relevance_in_bands(rule: "AffineRule", step: "Step", r: Tensor, rows: int) -
     layer: Affine = step.op
     x, z = step.inputs[0], step.output
     top, bottom = _padding(layer)
-    stride, extent = layer.stride[0], layer.dilation[0] * (layer.module.kernel_size[0] - 1) + 1
+    stride, extent = layer.stride[0], _extent(layer)
     height, out_rows = x.shape[2], z.shape[2]
     result: Tensor | None = None
     bands: dict[tuple[int, int], BandLayer] = {}
