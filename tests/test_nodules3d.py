@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from relprop.data.registry import get_dataset
 from relprop.data.nodules3d import NODULE_CLASSES, NoduleSample, Nodules3DDataset, nodule_mask
@@ -85,3 +86,59 @@ def test_shipped_model_loads_by_name_and_classifies_test_cubes():
         pred = model(x).argmax(1).numpy()
     assert (pred == labels).mean() >= 0.8
     assert sum(p.numel() for p in model.state_dict().values()) * 4 < 3e6
+
+
+def test_binary_scores_by_hand():
+    from relprop.models.train_nodules3d import binary_scores
+
+    pred = torch.tensor([1, 1, 0, 0, 1, 0])
+    truth = torch.tensor([1, 0, 0, 1, 1, 0])  # tp 2, fp 1, tn 2, fn 1
+    s = binary_scores(pred, truth)
+    assert s == pytest.approx({"ACC": 4 / 6, "PRE": 2 / 3, "REC": 2 / 3, "SPEC": 2 / 3, "F1": 2 / 3})
+
+
+class _Constant(torch.nn.Module):
+    """A stand-in for a trained fold: predicts the class given at construction."""
+
+    def __init__(self, cls: int) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 2)
+        out[:, self.cls] = 1.0
+        return out
+
+
+def test_cross_validation_resumes_from_its_record(tmp_path, monkeypatch):
+    import json
+
+    import relprop.models.train_nodules3d as T
+
+    vols = np.zeros((8, 1, 2, 2, 2), dtype=np.float32)
+    labels = np.array([0, 1] * 4, dtype=np.int64)
+    trained: list[int] = []
+
+    def fake_fit(v, lab, epochs, lr, batch_size, seed, log=False):
+        trained.append(seed)
+        return _Constant(seed % 2)
+
+    monkeypatch.setattr(T, "fit", fake_fit)
+    record = tmp_path / "cv.json"
+    full = T.cross_validate(vols, labels, 4, 1, 1e-3, seed=10, log=False, record=record)
+    assert trained == [10, 11, 12, 13]
+    assert [f["REC"] for f in full["folds"]] == [0.0, 1.0, 0.0, 1.0]
+    # a run killed after two folds: the rerun trains only the other two and gives the same result
+    data = json.loads(record.read_text())
+    data["folds"] = {k: v for k, v in data["folds"].items() if k in ("0", "1")}
+    record.write_text(json.dumps(data))
+    trained.clear()
+    again = T.cross_validate(vols, labels, 4, 1, 1e-3, seed=10, log=False, record=record)
+    assert trained == [12, 13]
+    assert json.dumps(again) == json.dumps(full)  # NaN precision where a fold predicts no nodule
+    # other settings are refused by name, a corrupt record too
+    with pytest.raises(ValueError, match="epochs differ"):
+        T.cross_validate(vols, labels, 4, 2, 1e-3, seed=10, log=False, record=record)
+    record.write_text("{not json")
+    with pytest.raises(ValueError, match="not a cross-validation record"):
+        T.cross_validate(vols, labels, 4, 1, 1e-3, seed=10, log=False, record=record)

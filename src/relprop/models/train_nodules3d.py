@@ -11,8 +11,12 @@ cross-validation with accuracy, precision, recall, specificity and F1 (nodule = 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import time
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -72,21 +76,61 @@ def fit(vols: np.ndarray, labels: np.ndarray, epochs: int, lr: float, batch_size
 
 
 def cross_validate(vols: np.ndarray, labels: np.ndarray, folds: int, epochs: int, lr: float, batch_size: int = 32,
-                   seed: int = 0, log: bool = True) -> dict[str, object]:
-    """k-fold cross-validation over contiguous folds; per-fold scores, their mean and standard deviation."""
+                   seed: int = 0, log: bool = True, record: Optional[Path] = None) -> dict[str, object]:
+    """k-fold cross-validation over contiguous folds; per-fold scores, their mean and standard deviation.
+
+    With ``record``, each finished fold's scores are written to that JSON file at once, and a rerun
+    with the same settings and cubes takes them from there instead of training the fold again, so a
+    killed run loses at most the fold it was training. A record written with other settings is refused.
+    """
     bounds = np.linspace(0, len(vols), folds + 1).round().astype(int)
+    settings = {"folds": folds, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                "cubes": len(vols), "labels": hashlib.sha256(np.ascontiguousarray(labels)).hexdigest()[:16]}
+    done = _read_record(record, settings) if record is not None else {}
     per_fold = []
     for k in range(folds):
-        test = np.arange(bounds[k], bounds[k + 1])
-        train = np.setdiff1d(np.arange(len(vols)), test)
-        model = fit(vols[train], labels[train], epochs, lr, batch_size, seed + k, log=False)
-        scores = binary_scores(predict(model, vols[test]), torch.from_numpy(labels[test]))
+        resumed = str(k) in done
+        if resumed:
+            scores = done[str(k)]
+        else:
+            test = np.arange(bounds[k], bounds[k + 1])
+            train = np.setdiff1d(np.arange(len(vols)), test)
+            model = fit(vols[train], labels[train], epochs, lr, batch_size, seed + k, log=False)
+            scores = binary_scores(predict(model, vols[test]), torch.from_numpy(labels[test]))
+            if record is not None:
+                done[str(k)] = scores
+                _write_record(record, settings, done)
         per_fold.append(scores)
         if log:
-            print(f"fold {k + 1}/{folds}: " + ", ".join(f"{key} {v:.3f}" for key, v in scores.items()), flush=True)
+            print(f"fold {k + 1}/{folds}: " + ", ".join(f"{key} {v:.3f}" for key, v in scores.items())
+                  + (f" (from {record})" if resumed else ""), flush=True)
     table = np.array([[f[key] for key in _KEYS] for f in per_fold])
     return {"folds": per_fold, "mean": dict(zip(_KEYS, np.nanmean(table, 0).tolist())),
             "std": dict(zip(_KEYS, np.nanstd(table, 0, ddof=1).tolist() if folds > 1 else [0.0] * 5))}
+
+
+def _read_record(path: Path, settings: dict[str, object]) -> dict[str, dict[str, float]]:
+    """The folds already finished in ``path`` (none if it does not exist yet)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        saved, folds = data["settings"], data["folds"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a cross-validation record ({err}); remove it or pass another file") from None
+    if saved != settings:
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise ValueError(f"{path} records a cross-validation with other settings ({', '.join(changed)} differ); "
+                         "remove it or pass another file")
+    return {str(k): {key: float(v) for key, v in scores.items()} for k, scores in folds.items()}
+
+
+def _write_record(path: Path, settings: dict[str, object], done: dict[str, dict[str, float]]) -> None:
+    """Write the finished folds atomically (a kill mid-write leaves the previous record)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "folds": done}, indent=1))
+    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,10 +141,13 @@ def run(args: argparse.Namespace) -> int:
     epochs = args.epochs or 8
     lr = args.lr or 3e-3
     t0 = time.perf_counter()
+    if args.folds_record and not args.folds:
+        raise SystemExit("--folds-record needs --folds")
     if args.folds:
         vols, labels, _ = Nodules3DDataset("train", count=count, seed=args.seed).arrays()
         print(f"generated {count} cubes in {time.perf_counter() - t0:.0f} s", flush=True)
-        result = cross_validate(vols, labels, args.folds, epochs, lr, args.batch_size, args.seed)
+        result = cross_validate(vols, labels, args.folds, epochs, lr, args.batch_size, args.seed,
+                                record=args.folds_record)
         print(json.dumps({"model": NAME, "folds": args.folds, "cubes": count, "epochs": epochs,
                           "seconds": round(time.perf_counter() - t0), **result}, indent=1))
         return 0

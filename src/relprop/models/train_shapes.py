@@ -170,14 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=0,
                         help="nodules3d_vgg only: k-fold cross-validation on the first --train-count cubes "
                              "instead of training the shipped weights")
+    parser.add_argument("--folds-record", type=Path,
+                        help="with --folds: a JSON file that keeps each finished fold's scores; a rerun with "
+                             "the same settings resumes from it")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.model in OTHER_TRAINERS:
         import importlib
 
         return int(importlib.import_module(OTHER_TRAINERS[args.model]).run(args))
-    if args.folds:
-        parser.error("--folds is for nodules3d_vgg")
+    if args.folds or args.folds_record:
+        parser.error("--folds and --folds-record are for nodules3d_vgg")
     out = args.out or weights_path(args.model)
     if args.evaluate_only:
         model = load_shapes_model(args.model, weights=out if args.out else None)
