@@ -259,7 +259,12 @@ def test_jobs_compute_what_the_tables_show() -> None:
     assert set(P.table_1_000("shapes_vgg")) | set(P.M002_TABLE3) <= seg
     assert set(P.table_i_pos_001("shapes_vgg")) <= methods("shapes_vgg", "perturbation (Table I")
     pos_only = next(j for j in jobs if j.config.model == "shapes_vgg" and "positive removal only" in j.label)
-    assert pos_only.config.metrics == ["aopc_morf"] and pos_only.config.methods == list(P.M001_POS_VGG)
+    assert pos_only.config.metrics == ["aopc_morf", *P.DIAGNOSTICS] and pos_only.config.methods == list(P.M001_POS_VGG)
+    # the map statistics behind a reversal are measured beside every curve, on the same images and classes
+    curves = {"aopc_morf", "aopc_lerf", "blurred_insertion", "maximal_patch_masking"}
+    for job in P.jobs("small", ["shapes_vgg", "efficientnet_lite0", "shapes_vit"]):
+        if curves & set(job.config.metrics):
+            assert set(P.DIAGNOSTICS) <= set(job.config.metrics), job.label
     for label in ("localisation (boxes)", "segmentation", "perturbation"):
         assert "pattern-attribution" not in methods("shapes_resnet", label), label
     assert methods("shapes_vgg", "blurred insertion") == set(P.M002_INSERTION)

@@ -27,8 +27,8 @@ ALPHA = 0.05
 #: the reasons that speak of noise: stated for undecided pairs, dropped for significant reversals
 _NOISE = ", so differences of a few points are within the noise"
 _PHOTO_NOISE = ", so one photo moves a mean by a tenth"
-_DATA = ("data: 64 x 64 synthetic shapes with at most three objects and a few dozen images, against "
-         "thousands of ImageNet / VOC photos" + _NOISE)
+_DATA = ("data: 64 x 64 synthetic shapes with at most three objects, against thousands of ImageNet / VOC photos"
+         + _NOISE)
 #: the data reason for a model evaluated on the photos (replaces the shapes one)
 DATA_PHOTOS = ("data: a handful of photos (one explained class each, one or two outlined objects)" + _PHOTO_NOISE
                + ", against thousands of ImageNet / VOC images")
@@ -76,7 +76,7 @@ ORDERS: dict[str, Order] = {
                                                    "lrp-preset-a"), "pattern-attribution", "rap-journal",
                   "integrated-gradients",
                   why=f"{_DATA}; {_MODEL}; method: relprop's gradient is signed, the paper's sensitivity "
-                      "analysis ranks |gradient|; with a few dozen images one image moves the accuracy by points"),
+                      "analysis ranks |gradient|"),
     "001-neg": _o("Nam, Choi and Lee [Nam-RAP-Journal], Table I, negative removal at 10,000 pixels (higher accuracy = negative "
                   "relevance was irrelevant)", "rap-journal", "lrp-alpha2beta1", "input-x-gradient",
                   why=f"{_DATA}; {_MODEL}; method: scaled to 64 x 64, 10,000 pixels of 224² are a "

@@ -37,6 +37,9 @@ _SIDES = {"shapes_vgg": 64, "shapes_resnet": 64, "shapes_vit": 64}
 #: the map statistics that explain significant reversals (relprop.reproduce.diagnosis), measured in
 #: the localisation and segmentation runs
 MAP_STATISTICS = ("silent_background", "negative_share")
+#: every statistic of a map profile (relprop.reproduce.diagnosis.STATISTICS), measured beside the
+#: perturbation, insertion and patch-masking curves on the same images and classes
+DIAGNOSTICS = ("mu", "positive_ratio", *MAP_STATISTICS)
 
 # -- methods of each paper ---------------------------------------------------------------------------
 #: Nam et al. 2020 [Nam2020-RAP], Table 1 and Fig. 7: the methods measured on VGG-16 and ResNet-50
@@ -404,7 +407,7 @@ def _transformer_jobs(sz: Size, model: str, dataset: str, base: dict) -> list[Jo
             metric_options={"pointing_game": pointing_options(side), "outside_inside_ratio": _OI}, **base)),
         Job(("transformers",), f"{model}: transformers, faithfulness (MoRF / LeRF)", EvaluationConfig(
             dataset=TRANSFORMER_DATASETS[0], dataset_options={"dataset": dataset}, methods=methods,
-            targets="predicted", limit=limit, metrics=["aopc_morf", "aopc_lerf"],
+            targets="predicted", limit=limit, metrics=["aopc_morf", "aopc_lerf", *DIAGNOSTICS],
             metric_options={"aopc_morf": faith, "aopc_lerf": faith}, **base)),
     ]
 
@@ -473,22 +476,23 @@ def _all_jobs(sz: Size, models: Sequence[str], model_options: Optional[dict], ba
         lerf_step = sz.photo_lerf_step if dataset == "photos" else sz.lerf_step
         out.append(Job(("000", "001"), f"{model}: perturbation (Table I, LeRF, D_K)", EvaluationConfig(
             dataset=dataset, methods=list(M001), targets="predicted", limit=pl,
-            metrics=["aopc_morf", "aopc_lerf", "topk_distance"],
+            metrics=["aopc_morf", "aopc_lerf", "topk_distance", *DIAGNOSTICS],
             metric_options={"aopc_morf": [t1["pos_removal"], t1["pos_shuffle"]],
                             "aopc_lerf": [t1["neg_removal"], t1["neg_shuffle"], lerf_000_options(side, lerf_step)],
                             "topk_distance": {"ks": topk_ks(side)}}, **base)))
         pos_only = [m for m in table_i_pos_001(model) if m not in M001]
         if pos_only:  # Table I's positive removal alone, into the same run
             out.append(Job(("001",), f"{model}: perturbation (Table I, positive removal only)", EvaluationConfig(
-                dataset=dataset, methods=pos_only, targets="predicted", limit=pl, metrics=["aopc_morf"],
+                dataset=dataset, methods=pos_only, targets="predicted", limit=pl,
+                metrics=["aopc_morf", *DIAGNOSTICS],
                 metric_options={"aopc_morf": [t1["pos_removal"], t1["pos_shuffle"]]}, **base)))
         out.append(Job(("002",), f"{model}: blurred insertion", EvaluationConfig(
             dataset=dataset, methods=list(M002_INSERTION), targets="predicted", limit=pl,
-            metrics=["blurred_insertion"], **base)))
+            metrics=["blurred_insertion", *DIAGNOSTICS], **base)))
         for targets in (labels, "second"):
             out.append(Job(("004",), f"{model}: patch masking ({targets})", EvaluationConfig(
                 dataset=dataset, methods=list(M004), targets=targets, limit=pl,
-                metrics=["maximal_patch_masking"],
+                metrics=["maximal_patch_masking", *DIAGNOSTICS],
                 metric_options={"maximal_patch_masking": [{}, {"location": "random"}]}, **base)))
         rnd = sz.randomisation if shapes else sz.photo_randomisation
         rnd = rnd if limit is None else min(limit, rnd)

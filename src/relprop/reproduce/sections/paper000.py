@@ -106,7 +106,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                    lambda fig: series_plot(fig, series, "pixels removed (least relevant first)",
                                             "top-1 accuracy", f"LeRF perturbation, {model}"))
         doc.order("000-lerf", {m: nanmean(s[1]) for m, s in series.items()}, higher=True,
-                  items={m: curve_items(pred, m, lerf, "accuracy") for m in series})
+                  items={m: curve_items(pred, m, lerf, "accuracy") for m in series}, maps_run=pred)
 
 
 def _lerf_step(run: RunData, model: str) -> int:

@@ -65,7 +65,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                 "")
         doc.add(*md_table(head, rows))
         # the paper's last numeric column (4,000 / 10,000 pixels)
-        doc.order(order_key, final, higher=(kind == "neg"), items=final_items)
+        doc.order(order_key, final, higher=(kind == "neg"), items=final_items, maps_run=pred)
     ks = P.topk_ks(side)
     tk = P.key("topk_distance", {"ks": ks})
     series = {}
@@ -81,4 +81,4 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                    lambda fig: series_plot(fig, series, "K (top-K positive pixels)", "D_K (pixels)",
                                             f"distance of top-K positive pixels to the top-1, {model}"))
         doc.order("001-dk", {m: nanmean(s[1]) for m, s in series.items()}, higher=False,
-                  items={m: curve_items(pred, m, tk, "mean") for m in series})
+                  items={m: curve_items(pred, m, tk, "mean") for m in series}, maps_run=pred)

@@ -129,7 +129,7 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str) -> None:
                        lambda fig: series_plot(fig, series, "fraction of pixels inserted (MoRF)",
                                                 "top-1 accuracy", f"insertion into a blurred image, {model}"))
             doc.order("002-insertion", {m: nanmean(s[1]) for m, s in series.items()}, higher=True,
-                      items={m: curve_items(pred, m, bi, "accuracy") for m in series})
+                      items={m: curve_items(pred, m, bi, "accuracy") for m in series}, maps_run=pred)
         mp, noi = P.key("stacked_map"), P.key("normalised_outside_inside_ratio")
         rows, m_ap, m_oi = [], {}, {}
         it_ap = {m: scalar_items(pred, m, mp) for m in P.M002_TABLE3 if pred.has(m, mp)}

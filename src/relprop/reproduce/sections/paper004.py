@@ -46,7 +46,8 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                    lambda fig, s=series: series_plot(fig, s, "patch size p", "change of y_t (softmax)",
                                                       f"maximal patch masking, {which}, {model}"))
         doc.order(order_key, {m: s[1][-1] for m, s in series.items()}, higher=False,
-                  items={m: curve_items(run, m, "", "mean", len(s[1]) - 1, recs[m]) for m, s in series.items()})
+                  items={m: curve_items(run, m, "", "mean", len(s[1]) - 1, recs[m]) for m, s in series.items()},
+                  maps_run=run)
     box = runs["boxes"]
     if box is None:
         return

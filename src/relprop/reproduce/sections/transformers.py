@@ -79,7 +79,7 @@ def _faithfulness(doc: Doc, model: str, run: RunData, tag: str) -> None:
                    lambda fig: series_plot(fig, curves, "squares removed", "logit of the class",
                                            f"region perturbation, {model}"))
     if model in P.TRANSFORMER_MODELS:
-        doc.order("vit-faithfulness", gap, higher=True, items=items["gap"])
+        doc.order("vit-faithfulness", gap, higher=True, items=items["gap"], maps_run=run)
 
 
 def section(doc: Doc, runs: list[RunData]) -> None:
