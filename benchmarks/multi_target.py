@@ -46,6 +46,14 @@ from _report import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 Tensor = torch.Tensor
 TARGET = 0.5  #: the one call should take at most this fraction of the separate calls' time
+REFERENCE = "(reference passes)"  #: the key of the forward pass and the plain gradient in the results
+
+
+def floor_ratio(forward: float, gradient: float, k: int, separate: float) -> float:
+    """A lower bound on the one call's time over the separate calls': one forward pass shared by the K
+    targets, then per target at least one backward pass as expensive as the plain gradient's
+    (``gradient - forward``): ``(forward + K (gradient - forward)) / separate``."""
+    return (forward + k * max(gradient - forward, 0.0)) / separate
 
 
 @dataclass
@@ -78,6 +86,23 @@ def runners(method: str, model: nn.Module, x: Tensor, targets: Tensor) -> dict[s
     return {"one call": one, "separate": separate}
 
 
+def reference_runners(model: nn.Module, x: Tensor, targets: Tensor) -> dict[str, Callable[[], Tensor]]:
+    """The two passes that bound any one call from below: the forward pass alone, and the plain gradient
+    of one class per sample (a forward pass and one backward pass of autograd to the input alone: no
+    parameter gradients)."""
+    def forward() -> Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    def gradient() -> Tensor:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            logits = model(leaf)
+            (grad,) = torch.autograd.grad(logits.gather(1, targets[:, :1]).sum(), leaf)
+        return grad
+    return {"forward": forward, "gradient": gradient}
+
+
 def timed(run: Callable[[], Tensor]) -> tuple[float, float, Tensor]:
     cpu, start = time.process_time(), time.perf_counter()
     out = run()
@@ -96,6 +121,7 @@ def bench_model(name: str, args: argparse.Namespace, deadline: float | None) -> 
     x, _ = speed.make_input(args.batch, args.size)
     targets = targets_for(args.batch, args.k)
     jobs = {(m, kind): run for m in args.methods for kind, run in runners(m, model, x, targets).items()}
+    jobs.update({(REFERENCE, kind): run for kind, run in reference_runners(model, x, targets).items()})
     rows = {key: Row() for key in jobs}
     round_times = []
     small = speed.make_input(1, 64)[0]
@@ -136,19 +162,35 @@ def report(all_results: dict[str, dict[str, dict[str, Row]]], args: argparse.Nam
         "`max |one - separate| / max |separate|` over every (image, target) map (float32 rounding).",
         "",
         "| model | method | one call (median) | separate (median) | ratio of medians | ratio of minima | "
-        "ratio of CPU times | rounds | max rel. diff. | target met |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "ratio of CPU times | floor | rounds | max rel. diff. | target met |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for model, methods in all_results.items():
+        ref = methods[REFERENCE]
         for method, rows in methods.items():
+            if method == REFERENCE:
+                continue
             one, sep = rows["one call"], rows["separate"]
             assert one.output is not None and sep.output is not None
             r = one.median() / sep.median()
             lines.append(
                 f"| {model} | `{method}` | {one.median():.2f} s | {sep.median():.2f} s | {r:.2f} | "
-                f"{min(one.times) / min(sep.times):.2f} | {one.cpu() / sep.cpu():.2f} | {len(one.times)} | "
+                f"{min(one.times) / min(sep.times):.2f} | {one.cpu() / sep.cpu():.2f} | "
+                f"{floor_ratio(ref['forward'].median(), ref['gradient'].median(), args.k, sep.median()):.2f} | "
+                f"{len(one.times)} | "
                 f"{relative_error(one.output, sep.output):.1e} | {'yes' if r <= TARGET else 'no'} |")
     lines += [
+        "",
+        "*floor*: `(F + K (G - F)) / separate`, with F the forward pass alone and G the plain gradient of "
+        "one class per image (autograd, to the input alone), timed in the same rounds ("
+        + "; ".join(f"{model}: F {m[REFERENCE]['forward'].median():.2f} s, G {m[REFERENCE]['gradient'].median():.2f} s"
+                    for model, m in all_results.items())
+        + "): what the one call would take if it shared the forward pass and everything that does not "
+        "depend on the target, and then cost each target no more than the gradient's backward pass. "
+        "The LRP rules' backward pass per target is one transposed product per layer like the "
+        "gradient's, plus its element-wise ratios (and RAP's two stacked weight parts: twice the "
+        "transposed product), so a ratio below the floor is out of reach; a target below the floor is "
+        "out of reach for every method.",
         "",
         f"Command: `{command}` ({seconds / 60:.0f} min). Machine: {speed.cpu_model()}, "
         f"{os.cpu_count()} logical CPUs, {speed.total_ram_gib()} RAM, torch {torch.__version__}, "
