@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 import relprop
-from relprop import segments
+from relprop import needs, segments
+from relprop.attribution.lrp import cmp_composite
 from relprop.layer_gradient import default_layer
 from relprop.propagate import ForwardCache, forward_for, propagator_for
 
@@ -39,10 +40,15 @@ def full_need(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(sizes.size) + max(sizes.work)
 
 
-def tightest(model: torch.nn.Module, x: torch.Tensor, method: str = "lrp-cmp") -> int:
-    """The smallest budget (within 1 %) that the segments of ``model`` on ``x`` fit under ``method``."""
+def tightest(model: torch.nn.Module, x: torch.Tensor, method: str | None = None) -> int:
+    """The smallest budget (within 1 %) that the segments of ``model`` on ``x`` fit under ``method``
+    (None: as any method plans without knowing its rules)."""
     propagator = propagator_for(model, fold_batchnorm=method not in ("rap", "hedge"))
-    sizes = segments.measure(propagator, x)
+    reads = None
+    if method == "lrp-cmp":  # its plan keeps only what its rules read (relprop.needs)
+        with needs.rules_known(cmp_composite()):
+            reads = needs.reads_for(propagator)
+    sizes = segments.measure(propagator, x, reads)
     last = len(sizes.size) - 2
     if method == "hedge":
         last = propagator.graph.find(default_layer(propagator.graph))
@@ -129,7 +135,7 @@ def test_other_propagation_methods_and_records():
 
 
 def test_several_targets_per_sample_under_a_budget():
-    model, x = vgg16(), image(batch=2)
+    model, x = vgg16().double(), image(batch=2, dtype=torch.float64)  # its plan tiles convolutions
     target = [[1, 2], [3, 4]]
     for method in ("lrp-cmp",):
         budget = tightest(model, x, method) * 11 // 10

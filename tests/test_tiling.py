@@ -14,7 +14,8 @@ import torch.nn as nn
 import torchvision
 
 import relprop
-from relprop import segments, tiling
+from relprop import needs, segments, tiling
+from relprop.attribution.lrp import cmp_composite
 from relprop.composite import Composite, by_type, first
 from relprop.propagate import forward_for, propagator_for
 from relprop.rules import AlphaBeta, Contrastive, Epsilon, Flat, Gamma, WSquare, ZBox
@@ -143,7 +144,8 @@ def vgg_sizes(monkeypatch) -> tuple:
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
     monkeypatch.setattr(tiling, "BAND_BYTES", 2 * 10**6)
     propagator = propagator_for(model)
-    sizes = segments.measure(propagator, x)
+    with needs.rules_known(cmp_composite()):  # as lrp-cmp plans (relprop.needs)
+        sizes = segments.measure(propagator, x, needs.reads_for(propagator))
     last = len(sizes.size) - 2
     return model, x, propagator, sizes, last
 
@@ -160,8 +162,8 @@ def test_the_planner_tiles_a_step_that_does_not_fit(monkeypatch):
     assert bands and all(tiled_sizes.work[p] < sizes.work[p] for p in bands)
     for lo, hi in bounds:  # what each segment holds, with its largest step, fits
         kept = sizes.out[0] + sum(sizes.out[h] for _, h in bounds if h < lo)
-        assert kept + sum(tiled_sizes.size[lo:hi + 1]) + max(tiled_sizes.work[lo:hi + 1]) <= budget
-    with segments.bounded(budget):
+        assert kept + tiled_sizes.need(lo, hi) <= budget
+    with segments.bounded(budget), needs.rules_known(cmp_composite()):
         _, cache = forward_for(model, x)
     assert cache.bands == bands
     spy = Spy(monkeypatch)

@@ -14,6 +14,14 @@ exceed the budget, and is closed at its last cut. A convolution whose whole back
 fit the budget is computed in bands of output rows (:mod:`relprop.tiling`, :func:`bands_for`). A
 budget too small for the smallest segment raises a ValueError naming its largest node.
 
+Where the composite is known before the forward pass (:func:`relprop.needs.rules_known`, the LRP
+methods), the plan is rule-aware: only the values some step reads are kept (shape-only placeholders
+for the others, e.g. a convolution's output under alpha-beta, a ReLU's before a max pool), each
+rule estimates its own step (:meth:`relprop.rules.Rule.working_bytes`), and a segment needs the
+largest, over its nodes, of the values up to a node with that node's step (the backward pass frees
+each node's values after its step). The sizes are measured on fake tensors (:func:`shapes_only`: no
+arithmetic), so planning costs no forward pass.
+
 The budget is set per explanation (:func:`bounded`, ``memory_budget=`` of :func:`relprop.explain`);
 without one, :func:`auto_budget` (half the memory available on the input's device) applies, so
 that an input whose full cache fits runs exactly as before.
@@ -32,7 +40,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Union
 import torch
 import torch.fx as fx
 
-from . import ops, tiling
+from . import needs, ops, tiling
 
 if TYPE_CHECKING:
     from .propagate import ForwardCache, Propagator
@@ -141,7 +149,7 @@ def tensor_bytes(value: object, seen: set[int]) -> int:
     def add(v: object) -> object:
         nonlocal total
         if isinstance(v, Tensor) and v.layout == torch.strided:
-            key = v.untyped_storage().data_ptr()
+            key = v.untyped_storage()._cdata  # the storage itself (fake tensors have no data pointer)
             if key not in seen:
                 seen.add(key)
                 total += v.untyped_storage().nbytes()
@@ -221,6 +229,18 @@ class SegmentedCache:
         self.segment_of = [-1] * n
         self.segments: list[tuple[int, int]] = []
         self.loaded: int | None = None
+        #: what the rules read (None: every value is kept, see :mod:`relprop.needs`)
+        self.reads: needs.Reads | None = None
+
+    def store(self, pos: int, args: tuple, kwargs: dict, out: object, state: object) -> None:
+        """Keep node ``pos``'s arguments, output and state, as placeholders where no step reads them."""
+        reads = self.reads
+        if reads is not None and not reads.inputs[pos]:
+            args, kwargs = tuple(needs.blank(args)), dict(needs.blank(kwargs))
+        if reads is not None and not reads.value[pos] and not self.kept[pos]:
+            out = needs.blank(out)
+        for slots, value in ((self.args, args), (self.kwargs, kwargs), (self.outputs, out), (self.state, state)):
+            list.__setitem__(slots, pos, value)
 
     def missing(self, pos: int) -> bool:
         """Whether node ``pos`` is in a segment that is not held now (and was not released)."""
@@ -251,12 +271,11 @@ class SegmentedCache:
             out, state = op.forward_with_state(args, kwargs)
             if self.released[pos]:
                 return out
-            list.__setitem__(self.args, pos, args)
-            list.__setitem__(self.kwargs, pos, kwargs)
-            list.__setitem__(self.state, pos, state)
             if self.kept[pos]:
-                return self.outputs.raw(pos)  # type: ignore[return-value]
-            list.__setitem__(self.outputs, pos, out)
+                kept = self.outputs.raw(pos)
+                self.store(pos, args, kwargs, kept, state)
+                return kept  # type: ignore[return-value]
+            self.store(pos, args, kwargs, out, state)
             return out
 
         with torch.no_grad():
@@ -284,7 +303,8 @@ def walk_range(cache: SegmentedCache, lo: int, hi: int,
         return found
 
     result: object = None
-    for fx_node in graph.fx_graph.nodes:
+    order, last_use = _last_uses(graph)
+    for i, fx_node in enumerate(order):
         pos = graph.position.get(fx_node)
         if pos is None or pos < lo or fx_node.op == "placeholder":
             continue
@@ -297,6 +317,8 @@ def walk_range(cache: SegmentedCache, lo: int, hi: int,
             kwargs = fx.node.map_arg(fx_node.kwargs, value)
             result = evaluate(pos, graph.nodes[pos].op, args, kwargs)
         env[fx_node] = result
+        if pos < hi:  # the values no later node of the range reads (the cache keeps what steps read)
+            _forget(env, last_use, i, graph)
     return result
 
 
@@ -306,29 +328,56 @@ class Sizes:
     """What one forward pass of an input holds per node: ``size`` (bytes of output and state),
     ``out`` (bytes of the output), ``work`` (estimated working memory of the backward step) and
     ``band`` (for a convolution: ``(rows, work, input bytes)`` of its step in bands of rows, see
-    :mod:`relprop.tiling`; None for other nodes)."""
+    :mod:`relprop.tiling`; None for other nodes). With the rules known (:mod:`relprop.needs`),
+    ``size`` counts only the values some step reads, ``work`` is the rule's own estimate,
+    ``passing`` the node's inputs and output while it is evaluated again, and ``released`` says that
+    the backward pass frees each node's values after its step."""
 
     size: list[int]
     out: list[int]
     work: list[int]
     band: list[tuple[int, int, int] | None] = field(default_factory=list)
+    passing: list[int] = field(default_factory=list)
+    released: bool = False
+
+    def step(self, pos: int) -> int:
+        """The memory of node ``pos``'s backward step or of its evaluation, whichever is larger."""
+        return max(self.work[pos], self.passing[pos] if self.passing else 0)
+
+    def need(self, lo: int, hi: int) -> int:
+        """The memory of the segment ``lo..hi`` besides what is kept before it: its values with its
+        largest step; with ``released``, the largest over its nodes of the values up to the node
+        with the node's step (later nodes' values are freed by then, or not yet evaluated)."""
+        total, need = 0, 0
+        for pos in range(lo, hi + 1):
+            total += self.size[pos]
+            need = max(need, (total if self.released else 0) + self.step(pos))
+        return need + (0 if self.released else total)
 
 
-def _node_sizes(nodes: list, pos: int, out: object, state: object, inputs: list[object]) -> tuple[int, int, int]:
-    """``(size, out, work)`` of node ``pos`` (see :class:`Sizes`)."""
+def _node_sizes(nodes: list, pos: int, out: object, state: object, inputs: list[object],
+                reads: needs.Reads | None = None) -> tuple[int, int, int]:
+    """``(size, out, work)`` of node ``pos`` (see :class:`Sizes`; with ``reads``, rule-aware)."""
     seen: set[int] = set()
     out_bytes = tensor_bytes(out, seen)
     size = out_bytes + tensor_bytes(state, seen)
     in_bytes = sum(tensor_bytes(v, set()) for v in inputs)
-    return size, out_bytes, working_bytes(nodes[pos].op.kind, out_bytes, in_bytes)
+    work = working_bytes(nodes[pos].op.kind, out_bytes, in_bytes)
+    if reads is not None:
+        if not reads.value[pos]:
+            size -= out_bytes
+        rule = reads.rules[pos]
+        own = None if rule is None else rule.working_bytes(nodes[pos].op, out_bytes, in_bytes)
+        work = work if own is None else own
+    return size, out_bytes, work
 
 
-def measure(propagator: "Propagator", x: Tensor) -> Sizes:
+def measure(propagator: "Propagator", x: Tensor, reads: needs.Reads | None = None) -> Sizes:
     """The sizes of every node's values for ``x``: one forward pass under ``torch.no_grad`` that
-    frees each value after its last use."""
+    frees each value after its last use; ``reads``: what the rules read (:mod:`relprop.needs`)."""
     graph = propagator.graph
     n = len(graph.nodes)
-    sizes = Sizes([0] * n, [0] * n, [0] * n, [None] * n)
+    sizes = Sizes([0] * n, [0] * n, [0] * n, [None] * n, [0] * n, reads is not None)
     sizes.out[0] = sizes.size[0] = tensor_bytes(x, set())
     order, last_use = _last_uses(graph)
     fx_of = {pos: node for node, pos in graph.position.items()}
@@ -350,14 +399,36 @@ def measure(propagator: "Propagator", x: Tensor) -> Sizes:
             else:
                 out, state = graph.nodes[pos].op.forward_with_state(args, kwargs)
                 inputs = [env[fx_of[i]] for i in graph.nodes[pos].inputs if fx_of.get(i) in env]
-                sizes.size[pos], sizes.out[pos], sizes.work[pos] = _node_sizes(graph.nodes, pos, out, state, inputs)
+                sizes.size[pos], sizes.out[pos], sizes.work[pos] = _node_sizes(graph.nodes, pos, out, state, inputs,
+                                                                               reads)
                 in_bytes = sum(tensor_bytes(v, set()) for v in inputs)
+                if reads is not None:
+                    sizes.passing[pos] = in_bytes + sizes.out[pos]
                 band = tiling.band_plan(graph.nodes[pos].op, out, sizes.work[pos], in_bytes, sizes.out[pos])
                 sizes.band[pos] = None if band is None else (*band, in_bytes)
                 env[fx_node] = out
                 del out, state, inputs
             _forget(env, last_use, i, graph)
     return sizes
+
+
+def shapes_only(propagator: "Propagator", x: Tensor, reads: needs.Reads | None = None) -> Sizes:
+    """:func:`measure` on fake tensors (shapes, dtypes and devices, no data: no arithmetic and no
+    memory), or on ``x`` itself where an operation needs values (e.g. data-dependent shapes)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    affine = [node.op for node in propagator.graph.nodes if isinstance(node.op, ops.Affine)]
+    for op in affine:  # the folded weights, made from the real parameters before the fake pass
+        _ = op.weight, op.bias
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            return measure(propagator, mode.from_tensor(x), reads)
+    except Exception:  # an operation fake tensors cannot evaluate
+        return measure(propagator, x, reads)
+    finally:
+        for op in affine:
+            if any(isinstance(t, FakeTensor) for t in op._cache[1].values()):
+                op.forget_cache()
 
 
 def _last_uses(graph) -> tuple[list[fx.Node], dict[fx.Node, int]]:
@@ -381,7 +452,7 @@ def bands_for(sizes: Sizes, budget: int, everywhere: bool = False) -> tuple[Size
     another rule takes the whole step."""
     work, bands = list(sizes.work), {}
     for pos, band in enumerate(sizes.band):
-        if band is not None and (everywhere or sizes.out[0] + band[2] + sizes.size[pos] + sizes.work[pos] > budget):
+        if band is not None and (everywhere or sizes.out[0] + band[2] + sizes.size[pos] + sizes.step(pos) > budget):
             bands[pos], work[pos] = band[0], band[1]
     return replace(sizes, work=work), bands
 
@@ -413,10 +484,11 @@ def plan(propagator: "Propagator", sizes: Sizes, budget: int, last: int) -> list
     for lo in [0] + ends[:-1]:
         if lo not in best:
             continue
-        total, work = 0, 0
+        total, work, peak = 0, 0, 0
         for hi in range(lo + 1, last + 1):
-            total, work = total + sizes.size[hi], max(work, sizes.work[hi])
-            if best[lo] + total + work > budget:
+            total, work = total + sizes.size[hi], max(work, sizes.step(hi))
+            peak = max(peak, total + sizes.step(hi))  # as Sizes.need, one node at a time
+            if best[lo] + (peak if sizes.released else total + work) > budget:
                 break
             if hi in ends:
                 kept = best[lo] + (sizes.out[hi] if hi != last else 0)
@@ -434,17 +506,14 @@ def plan(propagator: "Propagator", sizes: Sizes, budget: int, last: int) -> list
 def _refuse(propagator: "Propagator", sizes: Sizes, budget: int, ends: list[int], pinned: int) -> None:
     """The ValueError of a budget below what the largest unsplittable segment needs."""
     nodes = propagator.graph.nodes
-    needs = []
-    for lo, hi in zip([0] + ends[:-1], ends):
-        span = range(lo + 1, hi + 1)
-        needs.append((sum(sizes.size[p] for p in span) + max(sizes.work[p] for p in span) + sizes.out[lo], lo + 1, hi))
-    need, lo, hi = max(needs)
-    largest = max(range(lo, hi + 1), key=lambda p: sizes.size[p] + sizes.work[p])
+    demands = [(sizes.need(lo + 1, hi) + sizes.out[lo], lo + 1, hi) for lo, hi in zip([0] + ends[:-1], ends)]
+    need, lo, hi = max(demands)
+    largest = max(range(lo, hi + 1), key=lambda p: sizes.size[p] + sizes.step(p))
     where = f"the segment from {nodes[lo].name!r} to {nodes[hi].name!r}" if hi > lo else f"node {nodes[lo].name!r}"
     raise BudgetTooSmall(
         need + pinned, budget,
         f"memory_budget of {shown(budget)} is too small for this input: node {nodes[largest].name!r} outputs "
-        f"{shown(sizes.size[largest])} and its backward step needs about {shown(sizes.work[largest])} more; "
+        f"{shown(sizes.size[largest])} and its backward step needs about {shown(sizes.step(largest))} more; "
         f"{where}, which cannot be split, needs about {shown(need + pinned)} with its input"
         + (f" and {shown(pinned)} kept for the gradient" if pinned else "")
         + "; give a larger budget or a smaller input")
@@ -479,31 +548,36 @@ def segmented_forward(propagator: "Propagator", x: Tensor, start: int | None, bu
         except OverBudget:
             pass
     plans = propagator.notes.setdefault("memory_plans", {})
+    reads = needs.reads_for(propagator) if start is None else None
     key = (tuple(x.shape), x.dtype, x.device, x.stride(), budget, last, MAX_SEGMENT_NODES)
-    key = (*key, tiling.BAND_BYTES)
+    key = (*key, tiling.BAND_BYTES, None if reads is None else reads.key)
     if key not in plans:
         if len(plans) >= PLANS_KEPT:
             del plans[next(iter(plans))]
-        plans[key] = tiled_plan(propagator, measure(propagator, x), budget, last)
+        plans[key] = tiled_plan(propagator, shapes_only(propagator, x, reads), budget, last)
     bounds, bands = plans[key]
-    cache = _run(propagator, x, start, bounds, None)
+    cache = _run(propagator, x, start, bounds, None, reads)
     cache.bands = dict(bands)
     return cache
 
 
 def _run(propagator: "Propagator", x: Tensor, start: int | None, bounds: list[tuple[int, int]],
-         limit: int | None) -> "SegmentedCache | ForwardCache":
+         limit: int | None, reads: needs.Reads | None = None) -> "SegmentedCache | ForwardCache":
     """The forward pass in the segments ``bounds``; ``limit``: raise :class:`OverBudget` when what
-    is held (with the largest working memory so far) exceeds it."""
+    is held (with the largest working memory so far) exceeds it; ``reads``: keep placeholders for
+    the values no step reads (:mod:`relprop.needs`)."""
     graph = propagator.graph
     n = len(graph.nodes)
     cache = _new_cache(propagator, n)
+    cache.reads = reads
     ends = {hi: k for k, (lo, hi) in enumerate(bounds)}
     for k, (lo, hi) in enumerate(bounds):
         cache.segments.append((lo, hi))
         for pos in range(lo, hi + 1):
             cache.segment_of[pos] = k
     cache.kept[0] = cache.kept[n - 1] = True
+    for pos in [hi for _, hi in bounds[:-1]] + list(range(bounds[-1][1] + 1, n)):
+        cache.kept[pos] = True  # the boundaries and the nodes kept whole
     list.__setitem__(cache.outputs, 0, x)
     model = propagator.model_ref()
     if model is None:
@@ -530,16 +604,13 @@ def _run(propagator: "Propagator", x: Tensor, start: int | None, bounds: list[tu
             env[fx_node] = _evaluate_node(cache, pos, args, kwargs, start)
             if limit is not None:
                 size, _, node_work = _node_sizes(graph.nodes, pos, env[fx_node], cache.state.raw(pos),
-                                                 [cache.outputs.raw(i) for i in graph.nodes[pos].inputs])
+                                                 [env[a] for a in fx_node.all_input_nodes if a in graph.position])
                 held, work = held + size, max(work, node_work)
                 if held + work > limit:
                     raise OverBudget
             if pos in ends and ends[pos] < len(bounds) - 1:
-                cache.kept[pos] = True
                 cache.evict(*bounds[ends[pos]])
             _forget(env, last_use, i, graph)
-    for pos in range(bounds[-1][1] + 1, n):
-        cache.kept[pos] = True
     cache.loaded = len(bounds) - 1
     return cache if len(bounds) > 1 else _plain(cache)
 
@@ -552,8 +623,7 @@ def _evaluate_node(cache: SegmentedCache, pos: int, args: tuple, kwargs: dict, s
     if pos == start:
         out = out.detach().requires_grad_(True)
         cache.leaf = (pos, out)
-    for slots, value in ((cache.args, args), (cache.kwargs, kwargs), (cache.outputs, out), (cache.state, state)):
-        list.__setitem__(slots, pos, value)
+    cache.store(pos, args, kwargs, out, state)
     return out
 
 

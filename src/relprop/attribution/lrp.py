@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..composite import Composite, by_type, first
 from ..multi_target import expand_targets
+from ..needs import rules_known
 from ..propagate import forward_for
 from .registry import register_method
 from ..options import bound, choice, integer, names, number
@@ -34,7 +35,8 @@ def propagate_lrp(model: nn.Module, x: Tensor, target: Target, composite: Compos
     """Relevance of ``x`` for ``target`` under ``composite``, starting from one-hot times logit (or,
     for an output selector, :meth:`relprop.targets.Selection.initial_relevance`). For
     :class:`~relprop.multi_target.ClassTargets`, one row per sample and target."""
-    propagator, cache = forward_for(model, x)
+    with rules_known(composite):  # a memory plan keeps only what its rules read
+        propagator, cache = forward_for(model, x)
     cache, target = expand_targets(propagator, cache, target)
     logits = cache.outputs[-1]
     initial = resolve_selection(target, logits).initial_relevance(logits)

@@ -90,6 +90,18 @@ class Rule:
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
         raise NotImplementedError
 
+    def reads(self, op: Any) -> tuple[bool, bool]:
+        """Whether the step of ``op`` reads the values of its inputs and of its output (False: their
+        shapes, dtypes and devices only, so that a memory plan may keep placeholders, see
+        :mod:`relprop.needs`)."""
+        return True, True
+
+    def working_bytes(self, op: Any, out_bytes: int, in_bytes: int) -> int | None:
+        """Bytes the step of ``op`` allocates besides the cached forward values, with the relevance at
+        its output (``out_bytes``, ``in_bytes``: sizes of its output and inputs); None: the
+        planner's generic estimate (:func:`relprop.segments.working_bytes`)."""
+        return None
+
 
 class AffineRule(Rule):
     """A rule for an affine layer: subclasses define ``__call__(layer, x, z, r, nonnegative)``, the
@@ -97,6 +109,11 @@ class AffineRule(Rule):
     ``x`` is known to be non-negative, so its negative part may be skipped)."""
 
     kinds: ClassVar[tuple[str, ...]] = ("affine",)
+    #: whether the equation reads the layer output ``z`` (False: its shape at most)
+    reads_output: ClassVar[bool] = True
+
+    def reads(self, op: Any) -> tuple[bool, bool]:
+        return True, self.reads_output
 
     def __call__(self, layer: Any, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         raise NotImplementedError

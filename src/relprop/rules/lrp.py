@@ -74,6 +74,7 @@ class AlphaBeta(AffineRule):
     """
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+    reads_output: ClassVar[bool] = False  # its sums are computed from x again
 
     alpha: float = 1.0
     beta: float = 0.0
@@ -194,6 +195,7 @@ class Flat(AffineRule):
     """
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+    reads_output: ClassVar[bool] = False  # counts of ones only
 
     stabilizer: float = 1e-6
 

@@ -7,9 +7,12 @@ maps without bias, split relevance in proportion to each input's contribution (z
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn as nn
 
+from .. import tiling
 from ..numerics import NORM_EPSILON, normalize, vjp
 from ..options import check_rule_field, number
 from .base import Rule, Step
@@ -20,7 +23,9 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class WinnerTakeAll(Rule):
     """Max pooling: each window's relevance goes to its maximum (the gradient). Uses the argmax
-    indices kept by the forward pass where there are some (2-D max pools), so no recomputation."""
+    indices kept by the forward pass where there are some (2-D max pools), so no recomputation; these
+    need the input's shape only, and may be scattered in bands of output rows (:func:`winner_in_bands`,
+    :data:`relprop.tiling.FORCE_ROWS` or the step's ``band_rows``)."""
 
     kinds = ("maxpool",)
 
@@ -29,11 +34,42 @@ class WinnerTakeAll(Rule):
         if step.state is None:
             return [step.input_vjp(0, r)]
         params, indices = step.state
+        rows = tiling.FORCE_ROWS if tiling.FORCE_ROWS is not None else step.band_rows
+        if rows is not None:
+            return [winner_in_bands(x.shape, indices, r, rows)]
         if x.is_contiguous() and not r.is_contiguous():  # e.g. channels-last from a hedge rule:
             r = r.contiguous()  # one copy of the small side, not two inside the kernel
         return [torch.ops.aten.max_pool2d_with_indices_backward(
             r, x, params["kernel_size"], params["stride"], params["padding"], params["dilation"],
             params["ceil_mode"], indices)]
+
+    def reads(self, op: Any) -> tuple[bool, bool]:
+        return not _keeps_indices(op), False
+
+    def working_bytes(self, op: Any, out_bytes: int, in_bytes: int) -> int | None:
+        # the relevance at the output and the input's (indices count with the forward values)
+        return out_bytes + in_bytes if _keeps_indices(op) else None
+
+
+def _keeps_indices(op: Any) -> bool:
+    """Whether the forward pass of ``op`` keeps argmax indices (a 2-D max-pool module)."""
+    module = getattr(op, "module", None)
+    return isinstance(module, nn.MaxPool2d) and not module.return_indices
+
+
+def winner_in_bands(shape: torch.Size, indices: Tensor, r: Tensor, rows: int) -> Tensor:
+    """The input relevance of a 2-D max pool of an input of ``shape`` with argmax ``indices`` (flat
+    positions in each input plane): ``r`` added at the winners, ``rows`` output rows at a time.
+    Overlapping windows (a winner of several) add up as in the whole step."""
+    if rows < 1:
+        raise ValueError(f"a band needs at least one output row, got {rows}")
+    result = torch.zeros(shape, dtype=r.dtype, device=r.device)
+    planes = result.view(-1, shape[-2] * shape[-1])
+    for first in range(0, r.shape[-2], rows):
+        count = min(rows, r.shape[-2] - first)
+        where = indices.narrow(-2, first, count).reshape(planes.shape[0], -1)
+        planes.scatter_add_(1, where, r.narrow(-2, first, count).reshape(planes.shape[0], -1))
+    return result
 
 
 @dataclass(frozen=True)
@@ -72,4 +108,4 @@ class Proportional(Rule):
         return [step.inputs[0] * step.input_vjp(0, s)]
 
 
-__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll"]
+__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands"]

@@ -9,6 +9,7 @@ and concatenations split it back along the concatenated dimension.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,6 +32,12 @@ class PassThrough(Rule):
         if x.shape != r.shape or x.dtype != r.dtype:
             return [step.input_vjp(0, r)]
         return [r] + [None] * (len(step.inputs) - 1)
+
+    def reads(self, op: Any) -> tuple[bool, bool]:
+        return op.kind != "activation", False  # an activation keeps shape and dtype: r passes on
+
+    def working_bytes(self, op: Any, out_bytes: int, in_bytes: int) -> int | None:
+        return out_bytes if op.kind == "activation" else None  # the same relevance tensor
 
 
 @dataclass(frozen=True)
