@@ -117,6 +117,10 @@ def rows_for(case: str, budgets: list[str], folder: Path) -> tuple[list[str], bo
     return rows, "error" not in unbounded
 
 
+def _load(averages: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in averages)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="1x2048:4GB+9GB,64x224:4GB+8GB",
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     if args._worker:
         return worker(args)
     began = time.perf_counter()
+    load_before = os.getloadavg()
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="relprop-memory-") as tmp:
         for spec in args.cases.split(","):
@@ -149,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         f"float32, CPU: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, torchvision "
         f"{dist_version('torchvision')}), {time.perf_counter() - began:.0f} s in all. One fresh process per row; "
         "time of one call after a warm-up call on a 32 x 32 image; peak = the process's peak resident set; "
-        "explanation = peak minus the resident set before the call (runtime, torch and weights: base).",
+        "explanation = peak minus the resident set before the call (runtime, torch and weights: base). "
+        f"Load average (1/5/15 min): {_load(load_before)} at the start, {_load(os.getloadavg())} at the end "
+        f"on {os.cpu_count()} cores; other work on the machine shows in the times, not in the memory figures.",
         "",
         "| batch x size | memory_budget | time (s) | time / unlimited | peak (GB) | explanation (GB) | base (GB) "
         "| max abs difference to unlimited |",
