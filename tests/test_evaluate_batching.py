@@ -220,8 +220,41 @@ def test_expanding_methods_run_in_chunks_with_the_same_maps() -> None:
                            methods=["integrated-gradients", "gradient"], progress=False)
     ev = Evaluation(cfg)
     (ig_key, _, ig_opts, ig), (_, _, _, grad) = ev.methods
-    assert ig_key == "integrated-gradients" and ig_opts == {} and ig.options == {"internal_batch_size": 64}
+    assert ig_key == "integrated-gradients" and ig_opts == {} and ig.options == {"internal_batch_size": 16}
     assert grad.options == {}
     x = torch.randn(3, 3, 64, 64)
     t = torch.tensor([0, 1, 2])
     assert torch.equal(ig.explain(x, t), Explainer(ev.model, "integrated-gradients").explain(x, t))
+
+
+def test_smoothgrad_in_chunks_of_16_rows_gives_the_same_maps_on_a_residual_network() -> None:
+    from relprop.api import Explainer
+    from relprop.evaluate import runner
+    from relprop.models import load_model
+
+    model = load_model("shapes_resnet", weights=False)
+    model = (model[0] if isinstance(model, tuple) else model).eval()
+    options = runner._explain_options("smoothgrad", {"samples": 6}, 64 * 64, torch.device("cpu"))
+    assert options == {"samples": 6, "internal_batch_size": runner.EXPLAIN_CHUNK_ROWS} and runner.EXPLAIN_CHUNK_ROWS == 16
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 2, 0, 1])
+    chunked = Explainer(model, "smoothgrad", **options).explain(x, t)
+    assert torch.equal(chunked, Explainer(model, "smoothgrad", samples=6).explain(x, t))
+
+
+def test_volumes_run_in_chunks_of_4_rows_with_the_same_maps() -> None:
+    from relprop.api import Explainer
+    from relprop.evaluate import runner
+    from relprop.models import load_model
+
+    options = runner._explain_options("integrated-gradients", {"steps": 3}, 32 ** 3, torch.device("cpu"))
+    assert options == {"steps": 3, "internal_batch_size": 4}
+    assert runner._explain_options("integrated-gradients", {}, 224 * 224, torch.device("cpu")) == {
+        "internal_batch_size": 3}
+    model = load_model("nodules3d_vgg", weights=False)
+    model = (model[0] if isinstance(model, tuple) else model).eval()
+    x = torch.randn(3, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 1, 0])
+    chunked = Explainer(model, "integrated-gradients", steps=8, internal_batch_size=4).explain(x, t)
+    # the chunks of 12 rows used before: each row's gradient is the same to the bit
+    assert torch.equal(chunked, Explainer(model, "integrated-gradients", steps=8, internal_batch_size=12).explain(x, t))

@@ -336,15 +336,30 @@ def _pixel_ranks(maps: Tensor, patch_size: int, order: str, restrict: Optional[s
     return pixel_rank, n_eligible, csum
 
 
+def repeated_steps(k: Tensor, n_perturbed: Tensor, shuffle: bool) -> Tensor:
+    """(B, S) whether copy (b, s) equals copy (b, s - 1) to the bit, so that its forward pass can be
+    skipped: the same number of regions (the eligible ones ran out, e.g. Table I's "All" step or a map
+    without negative relevance under ``restrict="negative"``); when shuffling, only where neither
+    copy changes a pixel (a fresh permutation per step moves the pixels anew otherwise)."""
+    same = torch.zeros_like(k, dtype=torch.bool)
+    same[:, 1:] = k[:, 1:] == k[:, :-1]
+    if shuffle:
+        same[:, 1:] &= (n_perturbed[:, 1:] < 2) & (n_perturbed[:, :-1] < 2)
+    return same
+
+
 @torch.no_grad()
 def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tensor, k: Tensor,
          targets: Optional[Tensor], score: str, internal_batch_size: int,
-         shuffle_seeds: Optional[list[int]], clean: Optional[Tensor], step0_is_clean: bool):
+         shuffle_seeds: Optional[list[int]], clean: Optional[Tensor], step0_is_clean: bool,
+         repeated: Optional[Tensor] = None):
     """Evaluate every (sample, step) copy; returns scores (B, S), correct (B, S), targets,
     predicted-on-clean (or None).
 
     Copy (b, s) is ``base[b]`` with pixels of rank < k[b, s] replaced by ``fill[b]`` (or, when
-    ``shuffle_seeds`` is given, with those pixels' values permuted among themselves).
+    ``shuffle_seeds`` is given, with those pixels' values permuted among themselves). Where
+    ``repeated`` (B, S) is true (:func:`repeated_steps`), copy (b, s) equals copy (b, s - 1) and takes
+    its results without a forward pass.
     """
     b, c = base.shape[:2]
     spatial = tuple(base.shape[2:])
@@ -408,11 +423,18 @@ def _run(model: Callable, base: Tensor, fill: Optional[Tensor], pixel_rank: Tens
             record(bs, torch.zeros_like(bs), logits0)
     if targets is None:
         raise ValueError("targets are required")  # pragma: no cover - guarded by the callers
-    # 2. all remaining copies, in chunks.
-    todo = torch.nonzero(~done).to(dev)
+    # 2. all remaining copies, in chunks; a repeated copy takes the results of the step before it.
+    skip = torch.zeros_like(done) if repeated is None else repeated.cpu().clone()
+    skip[:, 0] = False
+    todo = torch.nonzero(~(done | skip)).to(dev)
     for start in range(0, todo.shape[0], chunk):
         bs, ss = todo[start:start + chunk, 0], todo[start:start + chunk, 1]
         record(bs, ss, forward(build(bs, ss)))
+    for j in range(1, s_steps):
+        rows = torch.nonzero(skip[:, j]).flatten().to(dev)
+        if rows.numel():
+            scores[rows, j] = scores[rows, j - 1]
+            correct[rows, j] = correct[rows, j - 1]
     return scores, correct, targets, predicted
 
 
@@ -575,7 +597,8 @@ def _curves(model, x, m, targets, *, counts, order, restrict, patch_size, region
     else:
         scores, correct, targets, predicted = _run(
             model, base, fill, pixel_rank, k, targets, score, chunk,
-            seeds if shuffle else None, clean, mode == "deletion")
+            seeds if shuffle else None, clean, mode == "deletion",
+            repeated_steps(k, n_perturbed, shuffle))
     return PerturbationCurves(counts_t, n_perturbed, scores, correct, targets, predicted, score, mode)
 
 
