@@ -219,6 +219,13 @@ def test_a_significant_reversal_gets_its_measured_reason_not_noise() -> None:
         "property favours c over d (inside the objects 80% vs 90%, background at zero 10% vs 5%)")
     # no profile of a pair's methods: nothing measured
     assert reversal_reasons([("a", "e")], found) == ""
+    # a random baseline's expected profile (share inside = the box fraction; no sign statistics):
+    # compared on what it has
+    found["random"] = Profile(inside=0.41, silent=0.0, negative=math.nan, positive=math.nan)
+    found["g"] = Profile(inside=0.35, silent=0.02, negative=0.30, positive=0.50)
+    assert reversal_reasons([("g", "random")], found) == (
+        "measured on the same images and classes: random keeps 41% of its positive relevance inside the "
+        "objects (g: 35%)")
 
 
 def test_results_items_give_tests_and_intervals() -> None:

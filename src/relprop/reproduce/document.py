@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 from ..metrics.aggregate import Interval
 from . import protocols as P
 from .paper_orders import ORDERS, Order, decide, pairs, verdict
-from .diagnosis import profiles, reversal_reasons
+from .diagnosis import Profile, profiles, reversal_reasons
 from .rundata import Item, RunData, pair_p_values
 
 __all__ = ["Doc", "fmt", "fmt_ci", "md_table", "method_label", "series_plot"]
@@ -75,16 +75,18 @@ class Doc:
 
     def order(self, order_key: str, ours: dict[str, float], higher: bool,
               items: Optional[dict[str, list[Item]]] = None, maps_run: Optional[RunData] = None,
-              method_keys: Optional[dict[str, str]] = None) -> None:
+              method_keys: Optional[dict[str, str]] = None, baselines: Optional[dict[str, Profile]] = None) -> None:
         """The verdict line comparing ``ours`` (label -> value) with the paper's order; ``items``:
         the per-image values of each label, for the paired tests (pairs without them: undecided);
         ``maps_run``: the run whose map statistics explain significant reversals
         (:mod:`relprop.reproduce.diagnosis`), with ``method_keys`` (label -> method key; default:
-        the label)."""
+        the label); ``baselines``: the profiles of labels without maps in the run (a random map's
+        expected statistics)."""
         order: Order = ORDERS[order_key]
         comparable = pairs(order, ours)
         p = pair_p_values(items or {}, comparable)
         found = profiles(maps_run, {label: (method_keys or {}).get(label, label) for label in ours})
+        found.update(baselines or {})
         text = verdict(order, ours, higher, photos=self.dataset == "photos", p_values=p,
                        measured=lambda rev: reversal_reasons(rev, found))
         self.add(text, "")

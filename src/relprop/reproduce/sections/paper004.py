@@ -8,6 +8,7 @@ import torch
 
 from ...metrics.aggregate import aggregate
 from .. import protocols as P
+from ..diagnosis import Profile
 from ..document import Doc, fmt_ci, md_table, series_plot
 from ..rundata import curve_items, finite, intervals
 
@@ -70,7 +71,10 @@ def section(doc: Doc, model: str, runs: dict, tag: str, dataset: str = "") -> No
                                         f"energy-based pointing game, {model}"))
     recs = {m: box.records(ep, m) for m in series if m != "random"}
     rnd_items = [(r[0], 0, float(f), 1.0) for r, f in zip(rec, frac.tolist()) if finite(f)]
+    # a random selection of pixels: its expected share inside the boxes is the box fraction, and no
+    # pixel is exactly zero (its sign statistics are undefined)
+    random_profile = Profile(inside=rnd, silent=0.0, negative=math.nan, positive=math.nan)
     for key, pick in (("004-energy-high", lambda c: len(c) - 1), ("004-energy-low", lambda c: 0)):
         it = {m: curve_items(box, m, ep, "mean", pick(series[m][1]), r) for m, r in recs.items()}
         doc.order(key, {m: s[1][pick(s[1])] for m, s in series.items()}, higher=True,
-                  items=dict(it, random=rnd_items), maps_run=box)
+                  items=dict(it, random=rnd_items), maps_run=box, baselines={"random": random_profile})
