@@ -4,7 +4,7 @@
 Run from the repository root (lxt is installed by the README's set-up, ``pip install --no-deps lxt==2.1``)::
 
     python benchmarks/transformer_speed.py [--model vit_b_16] [--batch 4] [--repeats 3] [--gamma 0.1]
-                                           [--out docs/benchmarks.md]
+                                           [--budget 400MB] [--out docs/benchmarks.md]
 
 torchvision's ``vit_b_16`` at random initialisation (nothing is downloaded), float32, eval mode, CPU,
 parameters frozen, batch ``--batch`` of 224-pixel images, one target class per image. Compared:
@@ -12,8 +12,9 @@ parameters frozen, batch ``--batch`` of 224-pixel images, one target class per i
 * ``forward``: the forward pass alone, without autograd: every method here runs it, and then a
   backward pass through the same linear layers, which costs about as much again;
 * ``gradient``: one forward and one backward pass of plain autograd;
-* relprop's ``cp-lrp`` and ``attnlrp`` (defaults: LRP-epsilon 1e-6 on every linear layer) and both
-  with ``gamma=--gamma`` on the convolution and linear layers outside attention;
+* relprop's ``cp-lrp`` and ``attnlrp`` (defaults: LRP-epsilon 1e-6 on every linear layer), both
+  with ``gamma=--gamma`` on the convolution and linear layers outside attention, and both with
+  ``memory_budget=--budget`` (segment-wise recomputation of the forward pass);
 * lxt 2.1's efficient (gradient x input) implementation: its torchvision ViT configuration (CP-LRP:
   GELU identity rule, layer norm with sigma detached, query and key detached), alone and with a zennit
   ``Gamma(--gamma)`` composite on ``nn.Conv2d`` and ``nn.Linear`` as lxt's ViT example does (through
@@ -145,7 +146,7 @@ class Spec:
     counterpart: str | None = None  # the relprop method an lxt row is compared with
 
 
-def specs(gamma: float) -> list[Spec]:
+def specs(gamma: float, budget: str) -> list[Spec]:
     g = f"gamma={gamma:g}"
     return [
         Spec("forward", "forward pass alone (no gradient)"),
@@ -154,6 +155,8 @@ def specs(gamma: float) -> list[Spec]:
         Spec("relprop-attn", "relprop attnlrp"),
         Spec("relprop-cp-gamma", f"relprop cp-lrp, {g}"),
         Spec("relprop-attn-gamma", f"relprop attnlrp, {g}"),
+        Spec("relprop-cp-budget", f"relprop cp-lrp, memory_budget={budget}", "relprop-cp"),
+        Spec("relprop-attn-budget", f"relprop attnlrp, memory_budget={budget}", "relprop-attn"),
         Spec("lxt-cp", "lxt CP-LRP (its ViT configuration)", "relprop-cp"),
         Spec("lxt-attn", "lxt AttnLRP attention wrapper", "relprop-attn"),
         Spec("lxt-cp-gamma", f"lxt CP-LRP + zennit Gamma({gamma:g})", "relprop-cp-gamma"),
@@ -161,7 +164,7 @@ def specs(gamma: float) -> list[Spec]:
     ]
 
 
-def build(key: str, model: nn.Module, gamma: float, lxt: LxtPatches | None) -> Runner:
+def build(key: str, model: nn.Module, gamma: float, lxt: LxtPatches | None, budget: str) -> Runner:
     if key == "forward":
         def run(x, t):
             if lxt is not None:
@@ -179,7 +182,9 @@ def build(key: str, model: nn.Module, gamma: float, lxt: LxtPatches | None) -> R
         return run
     if key.startswith("relprop"):
         method = "cp-lrp" if "-cp" in key else "attnlrp"
-        options = {"gamma": gamma} if key.endswith("gamma") else {}
+        options: dict = {"gamma": gamma} if key.endswith("gamma") else {}
+        if key.endswith("budget"):
+            options["memory_budget"] = budget
 
         def run(x, t):
             if lxt is not None:
@@ -229,7 +234,7 @@ def load_lxt() -> LxtPatches | None:
 def worker(args: argparse.Namespace) -> None:
     lxt = load_lxt()
     model, x, target = make(args)
-    runner = build(args.method, model, args.gamma, lxt)
+    runner = build(args.method, model, args.gamma, lxt, args.budget)
     gc.collect()
     base = status_kib("VmRSS")
     out = runner(x, target)
@@ -242,7 +247,7 @@ def measure_memory(keys: list[str], args: argparse.Namespace) -> dict[str, dict]
     for key in keys:
         print(f"== peak memory: {key}", flush=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", "--method", key, "--model", args.model,
-               "--batch", str(args.batch), "--gamma", str(args.gamma)]
+               "--batch", str(args.batch), "--gamma", str(args.gamma), "--budget", args.budget]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         found = [line for line in done.stdout.splitlines() if line.startswith("{")]
         out[key] = json.loads(found[-1]) if found else {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
@@ -284,7 +289,7 @@ def report(rows: list[Row], args: argparse.Namespace, seconds: float, load: list
 
     lines = ["## Transformers: relprop against lxt on a ViT", "",
              f"`python benchmarks/transformer_speed.py --model {args.model} --batch {args.batch} "
-             f"--repeats {args.repeats} --gamma {args.gamma:g}`"
+             f"--repeats {args.repeats} --gamma {args.gamma:g} --budget {args.budget}`"
              + (f", run by `{args.invoked_by}`" if args.invoked_by else "")
              + f" ({datetime.date.today().isoformat()}; "
              f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, lxt {dist_version('lxt')}, "
@@ -312,6 +317,7 @@ def report(rows: list[Row], args: argparse.Namespace, seconds: float, load: list
               "| relprop | lxt | relprop / gradient | lxt / relprop (time) | relprop / lxt (memory) | all met |",
               "|---|---|---:|---:|---:|---|"]
     pairs = [("relprop-cp", "lxt-cp"), ("relprop-attn", "lxt-attn"),
+             ("relprop-cp-budget", "lxt-cp"), ("relprop-attn-budget", "lxt-attn"),
              ("relprop-cp-gamma", "lxt-cp-gamma"), ("relprop-attn-gamma", "lxt-attn-gamma")]
     for ours, theirs in pairs:
         if by[ours].error or by[theirs].error:
@@ -333,6 +339,10 @@ def report(rows: list[Row], args: argparse.Namespace, seconds: float, load: list
     lines += ["", "lxt's efficient mode is a modified gradient: one forward and one backward pass of autograd with "
               "a few patched functions, so with LRP-0 on its linear layers (no zennit composite) it costs about a "
               "plain gradient, and no method that also forms the LRP ratios can be 1.5x faster than it." + floor +
+              f" Under `memory_budget={args.budget}` relprop keeps only the boundaries of segments of the graph "
+              "in the forward pass and evaluates each segment again during the backward pass "
+              "(docs/methods.md, Memory): the same maps (`cos` to the unbounded call) for about one more forward "
+              "pass; lxt's autograd graph keeps what every patched function saves for its backward pass." +
               " With the gamma rules of lxt's ViT example, lxt hands each convolution and linear layer to zennit, "
               "whose hooks recompute the layer's forward pass five times inside the backward pass (four raised "
               "copies on the split input and the plain one); relprop forms LRP-gamma from the layer's output and "
@@ -347,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--gamma", type=float, default=0.1)
+    p.add_argument("--budget", default="400MB",
+                   help="the memory_budget of the bounded relprop rows (default 400MB)")
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--invoked-by", default="", help=argparse.SUPPRESS)  # benchmarks/speed.py's command
@@ -356,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     if args._worker:
         return worker(args)
     started = time.perf_counter()
-    all_specs = specs(args.gamma)
+    all_specs = specs(args.gamma, args.budget)
     memory = {} if args.no_memory else measure_memory([s.key for s in all_specs], args)
     lxt = load_lxt()
     model, x, target = make(args)
@@ -364,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     runners: dict[str, Runner] = {}
     for row in rows:
         try:
-            runners[row.spec.key] = build(row.spec.key, model, args.gamma, lxt)
+            runners[row.spec.key] = build(row.spec.key, model, args.gamma, lxt, args.budget)
         except Exception as exc:  # noqa: BLE001 - reported in the table
             row.error = f"{type(exc).__name__}: {exc}"[:160]
     load: list[float] = []

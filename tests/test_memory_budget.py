@@ -108,6 +108,19 @@ def test_bounded_runs_equal_the_unbounded_run(case, method, monkeypatch):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("method,options", [("cp-lrp", {}), ("attnlrp", {}), ("attnlrp", {"gamma": 0.25})])
+def test_transformer_methods_under_a_budget_equal_the_unbounded_run(method, options):
+    """CP-LRP and AttnLRP on a ViT held in segments (benchmarks/transformer_speed.py compares their
+    memory with lxt's this way): the unbounded maps, with the forward pass really cut."""
+    model, x = small_vit(), image(batch=2, side=32).double()
+    budget = tightest(model, x) * 11 // 10
+    assert segment_count(model, x, budget) > 1
+    expected = relprop.explain(model, x, [3, 5], method=method, memory_budget="unlimited", **options)
+    got = relprop.explain(model, x, [3, 5], method=method, memory_budget=budget, **options)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert expected.abs().sum() > 0
+
+
 def test_budgets_below_the_whole_pass_segment_it(case, monkeypatch):
     name, model, x, need = case
     tight = tightest(model, x)
