@@ -30,11 +30,13 @@ class WinnerTakeAll(Rule):
     kinds = ("maxpool",)
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        x = step.inputs[0]
-        if step.state is None:
+        if step.per_sample_state is None:
             return [step.input_vjp(0, r)]
-        params, indices = step.state
+        params, indices = step.per_sample_state
         rows = tiling.FORCE_ROWS if tiling.FORCE_ROWS is not None else step.band_rows
+        if indices.shape[0] != r.shape[0]:  # each sample's winners, for the rows of its targets
+            return [winner_per_target(step.input_shape(0), indices, r, rows)]
+        x = step.inputs[0]
         if rows is not None:
             return [winner_in_bands(x.shape, indices, r, rows)]
         if x.is_contiguous() and not r.is_contiguous():  # e.g. channels-last from a hedge rule:
@@ -69,6 +71,28 @@ def winner_in_bands(shape: torch.Size, indices: Tensor, r: Tensor, rows: int) ->
         count = min(rows, r.shape[-2] - first)
         where = indices.narrow(-2, first, count).reshape(planes.shape[0], -1)
         planes.scatter_add_(1, where, r.narrow(-2, first, count).reshape(planes.shape[0], -1))
+    return result
+
+
+def winner_per_target(shape: torch.Size, indices: Tensor, r: Tensor, rows: int | None = None) -> Tensor:
+    """The input relevance (of ``shape``) of a 2-D max pool for ``r`` with the rows of a batch repeated
+    per target (B * K, each sample's K targets in a row) and each sample's argmax ``indices`` once (B):
+    ``r`` added at the winners, the indices broadcast over the targets rather than repeated (``rows``:
+    output rows per band, None: all at once)."""
+    samples = indices.shape[0]
+    targets = r.shape[0] // samples
+    result = torch.zeros(shape, dtype=r.dtype, device=r.device)
+    planes = result.view(samples, targets, -1, shape[-2] * shape[-1])
+    height = r.shape[-2]
+    step = height if rows is None else rows
+    if step < 1:
+        raise ValueError(f"a band needs at least one output row, got {step}")
+    by_sample = r.unflatten(0, (samples, targets))
+    for first in range(0, height, step):
+        count = min(step, height - first)
+        where = indices.narrow(-2, first, count).reshape(samples, 1, planes.shape[2], -1)
+        values = by_sample.narrow(-2, first, count).reshape(samples, targets, planes.shape[2], -1)
+        planes.scatter_add_(3, where.expand(-1, targets, -1, -1), values)
     return result
 
 
@@ -108,4 +132,4 @@ class Proportional(Rule):
         return [step.inputs[0] * step.input_vjp(0, s)]
 
 
-__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands"]
+__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands", "winner_per_target"]
