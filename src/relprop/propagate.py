@@ -55,12 +55,16 @@ class ForwardCache:
     #: for a repeated pass, each node's output as a tensor of its shape, dtype and device whose values
     #: are not those of the pass (:meth:`Propagator.repeat`)
     stand_ins: list[object] | None = None
+    #: for a repeated pass, each node's arguments and keyword arguments with stand-ins for its inputs
+    stand_in_arguments: list[tuple[tuple, dict] | None] | None = None
 
     def release(self, pos: int) -> None:
         """Free what is kept of node ``pos`` (also in the base pass)."""
         self.args[pos] = self.kwargs[pos] = self.outputs[pos] = self.state[pos] = None
         if self.stand_ins is not None:
             self.stand_ins[pos] = None
+        if self.stand_in_arguments is not None:
+            self.stand_in_arguments[pos] = None
         if self.base is not None:
             self.base.release(pos)
 
@@ -355,7 +359,7 @@ class Propagator:
         repeated = ForwardCache(OnRead(n, argument(0)), OnRead(n, argument(1)),  # type: ignore[arg-type]
                                 OnRead(n, lambda pos: rows(cache.outputs[pos])),  # type: ignore[arg-type]
                                 OnRead(n, lambda pos: rows(cache.state[pos])),  # type: ignore[arg-type]
-                                repeats=repeats, base=cache, stand_ins=stand_ins)
+                                repeats=repeats, base=cache, stand_ins=stand_ins, stand_in_arguments=arguments)
         return repeated
 
     def _step(self, cache: ForwardCache, pos: int) -> Step:
@@ -373,6 +377,9 @@ class Propagator:
         def load(name: str) -> object:
             if name == "inputs":
                 return [cache.outputs[i] for i in node.inputs]
+            if name == "shaped arguments":
+                assert cache.stand_in_arguments is not None
+                return cache.stand_in_arguments[pos]
             return {"args": cache.args, "kwargs": cache.kwargs, "output": cache.outputs,
                     "state": cache.state}[name][pos]
 

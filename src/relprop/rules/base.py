@@ -113,6 +113,11 @@ class Step:
         """The operation's vector-Jacobian product for its ``k``-th tensor input, applied to ``v``."""
         return self.op.input_vjp(self.inputs, self.args, self.kwargs, k, v)
 
+    def linear_input_vjp(self, k: int, v: Tensor) -> Tensor:
+        """:meth:`input_vjp` of an operation that is linear in its ``k``-th input and whose gradient
+        reads no value of its inputs (pooling, resizing): in a repeated pass, from their shapes."""
+        return self.input_vjp(k, v)
+
 
 def _loaded(name: str) -> property:
     """A value of a :class:`RepeatedStep`, made on first reading and kept by the step."""
@@ -146,6 +151,11 @@ class RepeatedStep(Step):
         self.op, self.nonnegative, self.repeats = op, nonnegative, repeats
         self.base_inputs, self.base_output, self.base_state = base_inputs, base_output, base_state
         self.memo, self.band_rows = {}, band_rows
+
+    def linear_input_vjp(self, k: int, v: Tensor) -> Tensor:
+        shaped = [rows_like(x, v) for x in self.base_inputs]  # type: ignore[union-attr]
+        args, kwargs = self.load("shaped arguments")
+        return self.op.input_vjp(shaped, args, kwargs, k, v)
 
     def holds(self, name: str) -> bool:
         """Whether the K-fold value ``name`` was made already."""

@@ -15,7 +15,7 @@ import torch.nn as nn
 from .. import tiling
 from ..numerics import NORM_EPSILON, normalize, vjp
 from ..options import check_rule_field, number
-from .base import Rule, Step
+from .base import Rule, Step, rowwise
 
 Tensor = torch.Tensor
 
@@ -128,8 +128,8 @@ class Proportional(Rule):
         check_rule_field(self, "epsilon", number(low=0))
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        s = normalize(r, step.output, self.epsilon)
-        return [step.inputs[0] * step.input_vjp(0, s)]
+        s = rowwise(lambda r, z: normalize(r, z, self.epsilon), r, step.per_sample_output)
+        return [rowwise(torch.mul, step.per_sample_inputs[0], step.linear_input_vjp(0, s))]
 
 
 __all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands", "winner_per_target"]
