@@ -174,12 +174,13 @@ def test_shared_terms_are_computed_once_per_sample():
 
 
 class PooledResidualNet(nn.Module):
-    """Convolution, batch norm, max pool, a residual block (add) and average pooling: the steps that
-    the rules of lrp-cmp, sglrp and rap broadcast over the targets."""
+    """Convolution, batch norm (folded, and one unfolded), max pool, a residual block (add) and average
+    pooling: the steps that the rules of lrp-cmp, sglrp and rap broadcast over the targets."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.BatchNorm2d(8))  # not folded: after a max pool
         self.block = Block(8)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, CLASSES)
@@ -188,7 +189,15 @@ class PooledResidualNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.block(self.stem(x))), 1))
 
 
-@pytest.mark.parametrize("method", ["lrp-cmp", "rap", "sglrp"])
+#: a composite of the other rules that broadcast: w^2 first, gamma, magnitude-proportional sums, the
+#: epsilon rule on unfolded batch norms
+BROADCASTING = relprop.Composite([(relprop.composite.first(1), relprop.rules.WSquare()),
+                                  (relprop.composite.by_type("conv", "linear"), relprop.rules.Gamma(0.3))],
+                                 add=relprop.rules.AbsoluteSum(), batchnorm="epsilon", name="broadcasting")
+
+
+@pytest.mark.parametrize("method", ["lrp-cmp", "rap", "sglrp", BROADCASTING],
+                         ids=lambda m: m if isinstance(m, str) else m.name)
 def test_repeated_pass_copies_no_feature_map(method, monkeypatch):
     """The values of the convolutions, batch norms, max pool, sum and pooling are broadcast over the
     targets, never repeated: only the classifier's (2-D) values are; the maps equal separate calls."""
@@ -209,10 +218,12 @@ def test_repeated_pass_copies_no_feature_map(method, monkeypatch):
             return original(t, repeats)
 
         monkeypatch.setattr(module, "repeat_rows", counted)
-    maps = _explain(model, x, method, TARGETS)
+    explain = ((lambda target: _explain(model, x, method, target)) if isinstance(method, str)
+               else (lambda target: relprop.explain(model, x, target, method=method)))
+    maps = explain(TARGETS)
     assert repeated and all(len(shape) == 2 for shape in repeated), f"{method} repeated {repeated}"
     for k in range(TARGETS.shape[1]):
-        _assert_close(maps[:, k], _explain(model, x, method, TARGETS[:, k]), f"{method}, target column {k}")
+        _assert_close(maps[:, k], explain(TARGETS[:, k]), f"{method}, target column {k}")
 
 
 # -- misuse ----------------------------------------------------------------------------------------

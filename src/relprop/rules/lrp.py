@@ -158,6 +158,7 @@ class Gamma(AffineRule):
     """
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+    broadcasts: ClassVar[bool] = True
 
     gamma: float = 0.25
     stabilizer: float = 1e-6
@@ -183,9 +184,11 @@ class Gamma(AffineRule):
             return raised.masked_fill_(sign == 0, math.inf), sign, magnitude_of_x
 
         raised, sign, magnitude_of_x = shared_term(f"gamma:{g}", x, z, terms)
-        s = normalize(r, raised, self.stabilizer)
-        signed = layer.transpose(s, layer.weight, x).mul_(x)
-        absolute = layer.transpose(s.mul_(sign), layer.absolute_weight, x).mul_(magnitude_of_x)
+        s = rowwise(lambda r, raised: normalize(r, raised, self.stabilizer), r, raised)
+        shape = rows_like(x, r)
+        signed = rowwise(Tensor.mul_, layer.transpose(s, layer.weight, shape), x)
+        s = rowwise(Tensor.mul_, s, sign)
+        absolute = rowwise(Tensor.mul_, layer.transpose(s, layer.absolute_weight, shape), magnitude_of_x)
         return signed.mul_(1 + g / 2).add_(absolute, alpha=g / 2)
 
 
@@ -223,6 +226,8 @@ class WSquare(AffineRule):
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
 
+    broadcasts: ClassVar[bool] = True
+
     stabilizer: float = 1e-6
     zero_bias: bool = False
 
@@ -235,7 +240,7 @@ class WSquare(AffineRule):
         b2 = None if (self.zero_bias or layer.bias is None) else layer.cached("b^2", lambda: layer.bias ** 2)
         denom = layer.apply(torch.ones_like(x[:1]), w2, b2)
         s = normalize(r, denom, self.stabilizer)
-        return layer.transpose(s, w2, x)
+        return layer.transpose(s, w2, rows_like(x, r))
 
 
 @dataclass(frozen=True)

@@ -62,16 +62,16 @@ class AbsoluteSum(Rule):
     kinds = ("add",)
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        inputs = step.inputs
+        inputs = step.per_sample_inputs  # broadcast over the targets of each sample (rowwise)
         magnitudes = [x.abs() for x in inputs]
-        constant = step.output.detach().clone()
+        constant = step.per_sample_output.detach().clone()
         for sign, x in zip(step.op.signs(len(inputs)), inputs):
             constant = constant - x if sign > 0 else constant + x
         total = constant.abs_()
         for m in magnitudes:
             total = total + m
-        s = safe_divide(r, total)
-        return [reduce_to_shape(m * s, x.shape) for m, x in zip(magnitudes, inputs)]
+        s = rowwise(safe_divide, r, total)
+        return [reduce_to_shape(rowwise(torch.mul, m, s), step.input_shape(k)) for k, m in enumerate(magnitudes)]
 
 
 __all__ = ["AbsoluteSum", "EqualSum", "ProportionalSum"]
