@@ -153,10 +153,10 @@ def report(all_results: dict[str, dict[str, dict[str, Row]]], args: argparse.Nam
         f"One `relprop.explain(model, x, target=...)` call with K = {args.k} classes per image (a (B, K) "
         f"target; maps shaped (B, K, 3, H, W)) against {args.k} calls with one class per image, on the "
         f"CPU in float32, torchvision models at random initialisation, batch {args.batch}, "
-        f"{args.size} x {args.size}. The one call runs the forward pass once, repeats its cached values "
-        "once per target and runs one backward pass over the B x K rows; the rules' terms that depend on "
-        "the forward values alone (z+ responses, stabilised denominators, z^B's bounds) are computed "
-        "once per image. Target: at most "
+        f"{args.size} x {args.size}. The one call runs the forward pass once and one backward pass over "
+        "the B x K rows; the rules' terms that depend on the forward values alone (z+ responses, "
+        "stabilised denominators, z^B's bounds) are computed once per image, and the rules broadcast "
+        "each image's cached values over its K rows instead of copying them. Target: at most "
         f"{TARGET:g} x the time of the separate calls. *max rel. diff.*: the largest "
         "`max |one - separate| / max |separate|` over every (image, target) map (float32 rounding).",
         "",

@@ -13,7 +13,9 @@ from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.attribution.registry import get_method
 from relprop.multi_target import ClassTargets
 from relprop.patterns import compute_patterns, register_patterns
+from relprop import propagate
 from relprop.propagate import Propagator
+from relprop.rules import base as rules_base
 from relprop.rules import Step
 from engine_checks import CHEAP_OPTIONS
 from misuse.model_state import assert_unchanged, snapshot
@@ -169,6 +171,59 @@ def test_shared_terms_are_computed_once_per_sample():
     term = step.shared("t", make)
     assert step.shared("t", make) is term and seen == [2]
     torch.testing.assert_close(term, (x.sum(1) + z.sum(1)).repeat_interleave(3))
+
+
+class PooledResidualNet(nn.Module):
+    """Convolution, batch norm (folded, and one unfolded), max pool, a residual block (add) and average
+    pooling: the steps that the rules of lrp-cmp, sglrp and rap broadcast over the targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.BatchNorm2d(8))  # not folded: after a max pool
+        self.block = Block(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.block(self.stem(x))), 1))
+
+
+#: a composite of the other rules that broadcast: w^2 first, gamma, magnitude-proportional sums, the
+#: epsilon rule on unfolded batch norms
+BROADCASTING = relprop.Composite([(relprop.composite.first(1), relprop.rules.WSquare()),
+                                  (relprop.composite.by_type("conv", "linear"), relprop.rules.Gamma(0.3))],
+                                 add=relprop.rules.AbsoluteSum(), batchnorm="epsilon", name="broadcasting")
+
+
+@pytest.mark.parametrize("method", ["lrp-cmp", "rap", "sglrp", BROADCASTING],
+                         ids=lambda m: m if isinstance(m, str) else m.name)
+def test_repeated_pass_copies_no_feature_map(method, monkeypatch):
+    """The values of the convolutions, batch norms, max pool, sum and pooling are broadcast over the
+    targets, never repeated: only the classifier's (2-D) values are; the maps equal separate calls."""
+    torch.manual_seed(0)
+    model = PooledResidualNet().to(F64).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    x = _x()
+    repeated = []
+    for module in (propagate, rules_base):
+        original = module.repeat_rows
+
+        def counted(t, repeats, original=original):
+            if repeats > 1:
+                repeated.append(tuple(t.shape))
+            return original(t, repeats)
+
+        monkeypatch.setattr(module, "repeat_rows", counted)
+    explain = ((lambda target: _explain(model, x, method, target)) if isinstance(method, str)
+               else (lambda target: relprop.explain(model, x, target, method=method)))
+    maps = explain(TARGETS)
+    assert repeated and all(len(shape) == 2 for shape in repeated), f"{method} repeated {repeated}"
+    for k in range(TARGETS.shape[1]):
+        _assert_close(maps[:, k], explain(TARGETS[:, k]), f"{method}, target column {k}")
 
 
 # -- misuse ----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from .composite import Composite
 from .graph import Graph, registrations, trace
 from .structure import check_forward_hooks, fingerprint, inference_copy, owned_objects, placeholder_parameters
 from .rules import Rule, Step
-from .rules.base import repeat_rows
+from .rules.base import RepeatedStep, repeat_rows
 from .checks import check_rank
 from .targets import selected_output
 
@@ -52,12 +52,50 @@ class ForwardCache:
     base: "ForwardCache | None" = None
     #: output rows per band of the steps that the memory plan tiles, by position (:mod:`relprop.tiling`)
     bands: dict[int, int] = field(default_factory=dict)
+    #: for a repeated pass, each node's output as a tensor of its shape, dtype and device whose values
+    #: are not those of the pass (:meth:`Propagator.repeat`)
+    stand_ins: list[object] | None = None
+    #: for a repeated pass, each node's arguments and keyword arguments with stand-ins for its inputs
+    stand_in_arguments: list[tuple[tuple, dict] | None] | None = None
 
     def release(self, pos: int) -> None:
         """Free what is kept of node ``pos`` (also in the base pass)."""
         self.args[pos] = self.kwargs[pos] = self.outputs[pos] = self.state[pos] = None
+        if self.stand_ins is not None:
+            self.stand_ins[pos] = None
+        if self.stand_in_arguments is not None:
+            self.stand_in_arguments[pos] = None
         if self.base is not None:
             self.base.release(pos)
+
+    def like(self, pos: int) -> object:
+        """Node ``pos``'s output, or a tensor of its shape, dtype and device (for a repeated pass,
+        whose values are made only when read)."""
+        return self.stand_ins[pos] if self.stand_ins is not None else self.outputs[pos]
+
+
+class OnRead:
+    """One kind of value (outputs, arguments, ...) of every node of a repeated forward pass, made by
+    ``make(position)`` at each reading and not kept; an entry set to None is released."""
+
+    def __init__(self, count: int, make: Callable[[int], object]) -> None:
+        self.make = make
+        self.released = [False] * count
+
+    def __len__(self) -> int:
+        return len(self.released)
+
+    def __getitem__(self, pos: int) -> object:
+        pos = range(len(self.released))[pos]
+        return None if self.released[pos] else self.make(pos)
+
+    def __setitem__(self, pos: int, value: object) -> None:
+        if value is not None:
+            raise TypeError("the values of a repeated forward pass are made from its base pass and cannot be set")
+        self.released[range(len(self.released))[pos]] = True
+
+    def __iter__(self):
+        return (self[pos] for pos in range(len(self)))
 
 
 class NotBatchMajor(ValueError):
@@ -250,9 +288,11 @@ class Propagator:
     def repeat(self, cache: ForwardCache, repeats: int) -> ForwardCache:
         """The forward pass of the batch in which each sample of ``cache`` appears ``repeats`` times
         in a row (sample ``b`` at rows ``b * repeats`` to ``b * repeats + repeats - 1``), without
-        evaluating any layer: the cached values are repeated and shape arithmetic is evaluated again.
-        The result keeps ``cache`` as its ``base`` (for the rules' shared terms, :meth:`Step.shared`).
-        A :class:`NotBatchMajor` error if a value does not hold the batch along its first dimension."""
+        evaluating any layer: shape arithmetic is evaluated again, and each cached value is repeated
+        only when read (a rule that broadcasts reads the ``base`` pass instead, see
+        :class:`relprop.rules.base.RepeatedStep`). The result keeps ``cache`` as its ``base`` (for the
+        rules' shared terms, :meth:`Step.shared`). A :class:`NotBatchMajor` error if a value does not
+        hold the batch along its first dimension."""
         if repeats == 1:
             return cache
         if isinstance(cache, segments.SegmentedCache):
@@ -262,31 +302,89 @@ class Propagator:
             raise RuntimeError("repeat needs a plain forward pass that no backward pass released yet")
         batch = cache.outputs[0].shape[0]
         n = len(self.graph.nodes)
-        repeated = ForwardCache([None] * n, [None] * n, [None] * n, [None] * n, repeats=repeats, base=cache)
-        done: dict[int, Tensor] = {}
+        #: for each stand-in (by id): itself (kept, so that no other tensor takes its id), and the
+        #: position and order among that node's output tensors of the base value it stands for
+        origin: dict[int, tuple[Tensor, int, int]] = {}
+        scalars: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        stand_ins: list[object] = [None] * n
+        arguments: list[tuple[tuple, dict] | None] = [None] * n
 
-        def rows(value: object) -> object:
+        def stand_in(value: object, pos: int | None = None) -> object:
+            count = 0
+
             def one(t: object) -> object:
+                nonlocal count
                 if not isinstance(t, Tensor):
                     return t
                 if t.dim() == 0 or t.shape[0] != batch:
                     raise NotBatchMajor(f"a value of shape {tuple(t.shape)} does not hold the batch of {batch} "
                                         "along its first dimension")
-                if id(t) not in done:
-                    done[id(t)] = repeat_rows(t.detach(), repeats)
-                return done[id(t)]
+                scalar = scalars.setdefault((t.dtype, t.device), torch.zeros((), dtype=t.dtype, device=t.device))
+                shaped = scalar.expand(batch * repeats, *t.shape[1:])
+                if pos is not None:
+                    origin[id(shaped)] = (shaped, pos, count)
+                count += 1
+                return shaped
             return fx.node.map_aggregate(value, one)
 
         def evaluate(pos: int, op: ops.Op, args: tuple, kwargs: dict) -> object:
-            repeated.args[pos], repeated.kwargs[pos] = args, kwargs
-            repeated.state[pos] = rows(cache.state[pos])
-            repeated.outputs[pos] = rows(cache.outputs[pos])  # type: ignore[assignment]
-            return repeated.outputs[pos]
+            arguments[pos] = (args, kwargs)
+            stand_in(cache.state[pos])  # checked to be batch-major
+            stand_ins[pos] = stand_in(cache.outputs[pos], pos)
+            return stand_ins[pos]
 
-        x = rows(cache.outputs[0])
-        repeated.outputs[0] = x  # type: ignore[assignment]
-        repeated.outputs[n - 1] = self._walk(x, evaluate)  # type: ignore[arg-type,assignment]
+        stand_ins[0] = stand_in(cache.outputs[0], 0)
+        stand_ins[n - 1] = self._walk(stand_ins[0], evaluate)  # type: ignore[arg-type]
+
+        def rows(value: object) -> object:
+            made: dict[int, Tensor] = {}
+
+            def one(t: object) -> object:
+                if not isinstance(t, Tensor):
+                    return t
+                if id(t) in origin:
+                    _, pos, k = origin[id(t)]
+                    t = _tensors(cache.outputs[pos])[k]
+                if id(t) not in made:
+                    made[id(t)] = repeat_rows(t.detach(), repeats)
+                return made[id(t)]
+            return fx.node.map_aggregate(value, one)
+
+        def argument(which: int) -> Callable[[int], object]:
+            def make(pos: int) -> object:
+                entry = arguments[pos]
+                return None if entry is None else rows(entry[which])
+            return make
+
+        repeated = ForwardCache(OnRead(n, argument(0)), OnRead(n, argument(1)),  # type: ignore[arg-type]
+                                OnRead(n, lambda pos: rows(cache.outputs[pos])),  # type: ignore[arg-type]
+                                OnRead(n, lambda pos: rows(cache.state[pos])),  # type: ignore[arg-type]
+                                repeats=repeats, base=cache, stand_ins=stand_ins, stand_in_arguments=arguments)
         return repeated
+
+    def _step(self, cache: ForwardCache, pos: int) -> Step:
+        """What the rule of node ``pos`` sees of ``cache``; for a repeated pass, the K-fold values are
+        made only if the rule reads them (:class:`relprop.rules.base.RepeatedStep`)."""
+        node = self.graph.nodes[pos]
+        nonnegative = self.nonnegative_inputs[pos]
+        if cache.base is None:
+            step = Step(node.op, [cache.outputs[i] for i in node.inputs], cache.args[pos],
+                        cache.kwargs[pos], cache.outputs[pos], cache.state[pos], nonnegative)
+            step.band_rows = cache.bands.get(pos)
+            return step
+        base = cache.base
+
+        def load(name: str) -> object:
+            if name == "inputs":
+                return [cache.outputs[i] for i in node.inputs]
+            if name == "shaped arguments":
+                assert cache.stand_in_arguments is not None
+                return cache.stand_in_arguments[pos]
+            return {"args": cache.args, "kwargs": cache.kwargs, "output": cache.outputs,
+                    "state": cache.state}[name][pos]
+
+        return RepeatedStep(node.op, load, nonnegative, cache.repeats, [base.outputs[i] for i in node.inputs],
+                            base.outputs[pos], base.state[pos], cache.bands.get(pos))  # type: ignore[arg-type]
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, cache: ForwardCache, relevance: Tensor, composite: Composite,
@@ -306,8 +404,8 @@ class Propagator:
         recorded: dict[str, Tensor] = {}
         rel: list[Tensor | None] = [None] * len(graph.nodes)
         first = len(graph.nodes) - 1 if start is None else graph.find(start)
-        expected = cache.outputs[first]
-        if expected is not None and relevance.shape != expected.shape:
+        expected = cache.like(first)
+        if isinstance(expected, Tensor) and relevance.shape != expected.shape:
             raise ValueError(
                 f"initial relevance has shape {tuple(relevance.shape)}, but node "
                 f"{graph.nodes[first].name!r} outputs {tuple(expected.shape)}"
@@ -318,7 +416,7 @@ class Propagator:
                 r = rel[pos]
                 rel[pos] = None
                 if pos in wanted:
-                    recorded[wanted[pos]] = r if r is not None else torch.zeros_like(cache.outputs[pos])
+                    recorded[wanted[pos]] = r if r is not None else torch.zeros_like(cache.like(pos))
                 node = graph.nodes[pos]
                 if r is None:
                     if release:
@@ -327,13 +425,7 @@ class Propagator:
                 if pos == len(graph.nodes) - 1:  # the output node hands on the initial relevance
                     results: list[Tensor | None] = [r]
                 else:
-                    step = Step(node.op, [cache.outputs[i] for i in node.inputs], cache.args[pos],
-                                cache.kwargs[pos], cache.outputs[pos], cache.state[pos], self.nonnegative_inputs[pos])
-                    step.band_rows = cache.bands.get(pos)
-                    if cache.base is not None:
-                        step.repeats = cache.repeats
-                        step.base_inputs = [cache.base.outputs[i] for i in node.inputs]
-                        step.base_output = cache.base.outputs[pos]
+                    step = self._step(cache, pos)
                     results = rules[id(node.op)].relevance(step, r)
                     del step
                 if release:
@@ -342,11 +434,18 @@ class Propagator:
                     if ri is None:
                         continue
                     rel[i] = ri if rel[i] is None else rel[i] + ri
-        result = rel[0] if rel[0] is not None else torch.zeros_like(cache.outputs[0])
+        result = rel[0] if rel[0] is not None else torch.zeros_like(cache.like(0))
         result = result.contiguous()  # a rule may work in another memory format (hedge on CPU)
         if 0 in wanted:
             recorded[wanted[0]] = result
         return result, recorded
+
+
+def _tensors(value: object) -> list[Tensor]:
+    """The tensors in ``value`` (a tensor, or tuples, lists and dicts of them), in order."""
+    found: list[Tensor] = []
+    fx.node.map_aggregate(value, lambda t: found.append(t) if isinstance(t, Tensor) else None)
+    return found
 
 
 def _evaluate(node: fx.Node, args: tuple, kwargs: dict, model: nn.Module) -> object:

@@ -13,7 +13,12 @@ Terms that depend on the forward values alone, not on the relevance (``z+ = conv
 stabilised denominator, ...), go through :meth:`Step.shared` (or, inside an affine rule's equation,
 :func:`shared_term`): when several targets per sample are explained in one pass, each sample's
 values appear once per target (the rows ``b*K .. b*K+K-1``), and a shared term is computed once
-per sample and repeated, so that only the relevance-dependent work is done per target.
+per sample, so that only the relevance-dependent work is done per target.
+
+In such a pass a rule may avoid the K-fold values altogether: :attr:`AffineRule.broadcasts` (or, for
+other rules, :meth:`Step.per_sample_inputs` and friends) hands it each sample's values once, and
+:func:`rowwise` combines them with the relevance of the K rows of each sample by broadcasting, in the
+same elementwise kernel; the transposed maps take the relevance as it is (:func:`rows_like`).
 """
 
 from __future__ import annotations
@@ -57,23 +62,104 @@ class Step:
     memo: dict[str, Terms] = field(default_factory=dict)
     #: output rows per band where the memory plan tiles this step (:mod:`relprop.tiling`); None: whole
     band_rows: int | None = None
+    #: the state with each sample once (None when ``repeats`` is 1)
+    base_state: Any = None
 
     def shared(self, key: str, make: Callable[[list[Tensor], Tensor], Terms]) -> Terms:
         """``make(inputs, output)``, a term (or a tuple of terms) that depends on the forward values
         alone: kept under ``key`` for this step, and with ``repeats`` > 1 computed from each sample's
-        values once and repeated for each of its targets. A caller must not modify it in place."""
+        values once and repeated for each of its targets (:meth:`per_sample_term` leaves it per
+        sample, for rules that broadcast). A caller must not modify it in place."""
         if key not in self.memo:
             if self.repeats == 1 or self.base_inputs is None or self.base_output is None:
                 self.memo[key] = make(self.inputs, self.output)
             else:
-                value = make(self.base_inputs, self.base_output)
+                value = self.per_sample_term(key, make)
                 self.memo[key] = (repeat_rows(value, self.repeats) if isinstance(value, Tensor)
                                   else tuple(repeat_rows(v, self.repeats) for v in value))
         return self.memo[key]
 
+    def per_sample_term(self, key: str, make: Callable[[list[Tensor], Tensor], Terms]) -> Terms:
+        """``make(per_sample_inputs, per_sample_output)``, kept under ``key``: each sample's term once,
+        to be combined with the relevance of its targets by :func:`rowwise`."""
+        key = "per sample:" + key
+        if key not in self.memo:
+            self.memo[key] = make(self.per_sample_inputs, self.per_sample_output)
+        return self.memo[key]
+
+    @property
+    def per_sample_inputs(self) -> list[Tensor]:
+        """The tensor inputs with each sample once (:attr:`inputs` when not repeated)."""
+        return self.base_inputs if self.repeats > 1 and self.base_inputs is not None else self.inputs
+
+    @property
+    def per_sample_output(self) -> Tensor:
+        """The output with each sample once (:attr:`output` when not repeated)."""
+        return self.base_output if self.repeats > 1 and self.base_output is not None else self.output
+
+    @property
+    def per_sample_state(self) -> Any:
+        """The state with each sample once (:attr:`state` when not repeated)."""
+        return self.base_state if self.repeats > 1 and self.base_state is not None else self.state
+
+    def input_shape(self, k: int) -> torch.Size:
+        """The shape of the ``k``-th tensor input, rows of every target included."""
+        if self.repeats > 1 and self.base_inputs is not None:
+            base = self.base_inputs[k].shape
+            return torch.Size((base[0] * self.repeats, *base[1:]))
+        return self.inputs[k].shape
+
     def input_vjp(self, k: int, v: Tensor) -> Tensor:
         """The operation's vector-Jacobian product for its ``k``-th tensor input, applied to ``v``."""
         return self.op.input_vjp(self.inputs, self.args, self.kwargs, k, v)
+
+    def linear_input_vjp(self, k: int, v: Tensor) -> Tensor:
+        """:meth:`input_vjp` of an operation that is linear in its ``k``-th input and whose gradient
+        reads no value of its inputs (pooling, resizing): in a repeated pass, from their shapes."""
+        return self.input_vjp(k, v)
+
+
+def _loaded(name: str) -> property:
+    """A value of a :class:`RepeatedStep`, made on first reading and kept by the step."""
+    def read(step: "RepeatedStep") -> Any:
+        if name not in step.loaded:
+            step.loaded[name] = step.load(name)
+        return step.loaded[name]
+
+    def write(step: "RepeatedStep", value: Any) -> None:
+        step.loaded[name] = value
+
+    return property(read, write)
+
+
+class RepeatedStep(Step):
+    """A step of a forward pass repeated per target (:meth:`relprop.propagate.Propagator.repeat`):
+    its K-fold values (``inputs``, ``args``, ``kwargs``, ``output``, ``state``) are made from the
+    base pass only when a rule reads them (``load(name)``) and go with the step; a rule that
+    broadcasts reads the per-sample values instead."""
+
+    inputs = _loaded("inputs")  # type: ignore[assignment]
+    args = _loaded("args")  # type: ignore[assignment]
+    kwargs = _loaded("kwargs")  # type: ignore[assignment]
+    output = _loaded("output")  # type: ignore[assignment]
+    state = _loaded("state")  # type: ignore[assignment]
+
+    def __init__(self, op: Any, load: Callable[[str], Any], nonnegative: bool, repeats: int,
+                 base_inputs: list[Tensor], base_output: Tensor, base_state: Any,
+                 band_rows: int | None = None) -> None:
+        self.load, self.loaded = load, {}
+        self.op, self.nonnegative, self.repeats = op, nonnegative, repeats
+        self.base_inputs, self.base_output, self.base_state = base_inputs, base_output, base_state
+        self.memo, self.band_rows = {}, band_rows
+
+    def linear_input_vjp(self, k: int, v: Tensor) -> Tensor:
+        shaped = [rows_like(x, v) for x in self.base_inputs]  # type: ignore[union-attr]
+        args, kwargs = self.load("shaped arguments")
+        return self.op.input_vjp(shaped, args, kwargs, k, v)
+
+    def holds(self, name: str) -> bool:
+        """Whether the K-fold value ``name`` was made already."""
+        return name in self.loaded
 
 
 class Rule:
@@ -111,6 +197,10 @@ class AffineRule(Rule):
     kinds: ClassVar[tuple[str, ...]] = ("affine",)
     #: whether the equation reads the layer output ``z`` (False: its shape at most)
     reads_output: ClassVar[bool] = True
+    #: whether the equation takes ``x`` and ``z`` with each sample once while ``r`` holds the K rows of
+    #: each sample's targets (a forward pass repeated per target): it combines them by :func:`rowwise`
+    #: and gives the transposed maps :func:`rows_like` shapes; False: it is handed the K-fold values
+    broadcasts: ClassVar[bool] = False
 
     def reads(self, op: Any) -> tuple[bool, bool]:
         return True, self.reads_output
@@ -130,6 +220,8 @@ class AffineRule(Rule):
         if rows is not None and band_rule is not None:
             return [tiling.relevance_in_bands(band_rule, step, r, rows)]
         with _stepping(step):
+            if self.broadcasts and step.repeats > 1 and step.base_inputs is not None:
+                return [self(step.op, step.base_inputs[0], step.base_output, r, step.nonnegative)]
             return [self(step.op, step.inputs[0], step.output, r, step.nonnegative)]
 
 
@@ -148,13 +240,54 @@ def _stepping(step: Step) -> Iterator[None]:
 
 def shared_term(key: str, x: Tensor, z: Tensor, make: Callable[[Tensor, Tensor], Terms]) -> Terms:
     """``make(x, z)`` for a term of an affine rule's equation that depends on the layer input ``x``
-    and output ``z`` alone: :meth:`Step.shared` when ``x`` and ``z`` are the running step's own
-    values, else computed here (a rule called directly, or on other values). ``make`` must use its
-    arguments only, and the result must not be modified in place."""
+    and output ``z`` alone: kept by the running step when ``x`` and ``z`` are its own values
+    (:meth:`Step.per_sample_term` for its per-sample values, :meth:`Step.shared` for its K-fold ones),
+    else computed here (a rule called directly, or on other values). ``make`` must use its arguments
+    only, and the result must not be modified in place."""
     step = _STEP.get()
-    if step is None or not step.inputs or x is not step.inputs[0] or z is not step.output:
+    if step is None or not step.per_sample_inputs:
         return make(x, z)
-    return step.shared(key, lambda inputs, output: make(inputs[0], output))
+    if x is step.per_sample_inputs[0] and z is step.per_sample_output:
+        return step.per_sample_term(key, lambda inputs, output: make(inputs[0], output))
+    if isinstance(step, RepeatedStep) and not (step.holds("inputs") and step.holds("output")):
+        return make(x, z)  # not the step's K-fold values, which were never made
+    if x is step.inputs[0] and z is step.output:
+        return step.shared(key, lambda inputs, output: make(inputs[0], output))
+    return make(x, z)
+
+
+def rowwise(fn: Callable[..., Tensor], *values: Any) -> Tensor:
+    """``fn(*values)`` for an elementwise ``fn`` whose tensor arguments of the highest rank hold either
+    the rows of a batch repeated per target (B * K: each sample's K targets in a row) or each sample's
+    row once (B): the latter are broadcast over the K targets (viewed (B, 1, ...) against (B, K, ...))
+    instead of being repeated; the result has B * K rows. Lower-rank tensors and numbers broadcast as
+    usual; with rows all equal (or 1) this is ``fn(*values)`` itself."""
+    rank = max(v.dim() for v in values if isinstance(v, Tensor))
+    rows = {v.shape[0] for v in values if isinstance(v, Tensor) and v.dim() == rank} - {1}
+    if len(rows) < 2:
+        return fn(*values)
+    samples, repeated = min(rows), max(rows)
+    if len(rows) > 2 or repeated % samples:
+        raise ValueError(f"rowwise: rows {sorted(rows)} are not a batch and its repetition per target")
+    targets = repeated // samples
+
+    def view(v: Any) -> Any:
+        if not isinstance(v, Tensor) or v.dim() != rank:
+            return v
+        return v.unflatten(0, (samples, targets)) if v.shape[0] == repeated else v.unsqueeze(1)
+
+    return fn(*map(view, values)).flatten(0, 1)
+
+
+def rows_like(x: Tensor, r: Tensor) -> Tensor:
+    """``x`` when it has ``r``'s rows, else an uninitialised tensor of its shape with ``r``'s rows (in
+    its memory format): the shape that a transposed map (:meth:`relprop.ops.Affine.transpose`) reads
+    of the layer input, for ``x`` with each sample once and ``r`` with the rows of every target."""
+    if x.shape[0] == r.shape[0]:
+        return x
+    fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+           and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    return torch.empty((r.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def repeat_rows(t: Tensor, repeats: int) -> Tensor:
@@ -168,4 +301,4 @@ def repeat_rows(t: Tensor, repeats: int) -> Tensor:
     return out
 
 
-__all__ = ["AffineRule", "Rule", "Step", "repeat_rows", "shared_term"]
+__all__ = ["AffineRule", "RepeatedStep", "Rule", "Step", "repeat_rows", "rows_like", "rowwise", "shared_term"]

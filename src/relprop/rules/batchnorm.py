@@ -15,7 +15,7 @@ import torch
 
 from ..numerics import normalize
 from ..options import check_rule_field, number
-from .base import Rule, Step
+from .base import Rule, Step, rowwise
 
 Tensor = torch.Tensor
 
@@ -32,8 +32,9 @@ class BatchNormEpsilon(Rule):
         check_rule_field(self, "epsilon", number(low=0))
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        x = step.inputs[0]
-        return [x * step.op.scale(x) * normalize(r, step.output, self.epsilon)]
+        x = step.per_sample_inputs[0]  # broadcast over the targets of each sample (rowwise)
+        s = rowwise(lambda r, z: normalize(r, z, self.epsilon), r, step.per_sample_output)
+        return [rowwise(torch.mul, x * step.op.scale(x), s)]
 
 
 __all__ = ["BatchNormEpsilon"]

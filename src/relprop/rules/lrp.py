@@ -20,7 +20,7 @@ import torch
 
 from ..numerics import normalize
 from ..ops import Affine, is_channels_last
-from .base import AffineRule, shared_term
+from .base import AffineRule, rows_like, rowwise, shared_term
 from ..options import bound, check_rule_field, flag, number
 
 Tensor = torch.Tensor
@@ -48,6 +48,7 @@ class Epsilon(AffineRule):
     """
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+    broadcasts: ClassVar[bool] = True
 
     epsilon: float = 1e-6
 
@@ -55,7 +56,8 @@ class Epsilon(AffineRule):
         check_rule_field(self, "epsilon", _NON_NEGATIVE)
 
     def __call__(self, layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
-        return layer.transpose(normalize(r, z, self.epsilon), layer.weight, x).mul_(x)
+        s = rowwise(lambda r, z: normalize(r, z, self.epsilon), r, z)
+        return rowwise(Tensor.mul_, layer.transpose(s, layer.weight, rows_like(x, r)), x)
 
 
 def ZRule() -> Epsilon:
@@ -75,6 +77,7 @@ class AlphaBeta(AffineRule):
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
     reads_output: ClassVar[bool] = False  # its sums are computed from x again
+    broadcasts: ClassVar[bool] = True
 
     alpha: float = 1.0
     beta: float = 0.0
@@ -124,10 +127,10 @@ def _one_sided(layer: Affine, x: Tensor, z_out: Tensor, xp: Tensor, xn: Tensor |
     z = shared_term(key, x, z_out, lambda x, _: _contributions(layer, x, xn is None, w_same, w_other, bias,
                                                                sign * stabilizer))
     assert isinstance(z, Tensor)
-    s = torch.div(r, z) if sign else normalize(r, z, stabilizer)
-    out = layer.transpose(s, w_same, xp).mul_(xp)
+    s = rowwise(torch.div, r, z) if sign else rowwise(lambda r, z: normalize(r, z, stabilizer), r, z)
+    out = rowwise(Tensor.mul_, layer.transpose(s, w_same, rows_like(xp, r)), xp)
     if xn is not None:
-        out.add_(layer.transpose(s, w_other, xn).mul_(xn))
+        out.add_(rowwise(Tensor.mul_, layer.transpose(s, w_other, rows_like(xn, r)), xn))
     return out
 
 
@@ -155,6 +158,7 @@ class Gamma(AffineRule):
     """
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+    broadcasts: ClassVar[bool] = True
 
     gamma: float = 0.25
     stabilizer: float = 1e-6
@@ -180,9 +184,11 @@ class Gamma(AffineRule):
             return raised.masked_fill_(sign == 0, math.inf), sign, magnitude_of_x
 
         raised, sign, magnitude_of_x = shared_term(f"gamma:{g}", x, z, terms)
-        s = normalize(r, raised, self.stabilizer)
-        signed = layer.transpose(s, layer.weight, x).mul_(x)
-        absolute = layer.transpose(s.mul_(sign), layer.absolute_weight, x).mul_(magnitude_of_x)
+        s = rowwise(lambda r, raised: normalize(r, raised, self.stabilizer), r, raised)
+        shape = rows_like(x, r)
+        signed = rowwise(Tensor.mul_, layer.transpose(s, layer.weight, shape), x)
+        s = rowwise(Tensor.mul_, s, sign)
+        absolute = rowwise(Tensor.mul_, layer.transpose(s, layer.absolute_weight, shape), magnitude_of_x)
         return signed.mul_(1 + g / 2).add_(absolute, alpha=g / 2)
 
 
@@ -196,6 +202,7 @@ class Flat(AffineRule):
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
     reads_output: ClassVar[bool] = False  # counts of ones only
+    broadcasts: ClassVar[bool] = True
 
     stabilizer: float = 1e-6
 
@@ -207,7 +214,7 @@ class Flat(AffineRule):
         ones_x = torch.ones_like(x[:1])
         count = layer.apply(ones_x, ones_w)
         s = normalize(r, count, self.stabilizer)
-        return layer.transpose(s, ones_w, x)
+        return layer.transpose(s, ones_w, rows_like(x, r))
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,8 @@ class WSquare(AffineRule):
     """
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
+
+    broadcasts: ClassVar[bool] = True
 
     stabilizer: float = 1e-6
     zero_bias: bool = False
@@ -231,7 +240,7 @@ class WSquare(AffineRule):
         b2 = None if (self.zero_bias or layer.bias is None) else layer.cached("b^2", lambda: layer.bias ** 2)
         denom = layer.apply(torch.ones_like(x[:1]), w2, b2)
         s = normalize(r, denom, self.stabilizer)
-        return layer.transpose(s, w2, x)
+        return layer.transpose(s, w2, rows_like(x, r))
 
 
 @dataclass(frozen=True)
@@ -247,6 +256,8 @@ class ZBox(AffineRule):
     high: Bound = None
     stabilizer: float = 1e-6
     bias: bool = True  #: False: no bias anywhere (the official RAP/CLRP/SGLRP input rule)
+
+    broadcasts: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_rule_field(self, "low", bound())
@@ -300,7 +311,7 @@ class ZBox(AffineRule):
                                             x, high, "w-", wn)
         zb = shared_term(f"zbox:{self.low!r}:{self.high!r}:{self.bias}", x, z, denominator)
         assert isinstance(zb, Tensor)
-        s = normalize(r, zb, self.stabilizer)
+        s = rowwise(lambda r, zb: normalize(r, zb, self.stabilizer), r, zb)
         del zb
         if layer.layer_type == "conv" and layer.groups == 1:
             # the three transposed maps in one call, with [W, W+, W-] stacked along the input channels
@@ -308,12 +319,13 @@ class ZBox(AffineRule):
             channels = x.shape[1]
             # the output in s's memory format (channels-last after a hedge layer): no copy inside
             fmt = torch.channels_last if is_channels_last(s) else torch.contiguous_format
-            g = layer.transpose(s, stacked, torch.empty((x.shape[0], 3 * channels, *x.shape[2:]), dtype=x.dtype,
+            g = layer.transpose(s, stacked, torch.empty((s.shape[0], 3 * channels, *x.shape[2:]), dtype=x.dtype,
                                                         device=x.device, memory_format=fmt))
             g_w, g_p, g_n = g[:, :channels], g[:, channels:2 * channels], g[:, 2 * channels:]
         else:
-            g_w, g_p, g_n = (layer.transpose(s, w, x) for w in (layer.weight, wp, wn))
-        return x * g_w - low * g_p - high * g_n
+            g_w, g_p, g_n = (layer.transpose(s, w, rows_like(x, s)) for w in (layer.weight, wp, wn))
+        return rowwise(lambda x, g_w, low, g_p, high, g_n: x * g_w - low * g_p - high * g_n,
+                       x, g_w, low, g_p, high, g_n)
 
 
 def _subtract_bound_response(layer: Affine, z: Tensor, x: Tensor, bound: Tensor, key: str, w: Tensor) -> Tensor:

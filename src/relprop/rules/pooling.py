@@ -15,7 +15,7 @@ import torch.nn as nn
 from .. import tiling
 from ..numerics import NORM_EPSILON, normalize, vjp
 from ..options import check_rule_field, number
-from .base import Rule, Step
+from .base import Rule, Step, rowwise
 
 Tensor = torch.Tensor
 
@@ -30,11 +30,13 @@ class WinnerTakeAll(Rule):
     kinds = ("maxpool",)
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        x = step.inputs[0]
-        if step.state is None:
+        if step.per_sample_state is None:
             return [step.input_vjp(0, r)]
-        params, indices = step.state
+        params, indices = step.per_sample_state
         rows = tiling.FORCE_ROWS if tiling.FORCE_ROWS is not None else step.band_rows
+        if indices.shape[0] != r.shape[0]:  # each sample's winners, for the rows of its targets
+            return [winner_per_target(step.input_shape(0), indices, r, rows)]
+        x = step.inputs[0]
         if rows is not None:
             return [winner_in_bands(x.shape, indices, r, rows)]
         if x.is_contiguous() and not r.is_contiguous():  # e.g. channels-last from a hedge rule:
@@ -72,6 +74,28 @@ def winner_in_bands(shape: torch.Size, indices: Tensor, r: Tensor, rows: int) ->
     return result
 
 
+def winner_per_target(shape: torch.Size, indices: Tensor, r: Tensor, rows: int | None = None) -> Tensor:
+    """The input relevance (of ``shape``) of a 2-D max pool for ``r`` with the rows of a batch repeated
+    per target (B * K, each sample's K targets in a row) and each sample's argmax ``indices`` once (B):
+    ``r`` added at the winners, the indices broadcast over the targets rather than repeated (``rows``:
+    output rows per band, None: all at once)."""
+    samples = indices.shape[0]
+    targets = r.shape[0] // samples
+    result = torch.zeros(shape, dtype=r.dtype, device=r.device)
+    planes = result.view(samples, targets, -1, shape[-2] * shape[-1])
+    height = r.shape[-2]
+    step = height if rows is None else rows
+    if step < 1:
+        raise ValueError(f"a band needs at least one output row, got {step}")
+    by_sample = r.unflatten(0, (samples, targets))
+    for first in range(0, height, step):
+        count = min(step, height - first)
+        where = indices.narrow(-2, first, count).reshape(samples, 1, planes.shape[2], -1)
+        values = by_sample.narrow(-2, first, count).reshape(samples, targets, planes.shape[2], -1)
+        planes.scatter_add_(3, where.expand(-1, targets, -1, -1), values)
+    return result
+
+
 @dataclass(frozen=True)
 class ProportionalPool(Rule):
     """Max pooling, proportional: each window's relevance is split in proportion to all its inputs,
@@ -104,8 +128,8 @@ class Proportional(Rule):
         check_rule_field(self, "epsilon", number(low=0))
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        s = normalize(r, step.output, self.epsilon)
-        return [step.inputs[0] * step.input_vjp(0, s)]
+        s = rowwise(lambda r, z: normalize(r, z, self.epsilon), r, step.per_sample_output)
+        return [rowwise(torch.mul, step.per_sample_inputs[0], step.linear_input_vjp(0, s))]
 
 
-__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands"]
+__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands", "winner_per_target"]

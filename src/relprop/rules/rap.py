@@ -11,13 +11,14 @@ Linear layers may act on the last dimension of tokens ``(B, T, C)`` or channels-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from ..numerics import per_sample_sum, quotient_, reduce_to_shape, safe_divide, shift_excess_
 from ..ops import Affine
 from ..options import check_rule_field, choice
-from .base import AffineRule, Rule, Step, shared_term
+from .base import AffineRule, Rule, Step, rows_like, rowwise, shared_term
 from .signed import on_nonnegative_input
 from .transformer import MatMulUniform
 
@@ -98,6 +99,8 @@ class RAPHidden(AffineRule):
     Signed inputs are split into their positive and negative parts (:mod:`relprop.rules.signed`).
     """
 
+    broadcasts: ClassVar[bool] = True
+
     one_by_one: str = "rap"
 
     def __post_init__(self) -> None:
@@ -108,7 +111,8 @@ class RAPHidden(AffineRule):
             w_abs = layer.absolute_weight
             za = shared_term("rap:|x||w|", x, z, lambda x, _: layer.apply(x.abs(), w_abs))
             assert isinstance(za, Tensor)
-            return layer.transpose(safe_divide(r, za), w_abs, x).mul_(x.abs())
+            s = rowwise(safe_divide, r, za)
+            return rowwise(Tensor.mul_, layer.transpose(s, w_abs, rows_like(x, r)), x.abs())
         return on_nonnegative_input(self._rap, layer, x, z, r, nonnegative)
 
     @staticmethod
@@ -126,21 +130,23 @@ class RAPHidden(AffineRule):
             stacked = r.new_empty((r.shape[0], 2, *r.shape[1:]))
             to_positive, to_negative = stacked[:, 0], stacked[:, 1]
         if linear:
-            quotient_(r, total, out=to_negative)
-            quotient_(r, zp, out=to_positive)
+            rowwise(lambda r, total, out: quotient_(r, total, out=out), r, total, to_negative)
+            rowwise(lambda r, zp, out: quotient_(r, zp, out=out), r, zp, to_positive)
         else:
-            relative = quotient_(r, total, out=torch.empty_like(total))
-            quotient_(torch.clamp(r, min=0, out=to_positive), zp)
-            quotient_(torch.clamp(r, max=0, out=to_negative), zn).add_(relative)
+            relative = rowwise(lambda r, total: quotient_(r, total, out=torch.empty_like(r)), r, total)
+            rowwise(quotient_, torch.clamp(r, min=0, out=to_positive), zp)
+            rowwise(quotient_, torch.clamp(r, max=0, out=to_negative), zn)
+            to_negative.add_(relative)
             del relative
         del total, zp, zn
+        shape = rows_like(x, r)
         if layer.layer_type == "conv" and layer.groups != 1:  # stacking would mix the groups
-            c = layer.transpose(to_positive, _positive(layer), x)
-            c.add_(layer.transpose(to_negative, _abs_negative(layer), x))
+            c = layer.transpose(to_positive, _positive(layer), shape)
+            c.add_(layer.transpose(to_negative, _abs_negative(layer), shape))
         else:
-            c = layer.transpose(stacked.flatten(-2) if linear else stacked.flatten(1, 2), _stacked(layer), x)
-        del stacked, to_positive, to_negative
-        c.mul_(x)
+            c = layer.transpose(stacked.flatten(-2) if linear else stacked.flatten(1, 2), _stacked(layer), shape)
+        del stacked, to_positive, to_negative, shape
+        c = rowwise(Tensor.mul_, c, x)
         return shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r))
 
 @dataclass(frozen=True)
@@ -158,18 +164,18 @@ class RAPSum(Rule):
     absolute: bool = False
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        inputs = step.inputs
+        inputs = step.per_sample_inputs  # broadcast over the targets of each sample (rowwise)
         signs = step.op.signs(len(inputs))
         if len(inputs) == 1:
-            return [reduce_to_shape(r if signs[0] > 0 else -r, inputs[0].shape)]
+            return [reduce_to_shape(r if signs[0] > 0 else -r, step.input_shape(0))]
         terms = [x if sign > 0 else -x for sign, x in zip(signs, inputs)]
         if self.absolute:
             terms = [t.abs() for t in terms]
         total = terms[0]
         for t in terms[1:]:
             total = total + t
-        s = safe_divide(r, total)
-        return [reduce_to_shape(t * s, x.shape) for t, x in zip(terms, inputs)]
+        s = rowwise(safe_divide, r, total)
+        return [reduce_to_shape(rowwise(torch.mul, t, s), step.input_shape(k)) for k, t in enumerate(terms)]
 
 
 def has_layer_norms(graph) -> bool:

@@ -28,10 +28,10 @@ class PassThrough(Rule):
     kinds = ("identity", "activation", "scale", "batchnorm")
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        x = step.inputs[0]
-        if x.shape != r.shape or x.dtype != r.dtype:
+        x = step.per_sample_inputs[0]  # its shape and dtype only: no value repeated per target
+        if step.input_shape(0) != r.shape or x.dtype != r.dtype:
             return [step.input_vjp(0, r)]
-        return [r] + [None] * (len(step.inputs) - 1)
+        return [r] + [None] * (len(step.per_sample_inputs) - 1)
 
     def reads(self, op: Any) -> tuple[bool, bool]:
         return op.kind != "activation", False  # an activation keeps shape and dtype: r passes on
@@ -49,10 +49,10 @@ class MoveBack(Rule):
     kinds = ("reshape", "getitem", "pad")
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        x = step.inputs[0]
+        shape = step.input_shape(0)
         keeps_order = getattr(step.op, "keeps_order", None)
-        if keeps_order is not None and r.numel() == x.numel() and keeps_order():
-            return [r.reshape(x.shape)]
+        if keeps_order is not None and r.numel() == shape.numel() and keeps_order():
+            return [r.reshape(shape)]
         return [step.input_vjp(0, r)]
 
 

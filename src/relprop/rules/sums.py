@@ -15,7 +15,7 @@ import torch
 
 from ..numerics import NORM_EPSILON, normalize, reduce_to_shape, safe_divide
 from ..options import check_rule_field, number
-from .base import Rule, Step
+from .base import Rule, Step, rowwise
 
 Tensor = torch.Tensor
 
@@ -32,12 +32,15 @@ class ProportionalSum(Rule):
         check_rule_field(self, "epsilon", number(low=0))
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        inputs = step.inputs
+        inputs = step.per_sample_inputs  # broadcast over the targets of each sample (rowwise)
         signs = step.op.signs(len(inputs))
-        s = normalize(r, step.output, self.epsilon)
-        shares = [reduce_to_shape(x * s if sign > 0 else -(x * s), x.shape) for sign, x in zip(signs[:-1], inputs)]
-        last = s.mul_(inputs[-1]) if signs[-1] > 0 else s.mul_(inputs[-1]).neg_()
-        return shares + [reduce_to_shape(last, inputs[-1].shape)]
+        s = rowwise(lambda r, z: normalize(r, z, self.epsilon), r, step.per_sample_output)
+        shares = [reduce_to_shape(rowwise(torch.mul, x, s) if sign > 0 else rowwise(torch.mul, x, s).neg_(),
+                                  step.input_shape(k)) for k, (sign, x) in enumerate(zip(signs[:-1], inputs))]
+        last = rowwise(Tensor.mul_, s, inputs[-1])
+        if signs[-1] < 0:
+            last.neg_()
+        return shares + [reduce_to_shape(last, step.input_shape(len(inputs) - 1))]
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,16 @@ class AbsoluteSum(Rule):
     kinds = ("add",)
 
     def relevance(self, step: Step, r: Tensor) -> list[Tensor | None]:
-        inputs = step.inputs
+        inputs = step.per_sample_inputs  # broadcast over the targets of each sample (rowwise)
         magnitudes = [x.abs() for x in inputs]
-        constant = step.output.detach().clone()
+        constant = step.per_sample_output.detach().clone()
         for sign, x in zip(step.op.signs(len(inputs)), inputs):
             constant = constant - x if sign > 0 else constant + x
         total = constant.abs_()
         for m in magnitudes:
             total = total + m
-        s = safe_divide(r, total)
-        return [reduce_to_shape(m * s, x.shape) for m, x in zip(magnitudes, inputs)]
+        s = rowwise(safe_divide, r, total)
+        return [reduce_to_shape(rowwise(torch.mul, m, s), step.input_shape(k)) for k, m in enumerate(magnitudes)]
 
 
 __all__ = ["AbsoluteSum", "EqualSum", "ProportionalSum"]
