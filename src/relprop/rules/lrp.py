@@ -225,7 +225,6 @@ class WSquare(AffineRule):
     """
 
     spatially_local: ClassVar[bool] = True  # per output position: r, z there and its input window
-
     broadcasts: ClassVar[bool] = True
 
     stabilizer: float = 1e-6
