@@ -58,3 +58,19 @@ def status_kib(name: str) -> int:
             if line.startswith(name + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no field {name!r}")
+
+
+#: environment variables that change how the C allocator serves large tensors (glibc's tunables, a
+#: preloaded allocator such as jemalloc or tcmalloc)
+ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "LD_PRELOAD")
+
+
+def allocator_settings() -> list[str]:
+    """The allocator variables that are set, as ``NAME=value``."""
+    import os
+    return [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
+
+
+def allocator() -> str:
+    """How the process allocates memory: the allocator variables that are set, or the default."""
+    return ", ".join(allocator_settings()) or "the C library's default allocator settings"

@@ -41,7 +41,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (benchmarks/speed.py: source snapshot, models, machine description)
-from _report import write_section  # noqa: E402
+from _report import allocator, allocator_settings, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 Tensor = torch.Tensor
@@ -148,7 +148,8 @@ def bench_model(name: str, args: argparse.Namespace, deadline: float | None) -> 
 def report(all_results: dict[str, dict[str, dict[str, Row]]], args: argparse.Namespace, what: str,
            command: str, seconds: float) -> str:
     lines = [
-        "## Several targets per image: one call against separate calls",
+        "## Several targets per image: one call against separate calls"
+        + (f" ({', '.join(allocator_settings())})" if allocator_settings() else ""),
         "",
         f"One `relprop.explain(model, x, target=...)` call with K = {args.k} classes per image (a (B, K) "
         f"target; maps shaped (B, K, 3, H, W)) against {args.k} calls with one class per image, on the "
@@ -191,9 +192,16 @@ def report(all_results: dict[str, dict[str, dict[str, Row]]], args: argparse.Nam
         "transposed product), so a ratio below the floor is out of reach; a target below the floor is "
         "out of reach for every method.",
         "",
+        *([("Allocator: glibc hands out a block over its mmap threshold (32 MB at most, adjusted as blocks "
+            "are freed) as a fresh memory map, which the kernel zeroes page by page on first touch. The one "
+            "call's temporaries hold B x K rows of a feature map and pass that size (a 256-channel 56 x 56 map "
+            "for 20 rows: 64 MB), the separate calls' hold B rows and are reused from the heap. With the "
+            "settings above the heap serves them too; the maps are the same.")] if allocator_settings() else []),
+        *([""] if allocator_settings() else []),
         f"Command: `{command}` ({seconds / 60:.0f} min). Machine: {speed.cpu_model()}, "
         f"{os.cpu_count()} logical CPUs, {speed.total_ram_gib()} RAM, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; relprop from {what}; run {datetime.date.today().isoformat()}.",
+        f"{torch.get_num_threads()} threads, {allocator()}; relprop from {what}; "
+        f"run {datetime.date.today().isoformat()}.",
     ]
     return "\n".join(lines)
 
@@ -211,7 +219,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file, or - for none")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
-    command = "python benchmarks/multi_target.py " + shlex.join(sys.argv[1:])
+    command = " ".join([*allocator_settings(), "python benchmarks/multi_target.py", shlex.join(sys.argv[1:])])
     folder, what = speed.snapshot_relprop(args.relprop_ref)
     speed.use_relprop(folder)
     started = time.time()
@@ -220,7 +228,8 @@ def main() -> None:
     text = report(results, args, what, command.strip(), time.time() - started)
     if args.out != "-":
         path = ROOT / args.out if not os.path.isabs(args.out) else Path(args.out)
-        write_section(path, "multi_target.py", text)
+        # a run with allocator settings has a section of its own, beside the default one
+        write_section(path, "multi_target.py" + (" allocator" if allocator_settings() else ""), text)
         print(f"wrote {path}")
     print(text)
 
