@@ -35,7 +35,7 @@ class WinnerTakeAll(Rule):
         params, indices = step.per_sample_state
         rows = tiling.FORCE_ROWS if tiling.FORCE_ROWS is not None else step.band_rows
         if indices.shape[0] != r.shape[0]:  # each sample's winners, for the rows of its targets
-            return [winner_per_target(step.input_shape(0), indices, r, rows)]
+            return [winner_in_bands(step.input_shape(0), indices, r, rows)]
         x = step.inputs[0]
         if rows is not None:
             return [winner_in_bands(x.shape, indices, r, rows)]
@@ -59,34 +59,20 @@ def _keeps_indices(op: Any) -> bool:
     return isinstance(module, nn.MaxPool2d) and not module.return_indices
 
 
-def winner_in_bands(shape: torch.Size, indices: Tensor, r: Tensor, rows: int) -> Tensor:
+def winner_in_bands(shape: torch.Size, indices: Tensor, r: Tensor, rows: int | None = None) -> Tensor:
     """The input relevance of a 2-D max pool of an input of ``shape`` with argmax ``indices`` (flat
-    positions in each input plane): ``r`` added at the winners, ``rows`` output rows at a time.
-    Overlapping windows (a winner of several) add up as in the whole step."""
-    if rows < 1:
-        raise ValueError(f"a band needs at least one output row, got {rows}")
-    result = torch.zeros(shape, dtype=r.dtype, device=r.device)
-    planes = result.view(-1, shape[-2] * shape[-1])
-    for first in range(0, r.shape[-2], rows):
-        count = min(rows, r.shape[-2] - first)
-        where = indices.narrow(-2, first, count).reshape(planes.shape[0], -1)
-        planes.scatter_add_(1, where, r.narrow(-2, first, count).reshape(planes.shape[0], -1))
-    return result
-
-
-def winner_per_target(shape: torch.Size, indices: Tensor, r: Tensor, rows: int | None = None) -> Tensor:
-    """The input relevance (of ``shape``) of a 2-D max pool for ``r`` with the rows of a batch repeated
-    per target (B * K, each sample's K targets in a row) and each sample's argmax ``indices`` once (B):
-    ``r`` added at the winners, the indices broadcast over the targets rather than repeated (``rows``:
-    output rows per band, None: all at once)."""
+    positions in each input plane): ``r`` added at the winners, ``rows`` output rows at a time (None:
+    all at once). Overlapping windows (a winner of several) add up as in the whole step. ``r`` may hold
+    the rows of a batch repeated per target (B * K, each sample's K targets in a row) while
+    ``indices`` holds each sample's once (B): the indices are broadcast over the targets, not repeated."""
     samples = indices.shape[0]
     targets = r.shape[0] // samples
-    result = torch.zeros(shape, dtype=r.dtype, device=r.device)
-    planes = result.view(samples, targets, -1, shape[-2] * shape[-1])
     height = r.shape[-2]
     step = height if rows is None else rows
     if step < 1:
         raise ValueError(f"a band needs at least one output row, got {step}")
+    result = torch.zeros(shape, dtype=r.dtype, device=r.device)
+    planes = result.view(samples, targets, -1, shape[-2] * shape[-1])
     by_sample = r.unflatten(0, (samples, targets))
     for first in range(0, height, step):
         count = min(step, height - first)
@@ -132,4 +118,4 @@ class Proportional(Rule):
         return [rowwise(torch.mul, step.per_sample_inputs[0], step.linear_input_vjp(0, s))]
 
 
-__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands", "winner_per_target"]
+__all__ = ["Proportional", "ProportionalPool", "WinnerTakeAll", "winner_in_bands"]
