@@ -22,7 +22,7 @@ from relprop.evaluate import EvaluationConfig, run_evaluation  # noqa: E402
 from relprop.evaluate import runner  # noqa: E402
 from relprop.evaluate.mapcache import MapCache, image_digests  # noqa: E402
 from relprop.evaluate.metricset import PairBatch, metric_spec  # noqa: E402
-from relprop.metrics.inference import FrozenForward, frozen_forward  # noqa: E402
+from relprop.metrics.inference import FrozenForward, MemoisedForward, eager_module, frozen_forward  # noqa: E402
 from relprop.metrics.perturbation import region_perturbation  # noqa: E402
 from relprop.models.shapes_models import load_shapes_model  # noqa: E402
 
@@ -127,6 +127,95 @@ def test_incremental_evaluation_uses_the_module_behind_a_frozen_copy() -> None:
     assert torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
 
 
+class _Counting(nn.Module):
+    """A small conv net that records how many rows each call pushes through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+        self.rows: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.shape[0])
+        return self.net(x)
+
+
+def test_memoised_forward_runs_each_distinct_row_once_with_the_module_logits() -> None:
+    model = _Counting().eval()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    memo = MemoisedForward(model)
+    assert eager_module(memo) is model
+    with torch.no_grad():
+        first = memo(torch.stack([x[0], x[1], x[0], x[2]]))  # a repeated row within a call
+        second = memo(torch.stack([x[2], x[3], x[1], x[3]]))  # rows of the call before, a new one twice
+        want = model.net(x)
+    assert model.rows == [3, 1] and (memo.misses, memo.hits) == (4, 4)
+    assert torch.allclose(first, want[[0, 1, 0, 2]], rtol=1e-6, atol=1e-7)
+    assert torch.allclose(second, want[[2, 3, 1, 3]], rtol=1e-6, atol=1e-7)
+    assert torch.equal(first[0], first[2]) and torch.equal(second[1], second[3])
+    seen: list[int] = []
+
+    def head(z: torch.Tensor) -> torch.Tensor:
+        seen.append(z.shape[0])
+        return z.flatten(1)[:, :2].float()
+    raw = MemoisedForward(head)
+    with torch.no_grad():  # another dtype or another shape of the same bytes is another input
+        raw(x[:1])
+        raw(x[:1].view(torch.int32))
+        raw(x[:1].reshape(1, 3, 4, 16))
+        raw(x[:1])
+    assert seen == [1, 1, 1] and raw.hits == 1
+
+
+def test_memoised_forward_passes_through_what_it_cannot_keep() -> None:
+    model = _Counting().eval()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    memo = MemoisedForward(model)
+    out = memo(x)  # gradients wanted: the module's own call, every time
+    out.sum().backward()
+    memo(x)
+    assert model.rows == [2, 2] and memo.hits == memo.misses == 0 and x.grad is not None
+    whole = MemoisedForward(lambda z: z.sum())  # not one row per input row: declined from then on
+    with torch.no_grad():
+        assert torch.equal(whole(x), x.sum()) and torch.equal(whole(x), x.sum())
+    small = MemoisedForward(model, max_bytes=2 * 5 * 4)  # two rows of five float32 logits
+    with torch.no_grad():
+        small(x[:1].detach())
+        small(x.detach() + 1)
+        assert small.bytes <= small.max_bytes and len(small._kept) == 2
+        small(x[:1].detach())  # dropped as the oldest: computed again
+    assert model.rows[-3:] == [1, 2, 1]
+    with torch.no_grad():
+        half = torch.randn(2, 3, 8, 8).bfloat16()
+        assert torch.equal(MemoisedForward(lambda z: z.flatten(1)[:, :3])(half), half.flatten(1)[:, :3])
+
+
+def test_runner_memoises_the_forward_passes_and_keeps_the_records(tmp_path: Path, monkeypatch) -> None:
+    """Two methods' curves on the same images start from the same clean image, and a randomly placed
+    patch does not depend on the map: the runner pushes each once, with the records of a run without."""
+    made: list = []
+
+    class Spy(MemoisedForward):
+        def __init__(self, *a, **k) -> None:
+            super().__init__(*a, **k)
+            made.append(self)
+    monkeypatch.setattr(runner, "MemoisedForward", Spy)
+    cfg = EvaluationConfig(dataset="evaluate_fixtures:tiny_dataset", dataset_options={"count": 4},
+                           model="evaluate_fixtures:tiny_model", methods=["gradient", "lrp-epsilon"],
+                           batch_size=4, progress=False, targets="predicted",
+                           metrics=["aopc_morf", "maximal_patch_masking"],
+                           metric_options={"aopc_morf": {"counts": [0, 10, 20]},
+                                           "maximal_patch_masking": {"location": "random"}})
+    run_evaluation(cfg, tmp_path / "memo.sqlite")
+    assert made and sum(m.hits for m in made) > 0
+    run_evaluation(replace(cfg, memoised_forward=False), tmp_path / "plain.sqlite")
+    memo, plain = _records(tmp_path / "memo.sqlite", "predicted"), _records(tmp_path / "plain.sqlite", "predicted")
+    assert memo.keys() == plain.keys() and memo
+    for k, v in plain.items():
+        assert memo[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
 def test_map_cache_keeps_whole_batches() -> None:
     cache = MapCache()
     x = torch.randn(4, 3, 8, 8)
@@ -183,7 +272,7 @@ def test_shared_model_reuses_maps_across_jobs_and_keeps_the_records(tmp_path: Pa
     finally:
         runner._SHARED.clear()
     for cfg in (first, second):
-        run_evaluation(replace(cfg, frozen_forward=False), tmp_path / "plain.sqlite")
+        run_evaluation(replace(cfg, frozen_forward=False, memoised_forward=False), tmp_path / "plain.sqlite")
     shared, plain = _records(tmp_path / "shared.sqlite", "predicted"), _records(tmp_path / "plain.sqlite", "predicted")
     assert shared.keys() == plain.keys() and shared
     for k, v in plain.items():

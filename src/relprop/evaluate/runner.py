@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..api import Explainer
 from ..data.base import CorruptSampleError, ModelInput, Sample, to_model_input
-from ..metrics.inference import frozen_forward, weights_state
+from ..metrics.inference import MemoisedForward, frozen_forward, weights_state
 from . import distributed
 from .mapcache import MapCache, image_digests
 from .metricset import (DEFAULT_METRICS, NO_METHOD, PairBatch, check_metric_specs,
@@ -109,6 +109,10 @@ class EvaluationConfig:
     #: (:mod:`relprop.metrics.inference`: the same logits up to float round-off); does not enter
     #: the run's identity
     frozen_forward: bool = True
+    #: those metrics push each distinct image of a batch of pairs through the model once
+    #: (:class:`~relprop.metrics.inference.MemoisedForward`: the clean images of every method's curves,
+    #: the copies that do not depend on the map); does not enter the run's identity
+    memoised_forward: bool = True
 
 
 @dataclass
@@ -389,6 +393,8 @@ class Evaluation:
         mask_t = torch.stack(masks).to(self.device)
         digests = image_digests(x) if self.map_cache is not None else []
         forward = frozen_forward(self.model, images) if self.config.frozen_forward else None
+        if self.config.memoised_forward:
+            forward = MemoisedForward(self.model if forward is None else forward)
         wanted = self.metrics_by_method()
         specs = {m.key: m for m in self.metrics}
         method_list: list[tuple[str, Optional[Explainer]]] = [(k, e) for k, _, _, e in self.methods]

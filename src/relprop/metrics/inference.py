@@ -11,14 +11,16 @@ cannot be traced, or whose traced copy disagrees, keeps its own forward pass.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import weakref
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FrozenForward", "eager_module", "frozen_forward", "weights_state"]
+__all__ = ["FrozenForward", "MemoisedForward", "eager_module", "frozen_forward", "weights_state"]
 
 #: the largest difference of the logits from the module's, relative to their magnitude, accepted
 #: when a frozen copy is checked
@@ -40,9 +42,95 @@ class FrozenForward(nn.Module):
         return self._script(x)
 
 
+#: the most bytes of logits a :class:`MemoisedForward` keeps (the oldest go first)
+MEMO_BYTES = 64 * 2**20
+
+
+class MemoisedForward(nn.Module):
+    """Logits of ``forward`` computed once per distinct input row.
+
+    The forward-only metrics push the same image through the model again and again: the clean image
+    of every method's curve, the copies that do not depend on the map (a randomly placed patch, every
+    pixel removed). An input row on the CPU whose dtype, shape and bytes (SHA-256) were seen before
+    takes the logits kept from its first pass; the other rows run through ``forward`` together, each
+    distinct row once. Inputs that need gradients, inputs on other devices, and forwards that do not
+    return one row of logits per input row are passed through untouched. At most ``max_bytes`` of
+    logits are kept, the least recently used dropped first; keep one per model and weights (the
+    evaluation runner makes one per batch of pairs).
+    """
+
+    def __init__(self, forward: Callable[[Tensor], Tensor], max_bytes: int = MEMO_BYTES) -> None:
+        super().__init__()
+        self.module = eager_module(forward)
+        self._forward = forward
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._kept: OrderedDict[bytes, Tensor] = OrderedDict()
+        self._declined = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self._declined or torch.is_grad_enabled() or not isinstance(x, Tensor) or x.device.type != "cpu"
+                or x.dim() < 1 or x.shape[0] == 0):
+            return self._forward(x)
+        keys = _row_digests(x)
+        fresh: dict[bytes, int] = {}  # digest -> first row holding it, for rows not kept
+        for i, key in enumerate(keys):
+            if key not in self._kept and key not in fresh:
+                fresh[key] = i
+        computed: dict[bytes, Tensor] = {}
+        if fresh:
+            every = len(fresh) == x.shape[0]
+            out = self._forward(x if every else x[torch.tensor(list(fresh.values()))])
+            if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != len(fresh):
+                self._declined = True  # not one row of logits per input row: passed through from now on
+                return out if every else self._forward(x)
+            if every:
+                self._count(len(keys), len(keys))
+                for key, row in zip(keys, out):
+                    self._keep(key, row.clone())
+                return out
+            computed = dict(zip(fresh, out))
+        self._count(len(keys), len(fresh))
+        result = torch.stack([computed[k] if k in computed else self._kept[k] for k in keys])
+        for key in keys:
+            if key in computed:
+                self._keep(key, computed[key].clone())
+            elif key in self._kept:
+                self._kept.move_to_end(key)
+        return result
+
+    def _count(self, rows: int, computed: int) -> None:
+        self.misses += computed
+        self.hits += rows - computed
+
+    def _keep(self, key: bytes, row: Tensor) -> None:
+        size = row.numel() * row.element_size()
+        if key in self._kept or size > self.max_bytes:
+            return
+        self._kept[key] = row
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._kept.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
+def _row_digests(x: Tensor) -> list[bytes]:
+    """SHA-256 of every row's dtype, shape and bytes: equal digests, equal inputs."""
+    head = f"{x.dtype}{tuple(x.shape[1:])}".encode()
+    raw = x.detach().contiguous().reshape(x.shape[0], -1).view(torch.uint8)  # any dtype, bfloat16 included
+    digests = []
+    for row in raw.numpy():
+        h = hashlib.sha256(head)
+        h.update(row)
+        digests.append(h.digest())
+    return digests
+
+
 def eager_module(model: Callable) -> Callable:
-    """The module behind a :class:`FrozenForward` (``model`` itself otherwise)."""
-    return model.module if isinstance(model, FrozenForward) else model
+    """The module behind a :class:`FrozenForward` or :class:`MemoisedForward` (``model`` itself otherwise)."""
+    return model.module if isinstance(model, (FrozenForward, MemoisedForward)) else model
 
 
 def weights_state(model: nn.Module) -> tuple:
