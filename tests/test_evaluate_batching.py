@@ -216,6 +216,33 @@ def test_runner_memoises_the_forward_passes_and_keeps_the_records(tmp_path: Path
         assert memo[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
+@pytest.mark.parametrize("method", ["lrp-cmp", "hedge", "gradient"])
+def test_pairs_of_one_image_are_explained_in_one_pass(method: str) -> None:
+    """The label pairs of a scene show the same image: a method that explains several targets at once
+    gets each image once with its K classes; the maps equal one row per pair."""
+    from relprop import Explainer
+    from relprop.evaluate.runner import explain_pairs
+
+    model = _shapes("shapes_resnet")
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    owners = [0, 0, 1, 2, 2, 2, 3, 1]
+    x, targets = images[torch.tensor(owners)], torch.tensor([1, 2, 3, 0, 4, 5, 2, 1])
+    explainer = Explainer(model, method)
+    seen: list[int] = []
+    explain = explainer.explain
+
+    def spy(inputs: torch.Tensor, target=None, record=None):
+        seen.append(inputs.shape[0])
+        return explain(inputs, target, record)
+    explainer.explain = spy  # type: ignore[method-assign]
+    maps = explain_pairs(explainer, x, targets, owners)
+    want = explain(x, targets).sum(1)
+    assert maps.shape == want.shape
+    assert torch.allclose(maps, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+    at_once = explainer.method.multi_target
+    assert sorted(seen) == ([1, 1, 2] if at_once else [8])  # K = 1, 2 and 3: one call each, each image once
+
+
 def test_map_cache_keeps_whole_batches() -> None:
     cache = MapCache()
     x = torch.randn(4, 3, 8, 8)

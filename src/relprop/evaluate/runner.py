@@ -415,7 +415,8 @@ class Evaluation:
             if explainer is not None:
                 batch.explain = _explain_fn(explainer)
                 try:
-                    maps = self._maps(mkey, explainer, batch, [digests[p] for p in sel] if digests else None)
+                    maps = self._maps(mkey, explainer, batch, [owner[p] for p in sel],
+                                      [digests[p] for p in sel] if digests else None)
                 except Exception as err:  # noqa: BLE001 - recorded per sample; the run goes on
                     self._fail(rows, [items[owner[p]] for p in sel], mkey, "", err)
                     continue
@@ -438,11 +439,12 @@ class Evaluation:
                 tm["images"] += len({owner[p] for p in sel})
         return rows
 
-    def _maps(self, key: str, explainer: Explainer, batch: PairBatch, digests: Optional[list[bytes]]) -> Tensor:
-        """(N, S, S) maps of ``explainer`` for ``batch``, from the shared model's cache when it holds
-        this very batch."""
+    def _maps(self, key: str, explainer: Explainer, batch: PairBatch, owners: list[int],
+              digests: Optional[list[bytes]]) -> Tensor:
+        """(N, S, S) maps of ``explainer`` for ``batch`` (pair i shows image ``owners[i]``), from the
+        shared model's cache when it holds this very batch."""
         def explain() -> Tensor:
-            return explainer.explain(batch.images, batch.targets).detach().sum(1)  # type: ignore[union-attr]
+            return explain_pairs(explainer, batch.images, batch.targets, owners)
         if self.map_cache is None or digests is None:
             return explain()
         self.map_cache.follow(weights_state(self.model))
@@ -477,6 +479,32 @@ def _explain_options(name: str, options: dict, pixels: int, device: torch.device
         return options
     rows = max(1, min(EXPLAIN_CHUNK_ROWS, EXPLAIN_CHUNK_PIXELS // max(1, pixels)))
     return dict(options, internal_batch_size=rows)
+
+
+def explain_pairs(explainer: Explainer, images: Tensor, targets: Tensor, owners: Sequence[int]) -> Tensor:
+    """(N, S, S) maps (channels summed) of the pairs ``(images[i], targets[i])``, where pair i shows
+    image ``owners[i]``. A method that explains several targets per sample at once
+    (:mod:`relprop.multi_target`) explains the K classes of an image in one call: its forward pass
+    runs once per image, not once per pair (images with the same K go together)."""
+    by_image: dict[int, list[int]] = {}
+    for pair, image in enumerate(owners):
+        by_image.setdefault(image, []).append(pair)
+    at_once = explainer.composite is not None or explainer.method.multi_target
+    if not at_once or len(by_image) == len(owners):
+        return explainer.explain(images, targets).detach().sum(1)  # type: ignore[union-attr]
+    by_count: dict[int, list[list[int]]] = {}
+    for pairs in by_image.values():
+        by_count.setdefault(len(pairs), []).append(pairs)
+    maps = torch.empty((len(owners),) + tuple(images.shape[2:]), dtype=images.dtype, device=images.device)
+    for count, groups in sorted(by_count.items()):
+        rows = torch.tensor(groups, device=images.device)  # (G, K) pairs, one row per image
+        first = rows[:, 0]
+        if count == 1:
+            maps[first] = explainer.explain(images[first], targets[first]).detach().sum(1)  # type: ignore[union-attr]
+        else:
+            found = explainer.explain(images[first], targets[rows]).detach().sum(2)  # type: ignore[union-attr]
+            maps[rows.reshape(-1)] = found.reshape((-1,) + tuple(found.shape[2:]))
+    return maps
 
 
 def _explain_fn(explainer: Explainer):
