@@ -182,14 +182,18 @@ def markdown(args: argparse.Namespace, runs: dict, cmp: dict | None, load: tuple
               'transformer-localisation jobs those of the labels; the same maps to the bit), the metrics that '
               'only run the model forward (perturbation curves, insertion, patch masking, occlusion) use a '
               'frozen TorchScript copy of it (`relprop.metrics.inference`: conv and batch norm folded; logits '
-              'equal up to round-off), batched forward passes on the CPU go in chunks of at most 16 images, '
+              'equal up to round-off) and push each distinct image of a batch through it once '
+              '(`MemoisedForward`: the clean image of every method\'s curves, the randomly placed patches, '
+              'the images with every pixel removed), the label pairs of an image are explained in one call '
+              'with its K classes by the methods that take several targets (one forward pass per image), '
+              'batched forward passes on the CPU go in chunks of at most 16 images, '
               'integrated gradients / SmoothGrad run their rows in chunks of at most 16 (three 224-pixel images, '
               'four 32^3 volumes; the same maps), and a curve step that repeats the copy before it (the '
               'eligible pixels ran out) takes its scores without a forward pass. The 3x '
               f'target is {"met" if w[0] / w[-1] >= 3 else "not met"}: what is left is the explanations '
-              '(each method variant once per batch; the '
-              'localisation job explains 31 variants per labelled pair), one forward pass per image and step '
-              'of every curve (now about half as expensive) and the cascading randomisation (a map per '
+              '(each method variant once per image and class; the '
+              'localisation job explains 31 variants per labelled pair), one forward pass per distinct image '
+              'and step of every curve (at the frozen copy\'s speed) and the cascading randomisation (a map per '
               'randomised layer, untouched).']
     per_scene = w[-1] / args.scenes
     lines += ["", f"Extrapolated to 500 scenes per model (linear in the scenes): old "
