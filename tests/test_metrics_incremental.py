@@ -131,6 +131,30 @@ def test_every_step_equals_a_plain_forward_pass(make, windowed):
             torch.testing.assert_close(inc.step(state, boxes), model(state), rtol=1e-10, atol=1e-10)
 
 
+class Viewed(nn.Module):
+    """A head that views the last windowed map and the input (possible in their usual layout only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 12 * 12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.b(F.relu(self.a(x)))
+        return self.head(z.view(z.shape[0], -1)) + x.view(x.shape[0], -1).sum(1, keepdim=True)
+
+
+def test_nodes_computed_in_full_get_maps_in_the_usual_layout():
+    model = randomised(Viewed())
+    inc = IncrementalForward(model, (2, 2), max_fraction=0.5)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        assert inc.n_windowed == 3
+        x[1, :, 3:5, 7:9] = 0.5
+        torch.testing.assert_close(inc.step(x, [None, (3, 5, 7, 9)]), model(x), rtol=1e-10, atol=1e-10)
+
+
 def test_kept_maps_have_their_own_storage():
     model = randomised(Shared())
     inc = IncrementalForward(model, (4, 4), max_fraction=1.0)

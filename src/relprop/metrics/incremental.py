@@ -6,7 +6,8 @@ order). In a convolutional network such a change only reaches a window of every 
 grows with the receptive field, so most of every early feature map is the same as one step before.
 :class:`IncrementalForward` keeps the feature maps of the previous step and recomputes, per sample,
 only the window that changed (with the window's halo), while the layers where the window covers
-most of the map are computed in full as usual.
+most of the map are computed in full as usual. Kept maps and windows are channels last (a window's
+rows are then contiguous runs of memory); the nodes computed in full get the usual layout.
 
 The model is traced with ``torch.fx``. "Windowed" nodes are 2-d convolutions (zero padding),
 max and average pooling (``ceil_mode=False``; average pooling counting the padding), batch norm in
@@ -110,13 +111,19 @@ def _apply_window(module: nn.Module, crop: Tensor, folded: Optional[tuple[Tensor
     return F.avg_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0)
 
 
-def _crop(t: Tensor, i: int, box: Box, value: float) -> Tensor:
-    """``t[i, :, r0:r1, c0:c1]`` where the box may reach outside the map (filled with ``value``)."""
-    r0, r1, c0, c1 = box
+def _crops(t: Tensor, samples: list[int], boxes: list[Box], value: float) -> Tensor:
+    """``t[i, :, r0:r1, c0:c1]`` for ``i`` in ``samples`` and its box in ``boxes`` (all of one size), as
+    one channels-last batch; a box may reach outside the map (filled with ``value``)."""
+    r0, r1, c0, c1 = boxes[0]
+    out = torch.empty((len(samples), t.shape[1], r1 - r0, c1 - c0), dtype=t.dtype, device=t.device,
+                      memory_format=torch.channels_last)
     h, w = t.shape[-2:]
-    part = t[i, :, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
-    pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
-    return F.pad(part, pads, value=value) if any(pads) else part
+    if any(r0 < 0 or c0 < 0 or r1 > h or c1 > w for r0, r1, c0, c1 in boxes):
+        out.fill_(value)
+    for j, (i, (r0, r1, c0, c1)) in enumerate(zip(samples, boxes)):
+        a, b, c, d = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+        out[j, :, a - r0:b - r0, c - c0:d - c0] = t[i, :, a:b, c:d]
+    return out
 
 
 def _is_pointlike(window: Optional[_Window]) -> bool:
@@ -307,8 +314,14 @@ class IncrementalForward:
 
     # ------------------------------------------------------------------------------------------
     def _full(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
-        args = fx.node.map_arg(node.args, lambda n: env[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        def value(n: fx.Node) -> Any:
+            """Windowed nodes compute in channels last (the layout of kept maps), all others in the
+            layout the model is written for."""
+            if node in self.windowed:
+                return env[n].contiguous(memory_format=torch.channels_last) if n.op == "placeholder" else env[n]
+            return env[n].contiguous() if n in self.windowed and n not in self.transient else env[n]
+        args = fx.node.map_arg(node.args, value)
+        kwargs = fx.node.map_arg(node.kwargs, value)
         if node.op == "get_attr":
             obj: Any = self.graph_module
             for part in node.target.split("."):
@@ -449,8 +462,7 @@ class IncrementalForward:
             have = [(i, b) for i, b in enumerate(changed[a]) if b is not None]
             if [i for i, _ in have] == samples and [b for _, b in have] == wanted:
                 return fresh
-        source = self.values[a]
-        return torch.stack([_crop(source, i, q, pad_value) for i, q in zip(samples, wanted)])
+        return _crops(self.values[a], samples, wanted, pad_value)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -464,14 +476,18 @@ class IncrementalForward:
         return logits
 
     def _own_storage(self, kept: list[fx.Node]) -> None:
-        """Give every kept map its own storage (a map updated in place must not be a view of the input,
-        of another map or of itself elsewhere); maps that already have one are kept as they are."""
+        """Give every kept map its own channels-last storage (a map updated in place must not be a view
+        of the input, of another map or of itself elsewhere; its windows are copied fastest with the
+        channels last); maps that already have one are kept as they are."""
         seen = {self.values[self.nodes[0]].untyped_storage().data_ptr()}
         for node in kept:
             value = self.values[node]
             ptr = value.untyped_storage().data_ptr()
-            if value._base is not None or ptr in seen or not value.is_contiguous():
-                value = value.clone()
+            if value._base is not None or ptr in seen \
+                    or not value.is_contiguous(memory_format=torch.channels_last):
+                value = value.contiguous(memory_format=torch.channels_last)
+                if value.untyped_storage().data_ptr() == ptr:
+                    value = value.clone(memory_format=torch.channels_last)
                 ptr = value.untyped_storage().data_ptr()
             self.values[node] = value
             seen.add(ptr)
