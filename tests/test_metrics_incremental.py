@@ -144,13 +144,14 @@ class Viewed(nn.Module):
         return self.head(z.view(z.shape[0], -1)) + x.view(x.shape[0], -1).sum(1, keepdim=True)
 
 
-def test_nodes_computed_in_full_get_maps_in_the_usual_layout():
+@pytest.mark.parametrize("max_fraction, windowed", [(0.5, 3), (0.2, 2)])  # 0.2: b computed in full
+def test_nodes_computed_in_full_get_maps_in_the_usual_layout(max_fraction, windowed):
     model = randomised(Viewed())
-    inc = IncrementalForward(model, (2, 2), max_fraction=0.5)
+    inc = IncrementalForward(model, (2, 2), max_fraction=max_fraction)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
-        assert inc.n_windowed == 3
+        assert inc.n_windowed == windowed
         x[1, :, 3:5, 7:9] = 0.5
         torch.testing.assert_close(inc.step(x, [None, (3, 5, 7, 9)]), model(x), rtol=1e-10, atol=1e-10)
 

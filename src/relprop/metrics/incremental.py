@@ -198,6 +198,8 @@ class IncrementalForward:
         self._absorbed: set[fx.Node] = set()  # batch norms folded into the convolution before them
         self._spans: dict[fx.Node, tuple[int, int]] = {}
         self._last_use: dict[fx.Node, int] = {}
+        self._usual_layout: set[fx.Node] = set()  # nodes computed in full that need the usual layout
+        self._channels_last: set[fx.Node] = set()  # nodes whose maps may be channels last
         self._planned = False
 
     # ------------------------------------------------------------------------------------------
@@ -287,12 +289,25 @@ class IncrementalForward:
                     and self._same_boxes(users[0], shapes):
                 self.transient.add(node)
         self._absorbed = {bn for _, bn in self._foldable()}
+        self._plan_layouts(shapes)
         order = {n: i for i, n in enumerate(self.nodes)}
         self._last_use = {}
         for node in self.nodes:
             for a in self._inputs(node):
                 self._last_use[a] = max(self._last_use.get(a, -1), order[node])
         self._planned = True
+
+    def _plan_layouts(self, shapes: dict[fx.Node, Any]) -> None:
+        """Which maps may be channels last (kept maps, and what window and element-wise nodes computed
+        in full make of them: these take any layout), and which nodes need the usual layout (all other
+        nodes computed in full: views, reshapes, ...)."""
+        self._usual_layout = {node for node in self.nodes if node not in self.windowed
+                              and node.op != "placeholder" and self._kind(node, shapes) is None}
+        self._channels_last = self.windowed - self.transient
+        for node in self.nodes:
+            if node not in self.windowed and node not in self._usual_layout \
+                    and any(a in self._channels_last for a in self._inputs(node)):
+                self._channels_last.add(node)
 
     def _same_boxes(self, node: fx.Node, shapes: dict[fx.Node, Any]) -> bool:
         """Whether ``node`` changes exactly where its inputs change (element-wise, or a 1 x 1 window)."""
@@ -319,7 +334,7 @@ class IncrementalForward:
             layout the model is written for."""
             if node in self.windowed:
                 return env[n].contiguous(memory_format=torch.channels_last) if n.op == "placeholder" else env[n]
-            return env[n].contiguous() if n in self.windowed and n not in self.transient else env[n]
+            return env[n].contiguous() if node in self._usual_layout and n in self._channels_last else env[n]
         args = fx.node.map_arg(node.args, value)
         kwargs = fx.node.map_arg(node.kwargs, value)
         if node.op == "get_attr":
