@@ -62,6 +62,28 @@ class Bottleneck(nn.Module):
         return self.head(self.relu(out).mean(dim=(2, 3)))
 
 
+class Shared(nn.Module):
+    """Maps that share storage (an identity and an eval-mode dropout return their input), chains of
+    1 x 1 convolutions and element-wise nodes (windows handed over without a kept map), and sums of
+    maps changed in windows of different sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.same, self.drop = nn.Identity(), nn.Dropout()
+        self.p, self.q = nn.Conv2d(6, 6, 1), nn.Conv2d(6, 6, 1, bias=False)
+        self.b = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        s = self.same(y)
+        z = self.q(torch.tanh(self.p(F.relu(self.drop(s)))))
+        w = self.b(y) + z + s
+        w = w + self.p(w)
+        return self.head(w.mean(dim=(2, 3)))
+
+
 def small_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -82,7 +104,7 @@ def randomised(model: nn.Module) -> nn.Module:
     return model.double().eval()
 
 
-@pytest.mark.parametrize("make, windowed", [(Residual, 17), (Bottleneck, 16),
+@pytest.mark.parametrize("make, windowed", [(Residual, 17), (Bottleneck, 16), (Shared, 12),
                                              (small_cnn, 5)])  # small: stops at ceil_mode
 def test_every_step_equals_a_plain_forward_pass(make, windowed):
     model = randomised(make())
@@ -107,6 +129,41 @@ def test_every_step_equals_a_plain_forward_pass(make, windowed):
             boxes.append(box)
         with torch.no_grad():
             torch.testing.assert_close(inc.step(state, boxes), model(state), rtol=1e-10, atol=1e-10)
+
+
+class Viewed(nn.Module):
+    """A head that views the last windowed map and the input (possible in their usual layout only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 12 * 12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.b(F.relu(self.a(x)))
+        return self.head(z.view(z.shape[0], -1)) + x.view(x.shape[0], -1).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("max_fraction, windowed", [(0.5, 3), (0.2, 2)])  # 0.2: b computed in full
+def test_nodes_computed_in_full_get_maps_in_the_usual_layout(max_fraction, windowed):
+    model = randomised(Viewed())
+    inc = IncrementalForward(model, (2, 2), max_fraction=max_fraction)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        assert inc.n_windowed == windowed
+        x[1, :, 3:5, 7:9] = 0.5
+        torch.testing.assert_close(inc.step(x, [None, (3, 5, 7, 9)]), model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_kept_maps_have_their_own_storage():
+    model = randomised(Shared())
+    inc = IncrementalForward(model, (4, 4), max_fraction=1.0)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    inc.reset(x)
+    kept = [v for n, v in inc.values.items() if n in inc.windowed and n not in inc.transient]
+    assert len(kept) > 2
+    assert len({v.untyped_storage().data_ptr() for v in kept + [x]}) == len(kept) + 1
 
 
 def test_in_place_flags_are_restored_and_model_untouched():

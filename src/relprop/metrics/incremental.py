@@ -6,7 +6,8 @@ order). In a convolutional network such a change only reaches a window of every 
 grows with the receptive field, so most of every early feature map is the same as one step before.
 :class:`IncrementalForward` keeps the feature maps of the previous step and recomputes, per sample,
 only the window that changed (with the window's halo), while the layers where the window covers
-most of the map are computed in full as usual.
+most of the map are computed in full as usual. Kept maps and windows are channels last (a window's
+rows are then contiguous runs of memory); the nodes computed in full get the usual layout.
 
 The model is traced with ``torch.fx``. "Windowed" nodes are 2-d convolutions (zero padding),
 max and average pooling (``ceil_mode=False``; average pooling counting the padding), batch norm in
@@ -110,13 +111,26 @@ def _apply_window(module: nn.Module, crop: Tensor, folded: Optional[tuple[Tensor
     return F.avg_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0)
 
 
-def _crop(t: Tensor, i: int, box: Box, value: float) -> Tensor:
-    """``t[i, :, r0:r1, c0:c1]`` where the box may reach outside the map (filled with ``value``)."""
-    r0, r1, c0, c1 = box
+def _crops(t: Tensor, samples: list[int], boxes: list[Box], value: float) -> Tensor:
+    """``t[i, :, r0:r1, c0:c1]`` for ``i`` in ``samples`` and its box in ``boxes`` (all of one size), as
+    one channels-last batch; a box may reach outside the map (filled with ``value``)."""
+    r0, r1, c0, c1 = boxes[0]
+    out = torch.empty((len(samples), t.shape[1], r1 - r0, c1 - c0), dtype=t.dtype, device=t.device,
+                      memory_format=torch.channels_last)
     h, w = t.shape[-2:]
-    part = t[i, :, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)]
-    pads = (max(0, -c0), max(0, c1 - w), max(0, -r0), max(0, r1 - h))
-    return F.pad(part, pads, value=value) if any(pads) else part
+    if any(r0 < 0 or c0 < 0 or r1 > h or c1 > w for r0, r1, c0, c1 in boxes):
+        out.fill_(value)
+    for j, (i, (r0, r1, c0, c1)) in enumerate(zip(samples, boxes)):
+        a, b, c, d = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+        out[j, :, a - r0:b - r0, c - c0:d - c0] = t[i, :, a:b, c:d]
+    return out
+
+
+def _is_pointlike(window: Optional[_Window]) -> bool:
+    """Whether every output position of ``window`` reads just the input position under it (1 x 1,
+    stride 1, no padding): its changed boxes are those of its input."""
+    return window is not None and window.kernel == (1, 1) and window.stride == (1, 1) \
+        and window.padding == (0, 0)
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -179,10 +193,13 @@ class IncrementalForward:
         self.values: dict[fx.Node, Any] = {}
         self._shapes: dict[fx.Node, Any] = {}
         self._pending: dict[fx.Node, Tensor] = {}
+        self._fresh: dict[fx.Node, Tensor] = {}  # kept node -> the windows it recomputed this step
         self._folded: dict[fx.Node, tuple[Tensor, Tensor]] = {}  # windowed conv -> weights with its bn
         self._absorbed: set[fx.Node] = set()  # batch norms folded into the convolution before them
         self._spans: dict[fx.Node, tuple[int, int]] = {}
         self._last_use: dict[fx.Node, int] = {}
+        self._usual_layout: set[fx.Node] = set()  # nodes computed in full that need the usual layout
+        self._channels_last: set[fx.Node] = set()  # nodes whose maps may be channels last
         self._planned = False
 
     # ------------------------------------------------------------------------------------------
@@ -263,21 +280,39 @@ class IncrementalForward:
         self.windowed = windowed
         self._spans = spans
         self._shapes = shapes
-        # a windowed node whose only user is an element-wise node of it alone hands its windows over
-        # directly (as one batch), without writing them into a kept map
+        # a windowed node whose only user is an element-wise node (or a 1 x 1 window) of it alone
+        # hands its windows over directly (as one batch), without writing them into a kept map
         self.transient = set()
         for node in windowed:
             users = list(node.users)
-            if len(users) == 1 and users[0] in windowed and self._kind(users[0], shapes) == "pointwise" \
-                    and self._inputs(users[0]) == [node]:
+            if len(users) == 1 and users[0] in windowed and self._inputs(users[0]) == [node] \
+                    and self._same_boxes(users[0], shapes):
                 self.transient.add(node)
         self._absorbed = {bn for _, bn in self._foldable()}
+        self._plan_layouts(shapes)
         order = {n: i for i, n in enumerate(self.nodes)}
         self._last_use = {}
         for node in self.nodes:
             for a in self._inputs(node):
                 self._last_use[a] = max(self._last_use.get(a, -1), order[node])
         self._planned = True
+
+    def _plan_layouts(self, shapes: dict[fx.Node, Any]) -> None:
+        """Which maps may be channels last (kept maps, and what window and element-wise nodes computed
+        in full make of them: these take any layout), and which nodes need the usual layout (all other
+        nodes computed in full: views, reshapes, ...)."""
+        self._usual_layout = {node for node in self.nodes if node not in self.windowed
+                              and node.op != "placeholder" and self._kind(node, shapes) is None}
+        self._channels_last = self.windowed - self.transient
+        for node in self.nodes:
+            if node not in self.windowed and node not in self._usual_layout \
+                    and any(a in self._channels_last for a in self._inputs(node)):
+                self._channels_last.add(node)
+
+    def _same_boxes(self, node: fx.Node, shapes: dict[fx.Node, Any]) -> bool:
+        """Whether ``node`` changes exactly where its inputs change (element-wise, or a 1 x 1 window)."""
+        kind = self._kind(node, shapes)
+        return kind == "pointwise" or (kind == "window" and _is_pointlike(_window_of(self.modules[node.target])))
 
     def _foldable(self) -> list[tuple[fx.Node, fx.Node]]:
         """(convolution, batch norm) pairs of windowed nodes where the batch norm (eval mode, running
@@ -294,8 +329,14 @@ class IncrementalForward:
 
     # ------------------------------------------------------------------------------------------
     def _full(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
-        args = fx.node.map_arg(node.args, lambda n: env[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        def value(n: fx.Node) -> Any:
+            """Windowed nodes compute in channels last (the layout of kept maps), all others in the
+            layout the model is written for."""
+            if node in self.windowed:
+                return env[n].contiguous(memory_format=torch.channels_last) if n.op == "placeholder" else env[n]
+            return env[n].contiguous() if node in self._usual_layout and n in self._channels_last else env[n]
+        args = fx.node.map_arg(node.args, value)
+        kwargs = fx.node.map_arg(node.kwargs, value)
         if node.op == "get_attr":
             obj: Any = self.graph_module
             for part in node.target.split("."):
@@ -332,6 +373,7 @@ class IncrementalForward:
 
     def _pass(self, x: Tensor, boxes: Optional[list[Optional[Box]]]) -> Tensor:
         env = self.values
+        self._pending, self._fresh = {}, {}
         changed: dict[fx.Node, list[Optional[Box]]] = {}
         shapes: dict[fx.Node, Any] = {}
         result = None
@@ -350,9 +392,11 @@ class IncrementalForward:
             if not self._planned:
                 shapes[node] = env[node].shape if isinstance(env.get(node), Tensor) else None
             if self._planned:
-                for a in self._inputs(node):  # free full-size maps nobody needs any more
-                    if self._last_use.get(a) == index and a not in self.windowed and a.op != "get_attr" \
-                            and a.op != "placeholder":
+                for a in self._inputs(node):  # free full-size maps (and windows) nobody needs any more
+                    if self._last_use.get(a) != index:
+                        continue
+                    self._fresh.pop(a, None)
+                    if a not in self.windowed and a.op != "get_attr" and a.op != "placeholder":
                         env.pop(a, None)
         if not self._planned:
             self._plan(shapes)
@@ -391,27 +435,28 @@ class IncrementalForward:
         for i in samples:  # one window size for all samples, so that they run as one batch
             boxes[i] = (*_fit(boxes[i][0], rows, h), *_fit(boxes[i][2], cols, w))
         if window is not None:
-            source = self.values[inputs[0]]
-            crops = []
-            for i in samples:
-                r0, r1, c0, c1 = boxes[i]
-                crops.append(_crop(source, i, (*window.inputs(r0, r1, 0), *window.inputs(c0, c1, 1)),
-                                   window.pad_value))
-            new = _apply_window(self.modules[node.target], torch.stack(crops), self._folded.get(node))
+            wanted = [(*window.inputs(boxes[i][0], boxes[i][1], 0), *window.inputs(boxes[i][2], boxes[i][3], 1))
+                      for i in samples]
+            crops = self._windows(inputs[0], samples, wanted, changed, window.pad_value)
+            new = _apply_window(self.modules[node.target], crops, self._folded.get(node))
         elif node in self._absorbed:  # its convolution's windows already include it
             new = self._pending.pop(inputs[0])
         elif _is_relu(node, self.modules) and inputs[0] in self._pending:  # a fresh tensor: in place
             new = torch.relu_(self._pending.pop(inputs[0]))
         else:
+            wanted = [boxes[i] for i in samples]
+            used: list[Tensor] = []
+
             def stacked(a: fx.Node) -> Tensor:
-                if a in self._pending:  # the windows of a transient input, same boxes
-                    return self._pending.pop(a)
-                return torch.stack([self.values[a][i, :, boxes[i][0]:boxes[i][1], boxes[i][2]:boxes[i][3]]
-                                    for i in samples])
+                used.append(self._windows(a, samples, wanted, changed, 0.0))
+                return used[-1]
             new = self._call(node, fx.node.map_arg(node.args, stacked), fx.node.map_arg(node.kwargs, stacked))
+            if node in self.transient and any(new is t for t in used):  # pragma: no cover - identity
+                new = new.clone()  # a pending window may be changed in place: never share one
         if node in self.transient:
             self._pending[node] = new
             return boxes
+        self._fresh[node] = new
         out = self.values[node]
         if new is out:  # pragma: no cover - an identity node on a kept map
             return boxes
@@ -419,6 +464,20 @@ class IncrementalForward:
             r0, r1, c0, c1 = boxes[i]
             out[i, :, r0:r1, c0:c1] = new[j]
         return boxes
+
+    def _windows(self, a: fx.Node, samples: list[int], wanted: list[Box],
+                 changed: dict[fx.Node, list[Optional[Box]]], pad_value: float) -> Tensor:
+        """The windows ``wanted[j]`` of sample ``samples[j]`` of node ``a``'s map, as one batch: the
+        windows ``a`` handed over (transient), those it just recomputed where they are the ones
+        wanted, or else crops of its kept map."""
+        if a in self._pending:  # a transient input: its windows are the ones wanted
+            return self._pending.pop(a)
+        fresh = self._fresh.get(a)
+        if fresh is not None:
+            have = [(i, b) for i, b in enumerate(changed[a]) if b is not None]
+            if [i for i, _ in have] == samples and [b for _, b in have] == wanted:
+                return fresh
+        return _crops(self.values[a], samples, wanted, pad_value)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -428,9 +487,25 @@ class IncrementalForward:
         logits = self._run(x, None)
         self._folded = {conv: _fold(self.modules[conv.target], self.modules[bn.target])
                         for conv, bn in self._foldable()}
-        for node in self.windowed - self.transient:  # a kept map must be its own storage (no view)
-            self.values[node] = self.values[node].clone()
+        self._own_storage([n for n in self.nodes if n in self.windowed and n not in self.transient])
         return logits
+
+    def _own_storage(self, kept: list[fx.Node]) -> None:
+        """Give every kept map its own channels-last storage (a map updated in place must not be a view
+        of the input, of another map or of itself elsewhere; its windows are copied fastest with the
+        channels last); maps that already have one are kept as they are."""
+        seen = {self.values[self.nodes[0]].untyped_storage().data_ptr()}
+        for node in kept:
+            value = self.values[node]
+            ptr = value.untyped_storage().data_ptr()
+            if value._base is not None or ptr in seen \
+                    or not value.is_contiguous(memory_format=torch.channels_last):
+                value = value.contiguous(memory_format=torch.channels_last)
+                if value.untyped_storage().data_ptr() == ptr:
+                    value = value.clone(memory_format=torch.channels_last)
+                ptr = value.untyped_storage().data_ptr()
+            self.values[node] = value
+            seen.add(ptr)
 
     @torch.no_grad()
     def step(self, x: Tensor, boxes: list[Optional[Box]]) -> Tensor:
