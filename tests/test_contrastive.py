@@ -165,6 +165,36 @@ def test_sglrp_of_an_unlikely_class_keeps_normal_floats(cnn, monkeypatch):
     assert all(not ((r != 0) & (r.abs() < tiny)).any() for r in seen)
 
 
+def test_sglrp_of_a_certain_class_in_float32_is_the_float64_map(cnn):
+    """A target whose probability rounds to 1 in float32: ``1 - p_t`` there is the sum of the other
+    classes' probabilities, not 0, so the float32 map (and Eq. 10 itself) is the float64 one; with
+    ``1 - p_t`` computed as such, the target's share vanished and the map was the dual classes' alone."""
+    model, x, logits = cnn
+    big = copy.deepcopy(model)
+    last = [m for m in big.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(400.0)
+        last.bias.mul_(400.0)
+        z = big(x)
+    t = z.argmax(1)
+    assert (z.float().softmax(1).gather(1, t[:, None]) == 1).all()  # 1 - p_t is 0 in float32
+    want = softmax_gradient(z, t)
+    assert_close(softmax_gradient(z.float(), t).double(), want, rtol=1e-5, atol=0.0)
+    for relu in (False, True):
+        ref = relprop.explain(big, x, target=t, method="sglrp", relu=relu)
+        low = relprop.explain(copy.deepcopy(big).float(), x.float(), target=t, method="sglrp", relu=relu).double()
+        scale = ref.flatten(1).abs().max(1).values.view(-1, 1, 1, 1)
+        assert ((low - ref).abs() <= 1e-4 * scale).all()
+    from relprop.attribution.contrastive import _region_sglrp
+
+    spatial = z.float()[:, :, None, None].expand(-1, -1, 2, 3)
+    weights = torch.zeros_like(spatial)
+    weights[torch.arange(2), t, :, :2] = 1.0
+    region = _region_sglrp(spatial, weights)
+    expect = softmax_gradient(z, t)[:, :, None, None] * weights.double().sum(1, keepdim=True)
+    assert_close(region.double(), expect, rtol=1e-5, atol=0.0)
+
+
 def test_sglrp_paper(cnn):
     model, x, logits = cnn
     t = torch.tensor([2, 4])

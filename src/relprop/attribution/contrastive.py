@@ -71,7 +71,9 @@ def _region_sglrp(logits: Tensor, weights: Tensor) -> Tensor:
     p = logits.softmax(dim=1)
     inside = weights.sum(1, keepdim=True)
     p_c = (p * weights).sum(1, keepdim=True)
-    return inside * p_c * (weights - p)
+    others = 1 - weights
+    rest = (p * others).sum(1, keepdim=True)  # 1 - p_c, see _softmax_gradient_over_p_t
+    return inside * p_c * (weights * rest - others * p)
 
 
 def _region_clrp(logits: Tensor, weights: Tensor) -> Tensor:
@@ -95,11 +97,14 @@ def _softmax_gradient_over_p_t(logits: Tensor, target: Tensor) -> tuple[Tensor, 
     ``p_t`` (B, 1). The propagation rules are linear in the relevance, so propagating this and
     multiplying by ``p_t`` at the end gives the same map, without the subnormal floats that a small
     ``p_t`` (an unlikely target class) would carry through every layer: they make CPU arithmetic
-    10-20x slower and lose precision."""
+    10-20x slower and lose precision. ``1 - p_t`` is summed from the other classes' probabilities: a
+    confident prediction has ``p_t`` rounded to 1 in float32, where ``1 - p_t`` would be 0 while the
+    other entries are not, and the map that of the other classes alone."""
     p = logits.softmax(dim=1)
     index = target.view(-1, 1)
     p_t = p.gather(1, index)
-    return (-p).scatter_(1, index, 1 - p_t), p_t
+    others = (-p).scatter_(1, index, 0.0)
+    return others.scatter_(1, index, -others.sum(1, keepdim=True)), p_t
 
 
 def _scaled(t: Tensor, factor: Tensor) -> Tensor:
