@@ -121,10 +121,17 @@ def compare(old: str, new: str) -> dict:
              if k in b and a[k][0] is not None and b[k][0] is not None
              and not (math.isnan(a[k][0]) and math.isnan(b[k][0]))]
     worst = max(diffs, default=(0.0, 0.0, ""))
+    by_method: dict[str, float] = {}
+    for k in a:
+        if k in b and a[k][0] is not None and b[k][0] is not None and not (
+                math.isnan(a[k][0]) and math.isnan(b[k][0])):
+            rel = abs(a[k][0] - b[k][0]) / max(1e-3, abs(a[k][0]))
+            by_method[k[3]] = max(by_method.get(k[3], 0.0), rel)
     return {"old": len(a), "new": len(b), "common": len(set(a) & set(b)), "identical": same,
             "max_abs": worst[0], "max_abs_metric": worst[2],
             "max_rel": max((d[1] for d in diffs), default=0.0),
-            "differing": sum(1 for d in diffs if d[0] > 0)}
+            "differing": sum(1 for d in diffs if d[0] > 0),
+            "by_method": sorted(by_method.items(), key=lambda kv: -kv[1])}
 
 
 def _child(args: argparse.Namespace, src: str, store: str) -> dict:
@@ -199,10 +206,18 @@ def markdown(args: argparse.Namespace, runs: dict, cmp: dict | None, load: tuple
     lines += ["", f"Extrapolated to 500 scenes per model (linear in the scenes): old "
               f"{w[0] / args.scenes * 500 / 60:.0f} min, new {per_scene * 500 / 60:.0f} min."]
     if cmp is not None:
-        lines += ["", f"Same values: {cmp['common']} of {cmp['old']} old / {cmp['new']} new records matched; "
-                  f"{cmp['identical']} identical to the bit; scalars differ in {cmp['differing']}, by at most "
-                  f"{cmp['max_abs']:.2e} ({cmp['max_abs_metric'] or '-'}; relative to the scalar, at least 1e-3: "
-                  f"{cmp['max_rel']:.2e})."]
+        for label, c in cmp.items():
+            top = ", ".join(f"{m} {v:.1e}" for m, v in c["by_method"][:5])
+            rest = c["by_method"][5][1] if len(c["by_method"]) > 5 else 0.0
+            lines += ["", f"Same values ({label}): {c['common']} of {c['old']} / {c['new']} records matched; "
+                      f"{c['identical']} identical to the bit; scalars differ in {c['differing']}, by at most "
+                      f"{c['max_abs']:.2e} ({c['max_abs_metric'] or '-'}; relative to the scalar, at least 1e-3: "
+                      f"{c['max_rel']:.2e}). Largest relative difference per method: {top}; every other method "
+                      f"{rest:.1e} or less."]
+        lines += ["", "Differences beyond float round-off come from methods whose maps changed on purpose between the "
+                  "versions (sglrp's 1 - p_t, summed from the other classes since 0ea2bba) or whose float32 maps are "
+                  "ill-conditioned, where any other batch of images moves them (rap's signed residual split on "
+                  "shapes_resnet: docs/methods.md, RAP)."]
     for n in names:
         if runs[n]["profile"]:
             body = "\n".join(ln for ln in runs[n]["profile"].splitlines()
@@ -234,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.main:
         runs["main"] = _child(args, args.main, f"{tmp}/main.sqlite")
     runs["new"] = _child(args, str(ROOT / "src"), f"{tmp}/new.sqlite")
-    if args.baseline:
-        cmp = compare(f"{tmp}/old.sqlite", f"{tmp}/new.sqlite")
+    if args.baseline or args.main:
+        cmp = {f"{n} vs new": compare(f"{tmp}/{n}.sqlite", f"{tmp}/new.sqlite") for n in ("old", "main") if n in runs}
     text = markdown(args, runs, cmp, load, os.getloadavg())
     print(text)
     if not args.no_write:
