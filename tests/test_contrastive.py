@@ -136,6 +136,17 @@ def test_softmax_gradient_is_eq10():
     assert_close(g.sum(1), torch.zeros(3, dtype=DT), atol=1e-15)
 
 
+def _sharpened(model: nn.Module, x: torch.Tensor, factor: float) -> tuple[nn.Module, torch.Tensor]:
+    """A copy of ``model`` with its last linear layer scaled by ``factor`` (extreme softmax
+    probabilities), and its logits for ``x``."""
+    big = copy.deepcopy(model)
+    last = [m for m in big.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+        return big, big(x)
+
+
 def test_sglrp_of_an_unlikely_class_keeps_normal_floats(cnn, monkeypatch):
     """A target with a tiny probability: the map is the float64 deep-Taylor pass from Eq. 10 (computed
     in float64, where p_t is still a normal number), and in float32 the relevance handed to the
@@ -143,12 +154,7 @@ def test_sglrp_of_an_unlikely_class_keeps_normal_floats(cnn, monkeypatch):
     from relprop.propagate import Propagator
 
     model, x, logits = cnn
-    big = copy.deepcopy(model)
-    last = [m for m in big.modules() if isinstance(m, nn.Linear)][-1]
-    with torch.no_grad():
-        last.weight.mul_(480.0)
-        last.bias.mul_(480.0)
-        z = big(x)
+    big, z = _sharpened(model, x, 480.0)
     t = z.argmin(1)
     p_t = z.softmax(1).gather(1, t[:, None])
     assert (p_t < 1e-30).all() and (p_t > 1e-37).all()
@@ -170,12 +176,7 @@ def test_sglrp_of_a_certain_class_in_float32_is_the_float64_map(cnn):
     classes' probabilities, not 0, so the float32 map (and Eq. 10 itself) is the float64 one; with
     ``1 - p_t`` computed as such, the target's share vanished and the map was the dual classes' alone."""
     model, x, logits = cnn
-    big = copy.deepcopy(model)
-    last = [m for m in big.modules() if isinstance(m, nn.Linear)][-1]
-    with torch.no_grad():
-        last.weight.mul_(400.0)
-        last.bias.mul_(400.0)
-        z = big(x)
+    big, z = _sharpened(model, x, 400.0)
     t = z.argmax(1)
     assert (z.float().softmax(1).gather(1, t[:, None]) == 1).all()  # 1 - p_t is 0 in float32
     want = softmax_gradient(z, t)
