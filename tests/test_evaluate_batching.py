@@ -166,6 +166,10 @@ def test_memoised_forward_runs_each_distinct_row_once_with_the_module_logits() -
         raw(x[:1].reshape(1, 3, 4, 16))
         raw(x[:1])
     assert seen == [1, 1, 1] and raw.hits == 1
+    with torch.no_grad():  # the module's weights changed in place: nothing kept is used again
+        model.net[-1].bias.add_(1.0)
+        again = memo(x[:2])
+        assert model.rows[-1] == 2 and torch.allclose(again, model.net(x[:2]), rtol=1e-6, atol=1e-7)
 
 
 def test_memoised_forward_passes_through_what_it_cannot_keep() -> None:

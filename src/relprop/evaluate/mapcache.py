@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 from torch import Tensor
 
+from ..metrics.inference import image_digests
+
 __all__ = ["MAP_CACHE_BYTES", "MapCache", "batch_digest", "image_digests"]
 
 #: the most bytes of maps a cache keeps (64 x 64 float32 maps: 16 KiB each)
@@ -30,13 +32,6 @@ def batch_digest(digests: list[bytes], targets: Tensor) -> bytes:
         h.update(d)
         h.update(int(t).to_bytes(8, "little", signed=True))
     return h.digest()
-
-
-def image_digests(images: Tensor) -> list[bytes]:
-    """A digest of every image's dtype, shape and bytes: equal digests, equal model inputs."""
-    flat = images.detach().cpu().contiguous()
-    head = f"{flat.dtype}{tuple(flat.shape[1:])}".encode()
-    return [hashlib.blake2b(head + x.numpy().tobytes(), digest_size=16).digest() for x in flat]
 
 
 class MapCache:

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FrozenForward", "MemoisedForward", "eager_module", "frozen_forward", "weights_state"]
+__all__ = ["FrozenForward", "MemoisedForward", "eager_module", "frozen_forward", "image_digests", "weights_state"]
 
 #: the largest difference of the logits from the module's, relative to their magnitude, accepted
 #: when a frozen copy is checked
@@ -68,42 +68,42 @@ class MemoisedForward(nn.Module):
         self.hits = 0
         self.misses = 0
         self._kept: OrderedDict[bytes, Tensor] = OrderedDict()
+        self._weights: tuple = self._state()
         self._declined = False
+
+    def _state(self) -> tuple:
+        return weights_state(self.module) if isinstance(self.module, nn.Module) else ()
 
     def forward(self, x: Tensor) -> Tensor:
         if (self._declined or torch.is_grad_enabled() or not isinstance(x, Tensor) or x.device.type != "cpu"
                 or x.dim() < 1 or x.shape[0] == 0):
             return self._forward(x)
-        keys = _row_digests(x)
+        state = self._state()
+        if state != self._weights:  # the module's weights changed: nothing kept holds
+            self._kept.clear()
+            self.bytes, self._weights = 0, state
+        keys = image_digests(x)
         fresh: dict[bytes, int] = {}  # digest -> first row holding it, for rows not kept
         for i, key in enumerate(keys):
             if key not in self._kept and key not in fresh:
                 fresh[key] = i
+        self.misses += len(fresh)
+        self.hits += len(keys) - len(fresh)
+        every = len(fresh) == len(keys)
         computed: dict[bytes, Tensor] = {}
         if fresh:
-            every = len(fresh) == x.shape[0]
             out = self._forward(x if every else x[torch.tensor(list(fresh.values()))])
             if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != len(fresh):
                 self._declined = True  # not one row of logits per input row: passed through from now on
                 return out if every else self._forward(x)
-            if every:
-                self._count(len(keys), len(keys))
-                for key, row in zip(keys, out):
-                    self._keep(key, row.clone())
-                return out
             computed = dict(zip(fresh, out))
-        self._count(len(keys), len(fresh))
-        result = torch.stack([computed[k] if k in computed else self._kept[k] for k in keys])
+        result = out if every else torch.stack([computed.get(k, self._kept.get(k)) for k in keys])
         for key in keys:
             if key in computed:
                 self._keep(key, computed[key].clone())
-            elif key in self._kept:
+            elif key in self._kept:  # (unless a row kept just now pushed it out)
                 self._kept.move_to_end(key)
         return result
-
-    def _count(self, rows: int, computed: int) -> None:
-        self.misses += computed
-        self.hits += rows - computed
 
     def _keep(self, key: bytes, row: Tensor) -> None:
         size = row.numel() * row.element_size()
@@ -116,10 +116,10 @@ class MemoisedForward(nn.Module):
             self.bytes -= old.numel() * old.element_size()
 
 
-def _row_digests(x: Tensor) -> list[bytes]:
-    """SHA-256 of every row's dtype, shape and bytes: equal digests, equal inputs."""
-    head = f"{x.dtype}{tuple(x.shape[1:])}".encode()
-    raw = x.detach().contiguous().reshape(x.shape[0], -1).view(torch.uint8)  # any dtype, bfloat16 included
+def image_digests(images: Tensor) -> list[bytes]:
+    """SHA-256 of every image's (row's) dtype, shape and bytes: equal digests, equal model inputs."""
+    head = f"{images.dtype}{tuple(images.shape[1:])}".encode()
+    raw = images.detach().cpu().contiguous().reshape(images.shape[0], -1).view(torch.uint8)  # bfloat16 too
     digests = []
     for row in raw.numpy():
         h = hashlib.sha256(head)

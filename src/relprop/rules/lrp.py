@@ -139,26 +139,18 @@ def _contributions(layer: Affine, x: Tensor, nonnegative: bool, w_same: Tensor, 
     """``layer(x+, w_same, bias) + layer(x-, w_other) + shift``; the shift joins the bias of the first
     product (no pass over the output of its own)."""
     xp, xn = _split(x, nonnegative)
-    shifted = _shifted_bias(layer, w_same, bias, shift) if shift else bias
-    z = layer.apply(xp, w_same, shifted)
+    z = layer.apply(xp, w_same, _shifted_bias(layer, w_same, bias, shift) if shift else bias)
     if xn is not None:
         z.add_(layer.apply(xn, w_other))
-    if shift and shifted is None:
-        z.add_(shift)
     return z
 
 
-def _shifted_bias(layer: Affine, weight: Tensor, bias: Tensor | None, shift: float) -> Tensor | None:
-    """``bias + shift`` for every output of ``layer`` (cached with the layer's weights); None where the
-    layer keeps no such cache (the shift is then added to the output)."""
-    cached = getattr(layer, "cached", None)
-    if cached is None or getattr(layer, "layer_type", None) not in ("linear", "conv"):
-        return None
-
+def _shifted_bias(layer: Affine, weight: Tensor, bias: Tensor | None, shift: float) -> Tensor:
+    """``bias + shift`` for every output of ``layer``, cached with the layer's weights."""
     def make() -> Tensor:
         base = bias if bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
         return base + shift
-    return cached(f"shifted:{id(bias)}:{shift}", make)
+    return layer.cached(f"shifted:{id(bias)}:{shift}", make)
 
 
 def ZPlus(stabilizer: float = 1e-6) -> AlphaBeta:
