@@ -421,10 +421,10 @@ class _Cancelling(nn.Module):
         return self.head(self.a(x) + self.b(x))
 
 
-def test_an_ill_conditioned_signed_split_is_reported_once_per_sum_and_float_type() -> None:
+def test_an_ill_conditioned_signed_split_is_reported_once_per_model_and_float_type() -> None:
     """The official signed split of a residual sum multiplies relevance by |term| / |sum| where the terms
     nearly cancel; in float32 rounding then moves the map (measured up to 26% of its maximum on
-    shapes_resnet), which rap says once per sum and float type, and not where the split is exact
+    shapes_resnet), which rap says once per model and float type, and not where the split is exact
     enough (float64) or bounded (add='absolute')."""
     import warnings
 

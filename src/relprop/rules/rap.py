@@ -185,7 +185,7 @@ class RAPSum(Rule):
 #: the share of a map's largest relevance that float rounding may move it by, past which a signed
 #: split of a sum is reported (:func:`_report_cancellation`)
 ROUNDING_REPORTED = 1e-3
-#: the sums reported so far (each once per traced model and float type)
+#: the float types reported so far, per traced model (its graph)
 _REPORTED: "weakref.WeakKeyDictionary[object, set]" = weakref.WeakKeyDictionary()
 
 
@@ -194,8 +194,10 @@ def _report_cancellation(step: Step, terms: list[Tensor], total: Tensor, r: Tens
     terms nearly cancel, ``R_k = term_k R / sum`` multiplies the relevance by ``|term_k| / |sum|``,
     and the rounding of the sum (relative ``eps``) moves the map by about ``eps`` times that gain
     (the official code's rule; measured in float32: up to 26% of the map's maximum on shapes_resnet, 35% on
-    efficientnet_lite0; 1e-15 in float64). Once per sum of a traced model and float type."""
-    seen = _REPORTED.setdefault(step.op, set())
+    efficientnet_lite0; 1e-15 in float64). Once per traced model and float type: the first such sum
+    is named, the others are not checked again."""
+    node = getattr(step.op, "fx_node", None)
+    seen = _REPORTED.setdefault(node.graph if node is not None else step.op, set())
     if not total.is_floating_point() or total.dtype in seen:
         return
     largest = terms[0].abs()
@@ -208,8 +210,9 @@ def _report_cancellation(step: Step, terms: list[Tensor], total: Tensor, r: Tens
     if worst * eps > ROUNDING_REPORTED:
         seen.add(total.dtype)
         warnings.warn(
-            f"the signed split of the sum at {step.op.path!r} multiplies relevance by up to {worst:.1e} where "
-            f"its terms nearly cancel: in {str(total.dtype).replace('torch.', '')} the map may move by about "
+            f"the signed split of the sum at {step.op.path!r} (and perhaps of other sums of this model, not checked "
+            f"again) multiplies relevance by up to {worst:.1e} where its terms nearly cancel: in "
+            f"{str(total.dtype).replace('torch.', '')} the map may move by about "
             f"{worst * eps:.0e} of its largest value or more through rounding alone; explain in float64 "
             "(model.double(), x.double()) for the exact split, or split by magnitude (add='absolute')",
             RuntimeWarning, stacklevel=2)
