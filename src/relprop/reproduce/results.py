@@ -107,7 +107,10 @@ def _intro(stores: Sequence[str | Path]) -> list[str]:
         "does or that none was measured for that table, then the differences from the paper's setting. "
         "Values in brackets: 95% "
         "percentile bootstrap intervals over the images, resampled jointly for all methods (images resampled "
-        "whole, with all their explained classes).",
+        "whole, with all their explained classes). Maps are computed in float32: how far its rounding moves "
+        "the figures of the methods it affects most (`rap`'s and `rsp`'s signed split of residual sums) is "
+        "measured by `benchmarks/precision.py` (the same protocols in float64) and reported in docs/methods.md, "
+        "RAP.",
         "",
         "The papers' other baselines are in the tables where the papers report them: Pattern Attribution "
         "(`pattern-attribution`, with relprop's shipped patterns) in Table 1 of Nam et al. 2020 [Nam2020-RAP] (POS "
