@@ -105,6 +105,48 @@ def test_gradcam_plus_plus_closed_form_on_an_exp_linear_score():
     assert_close(ours, expected, scale=1e-10)
 
 
+class _SignedFeatures(torch.nn.Module):
+    """A 1 x 1 convolution without ReLU (signed features ``A = x``), average pooling and a linear head:
+    ``g = dS/dA = w_t / (H W)``, so the target's alpha is ``1 / (2 + sum A g)``, with a pole where the
+    features sum to ``-2 / g``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Conv2d(1, 1, 1, bias=False)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.head = torch.nn.Linear(1, 2, bias=False)
+        with torch.no_grad():
+            self.features.weight.fill_(1.0)
+            self.head.weight.copy_(torch.tensor([[16.0], [-1.0]]))  # g = 1 for class 0 on 4 x 4 maps
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def test_gradcam_plus_plus_reports_the_pole_of_alpha_on_signed_features():
+    """On signed features ``2 + S g`` can cancel; near that pole float32 rounding of ``S`` moves alpha
+    (here by ~1e-2 of itself), which Grad-CAM++ reports once per model and float type; features after a
+    ReLU (``2 + S g >= 2``), float64 and a well-conditioned input stay silent."""
+    import warnings
+
+    x = torch.full((1, 1, 4, 4), -0.125)
+    x[0, 0, 0, 0] += 4e-6  # S = -2 + 4e-6, 2 + S g = 4e-6: gain (2 + sum |A|) / 4e-6 = 1e6
+    model = _SignedFeatures().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relprop.explain(model, torch.full((1, 1, 4, 4), 0.5), target=0, method="gradcam-plus-plus")
+        relprop.explain(model.double(), x.double(), target=0, method="gradcam-plus-plus")
+    model = _SignedFeatures().eval()
+    with pytest.warns(RuntimeWarning, match=r"Grad-CAM\+\+ at 'features'.*2 \+ S g.*float32"):
+        relprop.explain(model, x, target=0, method="gradcam-plus-plus")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relprop.explain(model, x, target=0, method="gradcam-plus-plus")  # reported already
+        relu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+        relprop.explain(relu, randn(2, 3, 8, 8, seed=5), target=0, method="gradcam-plus-plus")
+
+
 # -- relevance-cam ---------------------------------------------------------------------------------
 def _recorded(model, x, target, layer):
     _, recorded = relprop.Explainer(model, method="lrp-alpha1beta0").explain(x, target, record=[layer])

@@ -7,6 +7,8 @@ product of an operation that is linear in its input.
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Callable
 
 import torch
@@ -15,6 +17,36 @@ Tensor = torch.Tensor
 
 #: stabiliser of the proportional rules for pooling and sums (as zennit's ``Norm``)
 NORM_EPSILON = 1e-6
+
+#: the share of a map's values that float rounding may move them by, past which an ill-conditioned
+#: computation is reported (:func:`report_rounding`)
+ROUNDING_REPORTED = 1e-3
+#: what has been reported so far: per traced model (its graph), the (computation, float type) pairs
+_ROUNDING_SEEN: "weakref.WeakKeyDictionary[object, set]" = weakref.WeakKeyDictionary()
+
+
+def rounding_reported(model_key: object, what: str, dtype: torch.dtype) -> bool:
+    """Whether :func:`report_rounding` has reported ``what`` for this model (``model_key``: its traced
+    graph) and float type already: the caller may then skip its conditioning check."""
+    return (what, dtype) in _ROUNDING_SEEN.get(model_key, ())
+
+
+def report_rounding(model_key: object, what: str, dtype: torch.dtype, gain: float, message: str) -> bool:
+    """Warn (``RuntimeWarning``, once per model, computation and float type) when rounding in
+    ``dtype`` may move a result by more than :data:`ROUNDING_REPORTED` of its size: ``gain`` is the
+    factor by which the computation amplifies a relative rounding error (its condition number), so the
+    result may move by about ``eps * gain``. ``message`` names the place and the remedy; the estimate
+    is appended. Returns whether it warned."""
+    if not dtype.is_floating_point or rounding_reported(model_key, what, dtype):
+        return False
+    moved = gain * torch.finfo(dtype).eps
+    if not moved > ROUNDING_REPORTED:
+        return False
+    _ROUNDING_SEEN.setdefault(model_key, set()).add((what, dtype))
+    warnings.warn(f"{message} (in {str(dtype).replace('torch.', '')}, rounding alone may move it by about "
+                  f"{moved:.0e} of its size or more; reported once per model and float type)",
+                  RuntimeWarning, stacklevel=3)
+    return True
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:

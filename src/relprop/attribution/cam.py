@@ -15,6 +15,7 @@ from ..composite import Composite, by_type
 from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, holds_channels_last, interpolation_mode,
                             pick_feature_map, spatial_features, upsample)
 from ..options import choice, flag, name, number
+from ..numerics import report_rounding, rounding_reported
 from ..multi_target import expand_targets
 from ..propagate import forward_for
 from .registry import register_method
@@ -72,8 +73,32 @@ def gradcam_plus_plus_map(model, x: Tensor, target: Target, layer: str | None = 
         grads = spatial_features(gradient_or_zeros(target_score(logits, indices), kept[chosen]), x, chosen,
                                  "Grad-CAM++", last)
     features = spatial_features(kept[chosen].detach(), x, chosen, "Grad-CAM++", last)
+    _report_pole(propagator.graph.fx_graph, chosen, features, grads, epsilon)
     weights = gradcam_plus_plus_weights(features, grads, epsilon)
     return (weights * features).sum(dim=1, keepdim=True), indices
+
+
+def _report_pole(model_key: object, layer: str, features: Tensor, grads: Tensor, epsilon: float) -> None:
+    """Warn when Grad-CAM++'s ``alpha`` is ill-conditioned in the float type at hand. Its denominator
+    ``2 g^2 + S g^3 = g^2 (2 + S g)`` (Chattopadhay et al. 2018, Eq. 19) is at least ``2 g^2`` where the
+    features are non-negative (after a ReLU) and the gradient positive; on signed features the sum
+    ``S`` can be negative and ``2 + S g`` cancel, where ``alpha`` has a pole: rounding the sum (relative
+    ``eps`` of ``sum |A|``) then moves ``alpha`` by ``eps`` times ``(2 g^2 + sum |A| |g|^3) / |denominator|``,
+    the gain reported (only where ``g > 0``, the positions that enter the weights)."""
+    if not features.is_floating_point() or rounding_reported(model_key, "Grad-CAM++ alpha", features.dtype):
+        return
+    spatial = tuple(range(2, features.dim()))
+    g2 = grads * grads
+    g3 = g2 * grads
+    magnitude = 2 * g2 + features.abs().sum(dim=spatial, keepdim=True) * g3.abs() + epsilon
+    denominator = (2 * g2 + features.sum(dim=spatial, keepdim=True) * g3 + epsilon).abs()
+    gain = torch.where(grads > 0, magnitude / denominator.clamp(min=torch.finfo(features.dtype).tiny), 0)
+    worst = float(gain.max()) if gain.numel() else 0.0
+    report_rounding(model_key, "Grad-CAM++ alpha", features.dtype, worst,
+                    f"Grad-CAM++ at {layer!r}: the denominator of alpha, g^2 (2 + S g), nearly cancels (the "
+                    f"features are signed, so their sum S can be negative), which multiplies rounding errors "
+                    f"by up to {worst:.1e} and makes alpha and the map ill-conditioned; Grad-CAM++ assumes "
+                    "non-negative features: pick a layer after a ReLU (layer=...), or use gradcam")
 
 
 @register_method("gradcam-plus-plus",

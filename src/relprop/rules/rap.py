@@ -10,14 +10,13 @@ Linear layers may act on the last dimension of tokens ``(B, T, C)`` or channels-
 
 from __future__ import annotations
 
-import warnings
-import weakref
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..numerics import per_sample_sum, quotient_, reduce_to_shape, safe_divide, shift_excess_
+from ..numerics import (per_sample_sum, quotient_, reduce_to_shape, report_rounding, rounding_reported,
+                        safe_divide, shift_excess_)
 from ..ops import Affine
 from ..options import check_rule_field, choice
 from .base import AffineRule, Rule, Step, rows_like, rowwise, shared_term
@@ -182,23 +181,17 @@ class RAPSum(Rule):
         return [reduce_to_shape(rowwise(torch.mul, t, s), step.input_shape(k)) for k, t in enumerate(terms)]
 
 
-#: the share of a map's largest relevance that float rounding may move it by, past which a signed
-#: split of a sum is reported (:func:`_report_cancellation`)
-ROUNDING_REPORTED = 1e-3
-#: the float types reported so far, per traced model (its graph)
-_REPORTED: "weakref.WeakKeyDictionary[object, set]" = weakref.WeakKeyDictionary()
-
-
 def _report_cancellation(step: Step, terms: list[Tensor], total: Tensor, r: Tensor) -> None:
     """Warn when the signed split of a sum is ill-conditioned in the float type at hand: where the
     terms nearly cancel, ``R_k = term_k R / sum`` multiplies the relevance by ``|term_k| / |sum|``,
     and the rounding of the sum (relative ``eps``) moves the map by about ``eps`` times that gain
     (the official code's rule; measured in float32: up to 26% of the map's maximum on shapes_resnet, 35% on
-    efficientnet_lite0; 1e-15 in float64). Once per traced model and float type: the first such sum
-    is named, the others are not checked again."""
+    efficientnet_lite0; 1e-15 in float64). Once per traced model and float type
+    (:func:`~relprop.numerics.report_rounding`): the first such sum is named, the others are not
+    checked again."""
     node = getattr(step.op, "fx_node", None)
-    seen = _REPORTED.setdefault(node.graph if node is not None else step.op, set())
-    if not total.is_floating_point() or total.dtype in seen:
+    model = node.graph if node is not None else step.op
+    if not total.is_floating_point() or rounding_reported(model, "signed split", total.dtype):
         return
     largest = terms[0].abs()
     for t in terms[1:]:
@@ -206,16 +199,12 @@ def _report_cancellation(step: Step, terms: list[Tensor], total: Tensor, r: Tens
     gain = safe_divide(largest, total.abs())
     reached = rowwise(lambda r, g: torch.where(r != 0, g, 0), r, gain)  # where relevance arrives
     worst = float(reached.max()) if reached.numel() else 0.0
-    eps = torch.finfo(total.dtype).eps
-    if worst * eps > ROUNDING_REPORTED:
-        seen.add(total.dtype)
-        warnings.warn(
-            f"the signed split of the sum at {step.op.path!r} (and perhaps of other sums of this model, not checked "
-            f"again) multiplies relevance by up to {worst:.1e} where its terms nearly cancel: in "
-            f"{str(total.dtype).replace('torch.', '')} the map may move by about "
-            f"{worst * eps:.0e} of its largest value or more through rounding alone; explain in float64 "
-            "(model.double(), x.double()) for the exact split, or split by magnitude (add='absolute')",
-            RuntimeWarning, stacklevel=2)
+    dtype = str(total.dtype).replace("torch.", "")
+    report_rounding(model, "signed split", total.dtype, worst,
+                    f"the signed split of the sum at {step.op.path!r} (and perhaps of other sums of this model, "
+                    f"not checked again) multiplies relevance by up to {worst:.1e} where its terms nearly cancel, "
+                    f"so the {dtype} map is ill-conditioned; explain in float64 (model.double(), x.double()) for "
+                    "the exact split, or split by magnitude (add='absolute')")
 
 
 def has_layer_norms(graph) -> bool:
