@@ -314,6 +314,70 @@ def test_rap_conserves_on_small_residual_net_both_starts():
         relprop.explain(model, x, method="rap", start="softmax")
 
 
+
+def _old_rap_conv(layer: Affine, x: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """RAP's convolution rule as the layer's own maps compute it, every quotient ``a / b`` made 0 where
+    ``b = 0`` or where it is not finite (an overflow over a tiny denominator)."""
+    def q(a, b):
+        return torch.nan_to_num(a / b, 0.0, 0.0, 0.0)
+
+    wp = layer.weight.clamp(min=0)
+    wn = layer.weight.clamp(max=0).neg()
+    zp = layer.apply(x, wp)
+    zn = (zp - z + layer.broadcast_bias(z)).clamp(min=0)
+    c = layer.transpose(q(r.clamp(min=0), zp), wp, x)
+    c = c + layer.transpose(q(r.clamp(max=0), zn) + q(r, zp + zn), wn, x)
+    return uniform_shift(c * x, r.flatten(1).sum(1))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-36], ids=["normal", "overflowing-quotients"])
+def test_rap_hidden_rule_gives_0_for_quotients_that_overflow(scale):
+    """In float32, inputs so small that ``R / z+`` overflows: those quotients count 0 (no inf or NaN
+    reaches the map), as where the denominator is 0; one sample tiny, the other normal."""
+    module = module_of(lambda: nn.Conv2d(3, 4, 3, padding=1), 5).float()
+    x = post_relu((2, 3, 6, 6), 31).float()
+    x[0] *= scale
+    layer = Affine.from_module(module, "layer")
+    with torch.no_grad():
+        z = layer.apply(x, layer.weight, layer.bias)
+    r = signed((2, 4, 6, 6), 32).float() * 1e3
+    out = RAPHidden()(layer, x, z, r, True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, _old_rap_conv(layer, x, z, r), rtol=1e-5, atol=1e-5 * float(out.abs().max()))
+
+
+def test_rap_k_targets_equal_separate_calls_on_a_residual_net_float64():
+    """One call with K targets per sample against K calls, float64, to 1e-12 of each map's largest value
+    (residual sum, max pool, batch norm, a signed input to a 1x1 convolution)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(6)
+            self.pool = nn.MaxPool2d(2)
+            self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+            self.conv3 = nn.Conv2d(6, 6, 1)
+            self.fc = nn.Linear(6, 5)
+
+        def forward(self, x):
+            h = self.pool(torch.relu(self.bn1(self.conv1(x))))
+            h = torch.relu(self.conv3(self.conv2(h)) + h)
+            return self.fc(h.mean((2, 3)))
+
+    model = module_of(Net, 8)
+    with torch.no_grad():
+        model.bn1.running_mean.copy_(signed((6,), 24))
+        model.bn1.running_var.copy_(signed((6,), 25).abs() + 0.5)
+    x = signed((3, 3, 8, 8), 26)
+    targets = torch.tensor([[0, 4, 2], [1, 1, 3], [4, 0, 2]])
+    maps = relprop.explain(model, x, target=targets, method="rap")
+    for k in range(targets.shape[1]):
+        single = relprop.explain(model, x, target=targets[:, k], method="rap")
+        scale = single.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+        assert float(((maps[:, k] - single).abs() / scale).max()) <= 1e-12
+
+
 # -- 4. RAP: batch norm is the identity (notes, shared section) ------------------------------------------
 def test_rap_batchnorm_is_identity():
     model = module_of(lambda: nn.Sequential(

@@ -10,13 +10,14 @@ Linear layers may act on the last dimension of tokens ``(B, T, C)`` or channels-
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..numerics import (per_sample_sum, quotient_, reduce_to_shape, report_rounding, rounding_reported,
-                        safe_divide, shift_excess_)
+from ..numerics import (per_sample_sum, reduce_to_shape, report_rounding, rounding_reported, safe_divide,
+                        shift_excess_)
 from ..ops import Affine
 from ..options import check_rule_field, choice
 from .base import AffineRule, Rule, Step, rows_like, rowwise, shared_term
@@ -45,15 +46,35 @@ def _abs_negative(layer: Affine) -> Tensor:
     return _stacked(layer)[layer.weight.shape[0]:]
 
 
-def _pre_activations(layer: Affine, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``z+`` (one extra convolution), ``z-`` and ``z+ + z-`` for ``x >= 0``: ``z-`` is ``z+ - (z - b)``,
-    from the forward pass's own output (no second extra convolution)."""
+def _pre_activations(layer: Affine, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The denominators ``z+`` (one extra convolution), ``z-`` and ``z+ + z-`` for ``x >= 0``, with
+    ``+inf`` where they are 0 (so that ``R / z`` is 0 there without a mask per target), and each
+    sample's smallest nonzero denominator (shape (B,): bounds the quotients, :func:`_quotients_finite`).
+    ``z-`` is ``z+ - (z - b)``, from the forward pass's own output (no second extra convolution)."""
     zp = layer.apply(x, _positive(layer))
     zn = torch.sub(zp, z)
     if layer.bias is not None:
         zn.add_(layer.broadcast_bias(z))
     zn.clamp_(min=0)
-    return zp, zn, torch.add(zp, zn)
+    total = torch.add(zp, zn)
+    for t in (zp, zn, total):
+        t.masked_fill_(t == 0, math.inf)
+    dims = tuple(range(1, zp.dim()))
+    smallest = torch.minimum(zp.amin(dims), zn.amin(dims)) if zp.dim() > 1 else torch.minimum(zp, zn)
+    return zp, zn, total, smallest
+
+
+def _quotients_finite(r: Tensor, smallest: Tensor) -> bool:
+    """Whether every ``r / z`` over a denominator ``z >= smallest`` (or ``+inf``) is finite, so that no
+    quotient needs the 0 that :func:`~relprop.numerics.quotient_` gives to an overflow (or to a
+    non-finite ``r``); one reading of ``r``."""
+    if r.numel() == 0 or smallest.numel() == 0:
+        return True
+    low, high = torch.aminmax(r)
+    bound = max(-float(low), float(high))
+    if not math.isfinite(bound):
+        return False
+    return not bound > float(smallest.min()) * torch.finfo(r.dtype).max
 
 
 @dataclass(frozen=True)
@@ -119,7 +140,10 @@ class RAPHidden(AffineRule):
     @staticmethod
     def _rap(layer: Affine, x: Tensor, z: Tensor, r: Tensor, nonnegative: bool) -> Tensor:
         """The rule on a non-negative input ``x`` (signed ones are split, :mod:`relprop.rules.signed`)."""
-        zp, zn, total = shared_term("rap:z+,z-", x, z, lambda x, z: _pre_activations(layer, x, z))
+        zp, zn, total, smallest = shared_term("rap:z+,z-", x, z, lambda x, z: _pre_activations(layer, x, z))
+        # zero denominators are +inf (the quotient 0); where a quotient could overflow (a tiny
+        # denominator) or r is not finite, the quotients are cleaned as quotient_ does (0 for those)
+        clean = not _quotients_finite(r, smallest)
         # both parts' scaled relevance side by side (along the output channels: the last dimension
         # of a linear layer's input, which may hold tokens, else dimension 1), for one transposed map
         # with [w+; |w-|]
@@ -130,15 +154,23 @@ class RAPHidden(AffineRule):
         else:
             stacked = r.new_empty((r.shape[0], 2, *r.shape[1:]))
             to_positive, to_negative = stacked[:, 0], stacked[:, 1]
+        rowwise(lambda r, total, out: torch.div(r, total, out=out), r, total, to_negative)
         if linear:
-            rowwise(lambda r, total, out: quotient_(r, total, out=out), r, total, to_negative)
-            rowwise(lambda r, zp, out: quotient_(r, zp, out=out), r, zp, to_positive)
+            rowwise(lambda r, zp, out: torch.div(r, zp, out=out), r, zp, to_positive)
+            if clean:
+                stacked.nan_to_num_(0.0, 0.0, 0.0)
         else:
-            relative = rowwise(lambda r, total: quotient_(r, total, out=torch.empty_like(r)), r, total)
-            rowwise(quotient_, torch.clamp(r, min=0, out=to_positive), zp)
-            rowwise(quotient_, torch.clamp(r, max=0, out=to_negative), zn)
-            to_negative.add_(relative)
-            del relative
+            # r-/z- added to r/(z+ + z-), with to_positive as scratch space, then r+/z+
+            torch.clamp(r, max=0, out=to_positive)
+            if clean:
+                to_negative.nan_to_num_(0.0, 0.0, 0.0)
+                rowwise(Tensor.div_, to_positive, zn).nan_to_num_(0.0, 0.0, 0.0)
+                to_negative.add_(to_positive)
+            else:
+                rowwise(lambda out, t, zn: out.addcdiv_(t, zn), to_negative, to_positive, zn)
+            rowwise(Tensor.div_, torch.clamp(r, min=0, out=to_positive), zp)
+            if clean:
+                to_positive.nan_to_num_(0.0, 0.0, 0.0)
         del total, zp, zn
         shape = rows_like(x, r)
         if layer.layer_type == "conv" and layer.groups != 1:  # stacking would mix the groups
@@ -146,9 +178,25 @@ class RAPHidden(AffineRule):
             c.add_(layer.transpose(to_negative, _abs_negative(layer), shape))
         else:
             c = layer.transpose(stacked.flatten(-2) if linear else stacked.flatten(1, 2), _stacked(layer), shape)
-        del stacked, to_positive, to_negative, shape
+        del to_positive, to_negative, shape
         c = rowwise(Tensor.mul_, c, x)
-        return shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r))
+        # the scaled relevance is spent: its memory is the shift's scratch space where it fits
+        buffer = _scratch(stacked, c)
+        del stacked
+        return shift_excess_(c, c.flatten(1).sum(1) - per_sample_sum(r), buffer)
+
+
+def _scratch(memory: Tensor, like: Tensor) -> Tensor | None:
+    """A tensor shaped and laid out like ``like`` in the memory of ``memory`` (contiguous, no longer
+    needed), or None where it does not fit."""
+    if not memory.is_contiguous() or memory.dtype != like.dtype or memory.numel() < like.numel():
+        return None
+    if like.is_contiguous():
+        return memory.view(-1)[:like.numel()].view(like.shape)
+    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = like.shape
+        return memory.view(-1)[:like.numel()].view(n, h, w, c).permute(0, 3, 1, 2)
+    return None
 
 @dataclass(frozen=True)
 class RAPSum(Rule):
