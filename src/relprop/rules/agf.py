@@ -59,13 +59,43 @@ def sample_max(t: Tensor) -> Tensor:
     return t.flatten(1).amax(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def delta_shift(c: Tensor, r: Tensor) -> Tensor:
-    """``C + R - (sum R / #[C != 0]) [C != 0]`` per sample: ``R`` added where ``C`` is nonzero,
-    without changing the sum of ``C`` (no shift for a sample whose ``C`` is all zero, e.g. a zero head,
-    where the authors' code divides 0 by 0)."""
-    nonzero = (c != 0).to(c.dtype)
+def centred(r: Tensor, support: Tensor) -> Tensor:
+    """``(r - sum(r [S]) / #S) [S]`` per sample over the support ``S`` (``support``, 0/1 in ``r``'s
+    dtype; 0 for a sample with an empty support). The mean is taken of ``r - r_0``, ``r_0`` the
+    sample's largest value on ``S``: equal in real arithmetic, but the rounding then scales with the
+    spread of ``r`` on ``S`` rather than with its magnitude, and a ``r`` that is constant on ``S``
+    centres to exactly 0 (summing ``n`` copies of ``v`` and dividing by ``n`` need not return ``v``)."""
     dims = tuple(range(1, r.dim()))
-    return c + r - r.sum(dim=dims, keepdim=True) / nonzero.sum(dim=dims, keepdim=True).clamp(min=1) * nonzero
+    inside = support != 0
+    lowest = torch.finfo(r.dtype).min
+    reference = torch.where(inside, r, torch.full_like(r, lowest)).amax(dim=dims, keepdim=True)
+    reference = torch.where(reference == lowest, torch.zeros_like(reference), reference)
+    offset = (r - reference) * support
+    count = support.sum(dim=dims, keepdim=True).clamp(min=1)
+    return (offset - offset.sum(dim=dims, keepdim=True) / count) * support
+
+
+def delta_shift(c: Tensor, r: Tensor) -> Tensor:
+    """``C + R - (sum R / #[C != 0]) [C != 0]`` per sample (the authors' ``delta_shift``; Gur, Ali &
+    Wolf 2021 [Gur2021-AGF], Sec. 3): ``R`` added where ``C`` is nonzero, without changing the sum of
+    ``C`` (no shift for a sample whose ``C`` is all zero, e.g. a zero head, where the authors' code
+    divides 0 by 0). Computed as ``C + centred(R)`` (:func:`centred`): ``R`` is O(1) where ``C`` (the
+    relevance) can be many orders smaller, and ``(C + R) - mean`` would round ``C`` away (in float32,
+    ``C + 1 - 1`` is 0 for ``|C| < 6e-8``). Linear in ``R``: a sum of parts of different scales is
+    best shifted part by part (:func:`delta_shift_parts`)."""
+    return delta_shift_parts(c, r)
+
+
+def delta_shift_parts(c: Tensor, *parts: Tensor) -> Tensor:
+    """:func:`delta_shift` of ``C`` and ``sum(parts)``, each part centred on its own: equal in real
+    arithmetic; the rounding of each part's centring scales with that part alone, so that a large
+    part that is (nearly) constant where ``C != 0`` does not drown a small one that carries the
+    signal."""
+    support = (c != 0).to(c.dtype)
+    out = c
+    for part in parts:
+        out = out + centred(part, support)
+    return out
 
 
 def channel_dim(channels_last: bool) -> int:
@@ -183,8 +213,12 @@ class AGFLayer(_GradientStream):
         phi = c.mean(dim=channel_dim(last), keepdim=True)
         f_x, f_dx = factorization(x, layer.transpose(g * nonzero, layer.weight, x), phi, last)
         a = _absolute_rule(layer, x, r, ones=True)
-        rest = (F.relu(f_x) + m) / (1 + torch.exp(-c)) + F.relu(f_dx) + a
-        return delta_shift(c, rest * (c != 0))
+        # (F_x + M) sigmoid(C) + F_dx + A, with sigmoid(C) = 1/2 + tanh(C/2)/2: the O(1) part
+        # (F_x + M)/2 + F_dx and the part of the relevance's scale are shifted each on its own
+        # (delta_shift_parts): where C is tiny the first is nearly constant where C != 0 and its
+        # centring would leave rounding of its own size, drowning the second.
+        foreground = F.relu(f_x) + m
+        return delta_shift_parts(c, foreground / 2 + F.relu(f_dx), foreground * torch.tanh(c / 2) / 2 + a)
 
 
 @dataclass(frozen=True)
@@ -244,5 +278,5 @@ class AGFValueMix(Rule):
         return shares
 
 
-__all__ = ["AGFHead", "AGFLayer", "AGFLayerNorm", "AGFValueMix", "agf_divide", "channel_dim",
-           "channel_mean_map", "delta_shift", "factorization"]
+__all__ = ["AGFHead", "AGFLayer", "AGFLayerNorm", "AGFValueMix", "agf_divide", "centred", "channel_dim",
+           "channel_mean_map", "delta_shift", "delta_shift_parts", "factorization"]
