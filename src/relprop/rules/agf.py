@@ -15,6 +15,12 @@ For a convolution with input ``x``, relevance ``R`` at its output and ``m = [R !
 - ``R' = ((F_x + M) / (1 + exp(-C)) + F_dx + A) [C != 0]``, and the output
   ``C + R' - (sum R' / #[C != 0]) [C != 0]`` keeps the sum of ``C`` (``delta_shift``).
 
+Numerics: ``R'`` is O(1) while ``C`` has the relevance's scale, which can be many orders smaller,
+and the factorisation solves nearly singular normal equations. So that float32 maps stay near the
+float64 ones, the shift is computed in a form equal to the authors' in real arithmetic
+(:func:`delta_shift`, :func:`delta_shift_parts`) and the factorisation in float64
+(:func:`_factorization`); float64 inputs get the authors' factorisation unchanged.
+
 ``flat`` layers (the authors apply it to the 1 x 1 convolutions and to the convolutions that feed a
 residual sum of ResNet) return ``C`` alone. A linear layer on a vector (B, C) returns ``C``, shifted
 by ``M`` where its input is a flattened feature map; on tokens (B, T, C) or a channels-last map
@@ -79,10 +85,13 @@ def delta_shift(c: Tensor, r: Tensor) -> Tensor:
     """``C + R - (sum R / #[C != 0]) [C != 0]`` per sample (the authors' ``delta_shift``; Gur, Ali &
     Wolf 2021 [Gur2021-AGF], Sec. 3): ``R`` added where ``C`` is nonzero, without changing the sum of
     ``C`` (no shift for a sample whose ``C`` is all zero, e.g. a zero head, where the authors' code
-    divides 0 by 0). Computed as ``C + centred(R)`` (:func:`centred`): ``R`` is O(1) where ``C`` (the
-    relevance) can be many orders smaller, and ``(C + R) - mean`` would round ``C`` away (in float32,
-    ``C + 1 - 1`` is 0 for ``|C| < 6e-8``). Linear in ``R``: a sum of parts of different scales is
-    best shifted part by part (:func:`delta_shift_parts`)."""
+    divides 0 by 0). ``R`` is taken where ``C != 0`` (the authors zero it elsewhere before the shift).
+    Computed as ``C + centred(R)`` (:func:`centred`): ``R`` is O(1) (the normalised ``M`` and
+    factorisation terms) where ``C`` (the relevance) can be many orders smaller, and ``(C + R) - mean``
+    would round ``C`` away (in float32, ``C + 1 - 1`` is 0 for ``|C| < 6e-8``; random-init
+    mobilenet_v3_small, whose head's relevance is ~1e-13, gave all-zero float32 maps). Linear in
+    ``R``: a sum of parts of different scales is best shifted part by part
+    (:func:`delta_shift_parts`)."""
     return delta_shift_parts(c, r)
 
 
