@@ -4,6 +4,8 @@ with autograd as the authors compute it, in float64; its conservation; misuse.""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 
 import relprop
 from relprop.attribution.agf import agf_relevance
+from relprop.rules import agf as agf_rules
 
 DT = torch.float64
 
@@ -334,3 +337,66 @@ def test_refuses_a_model_without_a_head():
         relprop.explain(no_head.eval(), torch.rand(1, 3, 8, 8), target=0, method="agf")
     with pytest.raises(ValueError, match="flat"):
         relprop.explain(_model(TinyVGG, 0), _inputs(0), target=[0, 0], method="agf", flat="all")
+
+
+# -- float32 against float64 ------------------------------------------------------------------------
+def _relative_max_error(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """``max |got - expected| / max |expected|`` per sample."""
+    return (got.double() - expected).abs().flatten(1).amax(1) / expected.abs().flatten(1).amax(1)
+
+
+def test_float32_map_is_the_float64_map_on_a_shapes_scene():
+    """The shipped ``shapes_vgg`` on test scene 1, explained in float32 and as a float64 copy: the maps
+    differ by float32 rounding carried through the layers, measured 4e-7 of the map's maximum (bound
+    1e-5). Shifting ``C + R - mean`` with ``R`` of order 1 rounded entries of ``C`` near 1e-8 away
+    (one flipped ``R != 0`` mask, 5.7e-3), and the factorisation's nearly singular normal equations
+    amplified rounding."""
+    from relprop.data.shapes import ShapesDataset
+
+    model, preprocess = relprop.load_model("shapes_vgg")
+    x = preprocess(ShapesDataset("test")[1].image)
+    double = copy.deepcopy(model).double()
+    with torch.no_grad():
+        target = double(x.double()).argmax(1)
+    single = relprop.explain(model, x, target=target, method="agf")
+    expected = relprop.explain(double, x.double(), target=target, method="agf")
+    assert single.dtype == torch.float32
+    assert float(_relative_max_error(single, expected).max()) < 1e-5
+
+
+@pytest.mark.parametrize("channels,positions", [(256, 64), (768, 197), (3072, 197)])
+def test_float32_factorisation_where_the_heaviside_values_are_near_a_half(channels, positions):
+    """One large entry makes ``t = x / max x`` small elsewhere, so ``H = sigmoid(10 t)`` is near 1/2 and
+    the two representatives nearly coincide: the normal equations' condition number is ~ C / 2.
+    The float32 factorisation is the float64 one of the same (rounded) inputs, rounded once: measured
+    5e-8 of the maximum (bound 1e-6; solved in float32, 5e-3 to 1.4e-1)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, channels, positions, generator=g, dtype=DT)
+    gradient = torch.randn(1, channels, positions, generator=g, dtype=DT) * torch.rand(1, 1, positions, generator=g,
+                                                                                        dtype=DT)
+    x[0, 0, 0] = gradient[0, 0, 0] = 100.0
+    phi = torch.randn(1, 1, positions, generator=g, dtype=DT)
+    inputs = [t.float().double() for t in (x, gradient, phi)]  # the float32 inputs, exactly
+    singles = agf_rules.factorization(*(t.float() for t in inputs))
+    for single, double in zip(singles, agf_rules.factorization(*inputs)):
+        assert single.dtype == torch.float32
+        assert float(_relative_max_error(single, double)) < 1e-6
+
+
+def test_the_shift_keeps_a_small_relevance_beside_a_constant_term():
+    """``delta_shift(C, R)`` with ``R`` constant where ``C != 0`` is ``C`` in real arithmetic; in float32
+    it is ``C`` exactly (centring a constant gives 0), also where ``|C|`` is far below float32's
+    resolution of ``R``, where the authors' ``(C + R) - mean`` (:func:`delta_shift` above) gives 0: the
+    all-zero float32 maps of a head whose relevance is ~1e-13. Split into parts, the shift is the shift
+    of their sum, and in float64 it is the authors'."""
+    g = torch.Generator().manual_seed(1)
+    c = 1e-10 * torch.randn(2, 3, 5, 5, generator=g)
+    c[:, :, :2] = 0
+    support = (c != 0).float()
+    assert torch.equal(agf_rules.delta_shift(c, 0.7 * support), c)
+    assert not bool(delta_shift(c, 0.7 * support).any())  # the authors' order of operations
+    parts = [torch.rand(2, 3, 5, 5, generator=g, dtype=DT) * support.double() for _ in range(2)]
+    c64, total = c.double(), parts[0] + parts[1]
+    torch.testing.assert_close(agf_rules.delta_shift_parts(c64, *parts), agf_rules.delta_shift(c64, total),
+                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(agf_rules.delta_shift(c64, total), delta_shift(c64, total), rtol=0, atol=1e-15)
