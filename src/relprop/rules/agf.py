@@ -148,8 +148,10 @@ def _factorization(x: Tensor, gradient: Tensor, phi: Tensor) -> tuple[Tensor, Te
     computation is 1e-7 off. Its cost is elementwise work and a (2 x C) by (C x positions) product per
     sample, small next to the layer's own convolution."""
     if x.dtype != torch.float64:
-        f_x, f_dx = _factorization(*(t.to(torch.float64) for t in (x, gradient, phi)))
-        return f_x.to(x.dtype), f_dx.to(x.dtype)
+        # Apple's MPS has no float64: there the factorisation runs on the CPU
+        exact = torch.device("cpu") if x.device.type == "mps" else x.device
+        f_x, f_dx = _factorization(*(t.to(exact, torch.float64) for t in (x, gradient, phi)))
+        return f_x.to(x.device, x.dtype), f_dx.to(x.device, x.dtype)
     spatial = tuple(range(2, x.dim()))
     regions = []
     for part in (phi.clamp(max=0), phi.clamp(min=0)):  # background first, as the authors' code
