@@ -274,27 +274,32 @@ def test_rap_conserves_logit_on_zoo(name, size):
     torch.testing.assert_close(per_sample(logit_start), z_t[:1], rtol=1e-5, atol=0.0)
 
 
+class _SmallResidualNet(nn.Module):
+    """Conv-BN-ReLU, max pool, a residual block (3x3 then 1x1; ``signed_branch``: no ReLU between
+    them, so the 1x1 convolution reads a signed input), global average pool, two linear layers."""
+
+    def __init__(self, signed_branch: bool = False) -> None:
+        super().__init__()
+        self.signed_branch = signed_branch
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.conv3 = nn.Conv2d(6, 6, 1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        branch = self.conv2(h) if self.signed_branch else torch.relu(self.conv2(h))
+        h = torch.relu(self.conv3(branch) + h)
+        return self.fc2(torch.relu(self.fc1(self.gap(h).flatten(1))))
+
+
 def test_rap_conserves_on_small_residual_net_both_starts():
     """Fast stand-in of the zoo check: residual sum, max pool, BN, biases, batch == per sample."""
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-            self.bn1 = nn.BatchNorm2d(6)
-            self.pool = nn.MaxPool2d(2)
-            self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
-            self.conv3 = nn.Conv2d(6, 6, 1)
-            self.gap = nn.AdaptiveAvgPool2d(1)
-            self.fc1 = nn.Linear(6, 8)
-            self.fc2 = nn.Linear(8, 5)
-
-        def forward(self, x):
-            h = self.pool(torch.relu(self.bn1(self.conv1(x))))
-            h = torch.relu(self.conv3(torch.relu(self.conv2(h))) + h)
-            return self.fc2(torch.relu(self.fc1(self.gap(h).flatten(1))))
-
-    model = module_of(Net, 7)
+    model = module_of(_SmallResidualNet, 7)
     with torch.no_grad():
         model.bn1.running_mean.copy_(signed((6,), 21))
         model.bn1.running_var.copy_(signed((6,), 22).abs() + 0.5)
@@ -349,23 +354,7 @@ def test_rap_hidden_rule_gives_0_for_quotients_that_overflow(scale):
 def test_rap_k_targets_equal_separate_calls_on_a_residual_net_float64():
     """One call with K targets per sample against K calls, float64, to 1e-12 of each map's largest value
     (residual sum, max pool, batch norm, a signed input to a 1x1 convolution)."""
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-            self.bn1 = nn.BatchNorm2d(6)
-            self.pool = nn.MaxPool2d(2)
-            self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
-            self.conv3 = nn.Conv2d(6, 6, 1)
-            self.fc = nn.Linear(6, 5)
-
-        def forward(self, x):
-            h = self.pool(torch.relu(self.bn1(self.conv1(x))))
-            h = torch.relu(self.conv3(self.conv2(h)) + h)
-            return self.fc(h.mean((2, 3)))
-
-    model = module_of(Net, 8)
+    model = module_of(lambda: _SmallResidualNet(signed_branch=True), 8)
     with torch.no_grad():
         model.bn1.running_mean.copy_(signed((6,), 24))
         model.bn1.running_var.copy_(signed((6,), 25).abs() + 0.5)
