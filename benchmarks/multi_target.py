@@ -49,11 +49,16 @@ TARGET = 0.5  #: the one call should take at most this fraction of the separate 
 REFERENCE = "(reference passes)"  #: the key of the forward pass and the plain gradient in the results
 
 
-def floor_ratio(forward: float, gradient: float, k: int, separate: float) -> float:
+#: gradient-sized backward passes per target: RAP's hidden rule maps its relevance back through the
+#: stacked weight parts [w+; |w-|] (Nam et al. 2020, Eq. 8-9), a transposed product twice the gradient's
+BACKWARD_PASSES = {"rap": 2}
+
+
+def floor_ratio(forward: float, gradient: float, k: int, separate: float, passes: int = 1) -> float:
     """A lower bound on the one call's time over the separate calls': one forward pass shared by the K
-    targets, then per target at least one backward pass as expensive as the plain gradient's
-    (``gradient - forward``): ``(forward + K (gradient - forward)) / separate``."""
-    return (forward + k * max(gradient - forward, 0.0)) / separate
+    targets, then per target at least ``passes`` backward passes as expensive as the plain gradient's
+    (``gradient - forward``): ``(forward + K passes (gradient - forward)) / separate``."""
+    return (forward + k * passes * max(gradient - forward, 0.0)) / separate
 
 
 @dataclass
@@ -173,24 +178,26 @@ def report(all_results: dict[str, dict[str, dict[str, Row]]], args: argparse.Nam
             one, sep = rows["one call"], rows["separate"]
             assert one.output is not None and sep.output is not None
             r = one.median() / sep.median()
+            floor = floor_ratio(ref['forward'].median(), ref['gradient'].median(), args.k, sep.median(),
+                                BACKWARD_PASSES.get(method, 1))
             lines.append(
                 f"| {model} | `{method}` | {one.median():.2f} s | {sep.median():.2f} s | {r:.2f} | "
                 f"{min(one.times) / min(sep.times):.2f} | {one.cpu() / sep.cpu():.2f} | "
-                f"{floor_ratio(ref['forward'].median(), ref['gradient'].median(), args.k, sep.median()):.2f} | "
+                f"{floor:.2f} | "
                 f"{len(one.times)} | "
                 f"{relative_error(one.output, sep.output):.1e} | {'yes' if r <= TARGET else 'no'} |")
     lines += [
         "",
-        "*floor*: `(F + K (G - F)) / separate`, with F the forward pass alone and G the plain gradient of "
+        "*floor*: `(F + K P (G - F)) / separate`, with F the forward pass alone and G the plain gradient of "
         "one class per image (autograd, to the input alone), timed in the same rounds ("
         + "; ".join(f"{model}: F {m[REFERENCE]['forward'].median():.2f} s, G {m[REFERENCE]['gradient'].median():.2f} s"
                     for model, m in all_results.items())
         + "): what the one call would take if it shared the forward pass and everything that does not "
-        "depend on the target, and then cost each target no more than the gradient's backward pass. "
+        "depend on the target, and then cost each target no more than P backward passes of the gradient. "
         "The LRP rules' backward pass per target is one transposed product per layer like the "
-        "gradient's, plus its element-wise ratios (and RAP's two stacked weight parts: twice the "
-        "transposed product), so a ratio below the floor is out of reach; a target below the floor is "
-        "out of reach for every method.",
+        "gradient's (P = 1), plus its element-wise ratios; RAP's maps its relevance through two stacked "
+        "weight parts [w+; |w-|], twice the transposed product (P = 2). A ratio below the floor is out of "
+        "reach; a target below the floor is out of reach for that method.",
         "",
         *([("Allocator: glibc hands out a block over its mmap threshold (32 MB at most, adjusted as blocks "
             "are freed) as a fresh memory map, which the kernel zeroes page by page on first touch. The one "
