@@ -41,8 +41,18 @@ RANDOMISATION_SHARE = 200 / 500
 clock = time.process_time
 
 
-def _instrument(timing: dict) -> None:
-    """Time every metric computation and every explanation into ``timing`` (seconds by name)."""
+def _method_key(explainer) -> str:
+    """A method variant's name: the registered method and its options (or the Composite's name)."""
+    method = getattr(explainer, "method", None)
+    if getattr(explainer, "composite", None) is not None or method is None:
+        return f"composite {getattr(getattr(explainer, 'composite', None), 'name', '')}".strip()
+    options = getattr(explainer, "options", {}) or {}
+    return method.name + (" " + json.dumps(options, sort_keys=True, default=str) if options else "")
+
+
+def _instrument(timing: dict, by_method: dict | None = None) -> None:
+    """Time every metric computation and every explanation into ``timing`` (seconds by name), and each
+    method variant's explanations into ``by_method``."""
     import relprop.evaluate.metricset as MS
     from relprop.api import Explainer
 
@@ -67,7 +77,10 @@ def _instrument(timing: dict) -> None:
         try:
             return explain(self, *a, **k)
         finally:
-            timing["explain (all)"] += clock() - t0
+            spent = clock() - t0
+            timing["explain (all)"] += spent
+            if by_method is not None:
+                by_method[_method_key(self)] += spent
     Explainer.explain = timed_explain
 
 
@@ -79,7 +92,8 @@ def run_slice(scenes: int, models: list[str], store: str, profile: bool) -> dict
     from relprop.reproduce import protocols as P
 
     timing: dict = collections.defaultdict(float)
-    _instrument(timing)
+    by_method: dict = collections.defaultdict(float)
+    _instrument(timing, by_method)
     rnd = max(1, round(scenes * RANDOMISATION_SHARE))
     size = replace(P.SIZES["full"], shapes={m: scenes for m in models}, randomisation=rnd,
                    transformers={m: scenes for m in models})
@@ -102,7 +116,7 @@ def run_slice(scenes: int, models: list[str], store: str, profile: bool) -> dict
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
         top = out.getvalue()
-    return {"wall": wall, "jobs": jobs_t, "phases": dict(timing), "profile": top,
+    return {"wall": wall, "jobs": jobs_t, "phases": dict(timing), "methods": dict(by_method), "profile": top,
             "randomisation": rnd, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
@@ -182,6 +196,14 @@ def markdown(args: argparse.Namespace, runs: dict, cmp: dict | None, load: tuple
         vals = [runs[n]["phases"].get(p, 0.0) for n in names]
         if max(vals) >= 0.05:
             lines.append(f"| {p} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    variants = sorted(new.get("methods", {}).items(), key=lambda kv: -kv[1])
+    if variants:
+        lines += ["", f"Explanations per method variant (the {min(12, len(variants))} costliest of the new code's "
+                  f"{len(variants)}; options as given to `relprop.Explainer`):", "",
+                  "| method | " + " | ".join(f"{n} s" for n in names) + " |", "|---|" + "---:|" * len(names)]
+        for key, _ in variants[:12]:
+            vals = [runs[n].get("methods", {}).get(key) for n in names]
+            lines.append(f"| `{key}` | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
     w = [runs[n]["wall"] for n in names]
     lines += ["", 'Reading: the runner keeps the maps of a shared model per batch of pairs across the jobs '
               '(`relprop.evaluate.mapcache`; the segmentation, perturbation, insertion and faithfulness jobs '
