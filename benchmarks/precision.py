@@ -63,7 +63,6 @@ def paired_records(store: Store) -> dict[tuple[str, str, str, str], list[tuple[f
     for run in store.runs():
         config = dict(run["config"])
         dtype = config.pop("dtype")
-        config.pop("progress", None)
         key = canonical_json(config)
         by_config[key][dtype] = run["id"]
         info[key] = (run["model"], run["dataset"])

@@ -67,14 +67,12 @@ def _pre_activations(layer: Affine, x: Tensor, z: Tensor) -> tuple[Tensor, Tenso
 def _quotients_finite(r: Tensor, smallest: Tensor) -> bool:
     """Whether every ``r / z`` over a denominator ``z >= smallest`` (or ``+inf``) is finite, so that no
     quotient needs the 0 that :func:`~relprop.numerics.quotient_` gives to an overflow (or to a
-    non-finite ``r``); one reading of ``r``."""
+    non-finite ``r``); one reading of ``r`` and one transfer of the answer to the host."""
     if r.numel() == 0 or smallest.numel() == 0:
         return True
     low, high = torch.aminmax(r)
-    bound = max(-float(low), float(high))
-    if not math.isfinite(bound):
-        return False
-    return not bound > float(smallest.min()) * torch.finfo(r.dtype).max
+    bound = torch.maximum(-low, high)
+    return bool(torch.isfinite(bound) & (bound <= smallest.min().to(r.dtype) * torch.finfo(r.dtype).max))
 
 
 @dataclass(frozen=True)
