@@ -74,8 +74,8 @@ def centred(r: Tensor, support: Tensor) -> Tensor:
     dims = tuple(range(1, r.dim()))
     inside = support != 0
     lowest = torch.finfo(r.dtype).min
-    reference = torch.where(inside, r, torch.full_like(r, lowest)).amax(dim=dims, keepdim=True)
-    reference = torch.where(reference == lowest, torch.zeros_like(reference), reference)
+    reference = torch.where(inside, r, lowest).amax(dim=dims, keepdim=True)
+    reference = torch.where(reference == lowest, 0.0, reference)
     offset = (r - reference) * support
     count = support.sum(dim=dims, keepdim=True).clamp(min=1)
     return (offset - offset.sum(dim=dims, keepdim=True) / count) * support
