@@ -131,6 +131,27 @@ def test_every_step_equals_a_plain_forward_pass(make, windowed):
             torch.testing.assert_close(inc.step(state, boxes), model(state), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("max_fraction", [0.05, 0.3])
+def test_nodes_computed_in_full_fold_batch_norms_and_reuse_fresh_maps(max_fraction):
+    # the bottleneck (0.05: everything) is computed in full: its convolutions with their batch norms
+    # folded in, its ReLUs and residual sum overwriting fresh maps; kept maps stay untouched
+    model = randomised(Bottleneck())
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 40, 36, generator=gen, dtype=torch.float64)
+    inc = IncrementalForward(model, (4, 4), max_fraction=max_fraction)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        assert any(n not in inc.windowed for n in inc._folded) and inc._in_place
+        assert all(n not in inc.windowed for n in inc._in_place)
+        for step in range(6):
+            r, c = 7 * step % 37, 11 * step % 33
+            x[step % 2, :, r:r + 4, c:c + 4] = torch.randn(3, 4, 4, generator=gen, dtype=torch.float64)
+            boxes = [None, None]
+            boxes[step % 2] = (r, min(r + 4, 40), c, min(c + 4, 36))
+            torch.testing.assert_close(inc.step(x, boxes), model(x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)  # a second reset
+
+
 class Viewed(nn.Module):
     """A head that views the last windowed map and the input (possible in their usual layout only)."""
 
