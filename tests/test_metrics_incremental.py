@@ -141,7 +141,7 @@ def test_nodes_computed_in_full_fold_batch_norms_and_reuse_fresh_maps(max_fracti
     inc = IncrementalForward(model, (4, 4), max_fraction=max_fraction)
     with torch.no_grad():
         torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
-        assert any(n not in inc.windowed for n in inc._folded) and inc._in_place
+        assert any(n not in inc.windowed for n in inc._absorbed) and inc._in_place
         assert all(n not in inc.windowed for n in inc._in_place)
         for step in range(6):
             r, c = 7 * step % 37, 11 * step % 33
@@ -175,6 +175,18 @@ def test_nodes_computed_in_full_get_maps_in_the_usual_layout(max_fraction, windo
         assert inc.n_windowed == windowed
         x[1, :, 3:5, 7:9] = 0.5
         torch.testing.assert_close(inc.step(x, [None, (3, 5, 7, 9)]), model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_adaptive_pooling_takes_channels_last_maps_and_its_users_get_the_usual_layout():
+    model = randomised(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                     nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(36, 3)))
+    inc = IncrementalForward(model, (2, 2), max_fraction=0.5)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        assert inc.n_windowed == 3
+        x[0, :, 5:7, 1:3] = -1.0
+        torch.testing.assert_close(inc.step(x, [(5, 7, 1, 3), None]), model(x), rtol=1e-10, atol=1e-10)
 
 
 def test_kept_maps_have_their_own_storage():

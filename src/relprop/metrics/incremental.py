@@ -46,6 +46,8 @@ _POINTWISE_FUNCTIONS = {
     F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
     F.sigmoid, F.tanh, F.softplus,
 }
+#: modules computed in full that take maps in any memory layout (besides window and element-wise ones)
+_ANY_LAYOUT_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POINTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "sub", "mul", "div", "neg", "clamp", "contiguous"}
 
 
@@ -101,11 +103,11 @@ def _window_of(module: nn.Module) -> Optional[_Window]:
     return None
 
 
-def _apply_window(module: nn.Module, crop: Tensor, folded: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
-    """The module on an explicitly padded crop (its own padding set to 0); ``folded``: the (weight,
-    bias) of a convolution with the batch norm that follows it folded in."""
+def _apply_window(module: nn.Module, crop: Tensor, weights: Optional[tuple[Tensor, Optional[Tensor]]] = None) -> Tensor:
+    """The module on an explicitly padded crop (its own padding set to 0); ``weights``: the (weight,
+    bias) a convolution runs with (e.g. with the batch norm that follows it folded in)."""
     if isinstance(module, nn.Conv2d):
-        weight, bias = folded if folded is not None else (module.weight, module.bias)
+        weight, bias = weights if weights is not None else (module.weight, module.bias)
         return F.conv2d(crop, weight, bias, module.stride, 0, module.dilation, module.groups)
     if isinstance(module, nn.MaxPool2d):
         return F.max_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0, module.dilation)
@@ -195,7 +197,8 @@ class IncrementalForward:
         self._shapes: dict[fx.Node, Any] = {}
         self._pending: dict[fx.Node, Tensor] = {}
         self._fresh: dict[fx.Node, Tensor] = {}  # kept node -> the windows it recomputed this step
-        self._folded: dict[fx.Node, tuple[Tensor, Tensor]] = {}  # conv -> weights with its bn folded in
+        # conv -> (weight, bias) it runs with: its batch norm folded in, in the memory format of its input
+        self._weights: dict[fx.Node, tuple[Tensor, Optional[Tensor]]] = {}
         self._absorbed: set[fx.Node] = set()  # batch norms folded into the convolution before them
         self._in_place: dict[fx.Node, int] = {}  # node computed in full -> the input it may overwrite
         self._spans: dict[fx.Node, tuple[int, int]] = {}
@@ -301,11 +304,13 @@ class IncrementalForward:
         self._planned = True
 
     def _plan_layouts(self, shapes: dict[fx.Node, Any]) -> None:
-        """Which maps may be channels last (kept maps, and what window and element-wise nodes computed
-        in full make of them: these take any layout), and which nodes need the usual layout (all other
-        nodes computed in full: views, reshapes, ...)."""
+        """Which maps may be channels last (kept maps, and what window, element-wise and adaptive pooling
+        nodes computed in full make of them: these take any layout), and which nodes need the usual
+        layout (all other nodes computed in full: views, reshapes, ...)."""
         self._usual_layout = {node for node in self.nodes if node not in self.windowed
-                              and node.op != "placeholder" and self._kind(node, shapes) is None}
+                              and node.op != "placeholder" and self._kind(node, shapes) is None
+                              and not (node.op == "call_module"
+                                       and isinstance(self.modules[node.target], _ANY_LAYOUT_MODULES))}
         self._channels_last = self.windowed - self.transient
         for node in self.nodes:
             if node not in self.windowed and node not in self._usual_layout \
@@ -371,14 +376,14 @@ class IncrementalForward:
             if node in self.windowed:
                 return env[n].contiguous(memory_format=torch.channels_last) if n.op == "placeholder" else env[n]
             return env[n].contiguous() if node in self._usual_layout and n in self._channels_last else env[n]
-        if node in self._absorbed and node.args[0] in self._folded:  # computed with its convolution
+        if node in self._absorbed and node.args[0] in self._weights:  # computed with its convolution
             return env[node.args[0]]
         args = fx.node.map_arg(node.args, value)
         kwargs = fx.node.map_arg(node.kwargs, value)
-        folded = self._folded.get(node)
-        if folded is not None:
+        weights = self._weights.get(node)
+        if weights is not None:
             conv = self.modules[node.target]
-            return F.conv2d(args[0], folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups)
+            return F.conv2d(args[0], weights[0], weights[1], conv.stride, conv.padding, conv.dilation, conv.groups)
         slot = self._in_place.get(node)
         if slot is not None:
             if slot < 0:  # a ReLU
@@ -487,7 +492,7 @@ class IncrementalForward:
             wanted = [(*window.inputs(boxes[i][0], boxes[i][1], 0), *window.inputs(boxes[i][2], boxes[i][3], 1))
                       for i in samples]
             crops = self._windows(inputs[0], samples, wanted, changed, window.pad_value)
-            new = _apply_window(self.modules[node.target], crops, self._folded.get(node))
+            new = _apply_window(self.modules[node.target], crops, self._weights.get(node))
         elif node in self._absorbed:  # its convolution's windows already include it
             new = self._pending.pop(inputs[0])
         elif _is_relu(node, self.modules) and inputs[0] in self._pending:  # a fresh tensor: in place
@@ -534,17 +539,30 @@ class IncrementalForward:
         """Logits of ``x``; keeps the feature maps that later steps update."""
         self.values = {}
         planned = self._planned
-        if planned:  # folded weights for this pass (the model's weights may have changed since the last)
-            self._folded = self._fold_all()
+        if planned:  # weights for this pass (the model's weights may have changed since the last)
+            self._weights = self._conv_weights()
         logits = self._run(x, None)
         if not planned:
-            self._folded = self._fold_all()
+            self._weights = self._conv_weights()
         self._own_storage([n for n in self.nodes if n in self.windowed and n not in self.transient])
         return logits
 
-    def _fold_all(self) -> dict[fx.Node, tuple[Tensor, Tensor]]:
-        """Folded weights of every convolution of :meth:`_foldable`, from the current parameters."""
-        return {conv: _fold(self.modules[conv.target], self.modules[bn.target]) for conv, bn in self._foldable()}
+    def _conv_weights(self) -> dict[fx.Node, tuple[Tensor, Optional[Tensor]]]:
+        """(weight, bias) of every 2-d convolution with zero padding and one input, from the current
+        parameters: with the batch norm of :meth:`_foldable` folded in, and channels last where its
+        input is (convolutions would otherwise convert the weight at every call)."""
+        bns = dict(self._foldable())
+        weights = {}
+        for node in self.nodes:
+            conv = self.modules.get(node.target) if node.op == "call_module" else None
+            if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or len(node.args) != 1 \
+                    or node.kwargs or not isinstance(node.args[0], fx.Node):
+                continue
+            weight, bias = _fold(conv, self.modules[bns[node].target]) if node in bns else (conv.weight, conv.bias)
+            last = node in self.windowed or node.args[0] in self._channels_last
+            weights[node] = (weight.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format),
+                             bias)
+        return weights
 
     def _own_storage(self, kept: list[fx.Node]) -> None:
         """Give every kept map its own channels-last storage (a map updated in place must not be a view
