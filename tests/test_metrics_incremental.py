@@ -152,6 +152,26 @@ def test_nodes_computed_in_full_fold_batch_norms_and_reuse_fresh_maps(max_fracti
         torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)  # a second reset
 
 
+class ScaledConv(nn.Conv2d):
+    """A convolution whose forward changes its weight: it must be called, not replaced by F.conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, 2.0 * self.weight, self.bias, self.stride, self.padding)
+
+
+def test_nodes_computed_in_full_call_convolution_subclasses_and_hooked_modules():
+    model = randomised(nn.Sequential(ScaledConv(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                     nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(),
+                                     nn.Linear(4 * 10 * 10, 3)))
+    model[3].register_forward_hook(lambda module, args, out: out * 3.0)
+    inc = IncrementalForward(model, (2, 2), max_fraction=0.01)  # everything in full
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        x[1, :, 2:4, 2:4] = 0.0
+        torch.testing.assert_close(inc.step(x, [None, (2, 4, 2, 4)]), model(x), rtol=1e-10, atol=1e-10)
+
+
 class Viewed(nn.Module):
     """A head that views the last windowed map and the input (possible in their usual layout only)."""
 

@@ -150,6 +150,12 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return weight, bias.to(conv.weight.dtype)
 
 
+def _plain(module: Optional[nn.Module], cls: type) -> bool:
+    """Whether ``module`` is exactly a ``cls`` without forward hooks (its forward may be replaced by the
+    functional call it makes)."""
+    return type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
+
+
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` is a ReLU (module, function or method) that may run in place on a fresh tensor."""
     if node.op == "call_module":
@@ -337,7 +343,8 @@ class IncrementalForward:
             bn = self.modules[user.target] if user.op == "call_module" else None
             if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_mean is None:
                 continue
-            if node in self.transient or (node not in self.windowed and user not in self.windowed):
+            if node in self.transient or (node not in self.windowed and user not in self.windowed
+                                          and _plain(conv, nn.Conv2d) and _plain(bn, nn.BatchNorm2d)):
                 pairs.append((node, user))
         return pairs
 
@@ -556,7 +563,8 @@ class IncrementalForward:
         for node in self.nodes:
             conv = self.modules.get(node.target) if node.op == "call_module" else None
             if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or len(node.args) != 1 \
-                    or node.kwargs or not isinstance(node.args[0], fx.Node):
+                    or node.kwargs or not isinstance(node.args[0], fx.Node) \
+                    or (node not in self.windowed and not _plain(conv, nn.Conv2d)):
                 continue
             weight, bias = _fold(conv, self.modules[bns[node].target]) if node in bns else (conv.weight, conv.bias)
             last = node in self.windowed or node.args[0] in self._channels_last
