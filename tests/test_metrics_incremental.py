@@ -131,6 +131,47 @@ def test_every_step_equals_a_plain_forward_pass(make, windowed):
             torch.testing.assert_close(inc.step(state, boxes), model(state), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("max_fraction", [0.05, 0.3])
+def test_nodes_computed_in_full_fold_batch_norms_and_reuse_fresh_maps(max_fraction):
+    # the bottleneck (0.05: everything) is computed in full: its convolutions with their batch norms
+    # folded in, its ReLUs and residual sum overwriting fresh maps; kept maps stay untouched
+    model = randomised(Bottleneck())
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 40, 36, generator=gen, dtype=torch.float64)
+    inc = IncrementalForward(model, (4, 4), max_fraction=max_fraction)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        assert any(n not in inc.windowed for n in inc._absorbed) and inc._in_place
+        assert all(n not in inc.windowed for n in inc._in_place)
+        for step in range(6):
+            r, c = 7 * step % 37, 11 * step % 33
+            x[step % 2, :, r:r + 4, c:c + 4] = torch.randn(3, 4, 4, generator=gen, dtype=torch.float64)
+            boxes = [None, None]
+            boxes[step % 2] = (r, min(r + 4, 40), c, min(c + 4, 36))
+            torch.testing.assert_close(inc.step(x, boxes), model(x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)  # a second reset
+
+
+class ScaledConv(nn.Conv2d):
+    """A convolution whose forward changes its weight: it must be called, not replaced by F.conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, 2.0 * self.weight, self.bias, self.stride, self.padding)
+
+
+def test_nodes_computed_in_full_call_convolution_subclasses_and_hooked_modules():
+    model = randomised(nn.Sequential(ScaledConv(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                     nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(),
+                                     nn.Linear(4 * 10 * 10, 3)))
+    model[3].register_forward_hook(lambda module, args, out: out * 3.0)
+    inc = IncrementalForward(model, (2, 2), max_fraction=0.01)  # everything in full
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        x[1, :, 2:4, 2:4] = 0.0
+        torch.testing.assert_close(inc.step(x, [None, (2, 4, 2, 4)]), model(x), rtol=1e-10, atol=1e-10)
+
+
 class Viewed(nn.Module):
     """A head that views the last windowed map and the input (possible in their usual layout only)."""
 
@@ -154,6 +195,18 @@ def test_nodes_computed_in_full_get_maps_in_the_usual_layout(max_fraction, windo
         assert inc.n_windowed == windowed
         x[1, :, 3:5, 7:9] = 0.5
         torch.testing.assert_close(inc.step(x, [None, (3, 5, 7, 9)]), model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_adaptive_pooling_takes_channels_last_maps_and_its_users_get_the_usual_layout():
+    model = randomised(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                                     nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(36, 3)))
+    inc = IncrementalForward(model, (2, 2), max_fraction=0.5)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(inc.reset(x.clone()), model(x), rtol=1e-12, atol=1e-12)
+        assert inc.n_windowed == 3
+        x[0, :, 5:7, 1:3] = -1.0
+        torch.testing.assert_close(inc.step(x, [(5, 7, 1, 3), None]), model(x), rtol=1e-10, atol=1e-10)
 
 
 def test_kept_maps_have_their_own_storage():

@@ -15,7 +15,8 @@ eval mode, and element-wise operations (activations, ``+ - * /`` of same-shaped 
 numbers). Every other node, and every node fed by one, is computed in full on the current feature
 maps, so any traceable model gives the same logits as a plain forward pass (up to float round-off:
 a window is convolved separately from the rest of its map, and a convolution followed by an
-eval-mode batch norm is evaluated on windows as one convolution with the batch norm folded in).
+eval-mode batch norm is evaluated, on windows and full maps alike, as one convolution with the batch
+norm folded in). Nodes computed in full run ReLUs and sums in place on fresh maps nobody else reads.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ _POINTWISE_FUNCTIONS = {
     F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
     F.sigmoid, F.tanh, F.softplus,
 }
+#: modules computed in full that take maps in any memory layout (besides window and element-wise ones)
+_ANY_LAYOUT_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POINTWISE_METHODS = {"relu", "sigmoid", "tanh", "add", "sub", "mul", "div", "neg", "clamp", "contiguous"}
 
 
@@ -100,11 +103,11 @@ def _window_of(module: nn.Module) -> Optional[_Window]:
     return None
 
 
-def _apply_window(module: nn.Module, crop: Tensor, folded: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
-    """The module on an explicitly padded crop (its own padding set to 0); ``folded``: the (weight,
-    bias) of a convolution with the batch norm that follows it folded in."""
+def _apply_window(module: nn.Module, crop: Tensor, weights: Optional[tuple[Tensor, Optional[Tensor]]] = None) -> Tensor:
+    """The module on an explicitly padded crop (its own padding set to 0); ``weights``: the (weight,
+    bias) a convolution runs with (e.g. with the batch norm that follows it folded in)."""
     if isinstance(module, nn.Conv2d):
-        weight, bias = folded if folded is not None else (module.weight, module.bias)
+        weight, bias = weights if weights is not None else (module.weight, module.bias)
         return F.conv2d(crop, weight, bias, module.stride, 0, module.dilation, module.groups)
     if isinstance(module, nn.MaxPool2d):
         return F.max_pool2d(crop, module.kernel_size, module.stride or module.kernel_size, 0, module.dilation)
@@ -145,6 +148,12 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
         bias = bias + bn.bias
     weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
     return weight, bias.to(conv.weight.dtype)
+
+
+def _plain(module: Optional[nn.Module], cls: type) -> bool:
+    """Whether ``module`` is exactly a ``cls`` without forward hooks (its forward may be replaced by the
+    functional call it makes)."""
+    return type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -194,8 +203,10 @@ class IncrementalForward:
         self._shapes: dict[fx.Node, Any] = {}
         self._pending: dict[fx.Node, Tensor] = {}
         self._fresh: dict[fx.Node, Tensor] = {}  # kept node -> the windows it recomputed this step
-        self._folded: dict[fx.Node, tuple[Tensor, Tensor]] = {}  # windowed conv -> weights with its bn
+        # conv -> (weight, bias) it runs with: its batch norm folded in, in the memory format of its input
+        self._weights: dict[fx.Node, tuple[Tensor, Optional[Tensor]]] = {}
         self._absorbed: set[fx.Node] = set()  # batch norms folded into the convolution before them
+        self._in_place: dict[fx.Node, int] = {}  # node computed in full -> the input it may overwrite
         self._spans: dict[fx.Node, tuple[int, int]] = {}
         self._last_use: dict[fx.Node, int] = {}
         self._usual_layout: set[fx.Node] = set()  # nodes computed in full that need the usual layout
@@ -289,6 +300,7 @@ class IncrementalForward:
                     and self._same_boxes(users[0], shapes):
                 self.transient.add(node)
         self._absorbed = {bn for _, bn in self._foldable()}
+        self._plan_in_place()
         self._plan_layouts(shapes)
         order = {n: i for i, n in enumerate(self.nodes)}
         self._last_use = {}
@@ -298,11 +310,13 @@ class IncrementalForward:
         self._planned = True
 
     def _plan_layouts(self, shapes: dict[fx.Node, Any]) -> None:
-        """Which maps may be channels last (kept maps, and what window and element-wise nodes computed
-        in full make of them: these take any layout), and which nodes need the usual layout (all other
-        nodes computed in full: views, reshapes, ...)."""
+        """Which maps may be channels last (kept maps, and what window, element-wise and adaptive pooling
+        nodes computed in full make of them: these take any layout), and which nodes need the usual
+        layout (all other nodes computed in full: views, reshapes, ...)."""
         self._usual_layout = {node for node in self.nodes if node not in self.windowed
-                              and node.op != "placeholder" and self._kind(node, shapes) is None}
+                              and node.op != "placeholder" and self._kind(node, shapes) is None
+                              and not (node.op == "call_module"
+                                       and isinstance(self.modules[node.target], _ANY_LAYOUT_MODULES))}
         self._channels_last = self.windowed - self.transient
         for node in self.nodes:
             if node not in self.windowed and node not in self._usual_layout \
@@ -315,17 +329,51 @@ class IncrementalForward:
         return kind == "pointwise" or (kind == "window" and _is_pointlike(_window_of(self.modules[node.target])))
 
     def _foldable(self) -> list[tuple[fx.Node, fx.Node]]:
-        """(convolution, batch norm) pairs of windowed nodes where the batch norm (eval mode, running
-        statistics) is the convolution's only user: their windows are computed as one convolution."""
+        """(convolution, batch norm) pairs where the batch norm (eval mode, running statistics) is the
+        convolution's only user, both windowed or both computed in full: they are computed as one
+        convolution (windows and full maps alike)."""
         pairs = []
-        for node in self.transient:
-            if node.op != "call_module" or not isinstance(self.modules[node.target], nn.Conv2d):
+        for node in self.nodes:
+            if node.op != "call_module" or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
+                continue
+            conv = self.modules[node.target]
+            if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros":
                 continue
             user = next(iter(node.users))
             bn = self.modules[user.target] if user.op == "call_module" else None
-            if isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.running_mean is not None:
+            if not isinstance(bn, nn.BatchNorm2d) or bn.training or bn.running_mean is None:
+                continue
+            if node in self.transient or (node not in self.windowed and user not in self.windowed
+                                          and _plain(conv, nn.Conv2d) and _plain(bn, nn.BatchNorm2d)):
                 pairs.append((node, user))
         return pairs
+
+    def _plan_in_place(self) -> None:
+        """Element-wise nodes computed in full that may overwrite an input: a ReLU (slot -1) or a sum of
+        two maps (slot: the operand overwritten), where that input is a fresh map (of a convolution,
+        batch norm, ReLU or sum computed in full) of the output's shape that nothing else reads."""
+        fresh_modules = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)
+        self._in_place = {}
+        for node in self.nodes:
+            if node in self.windowed or node.op not in ("call_module", "call_function", "call_method"):
+                continue
+            if _is_relu(node, self.modules):
+                slots = [0] if isinstance(node.args[0], fx.Node) else []
+            elif node.op == "call_function" and node.target in (operator.add, torch.add) \
+                    and len(node.args) == 2 and not node.kwargs \
+                    and all(isinstance(a, fx.Node) for a in node.args):
+                slots = [0, 1]
+            else:
+                continue
+            for slot in slots:
+                a = node.args[slot]
+                if a in self.windowed or len(a.users) != 1 or self._shapes.get(a) != self._shapes.get(node):
+                    continue
+                if (a.op == "call_module" and isinstance(self.modules[a.target], fresh_modules)) \
+                        or a in self._in_place or _is_relu(a, self.modules) \
+                        or (a.op == "call_function" and a.target in (operator.add, torch.add)):
+                    self._in_place[node] = -1 if len(slots) == 1 else slot
+                    break
 
     # ------------------------------------------------------------------------------------------
     def _full(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
@@ -335,8 +383,21 @@ class IncrementalForward:
             if node in self.windowed:
                 return env[n].contiguous(memory_format=torch.channels_last) if n.op == "placeholder" else env[n]
             return env[n].contiguous() if node in self._usual_layout and n in self._channels_last else env[n]
+        if node in self._absorbed and node.args[0] in self._weights:  # computed with its convolution
+            return env[node.args[0]]
         args = fx.node.map_arg(node.args, value)
         kwargs = fx.node.map_arg(node.kwargs, value)
+        weights = self._weights.get(node)
+        if weights is not None:
+            conv = self.modules[node.target]
+            return F.conv2d(args[0], weights[0], weights[1], conv.stride, conv.padding, conv.dilation, conv.groups)
+        slot = self._in_place.get(node)
+        if slot is not None:
+            if slot < 0:  # a ReLU
+                return torch.relu_(args[0])
+            a, b = args[slot], args[1 - slot]
+            if isinstance(b, Tensor) and b.shape == a.shape and torch.result_type(a, b) == a.dtype:
+                return a.add_(b)
         if node.op == "get_attr":
             obj: Any = self.graph_module
             for part in node.target.split("."):
@@ -438,7 +499,7 @@ class IncrementalForward:
             wanted = [(*window.inputs(boxes[i][0], boxes[i][1], 0), *window.inputs(boxes[i][2], boxes[i][3], 1))
                       for i in samples]
             crops = self._windows(inputs[0], samples, wanted, changed, window.pad_value)
-            new = _apply_window(self.modules[node.target], crops, self._folded.get(node))
+            new = _apply_window(self.modules[node.target], crops, self._weights.get(node))
         elif node in self._absorbed:  # its convolution's windows already include it
             new = self._pending.pop(inputs[0])
         elif _is_relu(node, self.modules) and inputs[0] in self._pending:  # a fresh tensor: in place
@@ -484,11 +545,32 @@ class IncrementalForward:
     def reset(self, x: Tensor) -> Tensor:
         """Logits of ``x``; keeps the feature maps that later steps update."""
         self.values = {}
+        planned = self._planned
+        if planned:  # weights for this pass (the model's weights may have changed since the last)
+            self._weights = self._conv_weights()
         logits = self._run(x, None)
-        self._folded = {conv: _fold(self.modules[conv.target], self.modules[bn.target])
-                        for conv, bn in self._foldable()}
+        if not planned:
+            self._weights = self._conv_weights()
         self._own_storage([n for n in self.nodes if n in self.windowed and n not in self.transient])
         return logits
+
+    def _conv_weights(self) -> dict[fx.Node, tuple[Tensor, Optional[Tensor]]]:
+        """(weight, bias) of every 2-d convolution with zero padding and one input, from the current
+        parameters: with the batch norm of :meth:`_foldable` folded in, and channels last where its
+        input is (convolutions would otherwise convert the weight at every call)."""
+        bns = dict(self._foldable())
+        weights = {}
+        for node in self.nodes:
+            conv = self.modules.get(node.target) if node.op == "call_module" else None
+            if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or len(node.args) != 1 \
+                    or node.kwargs or not isinstance(node.args[0], fx.Node) \
+                    or (node not in self.windowed and not _plain(conv, nn.Conv2d)):
+                continue
+            weight, bias = _fold(conv, self.modules[bns[node].target]) if node in bns else (conv.weight, conv.bias)
+            last = node in self.windowed or node.args[0] in self._channels_last
+            weights[node] = (weight.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format),
+                             bias)
+        return weights
 
     def _own_storage(self, kept: list[fx.Node]) -> None:
         """Give every kept map its own channels-last storage (a map updated in place must not be a view
