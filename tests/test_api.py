@@ -7,6 +7,8 @@ registered later are covered without editing this file.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -216,10 +218,17 @@ def test_int_list_tensor_and_numpy_targets_agree(model10, x10, method):
 @pytest.mark.parametrize("method", CNN_METHODS)
 def test_per_sample_targets_equal_separate_calls(model10, x10, method):
     targets = [3, 7, 0, 9]
+    rtol, atol = 1e-4, 1e-6
+    if method in ("sglrp", "clrp", "contrastive-eb"):
+        # their target-minus-dual difference cancels on a random model: float32 round-off, which
+        # differs between a batch of 4 and of 1 (kernels block batches differently), grows to ~4e-6 of
+        # the map's maximum (docs/methods.md, "Float32 against float64"); in float64 the maps agree to 1e-12
+        model10, x10 = copy.deepcopy(model10).double(), x10.double()
+        rtol, atol = 1e-10, 1e-12
     together = relprop.explain(model10, x10, target=targets, method=method)
     for b, t in enumerate(targets):
         alone = relprop.explain(model10, x10[b:b + 1], target=t, method=method)
-        torch.testing.assert_close(together[b:b + 1], alone, rtol=1e-4, atol=1e-6 * float(alone.abs().max()))
+        torch.testing.assert_close(together[b:b + 1], alone, rtol=rtol, atol=atol * float(alone.abs().max()))
     # the per-sample targets are used as given (not the first one for all samples)
     assert not torch.allclose(together[1:2], relprop.explain(model10, x10[1:2], target=3, method=method))
 

@@ -163,39 +163,3 @@ def test_hedge_vgg_default_layer_is_last_relu(vgg11, vgg_input):
     default = relprop.explain(vgg11, x, target=t, method="hedge")
     explicit = relprop.explain(vgg11, x, target=t, method="hedge", layer="features.19")
     assert_close(default, explicit)
-
-
-class _ViewNet(nn.Module):
-    """Flattens a feature map with ``.view``, which a channels-last tensor cannot do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(),
-                                      nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.head = nn.Linear(8 * 4 * 4, 5)
-
-    def forward(self, x):
-        f = self.features(x)
-        return self.head(f.view(f.shape[0], -1))
-
-
-def test_hedge_channels_last_path_equals_the_nchw_one(monkeypatch):
-    """On CPU in float32 the hedge rule and its forward pass run channels-last; the maps are those of
-    the plain NCHW computation, also for a model whose ``.view`` refuses channels-last inputs."""
-    import relprop.attribution.hedge as hedge_method
-    import relprop.rules.hedge as hedge_rule
-
-    torch.manual_seed(0)
-    x = torch.randn(3, 3, 16, 16)
-    models = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(),
-                            nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval(), _ViewNet().eval()]
-    fast = [relprop.explain(m, x, target=1, method="hedge") for m in models]
-    nchw_only = [hedge_method.propagator_for(m, fold_batchnorm=False).notes.get("nchw_only") for m in models]
-    assert nchw_only == [None, True]
-    assert all(f.is_contiguous() for f in fast)
-    monkeypatch.setattr(hedge_rule, "_channels_last", lambda layer, x: False)
-    monkeypatch.setattr(hedge_method, "_forward", lambda model, x, layer: hedge_method.forward_for(
-        model, x, fold_batchnorm=False, differentiable_from=layer))
-    for m, f in zip(models, fast):
-        torch.testing.assert_close(f, relprop.explain(m, x, target=1, method="hedge"), rtol=1e-4, atol=1e-6)

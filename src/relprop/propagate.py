@@ -416,7 +416,9 @@ class Propagator:
                 r = rel[pos]
                 rel[pos] = None
                 if pos in wanted:
-                    recorded[wanted[pos]] = r if r is not None else torch.zeros_like(cache.like(pos))
+                    # in the usual layout, whatever layout the rules worked in (channels-last on the CPU)
+                    recorded[wanted[pos]] = r.contiguous() if r is not None else torch.zeros_like(
+                        cache.like(pos), memory_format=torch.contiguous_format)
                 node = graph.nodes[pos]
                 if r is None:
                     if release:
@@ -473,13 +475,26 @@ _CACHE_LOCK = threading.Lock()
 
 
 def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
-                differentiable_from: str | None = None) -> tuple[Propagator, ForwardCache]:
+                differentiable_from: str | None = None,
+                channels_last: bool = False) -> tuple[Propagator, ForwardCache]:
     """The model's propagator and its cached forward pass for ``x``, after checking ``x``'s rank
     against the first layer (e.g. 4-D for Conv2d models); ``differentiable_from``: see
     :meth:`Propagator.forward`. The forward pass holds to the memory budget of the explanation
-    under way (:func:`relprop.segments.current_budget`)."""
+    under way (:func:`relprop.segments.current_budget`).
+
+    ``channels_last``: run it channels-last where that is faster (:func:`relprop.ops.channels_last_suits`:
+    4-D images in float32 or bfloat16 on the CPU), for methods whose rules then keep that layout
+    (convolutions take their weights channels-last too, :meth:`relprop.ops.Affine.laid_out_like`).
+    A model whose traced code cannot take a channels-last input (a ``.view`` of a feature map
+    raises) runs as given, and this is noted on its propagator (forgotten when the model changes)."""
     propagator = propagator_for(model, fold_batchnorm)
     propagator.check_input(x)
+    if channels_last and ops.channels_last_suits(x) and not propagator.notes.get("nchw_only"):
+        try:
+            return propagator, propagator.forward(x.contiguous(memory_format=torch.channels_last),
+                                                  differentiable_from, *segments.current_budget(x))
+        except RuntimeError:
+            propagator.notes["nchw_only"] = True
     return propagator, propagator.forward(x, differentiable_from, *segments.current_budget(x))
 
 

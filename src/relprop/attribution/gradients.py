@@ -50,8 +50,25 @@ def _predicted_targets(propagator: Propagator, x: Tensor, target: Target) -> Sel
 def _input_gradient(propagator: Propagator, inputs: Tensor, target: Target,
                     activation: ActivationOverride | None = None) -> Tensor:
     """Gradient of each row's target logit with respect to that row of ``inputs`` (one forward and
-    one backward pass; ``target`` is resolved on the logits of this very pass)."""
-    leaf = inputs.detach().requires_grad_(True)
+    one backward pass; ``target`` is resolved on the logits of this very pass), in ``inputs``' layout.
+
+    Images in float32 / bfloat16 on the CPU go through the graph channels-last, where its
+    convolutions (with channels-last copies of their weights, :meth:`relprop.ops.Affine.laid_out_like`)
+    run faster; a model whose code cannot take that layout (a ``.view`` of a feature map raises)
+    runs as given, noted on its propagator."""
+    if ops.channels_last_suits(inputs) and not propagator.notes.get("nchw_only"):
+        try:
+            grad = _gradient_of(propagator, inputs.detach().contiguous(memory_format=torch.channels_last),
+                                target, activation)
+            return grad.contiguous(memory_format=torch.contiguous_format) if inputs.is_contiguous() else grad
+        except RuntimeError:
+            propagator.notes["nchw_only"] = True
+    return _gradient_of(propagator, inputs.detach(), target, activation)
+
+
+def _gradient_of(propagator: Propagator, inputs: Tensor, target: Target,
+                 activation: ActivationOverride | None) -> Tensor:
+    leaf = inputs.requires_grad_(True) if not inputs.requires_grad else inputs.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, _ = propagator.forward_differentiable(leaf, activation)
         indices = resolve_selection(target, logits.detach())

@@ -11,11 +11,11 @@ import torch.nn as nn
 from ..composite import Composite, by_type, first
 from ..layer_gradient import channel_weights, channels_last, default_layer, gradient_at_layer
 from ..multi_target import ClassTargets, expand_targets
-from ..propagate import ForwardCache, Propagator, forward_for, propagator_for
+from ..propagate import forward_for, propagator_for
 from .registry import register_method
 from ..options import choice, flag, name, names, number
 from ..rules import ZBox
-from ..rules.hedge import Hedge, channels_last_suits
+from ..rules.hedge import Hedge
 from ..numerics import per_sample_sum, safe_divide
 from ..targets import Target
 from .method import Attribution
@@ -30,21 +30,6 @@ def initial_contribution(activation: torch.Tensor, gradient: torch.Tensor, chann
     (:func:`relprop.layer_gradient.channel_weights`)."""
     r0 = activation * channel_weights(gradient, channels_last)
     return safe_divide(r0, per_sample_sum(r0, keepdim=True).abs())
-
-
-def _forward(model: torch.nn.Module, x: torch.Tensor, layer: str | None) -> tuple[Propagator, ForwardCache]:
-    """The forward pass, channels-last for float32 / bfloat16 images on CPU, where the hedge rule's
-    convolutions run channels-last (rules/hedge.py): the cached activations then need no conversion.
-    A model whose code cannot take a channels-last input (a ``.view`` of a feature map raises) is
-    run as given, and this is noted on its propagator (so it is forgotten when the model changes)."""
-    propagator = propagator_for(model, fold_batchnorm=False)
-    if channels_last_suits(x) and not propagator.notes.get("nchw_only"):
-        try:
-            return forward_for(model, x.contiguous(memory_format=torch.channels_last), fold_batchnorm=False,
-                               differentiable_from=layer)
-        except RuntimeError:
-            propagator.notes["nchw_only"] = True
-    return forward_for(model, x, fold_batchnorm=False, differentiable_from=layer)
 
 
 @register_method("hedge", multi_target=True, summary="Gradient hedging (Nam et al. [Nam-Hedge], Eq. 4-13): gradient-weighted inner map, hedged propagation",
@@ -73,7 +58,10 @@ def hedge(model: nn.Module, x: Tensor, target: Target, *,
         layer = default_layer(propagator_for(model, fold_batchnorm=False).graph)
     # the graph above the start layer is evaluated with autograd in the forward pass itself, unless
     # it is repeated for several targets per sample (then gradient_at evaluates it again per row)
-    propagator, cache = _forward(model, x, None if isinstance(target, ClassTargets) else layer)
+    # channels-last on the CPU, where the hedge rule's convolutions run channels-last (rules/hedge.py):
+    # the cached activations then need no conversion
+    propagator, cache = forward_for(model, x, fold_batchnorm=False, channels_last=True,
+                                    differentiable_from=None if isinstance(target, ClassTargets) else layer)
     cache, target = expand_targets(propagator, cache, target)
     start, activation, gradient = gradient_at_layer(propagator, cache, layer, target)
     r0 = initial_contribution(activation, gradient, channels_last(propagator, cache, start))

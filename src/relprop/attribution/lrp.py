@@ -36,7 +36,10 @@ def propagate_lrp(model: nn.Module, x: Tensor, target: Target, composite: Compos
     for an output selector, :meth:`relprop.targets.Selection.initial_relevance`). For
     :class:`~relprop.multi_target.ClassTargets`, one row per sample and target."""
     with rules_known(composite):  # a memory plan keeps only what its rules read
-        propagator, cache = forward_for(model, x)
+        # channels-last on the CPU where every rule is relprop's own (they keep that layout; a
+        # user's rule may expect the usual one)
+        propagator, cache = forward_for(model, x, channels_last=all(
+            type(rule).__module__.startswith("relprop.") for _, rule in composite.rules))
     cache, target = expand_targets(propagator, cache, target)
     logits = cache.outputs[-1]
     initial = resolve_selection(target, logits).initial_relevance(logits)

@@ -21,18 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from ..numerics import per_sample_sum, quotient_, shift_excess_
-from ..ops import Affine
+from ..ops import Affine, channels_last_suits
 from ..options import check_rule_field, flag, number
 from .base import AffineRule, shared_term
 
 Tensor = torch.Tensor
-
-
-def channels_last_suits(x: Tensor) -> bool:
-    """Whether hedge runs channels-last on 4-d tensors like ``x``: in float32 or bfloat16 on CPU,
-    where oneDNN computes k x k convolutions of large feature maps up to 1.5x faster that way
-    (64 channels at 224 x 224; 1 x 1 transposes become matrix products over the channels)."""
-    return x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
 
 
 def _channels_last(layer: Affine, x: Tensor) -> bool:
@@ -121,4 +114,4 @@ class Hedge(AffineRule):
         return out if out is not None else torch.zeros_like(x)
 
 
-__all__ = ["Hedge", "channels_last_suits"]
+__all__ = ["Hedge"]
