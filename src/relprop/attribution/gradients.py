@@ -68,7 +68,8 @@ def _input_gradient(propagator: Propagator, inputs: Tensor, target: Target,
 
 def _gradient_of(propagator: Propagator, inputs: Tensor, target: Target,
                  activation: ActivationOverride | None) -> Tensor:
-    leaf = inputs.requires_grad_(True) if not inputs.requires_grad else inputs.detach().requires_grad_(True)
+    """:func:`_input_gradient` for ``inputs`` as laid out; ``inputs``: a detached tensor of its own."""
+    leaf = inputs.requires_grad_(True)
     with torch.enable_grad():
         logits, _ = propagator.forward_differentiable(leaf, activation)
         indices = resolve_selection(target, logits.detach())
