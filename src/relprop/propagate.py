@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.fx as fx
@@ -34,6 +34,7 @@ from .checks import check_rank
 from .targets import selected_output
 
 Tensor = torch.Tensor
+T = TypeVar("T")
 
 
 @dataclass
@@ -484,18 +485,28 @@ def forward_for(model: nn.Module, x: Tensor, fold_batchnorm: bool = True,
 
     ``channels_last``: run it channels-last where that is faster (:func:`relprop.ops.channels_last_suits`:
     4-D images in float32 or bfloat16 on the CPU), for methods whose rules then keep that layout
-    (convolutions take their weights channels-last too, :meth:`relprop.ops.Affine.laid_out_like`).
-    A model whose traced code cannot take a channels-last input (a ``.view`` of a feature map
-    raises) runs as given, and this is noted on its propagator (forgotten when the model changes)."""
+    (convolutions take their weights channels-last too, :meth:`relprop.ops.Affine.laid_out_like`;
+    models that refuse the layout: :func:`in_channels_last`)."""
     propagator = propagator_for(model, fold_batchnorm)
     propagator.check_input(x)
-    if channels_last and ops.channels_last_suits(x) and not propagator.notes.get("nchw_only"):
+    budget = segments.current_budget(x)
+
+    def forward(x: Tensor) -> ForwardCache:
+        return propagator.forward(x, differentiable_from, *budget)
+    return propagator, in_channels_last(propagator, x, forward) if channels_last else forward(x)
+
+
+def in_channels_last(propagator: Propagator, x: Tensor, run: Callable[[Tensor], T]) -> T:
+    """``run(x)`` on a channels-last copy of ``x`` where that layout is faster
+    (:func:`relprop.ops.channels_last_suits`), else on ``x``. A model whose traced code cannot take a
+    channels-last input (a ``.view`` of a feature map raises) runs as given, and this is noted on its
+    propagator (forgotten when the model changes)."""
+    if ops.channels_last_suits(x) and not propagator.notes.get("nchw_only"):
         try:
-            return propagator, propagator.forward(x.contiguous(memory_format=torch.channels_last),
-                                                  differentiable_from, *segments.current_budget(x))
+            return run(x.contiguous(memory_format=torch.channels_last))
         except RuntimeError:
             propagator.notes["nchw_only"] = True
-    return propagator, propagator.forward(x, differentiable_from, *segments.current_budget(x))
+    return run(x)
 
 
 def propagator_for(model: nn.Module, fold_batchnorm: bool = True) -> Propagator:

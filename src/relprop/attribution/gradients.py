@@ -26,7 +26,7 @@ from .. import ops
 from ..feature_maps import (INTERPOLATIONS, feature_map_candidates, holds_channels_last, interpolation_mode,
                             pick_feature_map, spatial_features, upsample)
 from ..options import bound, choice, flag, integer, name, number
-from ..propagate import Propagator
+from ..propagate import Propagator, in_channels_last
 from ..targets import Selection, Target, resolve_selection
 from ..traced_gradient import checked_propagator, gradient_or_zeros, target_score
 from .method import Attribution
@@ -54,16 +54,10 @@ def _input_gradient(propagator: Propagator, inputs: Tensor, target: Target,
 
     Images in float32 / bfloat16 on the CPU go through the graph channels-last, where its
     convolutions (with channels-last copies of their weights, :meth:`relprop.ops.Affine.laid_out_like`)
-    run faster; a model whose code cannot take that layout (a ``.view`` of a feature map raises)
-    runs as given, noted on its propagator."""
-    if ops.channels_last_suits(inputs) and not propagator.notes.get("nchw_only"):
-        try:
-            grad = _gradient_of(propagator, inputs.detach().contiguous(memory_format=torch.channels_last),
-                                target, activation)
-            return grad.contiguous(memory_format=torch.contiguous_format) if inputs.is_contiguous() else grad
-        except RuntimeError:
-            propagator.notes["nchw_only"] = True
-    return _gradient_of(propagator, inputs.detach(), target, activation)
+    run faster (:func:`relprop.propagate.in_channels_last`)."""
+    grad = in_channels_last(propagator, inputs.detach(),
+                            lambda leaf: _gradient_of(propagator, leaf.detach(), target, activation))
+    return grad.contiguous() if inputs.is_contiguous() else grad
 
 
 def _gradient_of(propagator: Propagator, inputs: Tensor, target: Target,
