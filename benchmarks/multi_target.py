@@ -160,9 +160,11 @@ def report(all_results: dict[str, dict[str, dict[str, Row]]], args: argparse.Nam
         f"target; maps shaped (B, K, 3, H, W)) against {args.k} calls with one class per image, on the "
         f"CPU in float32, torchvision models at random initialisation, batch {args.batch}, "
         f"{args.size} x {args.size}. The one call runs the forward pass once and one backward pass over "
-        "the B x K rows; the rules' terms that depend on the forward values alone (z+ responses, "
-        "stabilised denominators, z^B's bounds) are computed once per image, and the rules broadcast "
-        "each image's cached values over its K rows instead of copying them. Target: at most "
+        "the B x K rows, which goes on in groups of targets from the first layer whose maps would pass "
+        "32 MiB for the B x K rows (`relprop.propagate.PASS_BYTES`); the rules' terms that depend on "
+        "the forward values alone (z+ responses, stabilised denominators, z^B's bounds) are computed "
+        "once per image, for every group, and the rules broadcast each image's cached values over its "
+        "K rows instead of copying them. Target: at most "
         f"{TARGET:g} x the time of the separate calls. *max rel. diff.*: the largest "
         "`max |one - separate| / max |separate|` over every (image, target) map (float32 rounding).",
         "",
@@ -200,10 +202,11 @@ def report(all_results: dict[str, dict[str, dict[str, Row]]], args: argparse.Nam
         "reach; a target below the floor is out of reach for that method.",
         "",
         *([("Allocator: glibc hands out a block over its mmap threshold (32 MB at most, adjusted as blocks "
-            "are freed) as a fresh memory map, which the kernel zeroes page by page on first touch. The one "
-            "call's temporaries hold B x K rows of a feature map and pass that size (a 256-channel 56 x 56 map "
-            "for 20 rows: 64 MB), the separate calls' hold B rows and are reused from the heap. With the "
-            "settings above the heap serves them too; the maps are the same.")] if allocator_settings() else []),
+            "are freed) as a fresh memory map, which the kernel zeroes page by page on first touch. Without "
+            "the groups of targets, the one call's temporaries would hold B x K rows of a feature map and "
+            "pass that size (a 256-channel 56 x 56 map for 20 rows: 64 MB), where the separate calls' hold "
+            "B rows and are reused from the heap. With the settings above the heap serves every size; the "
+            "maps are the same.")] if allocator_settings() else []),
         *([""] if allocator_settings() else []),
         f"Command: `{command}` ({seconds / 60:.0f} min). Machine: {speed.cpu_model()}, "
         f"{os.cpu_count()} logical CPUs, {speed.total_ram_gib()} RAM, torch {torch.__version__}, "

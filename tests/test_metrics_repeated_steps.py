@@ -9,7 +9,9 @@ from relprop.metrics import perturbation as P
 
 
 class CountingModel(nn.Module):
-    """Two logits from every pixel, counting the rows it sees."""
+    """Two logits from every pixel, counting the rows it sees. Each row's logits are computed on their
+    own (a product and a sum per row, not a matrix product, whose rounding may depend on the number of
+    rows), so that the same image gives the same logits to the bit in any batch."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -18,7 +20,7 @@ class CountingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.rows += x.shape[0]
-        return x.flatten(1).to(torch.float64) @ self.weight.t()
+        return (x.flatten(1).to(torch.float64).unsqueeze(1) * self.weight).sum(-1)
 
 
 def _inputs():

@@ -13,9 +13,10 @@ from relprop.attribution.attention_maps import ATTENTION_METHODS
 from relprop.attribution.registry import get_method
 from relprop.multi_target import ClassTargets
 from relprop.patterns import compute_patterns, register_patterns
-from relprop import propagate
+from relprop import ops, propagate
 from relprop.propagate import Propagator
 from relprop.rules import base as rules_base
+from relprop.rules import lrp as lrp_rules
 from relprop.rules import Step
 from engine_checks import CHEAP_OPTIONS
 from misuse.model_state import assert_unchanged, snapshot
@@ -224,6 +225,76 @@ def test_repeated_pass_copies_no_feature_map(method, monkeypatch):
     assert repeated and all(len(shape) == 2 for shape in repeated), f"{method} repeated {repeated}"
     for k in range(TARGETS.shape[1]):
         _assert_close(maps[:, k], explain(TARGETS[:, k]), f"{method}, target column {k}")
+
+
+# -- groups of targets ------------------------------------------------------------------------------
+def _two_thirds_of_the_largest_map(model: nn.Module, x: torch.Tensor, targets: int) -> int:
+    """A :data:`relprop.propagate.PASS_BYTES` under which the walk over ``targets`` targets per sample
+    goes on in groups of two from the nodes whose maps are the largest."""
+    propagator, cache = propagate.forward_for(model, x)
+    row = max(t.numel() // x.shape[0] * t.element_size() for t in cache.outputs if isinstance(t, torch.Tensor))
+    return row * x.shape[0] * targets * 2 // 3
+
+
+@pytest.mark.parametrize("method,options", [*[(m, {}) for m in NATIVE], ("sglrp", {"variant": "official"}),
+                                            ("clrp", {"variant": "official-type1"})],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={w}" for k, w in v.items()))
+def test_targets_in_groups_equal_one_walk(model, method, options, monkeypatch):
+    """Past :data:`relprop.propagate.PASS_BYTES` the walk takes the targets in groups (here 2 + 1)
+    from the first node whose maps are too large: the maps and the records of layers on either side
+    of that node equal one walk over every target."""
+    x = _x()
+    # on either side of the node where the groups begin (the max pool's, in the small CNN), at or
+    # below the start of hedge and rsp
+    names = ["features.4", "features.2"] if isinstance(model, SmallCNN) else ["block.conv2", "stem.0"]
+    records = get_method(method).records()
+    cheap = {k: v for k, v in CHEAP_OPTIONS.items() if k in get_method(method).options()}
+    explainer = relprop.Explainer(model, method, **cheap, **options)
+
+    def explain():
+        return explainer.explain(x, TARGETS, record=names) if records else (explainer.explain(x, TARGETS), {})
+
+    expected, expected_recorded = explain()
+    groups = []
+    original = Propagator._in_groups
+
+    def spied(self, count, rel, pos, parts, *args):
+        groups.append([repeated.repeats for _, repeated in parts])
+        return original(self, count, rel, pos, parts, *args)
+
+    monkeypatch.setattr(Propagator, "_in_groups", spied)
+    monkeypatch.setattr(propagate, "PASS_BYTES", _two_thirds_of_the_largest_map(model, x, TARGETS.shape[1]))
+    actual, actual_recorded = explain()
+    assert groups and all(g == [2, 1] for g in groups), f"{method}: groups {groups}"
+    assert set(actual_recorded) == set(expected_recorded) == (set(names) if records else set())
+    for name in expected_recorded:
+        _assert_close(actual_recorded[name], expected_recorded[name], f"{method}, recorded {name}")
+    _assert_close(actual, expected, f"{method} in groups")
+
+
+def test_groups_share_the_terms_of_each_sample(monkeypatch):
+    """The groups compute the z+ responses once per layer and sample, as one walk does; only the
+    transposed products are repeated per group. In the small residual net every map has the same
+    size, so the groups begin at the pooling and cover both convolutions of the block."""
+    model, x = _model("resnet"), _x()
+    budget = _two_thirds_of_the_largest_map(model, x, TARGETS.shape[1])
+    counts: dict[str, int] = {}
+
+    def counting(name, original):
+        def counted(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return original(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(lrp_rules, "_contributions", counting("z+", lrp_rules._contributions))
+    monkeypatch.setattr(ops.Affine, "transpose", counting("transpose", ops.Affine.transpose))
+    relprop.explain(model, x, TARGETS, method="lrp-cmp")
+    one_walk = dict(counts)
+    counts.clear()
+    monkeypatch.setattr(propagate, "PASS_BYTES", budget)
+    relprop.explain(model, x, TARGETS, method="lrp-cmp")
+    assert counts["z+"] == one_walk["z+"] == 2, (counts, one_walk)  # the block's two convolutions
+    assert counts["transpose"] > one_walk["transpose"], (counts, one_walk)
 
 
 # -- misuse ----------------------------------------------------------------------------------------

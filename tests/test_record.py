@@ -81,3 +81,19 @@ def test_record_unknown_name_is_an_error():
     model = mixed_net()
     with pytest.raises(ValueError, match="no_such_layer"):
         relprop.Explainer(model, "lrp-z").explain(randn(1, 3, 16, 16), record=["no_such_layer"])
+
+
+@pytest.mark.parametrize("method", ["hedge", "rsp"])
+def test_record_above_the_start_of_the_relevance_is_an_error(method):
+    """hedge and rsp start their relevance at an inner layer: a layer above it carries none, and asking
+    for it is refused by name rather than left out of the records."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x = randn(2, 3, 8, 8)
+    explainer = relprop.Explainer(model, method)
+    _, recorded = explainer.explain(x, target=[0, 1], record=["3"])
+    assert set(recorded) == {"3"}
+    with pytest.raises(ValueError, match=r"cannot record \['7'\]: this method's relevance starts at node"):
+        explainer.explain(x, target=[0, 1], record=["7", "3"])

@@ -6,6 +6,10 @@ maps per sample, returned shaped (B, K, *x.shape[1:]). :func:`class_targets` che
 :func:`expand_targets` repeats its forward pass once per target (no layer is evaluated again) and
 flattens the targets to one class per row, so that one backward pass serves every target; the
 other methods are called once per target column (:func:`by_columns`).
+
+Where the rows of every target would make a feature map larger than
+:data:`relprop.propagate.PASS_BYTES`, the backward pass takes the targets in groups
+(:func:`relprop.propagate.targets_per_pass`), still over the one forward pass.
 """
 
 from __future__ import annotations

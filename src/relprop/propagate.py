@@ -36,6 +36,14 @@ from .targets import selected_output
 Tensor = torch.Tensor
 T = TypeVar("T")
 
+#: the most bytes that one feature map of a backward pass over several targets per sample may hold
+#: before the targets are taken in groups: 32 MiB, the largest block that glibc's allocator serves
+#: from its heap by default (``M_MMAP_THRESHOLD``'s dynamic ceiling on 64-bit). Every larger block is
+#: a fresh memory map that the kernel zeroes page by page on first touch, so that temporaries of
+#: B x K rows cost more per row than those of the B rows of a single target; smaller groups also
+#: keep the temporaries of the pass in the caches longer.
+PASS_BYTES = 32 * 2**20
+
 
 @dataclass
 class ForwardCache:
@@ -398,22 +406,60 @@ class Propagator:
         (see :meth:`Graph.find`) whose output relevance is returned too. With ``release`` the cache
         is consumed (entries are freed as soon as they are no longer needed); without it, the same
         forward pass can serve several backward passes.
+
+        Over a forward pass repeated per target (:meth:`repeat`), the walk takes every target at
+        once down to the first node whose values, with the rows of every target, would be larger
+        than :data:`PASS_BYTES`; from there on it takes the targets in groups
+        (:func:`targets_per_pass`), one walk per group over the same forward pass, and the rules'
+        per-sample terms are computed in the first and kept for the others.
         """
         graph = self.graph
-        rules = self.rules_for(composite)
         wanted = {graph.find(name): name for name in record}
-        recorded: dict[str, Tensor] = {}
-        rel: list[Tensor | None] = [None] * len(graph.nodes)
         first = len(graph.nodes) - 1 if start is None else graph.find(start)
+        above = [name for pos, name in wanted.items() if pos > first]
+        if above:
+            raise ValueError(f"cannot record {above}: this method's relevance starts at node "
+                             f"{graph.nodes[first].name!r}: record that node or nodes before it")
         expected = cache.like(first)
         if isinstance(expected, Tensor) and relevance.shape != expected.shape:
             raise ValueError(
                 f"initial relevance has shape {tuple(relevance.shape)}, but node "
                 f"{graph.nodes[first].name!r} outputs {tuple(expected.shape)}"
             )
+        rel: list[Tensor | None] = [None] * len(graph.nodes)
         rel[first] = relevance
+        return self._walk_back(cache, rel, first, self.rules_for(composite), wanted, release,
+                               groups=self._groups(cache, first))
+
+    def _groups(self, cache: ForwardCache, first: int) -> tuple[int, list[tuple[int, ForwardCache]]] | None:
+        """Where a walk from node ``first`` over a forward pass repeated per target goes on in groups
+        of targets: the first node whose output or input, with the rows of every target, would be
+        larger than :data:`PASS_BYTES`, and the first target and repeated pass of each group (made now,
+        while every value of the base pass is there); None for one walk over every target."""
+        if cache.base is None:
+            return None
+        for pos in range(first, 0, -1):
+            if _largest_bytes(cache, [pos, *self.graph.nodes[pos].inputs]) > PASS_BYTES:
+                group = targets_per_pass(cache, pos)
+                if group >= cache.repeats:
+                    return None
+                starts = range(0, cache.repeats, group)
+                return pos, [(k, self.repeat(cache.base, min(group, cache.repeats - k))) for k in starts]
+        return None
+
+    def _walk_back(self, cache: ForwardCache, rel: list[Tensor | None], first: int, rules: dict[int, Rule],
+                   wanted: dict[int, str], release: bool, kept: dict[int, dict] | None = None,
+                   groups: tuple[int, list[tuple[int, ForwardCache]]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The walk of :meth:`backward` from node ``first``, with ``rel`` the relevance waiting at each
+        node; it goes on in ``groups`` of targets from the node they name (:meth:`_groups`). With
+        ``kept``, each step's per-sample terms are read from and stored in ``kept[position]``
+        (several walks over one forward pass)."""
+        graph = self.graph
+        recorded: dict[str, Tensor] = {}
         with torch.no_grad():
             for pos in range(first, 0, -1):
+                if groups is not None and pos == groups[0]:
+                    return self._in_groups(cache.repeats, rel, pos, groups[1], rules, wanted, release, recorded)
                 r = rel[pos]
                 rel[pos] = None
                 if pos in wanted:
@@ -429,10 +475,14 @@ class Propagator:
                     results: list[Tensor | None] = [r]
                 else:
                     step = self._step(cache, pos)
+                    if kept is not None:
+                        step.kept = kept.setdefault(pos, {})
                     results = rules[id(node.op)].relevance(step, r)
                     del step
                 if release:
                     cache.release(pos)
+                    if kept is not None:
+                        kept.pop(pos, None)
                 for i, ri in zip(node.inputs, results):
                     if ri is None:
                         continue
@@ -442,6 +492,49 @@ class Propagator:
         if 0 in wanted:
             recorded[wanted[0]] = result
         return result, recorded
+
+    def _in_groups(self, count: int, rel: list[Tensor | None], pos: int, groups: list[tuple[int, ForwardCache]],
+                   rules: dict[int, Rule], wanted: dict[int, str], release: bool,
+                   recorded: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The rest of a walk over a forward pass repeated for ``count`` targets, from node ``pos`` on,
+        one group of targets at a time: each group (its first target, its repeated pass) walks with its
+        rows of the relevance waiting at each node, and the rules' per-sample terms are computed once
+        and kept for the other groups. ``recorded``: what the walk recorded before."""
+        kept: dict[int, dict] = {}
+        maps: list[Tensor] = []
+        records: list[dict[str, Tensor]] = []
+        for k, repeated in groups:
+            size = repeated.repeats
+            part = [None if t is None else t.unflatten(0, (-1, count))[:, k:k + size].flatten(0, 1) for t in rel]
+            last = k + size == count
+            if last:
+                rel[:] = [None] * len(rel)
+            result, recorded_here = self._walk_back(repeated, part, pos, rules, wanted, release and last, kept)
+            maps.append(result.unflatten(0, (-1, size)))
+            records.append({name: t.unflatten(0, (-1, size)) for name, t in recorded_here.items()})
+        recorded.update({name: torch.cat([r[name] for r in records], 1).flatten(0, 1) for name in records[0]})
+        return torch.cat(maps, 1).flatten(0, 1), recorded
+
+
+def _largest_bytes(cache: ForwardCache, positions: Sequence[int]) -> int:
+    """The bytes of the largest value among the outputs of the nodes at ``positions`` (the rows of
+    every target included)."""
+    return max((t.numel() * t.element_size() for pos in positions for t in _tensors(cache.like(pos))), default=0)
+
+
+def targets_per_pass(cache: ForwardCache, last: int | None = None) -> int:
+    """How many targets per sample one walk over ``cache`` (a forward pass repeated per target,
+    :meth:`Propagator.repeat`) takes at once from node ``last`` down (the whole pass when None): all of
+    them, or as many as keep the largest value of those nodes within :data:`PASS_BYTES`, at least one."""
+    if cache.base is None or cache.repeats == 1:
+        return cache.repeats
+    rows = cache.base.outputs[0].shape[0]
+    outputs = cache.base.outputs if last is None else cache.base.outputs[:last + 1]
+    row_bytes = max((t.numel() // max(rows, 1) * t.element_size() for value in outputs
+                     for t in _tensors(value) if t.dim() > 0 and t.shape[0] == rows), default=0)
+    if row_bytes * rows * cache.repeats <= PASS_BYTES:
+        return cache.repeats
+    return max(1, PASS_BYTES // (row_bytes * rows))
 
 
 def _tensors(value: object) -> list[Tensor]:

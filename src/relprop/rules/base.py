@@ -64,6 +64,10 @@ class Step:
     band_rows: int | None = None
     #: the state with each sample once (None when ``repeats`` is 1)
     base_state: Any = None
+    #: where the per-sample terms go when several backward passes over the same forward pass share
+    #: them (the passes over groups of targets, :meth:`relprop.propagate.Propagator.backward`); None:
+    #: in :attr:`memo`, for this step alone
+    kept: dict[str, Terms] | None = None
 
     def shared(self, key: str, make: Callable[[list[Tensor], Tensor], Terms]) -> Terms:
         """``make(inputs, output)``, a term (or a tuple of terms) that depends on the forward values
@@ -71,21 +75,22 @@ class Step:
         values once and repeated for each of its targets (:meth:`per_sample_term` leaves it per
         sample, for rules that broadcast). A caller must not modify it in place."""
         if key not in self.memo:
-            if self.repeats == 1 or self.base_inputs is None or self.base_output is None:
-                self.memo[key] = make(self.inputs, self.output)
-            else:
-                value = self.per_sample_term(key, make)
-                self.memo[key] = (repeat_rows(value, self.repeats) if isinstance(value, Tensor)
-                                  else tuple(repeat_rows(v, self.repeats) for v in value))
+            value = self.per_sample_term(key, make)
+            if self.repeats > 1 and self.base_inputs is not None and self.base_output is not None:
+                value = (repeat_rows(value, self.repeats) if isinstance(value, Tensor)
+                         else tuple(repeat_rows(v, self.repeats) for v in value))
+            self.memo[key] = value
         return self.memo[key]
 
     def per_sample_term(self, key: str, make: Callable[[list[Tensor], Tensor], Terms]) -> Terms:
         """``make(per_sample_inputs, per_sample_output)``, kept under ``key``: each sample's term once,
-        to be combined with the relevance of its targets by :func:`rowwise`."""
+        to be combined with the relevance of its targets by :func:`rowwise`; in :attr:`kept` when
+        given."""
         key = "per sample:" + key
-        if key not in self.memo:
-            self.memo[key] = make(self.per_sample_inputs, self.per_sample_output)
-        return self.memo[key]
+        store = self.memo if self.kept is None else self.kept
+        if key not in store:
+            store[key] = make(self.per_sample_inputs, self.per_sample_output)
+        return store[key]
 
     @property
     def per_sample_inputs(self) -> list[Tensor]:
@@ -150,7 +155,7 @@ class RepeatedStep(Step):
         self.load, self.loaded = load, {}
         self.op, self.nonnegative, self.repeats = op, nonnegative, repeats
         self.base_inputs, self.base_output, self.base_state = base_inputs, base_output, base_state
-        self.memo, self.band_rows = {}, band_rows
+        self.memo, self.band_rows, self.kept = {}, band_rows, None
 
     def linear_input_vjp(self, k: int, v: Tensor) -> Tensor:
         shaped = [rows_like(x, v) for x in self.base_inputs]  # type: ignore[union-attr]
