@@ -311,6 +311,26 @@ def test_clrp_official_type2(cnn):
     assert torch.isfinite(relprop.explain(model, x, target=t, method="clrp", variant="official-type2")).all()
 
 
+@pytest.mark.parametrize("method,variant,extra", [("sglrp", "official", 0), ("clrp", "official-type1", 0),
+                                                   ("clrp", "official-type2", 1)])
+def test_the_dual_pass_reuses_the_terms_of_the_target_pass(cnn, monkeypatch, method, variant, extra):
+    """The official variants' two passes over one forward pass compute each layer's z+ responses once
+    (as the one pass of the paper's variant does); only clrp type 2's negated output layer has terms of
+    its own. The maps are those of the dense references above."""
+    from relprop.rules import lrp as lrp_rules
+
+    model, x, logits = cnn
+    t = logits.argmax(1)
+    calls = []
+    original = lrp_rules._contributions
+    monkeypatch.setattr(lrp_rules, "_contributions", lambda *a, **k: calls.append(1) or original(*a, **k))
+    relprop.explain(model, x, target=t, method=method, variant="paper")
+    one_pass = len(calls)
+    calls.clear()
+    relprop.explain(model, x, target=t, method=method, variant=variant)
+    assert one_pass > 0 and len(calls) == one_pass + extra
+
+
 def test_contrastive_invalid_variants(cnn):
     model, x, _ = cnn
     with pytest.raises(ValueError):

@@ -297,6 +297,47 @@ def test_groups_share_the_terms_of_each_sample(monkeypatch):
     assert counts["transpose"] > one_walk["transpose"], (counts, one_walk)
 
 
+class ScaledEpsilon(relprop.rules.AffineRule):
+    """A user's rule whose shared term has the same key as :class:`OffsetEpsilon`'s but another value."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    __hash__ = None  # type: ignore[assignment]  # not hashable: its terms are told apart by id
+
+    def __call__(self, layer, x, z, r, nonnegative):
+        zs = relprop.rules.shared_term("z", x, z, lambda x, z: z * self.scale + 1e-3 * z.sign())
+        return x * layer.transpose(r / zs, layer.weight, x)
+
+
+class OffsetEpsilon(ScaledEpsilon):
+    def __call__(self, layer, x, z, r, nonnegative):
+        zs = relprop.rules.shared_term("z", x, z, lambda x, z: z + self.scale * z.sign())
+        return x * layer.transpose(r / zs, layer.weight, x)
+
+
+def test_a_pass_that_keeps_the_forward_pass_shares_terms_with_equal_rules_only():
+    """Without ``release``, a backward pass keeps the rules' per-sample terms with the forward pass for
+    the next pass; a pass with other rules, even with the same term keys, gets its own."""
+    model, x = _model("cnn"), _x()
+    target = TARGETS[:, 0]
+    one = lambda rule: relprop.Composite([(relprop.composite.by_type("conv", "linear"), rule)], name="c")
+    composites = [one(relprop.rules.AlphaBeta(2.0, 1.0)), one(relprop.rules.AlphaBeta(1.0, 0.0)),
+                  one(ScaledEpsilon(2.0)), one(OffsetEpsilon(0.5)), one(relprop.rules.AlphaBeta(2.0, 1.0))]
+
+    def run(composite, propagator, cache, release):
+        logits = cache.outputs[-1]
+        initial = torch.zeros_like(logits).scatter_(1, target[:, None], logits.gather(1, target[:, None]))
+        return propagator.backward(cache, initial, composite, release=release)[0]
+
+    propagator, cache = propagate.forward_for(model, x)
+    shared = [run(c, propagator, cache, release=i == len(composites) - 1) for i, c in enumerate(composites)]
+    assert cache.terms is not None
+    for composite, actual in zip(composites, shared):
+        fresh = run(composite, *propagate.forward_for(model, x), release=True)
+        _assert_close(actual, fresh, f"{composite.rules[0][1]!r} after other passes")
+
+
 # -- misuse ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target,message", [
     ([[0, 1], [2], [3, 4]], "same number K of classes"),

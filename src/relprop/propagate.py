@@ -66,6 +66,9 @@ class ForwardCache:
     stand_ins: list[object] | None = None
     #: for a repeated pass, each node's arguments and keyword arguments with stand-ins for its inputs
     stand_in_arguments: list[tuple[tuple, dict] | None] | None = None
+    #: the rules' per-sample terms (:meth:`relprop.rules.Step.per_sample_term`) by position and rule,
+    #: kept by a backward pass that did not release this pass, for the next one
+    terms: dict[int, dict[object, dict]] | None = None
 
     def release(self, pos: int) -> None:
         """Free what is kept of node ``pos`` (also in the base pass)."""
@@ -405,7 +408,9 @@ class Propagator:
         given (methods whose initial relevance lives at an inner layer). ``record`` names nodes
         (see :meth:`Graph.find`) whose output relevance is returned too. With ``release`` the cache
         is consumed (entries are freed as soon as they are no longer needed); without it, the same
-        forward pass can serve several backward passes.
+        forward pass can serve several backward passes, and the rules' per-sample terms (z+
+        responses, ...) are kept with it (:attr:`ForwardCache.terms`) for the next pass, whose rules
+        read them where they are equal rules of the same nodes.
 
         Over a forward pass repeated per target (:meth:`repeat`), the walk takes every target at
         once down to the first node whose values, with the rows of every target, would be larger
@@ -428,7 +433,13 @@ class Propagator:
             )
         rel: list[Tensor | None] = [None] * len(graph.nodes)
         rel[first] = relevance
-        return self._walk_back(cache, rel, first, self.rules_for(composite), wanted, release,
+        root = cache.base if cache.base is not None else cache
+        kept = None
+        if isinstance(root, ForwardCache):  # not a pass held in segments (memory budget)
+            if root.terms is None and not release:
+                root.terms = {}
+            kept = root.terms
+        return self._walk_back(cache, rel, first, self.rules_for(composite), wanted, release, kept,
                                groups=self._groups(cache, first))
 
     def _groups(self, cache: ForwardCache, first: int) -> tuple[int, list[tuple[int, ForwardCache]]] | None:
@@ -452,14 +463,15 @@ class Propagator:
                    groups: tuple[int, list[tuple[int, ForwardCache]]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The walk of :meth:`backward` from node ``first``, with ``rel`` the relevance waiting at each
         node; it goes on in ``groups`` of targets from the node they name (:meth:`_groups`). With
-        ``kept``, each step's per-sample terms are read from and stored in ``kept[position]``
+        ``kept``, each step's per-sample terms are read from and stored in ``kept[position][rule]``
         (several walks over one forward pass)."""
         graph = self.graph
         recorded: dict[str, Tensor] = {}
         with torch.no_grad():
             for pos in range(first, 0, -1):
                 if groups is not None and pos == groups[0]:
-                    return self._in_groups(cache.repeats, rel, pos, groups[1], rules, wanted, release, recorded)
+                    return self._in_groups(cache.repeats, rel, pos, groups[1], rules, wanted, release, recorded,
+                                           kept)
                 r = rel[pos]
                 rel[pos] = None
                 if pos in wanted:
@@ -474,10 +486,11 @@ class Propagator:
                 if pos == len(graph.nodes) - 1:  # the output node hands on the initial relevance
                     results: list[Tensor | None] = [r]
                 else:
+                    rule = rules[id(node.op)]
                     step = self._step(cache, pos)
                     if kept is not None:
-                        step.kept = kept.setdefault(pos, {})
-                    results = rules[id(node.op)].relevance(step, r)
+                        step.kept = kept.setdefault(pos, {}).setdefault(_identity(rule), {})
+                    results = rule.relevance(step, r)
                     del step
                 if release:
                     cache.release(pos)
@@ -494,13 +507,13 @@ class Propagator:
         return result, recorded
 
     def _in_groups(self, count: int, rel: list[Tensor | None], pos: int, groups: list[tuple[int, ForwardCache]],
-                   rules: dict[int, Rule], wanted: dict[int, str], release: bool,
-                   recorded: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+                   rules: dict[int, Rule], wanted: dict[int, str], release: bool, recorded: dict[str, Tensor],
+                   kept: dict[int, dict] | None) -> tuple[Tensor, dict[str, Tensor]]:
         """The rest of a walk over a forward pass repeated for ``count`` targets, from node ``pos`` on,
         one group of targets at a time: each group (its first target, its repeated pass) walks with its
         rows of the relevance waiting at each node, and the rules' per-sample terms are computed once
         and kept for the other groups. ``recorded``: what the walk recorded before."""
-        kept: dict[int, dict] = {}
+        kept = {} if kept is None else kept
         maps: list[Tensor] = []
         records: list[dict[str, Tensor]] = []
         for k, repeated in groups:
@@ -514,6 +527,16 @@ class Propagator:
             records.append({name: t.unflatten(0, (-1, size)) for name, t in recorded_here.items()})
         recorded.update({name: torch.cat([r[name] for r in records], 1).flatten(0, 1) for name in records[0]})
         return torch.cat(maps, 1).flatten(0, 1), recorded
+
+
+def _identity(rule: Rule) -> object:
+    """What tells ``rule``'s terms apart from another rule's: the rule itself where it is hashable (an
+    equal rule of another composite computes the same terms), else its id."""
+    try:
+        hash(rule)
+    except TypeError:
+        return id(rule)
+    return rule
 
 
 def _largest_bytes(cache: ForwardCache, positions: Sequence[int]) -> int:
