@@ -65,8 +65,8 @@ class Step:
     #: the state with each sample once (None when ``repeats`` is 1)
     base_state: Any = None
     #: where the per-sample terms go when several backward passes over the same forward pass share
-    #: them (the passes over groups of targets, :meth:`relprop.propagate.Propagator.backward`); None:
-    #: in :attr:`memo`, for this step alone
+    #: them (the passes over groups of targets, or a pass after one that kept the forward pass, see
+    #: :meth:`relprop.propagate.Propagator.backward`); None: in :attr:`memo`, for this step alone
     kept: dict[str, Terms] | None = None
 
     def shared(self, key: str, make: Callable[[list[Tensor], Tensor], Terms]) -> Terms:
