@@ -460,7 +460,8 @@ class Propagator:
 
     def _walk_back(self, cache: ForwardCache, rel: list[Tensor | None], first: int, rules: dict[int, Rule],
                    wanted: dict[int, str], release: bool, kept: dict[int, dict] | None = None,
-                   groups: tuple[int, list[tuple[int, ForwardCache]]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                   groups: tuple[int, list[tuple[int, ForwardCache]]] | None = None
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
         """The walk of :meth:`backward` from node ``first``, with ``rel`` the relevance waiting at each
         node; it goes on in ``groups`` of targets from the node they name (:meth:`_groups`). With
         ``kept``, each step's per-sample terms are read from and stored in ``kept[position][rule]``
