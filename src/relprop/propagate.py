@@ -546,19 +546,15 @@ def _largest_bytes(cache: ForwardCache, positions: Sequence[int]) -> int:
     return max((t.numel() * t.element_size() for pos in positions for t in _tensors(cache.like(pos))), default=0)
 
 
-def targets_per_pass(cache: ForwardCache, last: int | None = None) -> int:
+def targets_per_pass(cache: ForwardCache, last: int) -> int:
     """How many targets per sample one walk over ``cache`` (a forward pass repeated per target,
-    :meth:`Propagator.repeat`) takes at once from node ``last`` down (the whole pass when None): all of
-    them, or as many as keep the largest value of those nodes within :data:`PASS_BYTES`, at least one."""
-    if cache.base is None or cache.repeats == 1:
-        return cache.repeats
+    :meth:`Propagator.repeat`) takes at once from node ``last`` down: all of them, or as many as keep
+    the largest value of those nodes within :data:`PASS_BYTES`, at least one."""
+    assert cache.base is not None
     rows = cache.base.outputs[0].shape[0]
-    outputs = cache.base.outputs if last is None else cache.base.outputs[:last + 1]
-    row_bytes = max((t.numel() // max(rows, 1) * t.element_size() for value in outputs
+    row_bytes = max((t.numel() // max(rows, 1) * t.element_size() for value in cache.base.outputs[:last + 1]
                      for t in _tensors(value) if t.dim() > 0 and t.shape[0] == rows), default=0)
-    if row_bytes * rows * cache.repeats <= PASS_BYTES:
-        return cache.repeats
-    return max(1, PASS_BYTES // (row_bytes * rows))
+    return min(cache.repeats, max(1, PASS_BYTES // max(row_bytes * rows, 1)))
 
 
 def _tensors(value: object) -> list[Tensor]:
